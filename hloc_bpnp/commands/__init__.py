@@ -1,0 +1,1 @@
+"""CLI subcommands (one module each, see hloc_bpnp/cli.py)."""
