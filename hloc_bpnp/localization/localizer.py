@@ -1,0 +1,209 @@
+"""The Localizer: a loaded Map kept in memory, localizing many queries.
+
+Stages for one query::
+
+    features -> global descriptor -> FAISS top-k keyframes -> batched matching against them
+    -> 2D-3D candidates (all distinct (keypoint, 3D point) pairs, match scores as weights)
+    -> [covisibility clusters of the keyframes] -> pycolmap LO-RANSAC -> acceptance test
+    -> BPnP refinement (robust loss, full camera model) -> pose + covariance
+
+A query that cannot be localized is returned with ``success=False`` and a failure reason;
+no fallback pose (e.g. the top-1 keyframe's) is ever substituted.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Dict, Iterable, Optional, Tuple, Union
+
+import numpy as np
+from tqdm import tqdm
+
+from ..config import load_config, merge
+from ..geometry import Camera
+from . import results as R
+from .camera_prior import guess_camera
+from .correspondences import Correspondences, covisibility_clusters, gather_2d3d
+from .pose_estimation import default_conf as pose_default_conf
+from .pose_estimation import estimate_pose
+from .results import LocalizationResult
+
+logger = logging.getLogger(__name__)
+
+default_conf = merge(
+    pose_default_conf,
+    {
+        "features": None,  # None: the map's feature preset (must match the map's)
+        "matcher": None,  # None: the map's matcher preset
+        "retrieval": {"num_keyframes": 10},
+        "covisibility_clustering": False,
+    },
+)
+
+
+class Localizer:
+    """Localize query images against a :class:`~hloc_bpnp.mapping.Map` held in memory.
+
+    Args:
+        map: a loaded Map (``Map.load(dir)``).
+        conf: a preset name in ``configs/localization/``, a YAML path or a dict, merged
+            over ``default_conf``.
+    """
+
+    def __init__(self, map, conf: Union[str, Dict, None] = None):
+        from ..features import build_extractor
+        from ..matching import build_matcher
+
+        self.map = map
+        self.conf = merge(default_conf, load_config("localization", conf) if conf else {})
+        fconf = self.conf["features"] or map.conf.get("features")
+        mconf = self.conf["matcher"] or map.conf.get("matcher")
+        if fconf is None or mconf is None:
+            raise ValueError("The map's config names no feature/matcher preset; pass them in the localization conf")
+        self.extractor = build_extractor(fconf)
+        self.matcher = build_matcher(mconf)
+
+    # ---------------------------------------------------------------- one query
+    def localize(
+        self,
+        image: np.ndarray,
+        camera: Optional[Camera] = None,
+        name: str = "query",
+        image_path=None,
+    ) -> LocalizationResult:
+        """Localize one image.
+
+        Args:
+            image: (H, W) or (H, W, 3) uint8 image.
+            camera: the query's Camera (COLMAP model); None: guessed from EXIF (if
+                ``image_path``) or the image size, and the result says so.
+            name: name recorded in the result.
+        """
+        res = LocalizationResult(name=name)
+        t0 = time.perf_counter()
+        if camera is None:
+            h, w = image.shape[:2]
+            camera, res.camera_source = guess_camera(w, h, image_path)
+            res.info["camera_guessed"] = True
+        res.camera = camera
+        feats = self.extractor.extract(image)
+        feats = {k: (v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)) for k, v in feats.items()}
+        res.timings["features"] = time.perf_counter() - t0
+        return self.localize_features(feats, camera, res)
+
+    def localize_features(self, feats: Dict[str, np.ndarray], camera: Camera,
+                          res: Optional[LocalizationResult] = None) -> LocalizationResult:
+        """Localize from already extracted query features (numpy dict, hloc keys)."""
+        res = res or LocalizationResult(name="query", camera=camera)
+        res.camera = camera
+        kpts = np.asarray(feats["keypoints"], dtype=np.float64)
+        res.num_keypoints = len(kpts)
+        if len(kpts) == 0:
+            return res.fail(R.NO_FEATURES)
+
+        t = time.perf_counter()
+        names, scores = self.retrieve(feats)
+        res.retrieved, res.retrieval_scores = names, [float(s) for s in scores]
+        res.timings["retrieval"] = time.perf_counter() - t
+        if not names:
+            return res.fail(R.NO_RETRIEVAL)
+
+        t = time.perf_counter()
+        refs = [self.map.features[n] for n in names]
+        matches = self.matcher.match_many(feats, refs)
+        m0 = [np.asarray(_np(m["matches0"])) for m in matches]
+        s0 = [np.asarray(_np(m["matching_scores0"]), dtype=np.float64) for m in matches]
+        res.num_matches = int(sum((m >= 0).sum() for m in m0))
+        res.timings["matching"] = time.perf_counter() - t
+        if res.num_matches == 0:
+            return res.fail(R.NO_MATCHES)
+
+        t = time.perf_counter()
+        corr = gather_2d3d(m0, s0, [self.map.kp_to_point[n] for n in names])
+        res.timings["correspondences"] = time.perf_counter() - t
+        if len(corr) == 0:
+            return res.fail(R.NO_2D3D)
+        self._estimate(kpts, corr, camera, names, res)
+        res.timings["total"] = sum(v for k, v in res.timings.items() if k != "total")
+        return res
+
+    def retrieve(self, feats) -> Tuple[list, np.ndarray]:
+        k = min(int(self.conf["retrieval"]["num_keyframes"]), len(self.map.image_names))
+        if k <= 0:
+            return [], np.zeros(0)
+        g = np.asarray(self.map.global_model.encode(feats), dtype=np.float32).reshape(1, -1)
+        scores, names = self.map.global_index.search(g, k)
+        scores = np.asarray(scores).reshape(-1)
+        names = list(names[0]) if len(names) and isinstance(names[0], (list, tuple, np.ndarray)) else list(names)
+        keep = [i for i, n in enumerate(names) if n is not None and n in self.map.features]
+        return [names[i] for i in keep], scores[keep]
+
+    def _estimate(self, kpts, corr: Correspondences, camera, names, res) -> None:
+        t = time.perf_counter()
+        candidates = [(None, corr)]
+        if self.conf["covisibility_clustering"] and len(names) > 1:
+            point_sets = [self.map.kp_to_point[n][self.map.kp_to_point[n] >= 0] for n in names]
+            clusters = covisibility_clusters(point_sets)
+            candidates = []
+            for cl in clusters:
+                bits = np.int64(sum(1 << j for j in cl))
+                sub = corr.select((corr.frames & bits) != 0)
+                if len(sub):
+                    candidates.append((cl, sub))
+        best, best_corr, best_cluster = None, None, None
+        for cl, c in candidates:
+            est = estimate_pose(kpts[c.query_idx], self.map.points3D[c.point_idx], camera, self.conf, c.weight)
+            if best is None or (est.success, est.num_inliers) > (best.success, best.num_inliers):
+                best, best_corr, best_cluster = est, c, cl
+        res.timings["pose"] = time.perf_counter() - t
+        res.points2D = kpts[best_corr.query_idx]
+        res.point3D_ids = self.map.point3D_ids[best_corr.point_idx]
+        res.weights = best_corr.weight
+        res.inlier_mask = best.inlier_mask
+        res.num_inliers = best.num_inliers
+        res.info.update(best.info)
+        if best_cluster is not None:
+            res.info["cluster"] = [names[j] for j in best_cluster]
+            res.info["num_clusters"] = len(candidates)
+        if not best.success:
+            res.fail(best.failure_reason)
+            return
+        res.success, res.failure_reason = True, None
+        res.pose, res.covariance = best.pose, best.covariance
+        if best.camera is not None:
+            res.camera = best.camera
+
+    # ---------------------------------------------------------------- many queries
+    def localize_many(
+        self,
+        queries: Iterable[Tuple[str, Union[str, Path, np.ndarray], Optional[Camera]]],
+        image_dir=None,
+        progress: bool = True,
+    ) -> Dict[str, LocalizationResult]:
+        """Localize (name, image or path, camera or None) triples with a progress bar.
+
+        An unreadable image becomes a failed result naming the file (the batch goes on).
+        """
+        from ..io.image import read_image
+
+        queries = list(queries)
+        out: Dict[str, LocalizationResult] = {}
+        for name, img, cam in tqdm(queries, desc="localize", disable=not progress):
+            path = None
+            if not isinstance(img, np.ndarray):
+                path = Path(img) if image_dir is None else Path(image_dir) / img
+                try:
+                    img = read_image(path)
+                except (OSError, ValueError) as e:
+                    out[name] = LocalizationResult(name=name).fail(R.IMAGE_ERROR, f"{path}: {e}")
+                    logger.warning("Query %s: cannot read image %s: %s", name, path, e)
+                    continue
+            out[name] = self.localize(img, cam, name=name, image_path=path)
+        n_ok = sum(r.success for r in out.values())
+        logger.info("Localized %d / %d queries", n_ok, len(out))
+        return out
+
+
+def _np(x):
+    return x.detach().cpu().numpy() if hasattr(x, "detach") else x

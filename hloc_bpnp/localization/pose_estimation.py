@@ -1,0 +1,191 @@
+"""Absolute pose from 2D-3D candidates: pycolmap LO-RANSAC, acceptance test, refinement.
+
+Refinement modes (``conf["refinement"]["method"]``):
+  * ``"bpnp"`` (default): our differentiable LM solver (:func:`hloc_bpnp.bpnp.solve_pnp`)
+    on the RANSAC inliers, with the query's full camera model (distortion included), a
+    robust loss, and the match scores as weights. It also yields the pose covariance.
+    The refined pose is kept only if it lowers the robust cost on the inliers, so the
+    refinement can never make a converged RANSAC pose worse.
+  * ``"pycolmap"``: pycolmap's Ceres refinement (what hloc does), for ablations.
+  * ``"none"``: the LO-RANSAC pose as is.
+
+Acceptance (pycolmap "succeeds" with 3-4 inliers, see PITFALLS): a pose is reported only with
+at least ``min_inliers`` inliers, an inlier ratio of at least ``min_inlier_ratio``, and, when
+intrinsics are refined, a focal length within ``max_focal_ratio`` of the prior.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Dict, Optional
+
+import numpy as np
+import pycolmap
+import torch
+
+from ..geometry import Camera, Pose
+from . import results as R
+
+logger = logging.getLogger(__name__)
+
+default_conf = {
+    "ransac": {
+        "max_error_px": 4.0,  # chosen by measurement: see pipelines/README.md
+        "min_inlier_ratio": 0.01,
+        "confidence": 0.99999,
+        "min_num_trials": 100,
+        "max_num_trials": 10000,
+        "seed": 0,
+    },
+    "acceptance": {
+        "min_inliers": 20,
+        "min_inlier_ratio": 0.0,
+        "max_focal_ratio": 1.5,
+    },
+    "refinement": {
+        "method": "bpnp",  # bpnp | pycolmap | none
+        "loss": "cauchy",  # l2 | huber | cauchy
+        "loss_scale_px": 1.0,
+        "use_weights": False,  # match scores as BPnP weights
+        "refine_intrinsics": False,  # focal (and distortion) via pycolmap before BPnP
+    },
+}
+
+
+@dataclass
+class PoseEstimate:
+    success: bool
+    failure_reason: Optional[str] = None
+    pose: Optional[Pose] = None
+    camera: Optional[Camera] = None
+    num_inliers: int = 0
+    inlier_mask: Optional[np.ndarray] = None
+    covariance: Optional[np.ndarray] = None
+    info: Dict = field(default_factory=dict)
+
+
+def _rigid_to_pose(rigid) -> Pose:
+    return Pose.from_pycolmap(rigid)
+
+
+def ransac_options(conf: Dict) -> pycolmap.AbsolutePoseEstimationOptions:
+    opts = pycolmap.AbsolutePoseEstimationOptions()
+    rc = conf["ransac"]
+    opts.ransac.max_error = float(rc["max_error_px"])
+    opts.ransac.min_inlier_ratio = float(rc["min_inlier_ratio"])
+    opts.ransac.confidence = float(rc["confidence"])
+    opts.ransac.min_num_trials = int(rc["min_num_trials"])
+    opts.ransac.max_num_trials = int(rc["max_num_trials"])
+    if rc.get("seed") is not None:
+        opts.ransac.random_seed = int(rc["seed"])
+    opts.estimate_focal_length = False
+    return opts
+
+
+def estimate_pose(
+    points2D: np.ndarray,
+    points3D: np.ndarray,
+    camera: Camera,
+    conf: Dict,
+    weights: Optional[np.ndarray] = None,
+) -> PoseEstimate:
+    """LO-RANSAC + acceptance test + refinement for one query.
+
+    Args:
+        points2D: (M, 2) query pixels (COLMAP convention).
+        points3D: (M, 3) world points.
+        camera: the query's Camera (unbatched).
+        conf: merged localization conf (see ``default_conf``).
+        weights: (M,) optional correspondence weights (match scores).
+    """
+    acc = conf["acceptance"]
+    M = len(points2D)
+    if M < max(4, acc["min_inliers"]):
+        return PoseEstimate(False, R.TOO_FEW_CORRESPONDENCES, info={"num_correspondences": M})
+    p2 = np.ascontiguousarray(points2D, dtype=np.float64)
+    p3 = np.ascontiguousarray(points3D, dtype=np.float64)
+    pc_cam = camera.to_pycolmap()
+    ret = pycolmap.estimate_absolute_pose(p2, p3, pc_cam, ransac_options(conf))
+    if ret is None:
+        return PoseEstimate(False, R.RANSAC_FAILED, info={"num_correspondences": M})
+    inliers = np.asarray(ret["inlier_mask"], dtype=bool)
+    n_in = int(inliers.sum())
+    info = {"num_correspondences": M, "ransac_inliers": n_in}
+    if n_in < acc["min_inliers"]:
+        return PoseEstimate(False, R.TOO_FEW_INLIERS, num_inliers=n_in, inlier_mask=inliers, info=info)
+    if n_in / M < acc["min_inlier_ratio"]:
+        return PoseEstimate(False, R.LOW_INLIER_RATIO, num_inliers=n_in, inlier_mask=inliers, info=info)
+
+    ref = conf["refinement"]
+    rigid = ret["cam_from_world"]
+    cam_used = camera
+    if ref["refine_intrinsics"] or ref["method"] == "pycolmap":
+        ropts = pycolmap.AbsolutePoseRefinementOptions()
+        ropts.refine_focal_length = bool(ref["refine_intrinsics"])
+        ropts.refine_extra_params = bool(ref["refine_intrinsics"]) and camera.has_distortion
+        ropts.loss_function_scale = float(ref["loss_scale_px"])
+        cam_ref = camera.to_pycolmap()
+        out = pycolmap.refine_absolute_pose(rigid, p2, p3, inliers, cam_ref, ropts)
+        if out is None:
+            return PoseEstimate(False, R.RANSAC_FAILED, info={**info, "detail": "pycolmap refinement failed"})
+        rigid = out["cam_from_world"]
+        if ref["refine_intrinsics"]:
+            f0 = float(camera.f.mean())
+            cam_used = Camera.from_pycolmap(cam_ref, dtype=camera.dtype)
+            f1 = float(cam_used.f.mean())
+            ratio = max(f1 / f0, f0 / f1) if f0 > 0 and f1 > 0 else np.inf
+            info["focal_prior"], info["focal_refined"] = f0, f1
+            if ratio > acc["max_focal_ratio"]:
+                return PoseEstimate(False, R.BAD_INTRINSICS, num_inliers=n_in, inlier_mask=inliers, info=info)
+
+    pose = _rigid_to_pose(rigid)
+    covariance = None
+    if ref["method"] == "bpnp":
+        w = weights[inliers] if (weights is not None and ref["use_weights"]) else None
+        pose, covariance, rinfo = refine_bpnp(p2[inliers], p3[inliers], cam_used, pose, ref, w)
+        info.update(rinfo)
+    elif ref["method"] not in ("pycolmap", "none"):
+        raise ValueError(f"Unknown refinement method {ref['method']!r} (bpnp | pycolmap | none)")
+    return PoseEstimate(True, None, pose, cam_used, n_in, inliers, covariance, info)
+
+
+def refine_bpnp(points2D, points3D, camera: Camera, pose_init: Pose, ref_conf: Dict, weights=None):
+    """BPnP refinement of an initial pose on inliers; keeps the init if it is not improved.
+
+    Returns:
+        (pose, covariance (6, 6) or None, info dict with costs and convergence).
+    """
+    from ..bpnp import solve_pnp
+
+    dt = torch.float64
+    x = torch.as_tensor(points2D, dtype=dt)[None]
+    X = torch.as_tensor(points3D, dtype=dt)[None]
+    w = None if weights is None else torch.as_tensor(weights, dtype=dt)[None].clamp_min(0)
+    y0 = pose_init.to(dt).aa_t()[None]
+    cam = camera.to(dt)
+    with torch.no_grad():
+        res = solve_pnp(x, X, cam, weights=w, pose_init=y0, loss=ref_conf["loss"],
+                        loss_scale=float(ref_conf["loss_scale_px"]))
+        cost_init = _robust_cost(x, X, cam, y0, w, ref_conf)
+        cost_ref = _robust_cost(x, X, cam, res.pose, w, ref_conf)
+    info = {
+        "bpnp_converged": bool(res.converged[0]),
+        "bpnp_iterations": int(res.iterations if np.isscalar(res.iterations) else np.asarray(res.iterations).max()),
+        "cost_ransac": float(cost_init),
+        "cost_refined": float(cost_ref),
+    }
+    cov = None
+    if getattr(res, "covariance", None) is not None:
+        c = res.covariance[0].detach().cpu().numpy()
+        cov = c if np.all(np.isfinite(c)) else None
+    if not bool(torch.isfinite(res.pose).all()) or cost_ref > cost_init * (1 + 1e-12):
+        info["refinement_rejected"] = True
+        return pose_init, cov, info
+    return Pose.from_aa(res.pose[0]), cov, info
+
+
+def _robust_cost(x, X, cam: Camera, y, w, ref_conf) -> float:
+    from ..bpnp import robust_cost
+
+    return float(robust_cost(x, X, cam, y, weights=w, loss=ref_conf["loss"],
+                             loss_scale=float(ref_conf["loss_scale_px"]))[0])

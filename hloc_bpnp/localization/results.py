@@ -1,0 +1,163 @@
+"""The per-query result of localization and its serialisation (hloc text + JSON log).
+
+Results are never pickled: the JSON log holds plain numbers and names, so it stays readable
+across versions. Failed queries are NOT written to the hloc results file (no fallback pose is
+ever substituted); they appear in the JSON log with their failure reason, and evaluation
+counts them as failures.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from ..geometry import Camera, Pose
+
+logger = logging.getLogger(__name__)
+
+# failure reasons (stable strings, used in logs and tests)
+NO_FEATURES = "no_features"
+NO_RETRIEVAL = "no_retrieval_hits"
+NO_MATCHES = "no_matches"
+NO_2D3D = "no_2d3d_correspondences"
+TOO_FEW_CORRESPONDENCES = "too_few_correspondences"
+RANSAC_FAILED = "ransac_failed"
+TOO_FEW_INLIERS = "too_few_inliers"
+LOW_INLIER_RATIO = "low_inlier_ratio"
+BAD_INTRINSICS = "implausible_refined_intrinsics"
+IMAGE_ERROR = "image_error"
+
+
+@dataclass
+class LocalizationResult:
+    """Everything known about one query's localization.
+
+    Attributes:
+        name: query name (relative path, as in hloc query lists).
+        success: True when a pose passed the acceptance test.
+        failure_reason: one of the module's reason strings when not successful.
+        pose: cam_from_world (unbatched) or None.
+        camera: the camera used (possibly with refined intrinsics).
+        camera_source: 'given', 'exif' or 'image_size' (guessed prior).
+        num_inliers, inlier_mask: RANSAC inliers over the 2D-3D correspondences.
+        points2D: (M, 2) query keypoints of the correspondences; point3D_ids: (M,) COLMAP ids.
+        weights: (M,) match scores used as correspondence weights.
+        covariance: (6, 6) covariance of [axis-angle, t] from the BPnP solve, or None.
+        retrieved: names of the retrieved keyframes, with their global scores.
+        timings: seconds per stage.
+        info: extra diagnostics (costs before/after refinement, cluster used, ...).
+    """
+
+    name: str
+    success: bool = False
+    failure_reason: Optional[str] = None
+    pose: Optional[Pose] = None
+    camera: Optional[Camera] = None
+    camera_source: str = "given"
+    num_keypoints: int = 0
+    num_matches: int = 0
+    num_inliers: int = 0
+    inlier_mask: Optional[np.ndarray] = None
+    points2D: Optional[np.ndarray] = None
+    point3D_ids: Optional[np.ndarray] = None
+    weights: Optional[np.ndarray] = None
+    covariance: Optional[np.ndarray] = None
+    retrieved: List[str] = field(default_factory=list)
+    retrieval_scores: List[float] = field(default_factory=list)
+    timings: Dict[str, float] = field(default_factory=dict)
+    info: Dict = field(default_factory=dict)
+
+    def fail(self, reason: str, detail: str = "") -> "LocalizationResult":
+        self.success = False
+        self.failure_reason = reason
+        self.pose = None
+        if detail:
+            self.info["failure_detail"] = detail
+        return self
+
+    def to_dict(self, with_correspondences: bool = True) -> Dict:
+        """JSON-serialisable dict (numbers, lists, strings only)."""
+        d = {
+            "name": self.name,
+            "success": self.success,
+            "failure_reason": self.failure_reason,
+            "camera": None
+            if self.camera is None
+            else {
+                "model": self.camera.model,
+                "width": self.camera.width,
+                "height": self.camera.height,
+                "params": [float(p) for p in self.camera.params.detach().cpu().tolist()],
+            },
+            "camera_source": self.camera_source,
+            "num_keypoints": int(self.num_keypoints),
+            "num_matches": int(self.num_matches),
+            "num_inliers": int(self.num_inliers),
+            "retrieved": list(self.retrieved),
+            "retrieval_scores": [float(s) for s in self.retrieval_scores],
+            "timings": {k: float(v) for k, v in self.timings.items()},
+            "info": _jsonable(self.info),
+        }
+        if self.pose is not None:
+            d["qvec"] = self.pose.qvec().detach().cpu().double().tolist()
+            d["tvec"] = self.pose.t.detach().cpu().double().tolist()
+        if self.covariance is not None:
+            d["covariance"] = np.asarray(self.covariance, dtype=float).tolist()
+        if with_correspondences and self.points2D is not None:
+            d["points2D"] = np.asarray(self.points2D, dtype=float).tolist()
+            d["point3D_ids"] = np.asarray(self.point3D_ids).astype(int).tolist()
+            if self.inlier_mask is not None:
+                d["inlier_mask"] = np.asarray(self.inlier_mask).astype(bool).tolist()
+            if self.weights is not None:
+                d["weights"] = np.asarray(self.weights, dtype=float).tolist()
+        return d
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, (np.floating, np.integer, np.bool_)):
+        return x.item()
+    if hasattr(x, "tolist"):  # torch tensors
+        return x.tolist()
+    return x
+
+
+def write_results(results: Dict[str, LocalizationResult], results_path, log_path=None) -> None:
+    """Write successful poses in hloc's text format and every query to a JSON log.
+
+    Both files are written to a temporary name and renamed, so an interrupted job never
+    leaves a truncated file. The JSON log is ``<results>_log.json`` unless given.
+    """
+    from ..io.hloc_text import write_results as write_hloc_results
+
+    results_path = Path(results_path)
+    results_path.parent.mkdir(parents=True, exist_ok=True)
+    poses = {n: r.pose for n, r in results.items() if r.success and r.pose is not None}
+    tmp = results_path.with_name(results_path.name + ".tmp")
+    write_hloc_results(tmp, poses)
+    os.replace(tmp, results_path)
+    log_path = Path(log_path) if log_path else results_path.with_name(results_path.stem + "_log.json")
+    tmp = log_path.with_name(log_path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump({"queries": [r.to_dict() for r in results.values()]}, f)
+    os.replace(tmp, log_path)
+    n_fail = len(results) - len(poses)
+    logger.info("Wrote %d poses to %s (%d failures logged in %s)", len(poses), results_path, n_fail, log_path)
+
+
+def summarize_failures(results: Dict[str, LocalizationResult]) -> Dict[str, int]:
+    counts: Dict[str, int] = {}
+    for r in results.values():
+        if not r.success:
+            counts[r.failure_reason or "unknown"] = counts.get(r.failure_reason or "unknown", 0) + 1
+    return counts

@@ -1,0 +1,68 @@
+"""Unit tests of the localizer's building blocks (no map needed)."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hloc_bpnp.geometry import Camera, Pose
+from hloc_bpnp.localization import LocalizationResult, covisibility_clusters, gather_2d3d, guess_camera
+from hloc_bpnp.localization import results as R
+
+
+def test_gather_2d3d_dedup_and_max_score():
+    # query kp 0 matches kf0 kp 2 (point 5) and kf1 kp 0 (point 5): one pair, best score
+    # query kp 1 matches kf0 kp 0 (no point) -> dropped; kf1 kp 1 (point 7)
+    m = [np.array([2, 0, -1]), np.array([0, 1, -1])]
+    s = [np.array([0.5, 0.9, 0.0]), np.array([0.8, 0.6, 0.0])]
+    lut = [np.array([-1, 3, 5]), np.array([5, 7])]
+    c = gather_2d3d(m, s, lut)
+    pairs = sorted(zip(c.query_idx.tolist(), c.point_idx.tolist(), c.weight.tolist(), c.frames.tolist()))
+    assert pairs == [(0, 5, 0.8, 0b11), (1, 7, 0.6, 0b10)]
+
+
+def test_gather_2d3d_keeps_multiple_points_per_keypoint():
+    m = [np.array([0]), np.array([0])]
+    s = [np.array([1.0]), np.array([0.5])]
+    lut = [np.array([1]), np.array([2])]
+    c = gather_2d3d(m, s, lut)
+    assert sorted(c.point_idx.tolist()) == [1, 2] and c.query_idx.tolist() == [0, 0]
+
+
+def test_gather_2d3d_empty_and_errors():
+    c = gather_2d3d([np.array([-1, -1])], [np.zeros(2)], [np.array([0])])
+    assert len(c) == 0
+    with pytest.raises(ValueError, match="per keyframe"):
+        gather_2d3d([np.array([0])], [], [np.array([0])])
+
+
+def test_covisibility_clusters():
+    sets = [np.array([1, 2]), np.array([2, 3]), np.array([10]), np.array([3, 4]), np.array([], dtype=int)]
+    assert covisibility_clusters(sets) == [[0, 1, 3], [2], [4]]
+
+
+def test_guess_camera_from_size_and_exif(tmp_path):
+    cam, src = guess_camera(640, 480)
+    assert src == "image_size" and cam.model == "SIMPLE_RADIAL"
+    assert torch.allclose(cam.params, torch.tensor([1.2 * 640, 320.0, 240.0, 0.0], dtype=torch.float64))
+    path = tmp_path / "exif.jpg"
+    img = Image.new("RGB", (640, 480))
+    exif = Image.Exif()
+    exif.get_ifd(0x8769)[0xA405] = 36  # 36 mm equivalent focal length: f = max(W, H)
+    img.save(path, exif=exif)
+    cam, src = guess_camera(640, 480, path)
+    assert src == "exif" and abs(cam.params[0].item() - 640.0) < 1e-9
+
+
+def test_result_json_roundtrip():
+    r = LocalizationResult(name="q/1.jpg", camera=Camera("PINHOLE", 10, 10, torch.tensor([5.0, 5.0, 5.0, 5.0])))
+    r.success, r.pose = True, Pose.from_aa(torch.tensor([0.1, 0.2, 0.3, 1.0, 2.0, 3.0], dtype=torch.float64))
+    r.points2D, r.point3D_ids, r.inlier_mask = np.zeros((2, 2)), np.array([4, 5]), np.array([True, False])
+    r.covariance = np.eye(6)
+    r.info["costs"] = np.float64(1.5)
+    d = json.loads(json.dumps(r.to_dict()))
+    assert d["success"] and d["point3D_ids"] == [4, 5] and d["inlier_mask"] == [True, False]
+    assert np.allclose(Pose.from_qt(torch.tensor(d["qvec"]), torch.tensor(d["tvec"])).R.double(), r.pose.R, atol=1e-6)
+    f = LocalizationResult(name="x").fail(R.NO_MATCHES, "detail")
+    assert f.to_dict()["failure_reason"] == "no_matches" and "qvec" not in f.to_dict()
