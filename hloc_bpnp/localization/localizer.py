@@ -119,16 +119,12 @@ class Localizer:
         if res.num_matches == 0:
             return res.fail(R.NO_MATCHES)
 
-        t = time.perf_counter()
-        corr = gather_2d3d(m0, s0, [self.map.kp_to_point[n] for n in names])
-        res.timings["correspondences"] = time.perf_counter() - t
-        if len(corr) == 0:
-            return res.fail(R.NO_2D3D)
-        self._estimate(kpts, corr, camera, names, res)
+        localize_from_matches(kpts, names, m0, s0, self.map, camera, self.conf, res)
         res.timings["total"] = sum(v for k, v in res.timings.items() if k != "total")
         return res
 
     def retrieve(self, feats) -> Tuple[list, np.ndarray]:
+        """Top-k map keyframes for a query's features: (names, global scores)."""
         k = min(int(self.conf["retrieval"]["num_keyframes"]), len(self.map.image_names))
         if k <= 0:
             return [], np.zeros(0)
@@ -138,41 +134,6 @@ class Localizer:
         names = list(names[0]) if len(names) and isinstance(names[0], (list, tuple, np.ndarray)) else list(names)
         keep = [i for i, n in enumerate(names) if n is not None and n in self.map.features]
         return [names[i] for i in keep], scores[keep]
-
-    def _estimate(self, kpts, corr: Correspondences, camera, names, res) -> None:
-        t = time.perf_counter()
-        candidates = [(None, corr)]
-        if self.conf["covisibility_clustering"] and len(names) > 1:
-            point_sets = [self.map.kp_to_point[n][self.map.kp_to_point[n] >= 0] for n in names]
-            clusters = covisibility_clusters(point_sets)
-            candidates = []
-            for cl in clusters:
-                bits = np.int64(sum(1 << j for j in cl))
-                sub = corr.select((corr.frames & bits) != 0)
-                if len(sub):
-                    candidates.append((cl, sub))
-        best, best_corr, best_cluster = None, None, None
-        for cl, c in candidates:
-            est = estimate_pose(kpts[c.query_idx], self.map.points3D[c.point_idx], camera, self.conf, c.weight)
-            if best is None or (est.success, est.num_inliers) > (best.success, best.num_inliers):
-                best, best_corr, best_cluster = est, c, cl
-        res.timings["pose"] = time.perf_counter() - t
-        res.points2D = kpts[best_corr.query_idx]
-        res.point3D_ids = self.map.point3D_ids[best_corr.point_idx]
-        res.weights = best_corr.weight
-        res.inlier_mask = best.inlier_mask
-        res.num_inliers = best.num_inliers
-        res.info.update(best.info)
-        if best_cluster is not None:
-            res.info["cluster"] = [names[j] for j in best_cluster]
-            res.info["num_clusters"] = len(candidates)
-        if not best.success:
-            res.fail(best.failure_reason)
-            return
-        res.success, res.failure_reason = True, None
-        res.pose, res.covariance = best.pose, best.covariance
-        if best.camera is not None:
-            res.camera = best.camera
 
     # ---------------------------------------------------------------- many queries
     def localize_many(
@@ -207,3 +168,57 @@ class Localizer:
 
 def _np(x):
     return x.detach().cpu().numpy() if hasattr(x, "detach") else x
+
+
+def localize_from_matches(kpts: np.ndarray, names, matches0, scores0, lookup, camera: Camera,
+                          conf: Dict, res: LocalizationResult) -> LocalizationResult:
+    """The stages after matching, shared by :class:`Localizer` and the hloc plugin.
+
+    Args:
+        kpts: (Nq, 2) query keypoints (COLMAP pixels).
+        names: the k keyframe names the query was matched to.
+        matches0, scores0: per keyframe, (Nq,) matches (-1 = none) and scores.
+        lookup: object with ``kp_to_point`` (name -> (N,) rows or -1), ``points3D`` (P, 3)
+            and ``point3D_ids`` (P,) -- a :class:`~hloc_bpnp.mapping.Map` or the plugin's
+            lookup built from a reference model.
+        camera: the query's Camera.
+        conf: merged localization conf.
+        res: the result to fill (also returned).
+    """
+    t = time.perf_counter()
+    corr = gather_2d3d(matches0, scores0, [lookup.kp_to_point[n] for n in names])
+    res.timings["correspondences"] = time.perf_counter() - t
+    if len(corr) == 0:
+        return res.fail(R.NO_2D3D)
+    t = time.perf_counter()
+    candidates = [(None, corr)]
+    if conf["covisibility_clustering"] and len(names) > 1:
+        point_sets = [lookup.kp_to_point[n][lookup.kp_to_point[n] >= 0] for n in names]
+        candidates = []
+        for cl in covisibility_clusters(point_sets):
+            bits = np.int64(sum(1 << j for j in cl))
+            sub = corr.select((corr.frames & bits) != 0)
+            if len(sub):
+                candidates.append((cl, sub))
+    best = best_corr = best_cluster = None
+    for cl, c in candidates:
+        est = estimate_pose(kpts[c.query_idx], lookup.points3D[c.point_idx], camera, conf, c.weight)
+        if best is None or (est.success, est.num_inliers) > (best.success, best.num_inliers):
+            best, best_corr, best_cluster = est, c, cl
+    res.timings["pose"] = time.perf_counter() - t
+    res.points2D = kpts[best_corr.query_idx]
+    res.point3D_ids = lookup.point3D_ids[best_corr.point_idx]
+    res.weights = best_corr.weight
+    res.inlier_mask = best.inlier_mask
+    res.num_inliers = best.num_inliers
+    res.info.update(best.info)
+    if best_cluster is not None:
+        res.info["cluster"] = [names[j] for j in best_cluster]
+        res.info["num_clusters"] = len(candidates)
+    if not best.success:
+        return res.fail(best.failure_reason)
+    res.success, res.failure_reason = True, None
+    res.pose, res.covariance = best.pose, best.covariance
+    if best.camera is not None:
+        res.camera = best.camera
+    return res

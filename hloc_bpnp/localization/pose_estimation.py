@@ -152,40 +152,50 @@ def estimate_pose(
 def refine_bpnp(points2D, points3D, camera: Camera, pose_init: Pose, ref_conf: Dict, weights=None):
     """BPnP refinement of an initial pose on inliers; keeps the init if it is not improved.
 
+    Args:
+        points2D: (M, 2) inlier pixels; points3D: (M, 3); camera: the query Camera;
+        pose_init: the RANSAC pose; ref_conf: ``conf["refinement"]``; weights: (M,) or None.
     Returns:
-        (pose, covariance (6, 6) or None, info dict with costs and convergence).
+        (pose, covariance (6, 6) of [axis-angle, t] or None, info dict with costs/convergence).
     """
     from ..bpnp import solve_pnp
 
     dt = torch.float64
-    x = torch.as_tensor(points2D, dtype=dt)[None]
-    X = torch.as_tensor(points3D, dtype=dt)[None]
-    w = None if weights is None else torch.as_tensor(weights, dtype=dt)[None].clamp_min(0)
-    y0 = pose_init.to(dt).aa_t()[None]
+    x = torch.as_tensor(points2D, dtype=dt)
+    X = torch.as_tensor(points3D, dtype=dt)
+    w = None if weights is None else torch.as_tensor(weights, dtype=dt).clamp_min(0)
+    y0 = pose_init.to(dt).aa_t()
     cam = camera.to(dt)
+    loss, scale = ref_conf["loss"], float(ref_conf["loss_scale_px"])
     with torch.no_grad():
-        res = solve_pnp(x, X, cam, weights=w, pose_init=y0, loss=ref_conf["loss"],
-                        loss_scale=float(ref_conf["loss_scale_px"]))
-        cost_init = _robust_cost(x, X, cam, y0, w, ref_conf)
-        cost_ref = _robust_cost(x, X, cam, res.pose, w, ref_conf)
+        res = solve_pnp(x, X, cam, weights=w, pose_init=y0, loss=loss, loss_scale=scale)
+        cost_init = robust_cost(x, X, cam, y0, w, loss, scale)
+        cost_ref = robust_cost(x, X, cam, res.pose, w, loss, scale)
     info = {
-        "bpnp_converged": bool(res.converged[0]),
-        "bpnp_iterations": int(res.iterations if np.isscalar(res.iterations) else np.asarray(res.iterations).max()),
-        "cost_ransac": float(cost_init),
-        "cost_refined": float(cost_ref),
+        "bpnp_converged": bool(res.converged),
+        "bpnp_iterations": int(res.iterations),
+        "bpnp_failure": res.failure or "",
+        "cost_ransac": cost_init,
+        "cost_refined": cost_ref,
     }
-    cov = None
-    if getattr(res, "covariance", None) is not None:
-        c = res.covariance[0].detach().cpu().numpy()
-        cov = c if np.all(np.isfinite(c)) else None
-    if not bool(torch.isfinite(res.pose).all()) or cost_ref > cost_init * (1 + 1e-12):
+    cov = res.covariance.detach().cpu().numpy()
+    cov = cov if np.all(np.isfinite(cov)) else None
+    if not bool(res.valid) or not bool(torch.isfinite(res.pose).all()) or not cost_ref <= cost_init:
         info["refinement_rejected"] = True
         return pose_init, cov, info
-    return Pose.from_aa(res.pose[0]), cov, info
+    return Pose.from_aa(res.pose), cov, info
 
 
-def _robust_cost(x, X, cam: Camera, y, w, ref_conf) -> float:
-    from ..bpnp import robust_cost
+def robust_cost(x: torch.Tensor, X: torch.Tensor, camera: Camera, y: torch.Tensor, weights, loss: str,
+                scale: float) -> float:
+    """sum_i w_i rho(||x_i - proj(R(y) X_i + t)||^2): the objective BPnP minimises.
 
-    return float(robust_cost(x, X, cam, y, weights=w, loss=ref_conf["loss"],
-                             loss_scale=float(ref_conf["loss_scale_px"]))[0])
+    Args: x (M, 2), X (M, 3), y (6,) [axis-angle, t], weights (M,) or None.
+    """
+    from ..bpnp import robust_rho
+
+    r = camera.project(Pose.from_aa(y).transform(X)) - x
+    rho, _ = robust_rho((r * r).sum(-1), loss, scale)
+    if weights is not None:
+        rho = rho * weights
+    return float(rho.sum())
