@@ -110,8 +110,8 @@ class Localizer:
             return res.fail(R.NO_RETRIEVAL)
 
         t = time.perf_counter()
-        refs = [self.map.features[n] for n in names]
-        matches = self.matcher.match_many(feats, refs)
+        refs = [_as_torch(self.map.features[n]) for n in names]
+        matches = self.matcher.match_many(_as_torch(feats), refs)
         m0 = [np.asarray(_np(m["matches0"])) for m in matches]
         s0 = [np.asarray(_np(m["matching_scores0"]), dtype=np.float64) for m in matches]
         res.num_matches = int(sum((m >= 0).sum() for m in m0))
@@ -164,6 +164,14 @@ class Localizer:
         n_ok = sum(r.success for r in out.values())
         logger.info("Localized %d / %d queries", n_ok, len(out))
         return out
+
+
+def _as_torch(feats: Dict) -> Dict:
+    """Numpy feature dict -> torch (zero-copy where possible), as the matchers expect."""
+    import torch
+
+    return {k: (torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v)
+            for k, v in feats.items()}
 
 
 def _np(x):

@@ -156,7 +156,8 @@ def refine_bpnp(points2D, points3D, camera: Camera, pose_init: Pose, ref_conf: D
         points2D: (M, 2) inlier pixels; points3D: (M, 3); camera: the query Camera;
         pose_init: the RANSAC pose; ref_conf: ``conf["refinement"]``; weights: (M,) or None.
     Returns:
-        (pose, covariance (6, 6) of [axis-angle, t] or None, info dict with costs/convergence).
+        (pose, covariance (6, 6) in the tangent space [d_w (left rotation), d_t] or None,
+        info dict with costs/convergence).
     """
     from ..bpnp import solve_pnp
 

@@ -47,7 +47,8 @@ class LocalizationResult:
         num_inliers, inlier_mask: RANSAC inliers over the 2D-3D correspondences.
         points2D: (M, 2) query keypoints of the correspondences; point3D_ids: (M,) COLMAP ids.
         weights: (M,) match scores used as correspondence weights.
-        covariance: (6, 6) covariance of [axis-angle, t] from the BPnP solve, or None.
+        covariance: (6, 6) pose covariance sigma^2 (J^T W J)^-1 from the BPnP solve, in the
+            solver tangent space [d_w (left rotation perturbation, rad), d_t], or None.
         retrieved: names of the retrieved keyframes, with their global scores.
         timings: seconds per stage.
         info: extra diagnostics (costs before/after refinement, cluster used, ...).

@@ -1,0 +1,87 @@
+"""``hloc-bpnp map``: build a localization map from a folder of images and save it.
+
+With ``--reference`` (a COLMAP model holding the ground-truth cameras and poses of the map
+images) the 3D points are triangulated with those poses fixed; without it, incremental SfM
+estimates poses and intrinsics from the images alone (the largest model is kept).
+Images listed in ``--query-list`` are left out of the map.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+logger = logging.getLogger("hloc_bpnp.map")
+
+
+def register(subparsers, help_text: str) -> None:
+    p = subparsers.add_parser("map", help=help_text, description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--images", type=Path, required=True, help="image folder (names relative to it)")
+    p.add_argument("--output", type=Path, required=True, help="map folder to write")
+    p.add_argument("--reference", type=Path, default=None,
+                   help="COLMAP model with known cameras + poses: triangulate instead of SfM")
+    p.add_argument("--query-list", type=Path, default=None,
+                   help="hloc query list; these images are excluded from the map")
+    p.add_argument("--conf", default=None,
+                   help="mapping preset in configs/mapping/ or YAML path "
+                        "(default: 'default' with --reference, else 'sfm')")
+    p.add_argument("--features", default=None, help="feature preset (configs/features/), e.g. sift")
+    p.add_argument("--matcher", default=None, help="matcher preset (configs/matchers/), e.g. mnn_ratio")
+    p.add_argument("--pairs", choices=("poses", "exhaustive", "retrieval"), default=None,
+                   help="how to choose image pairs to match")
+    p.add_argument("--num-pairs", type=int, default=None, help="pairs per image (poses, retrieval)")
+    p.add_argument("--camera-mode", choices=("auto", "single", "per_image"), default=None,
+                   help="SfM only: which images share intrinsics")
+    p.add_argument("--workdir", type=Path, default=None, help="keep the COLMAP database here")
+    p.set_defaults(func=run)
+
+
+def _overrides(args) -> dict:
+    over: dict = {}
+    if args.features:
+        over["features"] = args.features
+    if args.matcher:
+        over["matcher"] = args.matcher
+    pairs = {}
+    if args.pairs:
+        pairs["method"] = args.pairs
+    if args.num_pairs is not None:
+        if args.num_pairs < 1:
+            raise ValueError(f"--num-pairs must be >= 1, got {args.num_pairs}")
+        pairs["num_pairs"] = args.num_pairs
+    if pairs:
+        over["pairs"] = pairs
+    return over
+
+
+def run(args) -> int:
+    from ..io.colmap import scene_from_model
+    from ..mapping.build import build_map_from_poses, build_map_sfm, list_images, mapping_config
+
+    if not args.images.is_dir():
+        raise FileNotFoundError(f"--images: folder {args.images} does not exist")
+    exclude = set()
+    if args.query_list is not None:
+        from ..io.hloc_text import read_query_list
+
+        exclude = set(read_query_list(args.query_list))
+        logger.info("Excluding %d query images listed in %s", len(exclude), args.query_list)
+    conf = mapping_config(args.conf or ("default" if args.reference else "sfm"), **_overrides(args))
+    if args.reference is not None:
+        scene = scene_from_model(args.reference, args.images)
+        names = [n for n in scene.names if n not in exclude]
+        missing = [n for n in names if not (args.images / n).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{len(missing)} reference images not found under {args.images}: {missing[:5]}")
+        scene = scene.subset(names)
+        logger.info("Mapping %d images with known poses from %s", len(scene), args.reference)
+        m = build_map_from_poses(scene, args.images, conf, workdir=args.workdir)
+    else:
+        names = [n for n in list_images(args.images) if n not in exclude]
+        logger.info("SfM on %d images", len(names))
+        m = build_map_sfm(args.images, conf, camera_mode=args.camera_mode, names=names, workdir=args.workdir)
+    m.save(args.output)
+    logger.info("Map: %s", json.dumps(m.stats()))
+    return 0

@@ -1,0 +1,185 @@
+"""Nearest-neighbour descriptor matchers (MNN, ratio test, both, symmetric ratio), batched.
+
+Distances are Euclidean (L2) between descriptors. The ratio test compares DISTANCES:
+``d1 <= ratio_threshold * d2`` (implemented as ``d1^2 <= ratio_threshold^2 * d2^2``), as
+Lowe and hloc's ``NN-ratio`` do. Scores are ``1 - d1^2 / 4`` clipped to [0, 1], which for
+unit-norm descriptors is hloc's ``(1 + cos) / 2``.
+
+One query against k references runs as one padded ``(k, N0, Nmax)`` distance computation
+with masks (chunked to bound memory), so batched and one-by-one results are identical.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from .base import Features, Matcher, Matches, check_features, empty_matches, register_matcher
+
+
+def pad_descriptors(descs: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Stack descriptors of different counts.
+
+    Args:
+        descs: k tensors (N_i, D).
+
+    Returns:
+        padded (k, Nmax, D) (zeros in the padding) and mask (k, Nmax) bool, True for real entries.
+    """
+    k = len(descs)
+    d = descs[0].shape[-1]
+    nmax = max((x.shape[0] for x in descs), default=0)
+    out = descs[0].new_zeros((k, nmax, d))
+    mask = torch.zeros((k, nmax), dtype=torch.bool, device=descs[0].device)
+    for i, x in enumerate(descs):
+        out[i, : x.shape[0]] = x
+        mask[i, : x.shape[0]] = True
+    return out, mask
+
+
+def nn_match_batched(
+    desc0: torch.Tensor,
+    desc1: torch.Tensor,
+    mask1: Optional[torch.Tensor] = None,
+    mutual: bool = True,
+    ratio_threshold: Optional[float] = None,
+    distance_threshold: Optional[float] = None,
+    symmetric_ratio: bool = False,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Match one descriptor set against a padded batch.
+
+    Args:
+        desc0: (N0, D) query descriptors.
+        desc1: (B, N1, D) reference descriptors (padded).
+        mask1: (B, N1) bool, False for padding; None = all valid.
+        mutual: keep only mutual nearest neighbours.
+        ratio_threshold: Lowe ratio on distances, ``d1 <= r * d2`` (None: off).
+        distance_threshold: ``d1 <= t`` (None: off).
+        symmetric_ratio: also apply the ratio test from image 1 to image 0 (kornia's SMNN).
+
+    Returns:
+        matches0 (B, N0) int64 (-1 unmatched) and scores0 (B, N0) float32.
+    """
+    if desc0.ndim != 2 or desc1.ndim != 3 or desc0.shape[-1] != desc1.shape[-1]:
+        raise ValueError(f"desc0 must be (N0, D) and desc1 (B, N1, D) with equal D, got "
+                         f"{tuple(desc0.shape)} and {tuple(desc1.shape)}")
+    b, n1, _ = desc1.shape
+    n0 = desc0.shape[0]
+    if mask1 is None:
+        mask1 = torch.ones((b, n1), dtype=torch.bool, device=desc1.device)
+    if mask1.shape != (b, n1):
+        raise ValueError(f"mask1 must be (B, N1) = {(b, n1)}, got {tuple(mask1.shape)}")
+    if n0 == 0 or n1 == 0:
+        return (torch.full((b, n0), -1, dtype=torch.int64, device=desc0.device),
+                torch.zeros((b, n0), dtype=torch.float32, device=desc0.device))
+    q = desc0.float()
+    r = desc1.float()
+    sq0 = (q * q).sum(-1)  # (N0,)
+    sq1 = (r * r).sum(-1)  # (B, N1)
+    # d2[b, i, j] = |q_i|^2 + |r_bj|^2 - 2 q_i . r_bj
+    d2 = torch.baddbmm(sq1[:, None, :], q.expand(b, -1, -1), r.transpose(1, 2), alpha=-2.0)
+    d2.add_(sq0[None, :, None]).clamp_(min=0.0)
+    d2.masked_fill_(~mask1[:, None, :], float("inf"))
+
+    k = 2 if (ratio_threshold is not None and n1 >= 2) else 1
+    top, idx = torch.topk(d2, k, dim=-1, largest=False)  # (B, N0, k)
+    best = top[..., 0]
+    m0 = idx[..., 0]
+    valid = torch.isfinite(best)
+    if ratio_threshold is not None and k == 2:
+        valid &= best <= (ratio_threshold ** 2) * top[..., 1]
+    if distance_threshold is not None:
+        valid &= best <= distance_threshold ** 2
+    if mutual or symmetric_ratio:
+        k1 = 2 if (symmetric_ratio and ratio_threshold is not None and n0 >= 2) else 1
+        top10, idx10 = torch.topk(d2, k1, dim=1, largest=False)  # (B, k1, N1)
+        if mutual:
+            back = torch.gather(idx10[:, 0], 1, m0)  # (B, N0)
+            valid &= back == torch.arange(n0, device=d2.device)[None]
+        if k1 == 2:
+            ratio_ok = top10[:, 0] <= (ratio_threshold ** 2) * top10[:, 1]  # (B, N1)
+            valid &= torch.gather(ratio_ok, 1, m0)
+    scores = (1.0 - best / 4.0).clamp(0.0, 1.0)
+    matches0 = torch.where(valid, m0, torch.full_like(m0, -1))
+    scores0 = torch.where(valid, scores, torch.zeros_like(scores))
+    return matches0, scores0.float()
+
+
+@register_matcher("nearest_neighbor")
+class NearestNeighbor(Matcher):
+    """Descriptor nearest-neighbour matcher.
+
+    Config:
+        mutual: mutual nearest-neighbour check.
+        ratio_threshold: Lowe ratio on L2 distances (not squared), or null.
+        distance_threshold: maximum L2 distance, or null.
+        symmetric_ratio: apply the ratio test in both directions (SMNN).
+        normalize: L2-normalise descriptors first (hloc normalises before NN matching).
+        max_batch_elements: cap on k * N0 * Nmax distance entries computed at once.
+    """
+
+    default_conf: Dict[str, Any] = {
+        "mutual": True,
+        "ratio_threshold": None,
+        "distance_threshold": None,
+        "symmetric_ratio": False,
+        "normalize": True,
+        "max_batch_elements": 1 << 26,
+    }
+
+    def _init(self, conf: Dict[str, Any]) -> None:
+        r = conf["ratio_threshold"]
+        if r is not None and not (0.0 < float(r) <= 1.0):
+            raise ValueError(f"{conf['preset']}: ratio_threshold must be in (0, 1], got {r}")
+        if conf["symmetric_ratio"] and r is None:
+            raise ValueError(f"{conf['preset']}: symmetric_ratio needs a ratio_threshold")
+
+    def _prep(self, d: torch.Tensor) -> torch.Tensor:
+        d = d.to(self.device, torch.float32)
+        if self.conf["normalize"]:
+            d = torch.nn.functional.normalize(d, dim=-1)
+        return d
+
+    @torch.inference_mode()
+    def match_many(self, query: Features, refs: Sequence[Features]) -> List[Matches]:
+        check_features(query, "query", ("descriptors",))
+        for i, r in enumerate(refs):
+            check_features(r, f"refs[{i}]", ("descriptors",))
+            if r["descriptors"].shape[-1] != query["descriptors"].shape[-1]:
+                raise ValueError(f"refs[{i}]: descriptor size {r['descriptors'].shape[-1]} != query's "
+                                 f"{query['descriptors'].shape[-1]}")
+        q = self._prep(query["descriptors"])
+        n0 = q.shape[0]
+        out: List[Matches] = []
+        chunk: List[torch.Tensor] = []
+        budget = int(self.conf["max_batch_elements"])
+
+        def flush() -> None:
+            if not chunk:
+                return
+            padded, mask = pad_descriptors(chunk)
+            m, s = nn_match_batched(q, padded, mask, mutual=bool(self.conf["mutual"]),
+                                    ratio_threshold=self.conf["ratio_threshold"],
+                                    distance_threshold=self.conf["distance_threshold"],
+                                    symmetric_ratio=bool(self.conf["symmetric_ratio"]))
+            for i in range(len(chunk)):
+                out.append({"matches0": m[i].cpu(), "matching_scores0": s[i].cpu()})
+            chunk.clear()
+
+        nmax = 0
+        for r in refs:
+            d = self._prep(r["descriptors"])
+            new_nmax = max(nmax, d.shape[0])
+            if chunk and (len(chunk) + 1) * n0 * new_nmax > budget:
+                flush()
+                new_nmax = d.shape[0]
+            chunk.append(d)
+            nmax = new_nmax
+        flush()
+        return out
+
+    def _match_pair(self, feats0: Features, feats1: Features) -> Matches:
+        return self.match_many(feats0, [feats1])[0]
+
+
+__all__ = ["NearestNeighbor", "nn_match_batched", "pad_descriptors", "empty_matches"]

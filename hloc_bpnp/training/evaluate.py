@@ -1,0 +1,118 @@
+"""Held-out evaluation of a feature network through the full (hard) localization path.
+
+Per query: the network's keypoints/descriptors; for each reference view (pose-nearest map
+views, ``TrainScene.refs``) mutual-nearest-neighbour matches against the reference keypoints
+that have 3D points; the pooled 2D-3D matches go to
+:func:`hloc_bpnp.localization.pose_estimation.estimate_pose` (pycolmap LO-RANSAC, acceptance
+test, BPnP refinement). Failures count as infinite error.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..config import merge
+from ..geometry import Pose, pose_error
+from .data import TrainScene, TrainView
+from .localization import MapView, mutual_matches
+from .network import TrainableFeatureNet
+from .trainer import map_view_features
+
+logger = logging.getLogger(__name__)
+
+default_conf = {
+    "rot_threshold_deg": 1.0,  # recall: rotation AND translation below the thresholds
+    "trans_threshold": 0.05,  # scene units
+    "min_similarity": 0.0,  # cosine a mutual match needs
+    "max_keypoints": None,  # overrides the network's (None: keep)
+    "localization": {},  # overrides of hloc_bpnp.localization.pose_estimation.default_conf
+}
+
+
+def query_features(net: TrainableFeatureNet, view: TrainView, max_keypoints: Optional[int] = None):
+    """(keypoints (N, 2) COLMAP pixels, descriptors (N, D)) of a view, no gradient."""
+    with torch.no_grad():
+        out = net(view.image[None], max_keypoints=max_keypoints)
+    v = out["valid"][0]
+    return out["keypoints"][0][v] + 0.5, out["descriptors"][0][v]
+
+
+def match_to_map(kpts: torch.Tensor, desc: torch.Tensor, refs: Sequence[MapView], min_similarity: float = 0.0):
+    """Pooled 2D-3D mutual NN matches: (points2D (K, 2), points3D (K, 3)) float64 numpy."""
+    p2, p3 = [], []
+    for r in refs:
+        if r.keypoints.shape[0] == 0:
+            continue
+        sim = desc @ r.descriptors.t()
+        ij = mutual_matches(sim, -1.0)
+        ij = ij[sim[ij[:, 0], ij[:, 1]] > min_similarity]
+        p2.append(kpts[ij[:, 0]].double())
+        p3.append(r.points3d[ij[:, 1]].double())
+    if not p2:
+        return np.zeros((0, 2)), np.zeros((0, 3))
+    return torch.cat(p2).numpy(), torch.cat(p3).numpy()
+
+
+def summarize(rot: Sequence[float], trans: Sequence[float], conf: Dict) -> Dict[str, float]:
+    r, t = np.asarray(rot, float), np.asarray(trans, float)
+    if r.size == 0:
+        return {"median_rot_deg": math.nan, "median_trans": math.nan, "recall": 0.0, "n_queries": 0}
+    ok = (r <= conf["rot_threshold_deg"]) & (t <= conf["trans_threshold"])
+    return {
+        "median_rot_deg": float(np.median(r)),
+        "median_trans": float(np.median(t)),
+        "recall": float(ok.mean()),
+        "n_queries": int(r.size),
+        "n_failed": int((~np.isfinite(r)).sum()),
+    }
+
+
+def evaluate_network(net: TrainableFeatureNet, scenes: Sequence[TrainScene], conf: Optional[Dict] = None,
+                     map_features: Optional[Callable[[TrainableFeatureNet, TrainScene], Dict[str, MapView]]] = None
+                     ) -> Dict[str, float]:
+    """Localize every query of ``scenes`` and summarise the pose errors.
+
+    Args:
+        net: the feature network (evaluated in ``eval`` mode, no gradient).
+        scenes: held-out scenes; their map views need depth unless ``map_features`` is given.
+        conf: overrides of ``default_conf``.
+        map_features: optional ``f(net, scene) -> {map name: MapView}`` for maps without depth
+            (e.g. triangulated with known poses).
+    Returns:
+        ``median_rot_deg``, ``median_trans``, ``recall``, ``n_queries``, ``n_failed``.
+    """
+    from ..localization.pose_estimation import default_conf as loc_default, estimate_pose
+
+    conf = merge(default_conf, conf or {}, strict=True)
+    loc_conf = merge(loc_default, conf["localization"])
+    was_training = net.training
+    net.eval()
+    rot, trans = [], []
+    try:
+        for scene in scenes:
+            if map_features is not None:
+                maps = map_features(net, scene)
+            else:
+                needed = sorted({n for q in scene.query_names for n in scene.refs[q]})
+                maps = {n: map_view_features(net, scene.views[n]) for n in needed}
+            for q in tqdm(scene.query_names, desc=f"eval {scene.name}", leave=False):
+                view = scene.views[q]
+                kpts, desc = query_features(net, view, conf["max_keypoints"])
+                p2, p3 = match_to_map(kpts, desc, [maps[n] for n in scene.refs[q]], conf["min_similarity"])
+                est = estimate_pose(p2, p3, view.camera, loc_conf)
+                if not est.success:
+                    logger.debug("%s/%s: %s", scene.name, q, est.failure_reason)
+                    rot.append(math.inf)
+                    trans.append(math.inf)
+                    continue
+                dr, dt = pose_error(est.pose, view.pose)
+                rot.append(float(dr))
+                trans.append(float(dt))
+    finally:
+        net.train(was_training)
+    return summarize(rot, trans, conf)
