@@ -17,7 +17,7 @@ import torch
 
 from hloc_bpnp.geometry import Camera, Pose, so3_exp
 from hloc_bpnp.io.scene import Scene, SceneImage
-from hloc_bpnp.mapping import (Map, build_global_model, incremental_sfm, mapping_config, reconstruction_stats,
+from hloc_bpnp.mapping import (Map, incremental_sfm, mapping_config, reconstruction_stats,
                                sampson_errors, triangulate_known_poses, verify_pairs)
 from hloc_bpnp.mapping.reconstruction import apply_options
 
@@ -386,6 +386,21 @@ def test_synthetic_map_save_load_same_answers(tmp_path, synthetic_map):
     assert m2.conf["features"] == m.conf["features"]
 
 
+def test_retrieval_and_pose_pairs_are_covisible(synthetic_map, synthetic):
+    from hloc_bpnp.mapping import make_pairs
+
+    m = synthetic_map
+    for conf in ({"method": "retrieval", "num_pairs": 1},
+                 {"method": "poses", "num_pairs": 1, "rotation_threshold_deg": 60.0}):
+        pairs = make_pairs(m.image_names, conf, poses=synthetic.map_scene, features=m.features,
+                           global_model=m.global_model)
+        assert pairs and all(a < b for a, b in pairs) and len(set(pairs)) == len(pairs)
+        for a, b in pairs:
+            assert m.num_shared_points(a, b) >= 20, (conf["method"], a, b)
+    with pytest.raises(ValueError, match="Unknown pair method"):
+        make_pairs(m.image_names, {"method": "random", "num_pairs": 1})
+
+
 def test_rebuild_from_given_features_matches_first_build(synthetic_map, synthetic):
     from hloc_bpnp.mapping import build_map_from_poses
 
@@ -403,7 +418,7 @@ def test_cli_map_with_reference_excludes_queries(tmp_path, synthetic):
 
     root = synthetic.write(tmp_path / "syn")
     conf = tmp_path / "conf.yaml"
-    conf.write_text(yaml.safe_dump({**SYN_CONF, "features": {"model": "sift", "max_keypoints": 512}}))
+    conf.write_text(yaml.safe_dump({**SYN_CONF, "features": {"model": "sift", "max_keypoints": 512, "resize_max": 240}}))
     out = tmp_path / "map"
     rc = main(["map", "--images", str(root / "images"), "--reference", str(root / "sfm_gt"),
                "--query-list", str(root / "query_list_with_intrinsics.txt"), "--output", str(out),
@@ -412,8 +427,10 @@ def test_cli_map_with_reference_excludes_queries(tmp_path, synthetic):
     m = Map.load(out)
     assert m.image_names == sorted(synthetic.map_names)
     assert len(m.points3D) > 100 and m.conf["pairs"]["method"] == "exhaustive"
-    # a bad path fails with a clear message and exit code 2
+    # bad inputs fail with a clear message and exit code 2 (before any extraction)
     assert main(["map", "--images", str(tmp_path / "nope"), "--output", str(out)]) == 2
+    assert main(["map", "--images", str(root / "images"), "--output", str(tmp_path / "sfm"),
+                 "--pairs", "poses"]) == 2  # SfM has no poses to pair with
 
 
 @pytest.mark.slow
