@@ -7,15 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-
-def write_outputs(reference, queries, output):
-    """Write the COLMAP reference model and the hloc query list under ``output``."""
-    from hloc_bpnp.io.hloc_text import write_query_list
-
-    output = Path(output)
-    model = reference.write_colmap(output / "reference_model", text=True)
-    qlist = write_query_list(output / "queries_with_intrinsics.txt", queries)
-    logging.info("Reference model: %s (%d images); query list: %s (%d queries)", model, len(reference), qlist, len(queries))
+from hloc_bpnp.io.datasets._common import write_reference_outputs
 
 
 def main(argv=None) -> int:
@@ -30,7 +22,7 @@ def main(argv=None) -> int:
 
     train = read_7scenes(args.scene_dir, "train", step=args.step)
     test = read_7scenes(args.scene_dir, "test")
-    write_outputs(train, {im.name: im.camera for im in test}, args.output)
+    write_reference_outputs(train, {im.name: im.camera for im in test}, args.output)
     write_results(args.output / "queries_gt.txt", {im.name: im.pose for im in test})
     return 0
 

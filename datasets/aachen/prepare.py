@@ -7,15 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-
-def write_outputs(reference, queries, output):
-    """Write the COLMAP reference model and the hloc query list under ``output``."""
-    from hloc_bpnp.io.hloc_text import write_query_list
-
-    output = Path(output)
-    model = reference.write_colmap(output / "reference_model", text=True)
-    qlist = write_query_list(output / "queries_with_intrinsics.txt", queries)
-    logging.info("Reference model: %s (%d images); query list: %s (%d queries)", model, len(reference), qlist, len(queries))
+from hloc_bpnp.io.datasets._common import write_reference_outputs
 
 
 def main(argv=None) -> int:
@@ -33,7 +25,7 @@ def main(argv=None) -> int:
     missing = [n for n in names if not (image_dir / n).is_file()]
     if missing:
         logging.warning("%d of %d images missing under %s (e.g. %s)", len(missing), len(names), image_dir, missing[:3])
-    write_outputs(data.database, data.all_queries(), args.output)
+    write_reference_outputs(data.database, data.all_queries(), args.output)
     return 0
 
 

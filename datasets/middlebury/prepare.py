@@ -7,15 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-
-def write_outputs(reference, queries, output):
-    """Write the COLMAP reference model and the hloc query list under ``output``."""
-    from hloc_bpnp.io.hloc_text import write_query_list
-
-    output = Path(output)
-    model = reference.write_colmap(output / "reference_model", text=True)
-    qlist = write_query_list(output / "queries_with_intrinsics.txt", queries)
-    logging.info("Reference model: %s (%d images); query list: %s (%d queries)", model, len(reference), qlist, len(queries))
+from hloc_bpnp.io.datasets._common import write_reference_outputs
 
 
 def main(argv=None) -> int:
@@ -31,7 +23,7 @@ def main(argv=None) -> int:
     scene = read_middlebury(args.scene_dir, pixel_offset=args.pixel_offset)
     if len(scene) == 0:
         raise SystemExit(f"no image listed in the *_par.txt file exists in {args.scene_dir}")
-    write_outputs(scene, {im.name: im.camera for im in scene}, args.output)
+    write_reference_outputs(scene, {im.name: im.camera for im in scene}, args.output)
     return 0
 
 

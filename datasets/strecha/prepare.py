@@ -7,15 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-
-def write_outputs(reference, queries, output):
-    """Write the COLMAP reference model and the hloc query list under ``output``."""
-    from hloc_bpnp.io.hloc_text import write_query_list
-
-    output = Path(output)
-    model = reference.write_colmap(output / "reference_model", text=True)
-    qlist = write_query_list(output / "queries_with_intrinsics.txt", queries)
-    logging.info("Reference model: %s (%d images); query list: %s (%d queries)", model, len(reference), qlist, len(queries))
+from hloc_bpnp.io.datasets._common import write_reference_outputs
 
 
 def main(argv=None) -> int:
@@ -31,7 +23,7 @@ def main(argv=None) -> int:
     if missing:
         raise SystemExit(f"{len(missing)} images listed in gt_dense_cameras are missing under {scene.image_dir}: {missing[:5]}")
     # leave-one-out localization: every image is both in the reference and a query
-    write_outputs(scene, {im.name: im.camera for im in scene}, args.output)
+    write_reference_outputs(scene, {im.name: im.camera for im in scene}, args.output)
     return 0
 
 

@@ -33,14 +33,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import load_config, merge
+from ..config import merge
+from ..registry import Registry
 
 logger = logging.getLogger(__name__)
 
 Features = Dict[str, torch.Tensor]
 ImageLike = Union[np.ndarray, torch.Tensor]
 
-_REGISTRY: Dict[str, Type["Extractor"]] = {}
+_REGISTRY = Registry("extractor", "features", default_model="sift")
 
 
 def register_extractor(name: str) -> Callable[[Type["Extractor"]], Type["Extractor"]]:
@@ -54,22 +55,12 @@ def register_extractor(name: str) -> Callable[[Type["Extractor"]], Type["Extract
             def _init(self, conf): ...
             def _extract(self, images): ...
     """
-
-    def deco(cls: Type["Extractor"]) -> Type["Extractor"]:
-        if not (isinstance(cls, type) and issubclass(cls, Extractor)):
-            raise TypeError(f"register_extractor({name!r}) needs an Extractor subclass, got {cls!r}")
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"An extractor named {name!r} is already registered ({_REGISTRY[name].__name__})")
-        _REGISTRY[name] = cls
-        cls.name = name
-        return cls
-
-    return deco
+    return _REGISTRY.register(name, Extractor)
 
 
 def available_extractors() -> List[str]:
     """Names of the registered extractor classes (values of a config's ``model`` key)."""
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def build_extractor(conf: Union[str, Path, Dict[str, Any]], **overrides: Any) -> "Extractor":
@@ -79,14 +70,7 @@ def build_extractor(conf: Union[str, Path, Dict[str, Any]], **overrides: Any) ->
     are merged over that class's ``default_conf`` (unknown keys raise ``KeyError``).
     ``overrides`` are merged last, e.g. ``build_extractor("sift", max_keypoints=2048)``.
     """
-    preset = conf if isinstance(conf, (str, Path)) else None
-    cfg = merge(load_config("features", conf), overrides)
-    model = cfg.pop("model", "sift")
-    if model not in _REGISTRY:
-        raise KeyError(f"Unknown extractor model {model!r} (preset {preset!r}); registered: {available_extractors()}")
-    cls = _REGISTRY[model]
-    cfg.setdefault("preset", str(preset) if preset is not None else model)
-    return cls(cfg)
+    return _REGISTRY.build(conf, **overrides)
 
 
 class Extractor(nn.Module):

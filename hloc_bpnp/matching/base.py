@@ -18,34 +18,25 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Type, Union
 import torch
 from torch import nn
 
-from ..config import load_config, merge
+from ..config import merge
+from ..registry import Registry
 
 logger = logging.getLogger(__name__)
 
 Features = Dict[str, torch.Tensor]
 Matches = Dict[str, torch.Tensor]
 
-_REGISTRY: Dict[str, Type["Matcher"]] = {}
+_REGISTRY = Registry("matcher", "matchers", default_model="nearest_neighbor")
 
 
 def register_matcher(name: str) -> Callable[[Type["Matcher"]], Type["Matcher"]]:
     """Class decorator adding a :class:`Matcher` subclass under ``name`` (the ``model`` key)."""
-
-    def deco(cls: Type["Matcher"]) -> Type["Matcher"]:
-        if not (isinstance(cls, type) and issubclass(cls, Matcher)):
-            raise TypeError(f"register_matcher({name!r}) needs a Matcher subclass, got {cls!r}")
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"A matcher named {name!r} is already registered ({_REGISTRY[name].__name__})")
-        _REGISTRY[name] = cls
-        cls.name = name
-        return cls
-
-    return deco
+    return _REGISTRY.register(name, Matcher)
 
 
 def available_matchers() -> List[str]:
     """Names of the registered matcher classes (values of a config's ``model`` key)."""
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def build_matcher(conf: Union[str, Path, Dict[str, Any]], **overrides: Any) -> "Matcher":
@@ -54,13 +45,7 @@ def build_matcher(conf: Union[str, Path, Dict[str, Any]], **overrides: Any) -> "
     The ``model`` key selects the class (default ``"nearest_neighbor"``); other keys are merged
     over its ``default_conf`` (unknown keys raise ``KeyError``), then ``overrides``.
     """
-    preset = conf if isinstance(conf, (str, Path)) else None
-    cfg = merge(load_config("matchers", conf), overrides)
-    model = cfg.pop("model", "nearest_neighbor")
-    if model not in _REGISTRY:
-        raise KeyError(f"Unknown matcher model {model!r} (preset {preset!r}); registered: {available_matchers()}")
-    cfg.setdefault("preset", str(preset) if preset is not None else model)
-    return _REGISTRY[model](cfg)
+    return _REGISTRY.build(conf, **overrides)
 
 
 def check_features(feats: Features, which: str, keys: Sequence[str] = ("keypoints", "descriptors")) -> None:
