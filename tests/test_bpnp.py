@@ -1,5 +1,4 @@
 """BPnP forward: accuracy, agreement with pycolmap, statistics, cameras, robust losses, bad input."""
-import math
 import warnings
 
 import numpy as np
@@ -70,19 +69,82 @@ def test_initialisers_without_pose_init(N, planar):
     pb = random_problem(16, N, noise=0.0, planar=planar, seed=5 + N)
     res = solve_pnp(pb.points2d, pb.points3d, pb.K)
     er, et = _pose_err(res.pose, pb.pose)
-    # tiny minimal problems (N=4-5) may have other exact solutions; most must be the true one
     ok = (er < 1e-8) & (et < 1e-7)
-    assert ok.float().mean() >= (0.75 if N <= 5 else 1.0), (er, et)
+    assert ok.all(), (er, et)
 
 
-def test_same_optimum_as_pycolmap_refine():
-    """pycolmap 4.2.1's refine_absolute_pose stops on Ceres' function tolerance (1e-6 relative
-    cost, not exposed in its options): from the true pose it ends ~6e-5 from the optimum with
-    a higher cost. So: started at our optimum it stays within 1e-8, and from the true pose it
-    ends no lower than our cost and close to our pose."""
+@pytest.mark.parametrize("N", [4, 5])
+def test_small_n_nonplanar_reaches_true_pose(N):
+    """N = 4-5 non-planar points have several local minima; the multi-start initialiser must
+    find the true pose (noise-free) or the optimum of the true pose's basin (1 px noise)."""
+    from hloc_bpnp.bpnp.init import planar_pose
+    from hloc_bpnp.geometry import so3_exp
+
+    pb = random_problem(100, N, noise=0.0, seed=40 + N)
+    res = solve_pnp(pb.points2d, pb.points3d, pb.K)
+    er, et = _pose_err(res.pose, pb.pose)
+    assert ((er < 1e-8) & (et < 1e-7)).float().mean() >= 0.95, (er, et)
+    # the previous (homography-only) start fails on a good share of these: the test can fail
+    rays = torch.linalg.solve(pb.K, torch.cat([pb.points2d, torch.ones_like(pb.points2d[..., :1])], -1).mT).mT
+    Rh, th = planar_pose(rays[..., :2] / rays[..., 2:], pb.points3d, torch.ones(100, N, dtype=torch.float64))
+    old = solve_pnp(pb.points2d, pb.points3d, pb.K, pose_init=torch.cat([so3_log(Rh), th], -1))
+    er_o, et_o = _pose_err(old.pose, pb.pose)
+    assert ((er_o < 1e-8) & (et_o < 1e-7)).float().mean() < 0.95
+    noisy = random_problem(100, N, noise=1.0, seed=50 + N)
+    res = solve_pnp(noisy.points2d, noisy.points3d, noisy.K)
+    ref = solve_pnp(noisy.points2d, noisy.points3d, noisy.K, pose_init=noisy.pose)
+    assert (res.cost <= ref.cost * (1 + 1e-9) + 1e-12).float().mean() >= 0.95
+    assert so3_exp(res.pose[:, :3]).det().sub(1).abs().max() < 1e-12
+
+
+@pytest.mark.parametrize("thickness", [3e-3, 3e-2])
+def test_thin_scene_reaches_true_basin(thickness):
+    """Near-planar scenes (1 px noise) need the multi-start too: the DLT start alone reached the
+    right minimum in only 35-65% of such scenes."""
+    B, N = 60, 20
+    pb = random_problem(B, N, noise=0.0, planar=True, seed=17)
+    g = torch.Generator().manual_seed(18)
+    X = pb.points3d.clone()
+    X[..., 2] = thickness * 2 * (torch.rand(B, N, generator=g, dtype=torch.float64) * 2 - 1)
+    h = Pose.from_aa(pb.pose).transform(X) @ pb.K.mT
+    x = h[..., :2] / h[..., 2:] + torch.randn(B, N, 2, generator=g, dtype=torch.float64)
+    res = solve_pnp(x, X, pb.K)
+    ref = solve_pnp(x, X, pb.K, pose_init=pb.pose)
+    assert (res.cost <= ref.cost * (1 + 1e-9) + 1e-12).float().mean() >= 0.95
+    assert res.converged.all()
+
+
+@pytest.mark.parametrize("model", ["PINHOLE", "OPENCV"])
+def test_same_optimum_as_pycolmap(model):
+    """pycolmap's own Ceres refinement (bundle adjustment of one image with constant points
+    and intrinsics, all solver tolerances 0; see ``reference.pycolmap_refine``), started from
+    the true pose, reaches our optimum to 1e-8 in every pose parameter (inlier data, L2)."""
+    from hloc_bpnp.bpnp.reference import pycolmap_refine
+
+    if model == "PINHOLE":
+        pb = random_problem(5, 40, noise=1.0, seed=6)
+        cams = [Camera("PINHOLE", 640, 480, torch.stack([K[0, 0], K[1, 1], K[0, 2], K[1, 2]])) for K in pb.K]
+        x, X, P = pb.points2d, pb.points3d, pb.pose
+        ours = solve_pnp(x, X, pb.K).pose
+    else:
+        cam, X, x, P = _opencv_problem(B=3, N=30, noise=1.0, seed=16)
+        X = X.expand(3, 30, 3)
+        cams = [cam] * 3
+        ours = solve_pnp(x, X, cam).pose
+    for b, cam in enumerate(cams):
+        ref = pycolmap_refine(P[b], x[b], X[b], cam)
+        assert (ref - ours[b]).abs().max() < 1e-8, (ref - ours[b]).abs().max()
+        # and the start was not already the answer
+        assert (P[b] - ours[b]).abs().max() > 1e-4
+
+
+def test_pycolmap_refine_absolute_pose_is_loose():
+    """Why the reference above is not ``pycolmap.refine_absolute_pose``: it stops on Ceres'
+    default function tolerance (not exposed), ~1e-5 from the optimum; started at our optimum it
+    stays there, from the true pose it ends no lower than our cost."""
     import pycolmap
 
-    pb = random_problem(5, 40, noise=1.0, seed=6)
+    pb = random_problem(3, 40, noise=1.0, seed=6)
     res = solve_pnp(pb.points2d, pb.points3d, pb.K)
     opts = pycolmap.AbsolutePoseRefinementOptions()
     opts.gradient_tolerance = 1e-16
@@ -90,20 +152,17 @@ def test_same_optimum_as_pycolmap_refine():
     opts.loss_function_scale = 1e8  # COLMAP refines with a Cauchy loss: make it L2 on these errors
     opts.refine_focal_length = False
     opts.refine_extra_params = False
-    for b in range(5):
+    for b in range(3):
         K = pb.K[b]
         cam = Camera("PINHOLE", 640, 480, torch.stack([K[0, 0], K[1, 1], K[0, 2], K[1, 2]])).to_pycolmap()
         x, X, mask = pb.points2d[b].numpy(), pb.points3d[b].numpy(), np.ones(40, dtype=bool)
-        ours = Pose.from_aa(res.pose[b]).to_pycolmap()
-        out = pycolmap.refine_absolute_pose(ours, x, X, mask, cam, opts)
+        out = pycolmap.refine_absolute_pose(Pose.from_aa(res.pose[b]).to_pycolmap(), x, X, mask, cam, opts)
         er, et = _pose_err(Pose.from_pycolmap(out["cam_from_world"]).aa_t(), res.pose[b])
         assert er < 1e-8 and et < 1e-8, (er, et)
         out = pycolmap.refine_absolute_pose(Pose.from_aa(pb.pose[b]).to_pycolmap(), x, X, mask, cam, opts)
         ref = Pose.from_pycolmap(out["cam_from_world"]).aa_t()
         ref_cost = solve_pnp(pb.points2d[b], pb.points3d[b], pb.K[b], pose_init=ref, max_iters=0, polish_steps=0).cost
         assert res.cost[b] <= ref_cost * (1 + 1e-12)
-        er, et = _pose_err(ref, res.pose[b])
-        assert er < 1e-3 and et < 1e-3, (er, et)
 
 
 def test_monte_carlo_matches_cramer_rao():

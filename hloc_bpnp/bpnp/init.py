@@ -7,9 +7,17 @@ projected onto SO(3):
 * ``dlt_pose``: the 3x4 projective DLT on Hartley-normalized 3D points (N >= 6, non-planar).
 * ``planar_pose``: a homography from the points' best-fit plane, decomposed into R, t
   (N >= 4; exact for planar points, a rough start otherwise).
+* ``multistart_pose``: for few points (N <= 7, where PnP has several local minima and the
+  homography start often lands in a wrong one) and for thin (near-planar) scenes, where
+  noisy DLT / homography starts often do: a deterministic quasi-uniform set of rotations (a
+  super-Fibonacci spiral on the unit quaternions) plus the homography and DLT starts, each
+  with its closed-form best translation, refined by a short batched LM on the normalized
+  rays (on at most ``MULTISTART_MAX_SUBSET`` points); per item the candidate with the lowest
+  cost (preferring candidates with every point in front) wins.
 
-``initial_pose`` picks per item: DLT where N >= 6 and the points are not planar, the
-homography otherwise.
+``initial_pose`` picks per item: the homography for exactly planar points with more than
+``MULTISTART_MAX_POINTS`` points, the multi-start for few points or thin scenes, the DLT
+otherwise.
 """
 from __future__ import annotations
 
@@ -18,6 +26,16 @@ from typing import Tuple
 import torch
 
 from ..geometry.pose import project_to_so3
+
+# items with at most this many weighted points get the multi-start
+MULTISTART_MAX_POINTS = 7
+# ... and so do thin scenes: smallest / largest principal spread of the points below this
+# (measured: with 1 px noise the DLT start reached the right minimum in only 35-65% of scenes
+# 0.3-3% thick, 92-94% at 10%)
+THIN_RATIO = 0.15
+# the multi-start LM runs on at most this many points (the largest weights), then the final
+# solve uses them all
+MULTISTART_MAX_SUBSET = 64
 
 
 def _weighted_frame(points3d: torch.Tensor, weights: torch.Tensor):
@@ -97,13 +115,98 @@ def is_planar(points3d: torch.Tensor, weights: torch.Tensor, tol: float = 1e-3) 
     return sv[:, 2] <= tol * sv[:, 0]
 
 
+def rotation_grid(n: int, dtype=torch.float64, device=None) -> torch.Tensor:
+    """(n, 3, 3) deterministic, near-uniform rotations (super-Fibonacci spiral, Alexa 2022)."""
+    i = torch.arange(n, dtype=torch.float64, device=device) + 0.5
+    s = i / n
+    phi, psi = 2 ** 0.5, 1.533751168755204288118041
+    a, b = 2 * torch.pi * i / phi, 2 * torch.pi * i / psi
+    r, R = s.sqrt(), (1 - s).sqrt()
+    q = torch.stack([r * torch.sin(a), r * torch.cos(a), R * torch.sin(b), R * torch.cos(b)], -1)
+    w, x, y, z = q.unbind(-1)
+    M = torch.stack([
+        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+    ], -1).reshape(n, 3, 3)
+    return M.to(dtype)
+
+
+def translation_given_rotation(uv: torch.Tensor, points3d: torch.Tensor, weights: torch.Tensor,
+                               R: torch.Tensor) -> torch.Tensor:
+    """Closed-form t (B, 3) minimising sum_i w_i ||u_i x (R X_i + t)||^2 (u_i = (uv_i, 1)).
+
+    Args: uv (B, N, 2), points3d (B, N, 3), weights (B, N), R (B, 3, 3).
+    """
+    u = torch.cat([uv, torch.ones_like(uv[..., :1])], -1)
+    q = points3d @ R.transpose(-1, -2)
+    uu = (u * u).sum(-1)
+    eye = torch.eye(3, dtype=uv.dtype, device=uv.device)
+    A = torch.einsum("bn,ij->bij", weights * uu, eye) - torch.einsum("bn,bni,bnj->bij", weights, u, u)
+    b = (weights * uu).unsqueeze(-1) * q - (weights * (u * q).sum(-1)).unsqueeze(-1) * u
+    b = -b.sum(1)
+    scale = torch.diagonal(A, dim1=-2, dim2=-1).sum(-1).clamp_min(1e-300)
+    A = A + 1e-12 * scale[:, None, None] * eye
+    return torch.linalg.solve(A, b)
+
+
+def multistart_pose(uv: torch.Tensor, points3d: torch.Tensor, weights: torch.Tensor,
+                    num_starts: int = 24, iters: int = 10) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Best of ``num_starts`` grid rotations + the homography (+ DLT) starts after a short LM.
+
+    Args: uv (B, N, 2) normalized coords, points3d (B, N, 3), weights (B, N).
+    Returns R (B, 3, 3), t (B, 3). Cost: one LM on B * (num_starts + 2) problems of at most
+    ``MULTISTART_MAX_SUBSET`` points.
+    """
+    from .lm import levenberg_marquardt
+    from .residuals import KProjector
+
+    B, N = uv.shape[:2]
+    if N > MULTISTART_MAX_SUBSET:
+        idx = weights.topk(MULTISTART_MAX_SUBSET, dim=-1).indices
+        uv = uv.gather(1, idx.unsqueeze(-1).expand(-1, -1, 2))
+        points3d = points3d.gather(1, idx.unsqueeze(-1).expand(-1, -1, 3))
+        weights = weights.gather(1, idx)
+        N = MULTISTART_MAX_SUBSET
+    starts = [planar_pose(uv, points3d, weights)[0].unsqueeze(1)]
+    if N >= 6:
+        starts.append(dlt_pose(uv, points3d, weights)[0].unsqueeze(1))
+    starts.append(rotation_grid(num_starts, uv.dtype, uv.device).expand(B, num_starts, 3, 3))
+    R0 = torch.cat(starts, 1)
+    S = R0.shape[1]
+    R0 = R0.reshape(B * S, 3, 3)
+    rep = lambda a: a.repeat_interleave(S, 0)  # noqa: E731
+    x, X, w = rep(uv), rep(points3d), rep(weights)
+    t0 = translation_given_rotation(x, X, w, R0)
+    eye = torch.eye(3, dtype=uv.dtype, device=uv.device).expand(B * S, 3, 3)
+    st = levenberg_marquardt(R0, t0, X, x, KProjector(eye), w, max_iters=iters, polish_steps=0)
+    depth = (X @ st.R.transpose(-1, -2) + st.t.unsqueeze(1))[..., 2]
+    front = ((depth > 0) | (w <= 0)).all(-1)
+    cost = torch.where(torch.isfinite(st.cost), st.cost, torch.full_like(st.cost, float("inf")))
+    # candidates with a point behind the camera lose against any with all in front
+    key = (cost + torch.where(front, 0.0, float("inf"))).reshape(B, S)
+    key = torch.where(torch.isinf(key).all(-1, keepdim=True), cost.reshape(B, S), key)
+    best = key.argmin(-1) + torch.arange(B, device=uv.device) * S
+    return st.R[best], st.t[best]
+
+
 def initial_pose(uv: torch.Tensor, points3d: torch.Tensor, weights: torch.Tensor):
-    """Per-item choice of DLT (N >= 6 non-planar) or homography. Returns R (B,3,3), t (B,3)."""
-    N = points3d.shape[1]
-    planar = is_planar(points3d, weights)
-    Rh, th = planar_pose(uv, points3d, weights)
-    if N < 6 or bool(planar.all()):
-        return Rh, th
-    Rd, td = dlt_pose(uv, points3d, weights)
-    use_h = planar | ((weights > 0).sum(-1) < 6)
-    return torch.where(use_h[:, None, None], Rh, Rd), torch.where(use_h[:, None], th, td)
+    """Per-item choice (see the module docstring). Returns R (B, 3, 3), t (B, 3)."""
+    _, _, _, sv = _weighted_frame(points3d, weights)
+    planar = sv[:, 2] <= 1e-3 * sv[:, 0]
+    thin = sv[:, 2] < THIN_RATIO * sv[:, 0]
+    n_eff = (weights > 0).sum(-1)
+    R, t = planar_pose(uv, points3d, weights)
+    many = n_eff > MULTISTART_MAX_POINTS
+    use_dlt = ~thin & many
+    if bool(use_dlt.any()):
+        Rd, td = dlt_pose(uv, points3d, weights)
+        R = torch.where(use_dlt[:, None, None], Rd, R)
+        t = torch.where(use_dlt[:, None], td, t)
+    multi = (thin & ~(planar & many)) | (~many & (n_eff >= 4))
+    if bool(multi.any()):
+        idx = torch.nonzero(multi).flatten()
+        Rm, tm = multistart_pose(uv[idx], points3d[idx], weights[idx])
+        R, t = R.clone(), t.clone()
+        R[idx], t[idx] = Rm, tm
+    return R, t

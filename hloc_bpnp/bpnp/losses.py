@@ -11,6 +11,10 @@ l2         s                                                  1
 huber      s if s <= c^2 else 2 c sqrt(s) - c^2               min(1, c / sqrt(s))
 cauchy     c^2 log(1 + s / c^2)                               1 / (1 + s / c^2)
 =========  =================================================  ======================
+
+``robust_rho2`` adds ``rho''(s)`` (0 for l2 and the Huber core, ``-c / (2 s^1.5)`` in the
+Huber tail, ``-1 / (c^2 (1 + s / c^2)^2)`` for Cauchy) for the analytic Hessian of the
+implicit backward.
 """
 from __future__ import annotations
 
@@ -53,3 +57,24 @@ def robust_rho(s: torch.Tensor, loss: str = "l2", scale: float = 1.0) -> Tuple[t
     rho = c2 * torch.log1p(s / c2)
     rho1 = 1.0 / (1.0 + s / c2)
     return rho, rho1
+
+
+def robust_rho2(s: torch.Tensor, loss: str = "l2", scale: float = 1.0) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Loss value with its first and second derivatives w.r.t. ``s``.
+
+    Args:
+        s: (...) squared residual norms (>= 0); loss, scale: as in ``robust_rho``.
+    Returns:
+        rho (...), rho' (...), rho'' (...). (At the Huber kink ``s = c^2`` the core branch is
+        used, as autograd of ``robust_rho`` does.)
+    """
+    rho, rho1 = robust_rho(s, loss, scale)
+    if loss == "l2":
+        return rho, rho1, torch.zeros_like(s)
+    c2 = float(scale) ** 2
+    if loss == "huber":
+        inlier = s <= c2
+        s_safe = torch.where(inlier, torch.full_like(s, c2), s)
+        rho2 = torch.where(inlier, torch.zeros_like(s), -0.5 * float(scale) * s_safe.pow(-1.5))
+        return rho, rho1, rho2
+    return rho, rho1, -(rho1 * rho1) / c2

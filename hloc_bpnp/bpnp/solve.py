@@ -1,7 +1,8 @@
 """Public entry points: ``bpnp`` (the layer contract) and ``solve_pnp`` (the rich solve).
 
 Pipeline per call (batched, no Python loop over B): validate -> float64 -> initial pose
-(``pose_init`` or the closed-form ``init.initial_pose`` on normalized rays) -> LM/IRLS
+(``pose_init`` or ``init.initial_pose`` on normalized rays: DLT, homography, or a multi-start
+for N <= 7 non-planar points) -> LM/IRLS
 (``lm.py``) -> per-item checks -> ``ImplicitPnP`` (IFT backward) -> cast back to the dtype of
 ``points2d``.
 """
@@ -151,10 +152,12 @@ def solve_pnp(
         camera_or_K: (B, 3, 3) / (3, 3) matrices K, or a :class:`Camera` with params (B, P)
             / (P,) (SIMPLE_PINHOLE, PINHOLE, SIMPLE_RADIAL, RADIAL, OPENCV).
         weights: (B, N) (or (N,) unbatched) non-negative, or None (all ones).
-        pose_init: (B, 6) (or (6,)) [axis-angle, t] start; None: closed-form DLT/homography.
+        pose_init: (B, 6) (or (6,)) [axis-angle, t] start; None: ``init.initial_pose`` (DLT,
+            homography for planar points, multi-start for N <= 7 non-planar points).
             Never differentiated.
         loss: 'l2', 'huber' or 'cauchy' (IRLS), with ``loss_scale`` in pixels.
-        exact: full Hessian in the backward (True) or Gauss-Newton (False, faster).
+        exact: full Hessian in the backward (True) or Gauss-Newton (False, slightly faster,
+            approximate). Analytic for K / SIMPLE_PINHOLE / PINHOLE, autograd otherwise.
         max_iters, polish_steps: LM iterations and final undamped Gauss-Newton steps.
         sigma2: pixel noise variance for ``covariance``; None estimates it from residuals.
     Returns:
