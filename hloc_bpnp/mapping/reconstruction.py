@@ -62,13 +62,17 @@ def _workdir(workdir):
 
 
 @contextlib.contextmanager
-def _colmap_log_level(verbose: bool):
-    """COLMAP's (glog) INFO lines only when ``verbose``; the previous level is restored."""
+def _colmap_log_level(verbose: bool, errors_only: bool = False):
+    """COLMAP's (glog) INFO lines only when ``verbose``; the previous level is restored.
+
+    ``errors_only`` also hides warnings (used when no image folder is given: pycolmap 4.2.1's
+    triangulation still tries to read every image for point colours and warns per image).
+    """
     import pycolmap
 
     previous = pycolmap.logging.minloglevel
     if not verbose:
-        pycolmap.logging.minloglevel = max(previous, 1)  # warnings and errors only
+        pycolmap.logging.minloglevel = max(previous, 2 if errors_only else 1)
     try:
         yield
     finally:
@@ -116,7 +120,7 @@ def triangulate_known_poses(reference, features: Mapping[str, dict], matches: Ma
     apply_options(opts, options)
     if image_dir is None:
         opts.extract_colors = False
-    with _workdir(workdir) as wd, _colmap_log_level(verbose):
+    with _workdir(workdir) as wd, _colmap_log_level(verbose, errors_only=image_dir is None):
         db_path = wd / "database.db"
         name_to_id = create_database(db_path, reference)
         write_features(db_path, name_to_id, features)
