@@ -34,7 +34,7 @@ default_conf = {
     "pairs": {
         "method": "poses",       # poses | exhaustive | retrieval
         "num_pairs": 10,         # neighbours per image (poses, retrieval)
-        "rotation_threshold_deg": 30.0,  # poses: only pair views whose axes differ less
+        "rotation_threshold_deg": 45.0,  # poses: only pair views whose axes differ less
     },
     "retrieval": "vlad",         # preset name of configs/retrieval, or a dict
     "verification": {
