@@ -31,7 +31,9 @@ def run(args) -> int:
     from ..training.trainer import default_conf
     from ..config import merge
 
-    conf = merge(default_conf, load_config("finetune", args.config), strict=True)
+    raw = load_config("finetune", args.config)
+    raw.pop("experiment", None)  # the budget of pipelines/finetune_synthetic.py, not a Trainer key
+    conf = merge(default_conf, raw, strict=True)
     if args.init_weights is not None:
         conf["init_weights"] = str(args.init_weights)
     init_distributed(conf["device"])

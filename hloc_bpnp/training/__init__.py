@@ -6,12 +6,13 @@
 * :mod:`.losses` — descriptor, score and pose losses, fixed or homoscedastic weighting;
 * :mod:`.data` — scenes with known poses (synthetic, with exact depth);
 * :mod:`.trainer` — the loop (checkpoints/resume, CSV logs, NaN guard, clipping, data parallel);
-* :mod:`.evaluate` — held-out evaluation through the hard localization path.
+* :mod:`.evaluate` — held-out evaluation through the hard localization path, and the keypoint
+  accuracy diagnostic (query keypoints vs the exact projection of their matched surface points).
 """
 from .data import TrainScene, TrainView, load_synthetic_scenes, make_view, scenes_from_config
 from .distributed import average_gradients, init_distributed
-from .evaluate import evaluate_network
-from .localization import MapView, dual_softmax, localize_differentiable
+from .evaluate import evaluate_network, keypoint_errors, localization_errors
+from .localization import MapView, dual_softmax, localize_differentiable, subset_indices
 from .losses import LossWeighting, descriptor_loss, pose_loss
 from .network import TrainableFeatureNet
 from .trainer import FinetuneModel, Trainer, default_conf, map_view_features
@@ -19,6 +20,7 @@ from .trainer import FinetuneModel, Trainer, default_conf, map_view_features
 __all__ = [
     "TrainableFeatureNet", "Trainer", "FinetuneModel", "default_conf", "TrainScene", "TrainView",
     "load_synthetic_scenes", "make_view", "scenes_from_config", "MapView", "dual_softmax",
-    "localize_differentiable", "LossWeighting", "descriptor_loss", "pose_loss", "evaluate_network",
+    "localize_differentiable", "subset_indices", "LossWeighting", "descriptor_loss", "pose_loss",
+    "evaluate_network", "keypoint_errors", "localization_errors",
     "init_distributed", "average_gradients", "map_view_features",
 ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -72,24 +72,57 @@ def summarize(rot: Sequence[float], trans: Sequence[float], conf: Dict) -> Dict[
     }
 
 
-def evaluate_network(net: TrainableFeatureNet, scenes: Sequence[TrainScene], conf: Optional[Dict] = None,
-                     map_features: Optional[Callable[[TrainableFeatureNet, TrainScene], Dict[str, MapView]]] = None
-                     ) -> Dict[str, float]:
-    """Localize every query of ``scenes`` and summarise the pose errors.
+def keypoint_errors(net: TrainableFeatureNet, scenes: Sequence[TrainScene], radius: float = 4.0,
+                    max_keypoints: Optional[int] = None) -> Dict[str, float]:
+    """Sub-pixel accuracy of the network's keypoints against exact geometry (needs depth).
 
-    Args:
-        net: the feature network (evaluated in ``eval`` mode, no gradient).
-        scenes: held-out scenes; their map views need depth unless ``map_features`` is given.
-        conf: overrides of ``default_conf``.
-        map_features: optional ``f(net, scene) -> {map name: MapView}`` for maps without depth
-            (e.g. triangulated with known poses).
+    For every held-out query and each of its reference views, the reference keypoints' exact 3D
+    points (from depth) are projected into the query with the GT pose (occlusion-checked), and
+    mutual nearest query keypoints within ``radius`` pixels are the GT correspondences. Their
+    residual ``||query keypoint - GT projection||`` is what a perfect matcher would feed PnP: the
+    keypoint error that limits the pose accuracy.
+
     Returns:
-        ``median_rot_deg``, ``median_trans``, ``recall``, ``n_queries``, ``n_failed``.
+        ``median_px``, ``mean_px``, ``rms_px`` of the residuals, ``n`` (correspondences).
     """
+    from .losses import correspondence_targets
+    from .data import visible_in
+
+    was_training = net.training
+    net.eval()
+    errs = []
+    try:
+        for scene in scenes:
+            needed = sorted({n for q in scene.query_names for n in scene.refs[q]})
+            maps = {n: map_view_features(net, scene.views[n]) for n in needed}
+            for q in scene.query_names:
+                view = scene.views[q]
+                kpts, _ = query_features(net, view, max_keypoints)
+                for n in scene.refs[q]:
+                    pos = correspondence_targets(kpts, view, maps[n], radius)
+                    if pos.shape[0] == 0:
+                        continue
+                    x, _ = visible_in(view, maps[n].points3d[pos[:, 1]])
+                    errs.append((kpts[pos[:, 0]].double() - x).norm(dim=-1))
+    finally:
+        net.train(was_training)
+    if not errs:
+        return {"median_px": math.nan, "mean_px": math.nan, "rms_px": math.nan, "n": 0}
+    e = torch.cat(errs)
+    return {"median_px": float(e.median()), "mean_px": float(e.mean()),
+            "rms_px": float(e.pow(2).mean().sqrt()), "n": int(e.numel())}
+
+
+def localization_errors(net: TrainableFeatureNet, scenes: Sequence[TrainScene], conf: Optional[Dict] = None,
+                        map_features: Optional[Callable[[TrainableFeatureNet, TrainScene], Dict[str, MapView]]] = None
+                        ) -> Tuple[List[float], List[float]]:
+    """Per-query (rotation errors in degrees, translation errors in scene units) of every query of
+    ``scenes`` (``inf`` for a failed query); arguments as :func:`evaluate_network`."""
     from ..localization.pose_estimation import default_conf as loc_default, estimate_pose
 
-    conf = merge(default_conf, conf or {}, strict=True)
-    loc_conf = merge(loc_default, conf["localization"])
+    conf = dict(conf or {})
+    loc_conf = merge(loc_default, conf.pop("localization", None) or {}, strict=True)
+    conf = merge(default_conf, conf, strict=True)
     was_training = net.training
     net.eval()
     rot, trans = [], []
@@ -103,7 +136,8 @@ def evaluate_network(net: TrainableFeatureNet, scenes: Sequence[TrainScene], con
             for q in tqdm(scene.query_names, desc=f"eval {scene.name}", leave=False):
                 view = scene.views[q]
                 kpts, desc = query_features(net, view, conf["max_keypoints"])
-                p2, p3 = match_to_map(kpts, desc, [maps[n] for n in scene.refs[q]], conf["min_similarity"])
+                p2, p3 = match_to_map(kpts, desc, [maps[n] for n in scene.refs[q] if n in maps],
+                                      conf["min_similarity"])
                 est = estimate_pose(p2, p3, view.camera, loc_conf)
                 if not est.success:
                     logger.debug("%s/%s: %s", scene.name, q, est.failure_reason)
@@ -115,4 +149,24 @@ def evaluate_network(net: TrainableFeatureNet, scenes: Sequence[TrainScene], con
                 trans.append(float(dt))
     finally:
         net.train(was_training)
-    return summarize(rot, trans, conf)
+    return rot, trans
+
+
+def evaluate_network(net: TrainableFeatureNet, scenes: Sequence[TrainScene], conf: Optional[Dict] = None,
+                     map_features: Optional[Callable[[TrainableFeatureNet, TrainScene], Dict[str, MapView]]] = None
+                     ) -> Dict[str, float]:
+    """Localize every query of ``scenes`` and summarise the pose errors.
+
+    Args:
+        net: the feature network (evaluated in ``eval`` mode, no gradient).
+        scenes: held-out scenes; their map views need depth unless ``map_features`` is given.
+        conf: overrides of ``default_conf`` (``localization``: overrides of
+            ``hloc_bpnp.localization.pose_estimation.default_conf``).
+        map_features: optional ``f(net, scene) -> {map name: MapView}`` for maps without depth
+            (e.g. triangulated with known poses).
+    Returns:
+        ``median_rot_deg``, ``median_trans``, ``recall``, ``n_queries``, ``n_failed``.
+    """
+    rot, trans = localization_errors(net, scenes, conf, map_features)
+    c = merge(default_conf, {k: v for k, v in (conf or {}).items() if k != "localization"}, strict=True)
+    return summarize(rot, trans, c)

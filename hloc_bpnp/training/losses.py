@@ -82,28 +82,36 @@ def pose_loss(pose: torch.Tensor, gt: Pose, points3d: torch.Tensor, camera: Came
     """Pose loss of one estimate.
 
     Args:
-        pose: (6,) [axis-angle, t] estimate (differentiable).
+        pose: (6,) [axis-angle, t] estimate (differentiable), or (S, 6) several estimates of
+            the same query (e.g. BPnP on subsets): every term is averaged over them.
         gt: unbatched GT Pose; points3d: (K, 3) map points to reproject; camera: query Camera.
     Returns:
-        dict with ``total``, ``reproj`` (pixels), ``rot_deg``, ``trans`` (detached metrics
-        except ``total``).
+        dict with ``total``, ``reproj`` (pixels, the capped mean), ``rot_deg``, ``trans``
+        (detached metrics except ``total``).
+
+    The per-point reprojection distance ``d`` enters as ``cap * tanh(d / cap)``: ~d for small
+    errors, at most ``cap`` pixels, so one bad estimate cannot dominate a batch.
     """
+    if pose.shape[-1] != 6 or pose.ndim not in (1, 2):
+        raise ValueError(f"pose must be (6,) or (S, 6), got {tuple(pose.shape)}")
+    if points3d.ndim != 2 or points3d.shape[-1] != 3:
+        raise ValueError(f"points3d must be (K, 3), got {tuple(points3d.shape)}")
     from ..config import merge
     from ..geometry import so3_log
 
     conf = merge(default_conf, conf or {}, strict=True)
-    est = Pose.from_aa(pose.double())
+    est = Pose.from_aa(pose.double().reshape(-1, 6))
     gt = gt.to(torch.float64)
     cam = camera.to(torch.float64)
     X = points3d.double()
-    x_est = cam.project(est.transform(X))
+    x_est = cam.project(est.transform(X.expand(est.R.shape[0], -1, -1)))  # (S, K, 2)
     x_gt = cam.project(gt.transform(X))
     d = (x_est - x_gt).norm(dim=-1)
     cap = float(conf["reproj_cap_px"])
     reproj = (cap * torch.tanh(d / cap)).mean()  # ~d for small errors, bounded for outliers
     dR = so3_log(est.R @ gt.R.transpose(-1, -2))
-    rot_deg = (dR.pow(2).sum() + 1e-12).sqrt() * (180.0 / math.pi)
-    trans = ((est.center - gt.center).pow(2).sum() + 1e-12).sqrt()
+    rot_deg = ((dR.pow(2).sum(-1) + 1e-12).sqrt() * (180.0 / math.pi)).mean()
+    trans = ((est.center - gt.center).pow(2).sum(-1) + 1e-12).sqrt().mean()
     total = reproj + conf["rotation_weight"] * rot_deg + conf["translation_weight"] * trans
     return {"total": total, "reproj": reproj.detach(), "rot_deg": rot_deg.detach(), "trans": trans.detach()}
 

@@ -64,6 +64,9 @@ class TrainableFeatureNet(nn.Module):
         nms_radius: cell-level NMS radius (0 disables).
         border_cells: cells at the image border that never yield keypoints.
         loc_temperature: divides the ``loc`` logits before the in-cell softmax.
+        detach_descriptor_keypoints: sample descriptors at detached keypoint positions, so a
+            descriptor loss cannot move keypoints (positions are then trained only through the
+            geometry, i.e. the pose loss); outputs are identical, only gradients change.
     """
 
     cell = 4
@@ -76,6 +79,7 @@ class TrainableFeatureNet(nn.Module):
         "nms_radius": 1,
         "border_cells": 1,
         "loc_temperature": 1.0,
+        "detach_descriptor_keypoints": False,
     }
 
     def __init__(self, conf: Optional[Dict[str, Any]] = None) -> None:
@@ -164,5 +168,6 @@ class TrainableFeatureNet(nn.Module):
         cell_xy = torch.stack([idx % w, idx // w], -1).to(offset.dtype) * c
         keypoints = cell_xy + offset
         scores = torch.sigmoid(out["score"].reshape(B, -1).gather(1, idx))
-        desc = sample_descriptors(out["desc"], keypoints, image.shape[-2:])
+        at = keypoints.detach() if self.conf["detach_descriptor_keypoints"] else keypoints
+        desc = sample_descriptors(out["desc"], at, image.shape[-2:])
         return {"keypoints": keypoints, "scores": scores, "descriptors": desc, "valid": valid, "dense": out}

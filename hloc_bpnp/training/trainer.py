@@ -65,7 +65,8 @@ default_conf = {
         "weights": {"descriptor": 1.0, "score": 0.5, "pose": 0.05},
         "pose_conf": dict(loss_default_conf),
     },
-    "optim": {"lr": 1e-3, "weight_decay": 0.0, "clip_grad_norm": 1.0},
+    # loc_lr_scale multiplies the learning rate of the keypoint-offset head (``loc_head``)
+    "optim": {"lr": 1e-3, "weight_decay": 0.0, "clip_grad_norm": 1.0, "loc_lr_scale": 1.0},
     "steps": 100,
     "batch_size": 2,  # global batch (split over processes)
     "map_refresh_every": 20,
@@ -175,7 +176,11 @@ class Trainer:
         for p in self.map_net.parameters():
             p.requires_grad_(False)
         oc = self.conf["optim"]
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=oc["lr"], weight_decay=oc["weight_decay"])
+        loc = list(self.model.net.loc_head.parameters())
+        loc_ids = {id(p) for p in loc}
+        rest = [p for p in self.model.parameters() if id(p) not in loc_ids]
+        self.optimizer = torch.optim.Adam([{"params": rest}, {"params": loc, "lr": oc["lr"] * oc["loc_lr_scale"]}],
+                                          lr=oc["lr"], weight_decay=oc["weight_decay"])
         self.step = 0
         self.skipped = 0
         self._cache: Dict[Tuple[int, str], MapView] = {}
@@ -224,11 +229,15 @@ class Trainer:
             refs = self.map_views(si, self.scenes[si].refs[q])
             losses, metrics = query_losses(self.model, o["keypoints"][val] + 0.5, o["descriptors"][val],
                                            o["scores"][val], v, refs, self.conf)
-            totals.append(self.model.weighting(losses))
+            if losses:  # a query whose only loss is the pose loss and whose localization failed adds nothing
+                totals.append(self.model.weighting(losses))
             for k, x in list(losses.items()) + list(metrics.items()):
                 sums[k] = sums.get(k, 0.0) + float(x.detach() if torch.is_tensor(x) else x)
                 counts[k] = counts.get(k, 0) + 1
-        loss = torch.stack(totals).mean()
+        if totals:
+            loss = torch.stack(totals).mean()
+        else:  # no query gave a loss: a zero that still reaches every parameter (zero gradients)
+            loss = sum(p.sum() * 0.0 for p in self.model.parameters())
         m = {k: sums[k] / counts[k] for k in sums}
         for k in ("num_pose", "num_positives"):
             if k in sums:
