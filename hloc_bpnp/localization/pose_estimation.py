@@ -3,7 +3,8 @@
 Refinement modes (``conf["refinement"]["method"]``):
   * ``"bpnp"`` (default): our differentiable LM solver (:func:`hloc_bpnp.bpnp.solve_pnp`)
     on the RANSAC inliers, with the query's full camera model (distortion included), a
-    robust loss, and the match scores as weights. It also yields the pose covariance.
+    loss (L2 on the RANSAC inliers by default, chosen by measurement; Huber/Cauchy by IRLS as
+    options), and optionally the match scores as weights. It also yields the pose covariance.
     The refined pose is kept only if it lowers the robust cost on the inliers, so the
     refinement can never make a converged RANSAC pose worse.
   * ``"pycolmap"``: pycolmap's Ceres refinement (what hloc does), for ablations.
@@ -30,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 default_conf = {
     "ransac": {
-        "max_error_px": 4.0,  # chosen by measurement: see pipelines/README.md
+        "max_error_px": 4.0,  # measured: benchmarks/sweep_ransac.py (1-12 px within noise on Strecha)
         "min_inlier_ratio": 0.01,
         "confidence": 0.99999,
         "min_num_trials": 100,
@@ -44,7 +45,7 @@ default_conf = {
     },
     "refinement": {
         "method": "bpnp",  # bpnp | pycolmap | none
-        "loss": "cauchy",  # l2 | huber | cauchy
+        "loss": "l2",  # l2 | huber | cauchy -- on the RANSAC inliers L2 measured best (sweep_ransac.py)
         "loss_scale_px": 1.0,
         "use_weights": False,  # match scores as BPnP weights
         "refine_intrinsics": False,  # focal (and distortion) via pycolmap before BPnP
