@@ -1,4 +1,4 @@
-"""The trainable feature network (``hloc_bpnp.training.network``) as an extractor preset.
+"""The trainable feature network (``hloc_bpnp.features.trainable_net``) as an extractor preset.
 
 ``build_extractor("trainable", weights="outputs/finetune/weights.pt")`` loads a state dict
 written by ``hloc-bpnp finetune`` (``weights.pt``, or a ``checkpoint_last.pt`` — its ``model``
@@ -16,7 +16,7 @@ from .base import Extractor, Features, load_weights, register_extractor
 
 @register_extractor("trainable")
 class TrainableExtractor(Extractor):
-    """Wraps :class:`hloc_bpnp.training.network.TrainableFeatureNet` (local weights only)."""
+    """Wraps :class:`hloc_bpnp.features.trainable_net.TrainableFeatureNet` (local weights only)."""
 
     default_conf: Dict[str, Any] = {
         "weights": None,
@@ -32,7 +32,7 @@ class TrainableExtractor(Extractor):
 
     def _init(self, conf: Dict[str, Any]) -> None:
         # imported here: training/ sits below features/ in the package layering
-        from ..training.network import TrainableFeatureNet
+        from .trainable_net import TrainableFeatureNet
 
         keys = ("channels", "head_dim", "descriptor_dim", "nms_radius", "border_cells", "loc_temperature")
         self.net = TrainableFeatureNet({k: conf[k] for k in keys} | {"max_keypoints": int(conf["max_keypoints"])})

@@ -14,7 +14,7 @@ from .distributed import average_gradients, init_distributed
 from .evaluate import evaluate_network, keypoint_errors, localization_errors
 from .localization import MapView, dual_softmax, localize_differentiable, subset_indices
 from .losses import LossWeighting, descriptor_loss, pose_loss
-from .network import TrainableFeatureNet
+from ..features.trainable_net import TrainableFeatureNet
 from .trainer import FinetuneModel, Trainer, default_conf, map_view_features
 
 __all__ = [

@@ -20,7 +20,7 @@ from ..config import merge
 from ..geometry import Pose, pose_error
 from .data import TrainScene, TrainView
 from .localization import MapView, mutual_matches
-from .network import TrainableFeatureNet
+from ..features.trainable_net import TrainableFeatureNet
 from .trainer import map_view_features
 
 logger = logging.getLogger(__name__)

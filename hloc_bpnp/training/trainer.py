@@ -39,7 +39,7 @@ from .localization import default_conf as loc_default_conf
 from .losses import (LossWeighting, correspondence_targets, descriptor_loss, pose_loss, score_loss,
                      score_targets)
 from .losses import default_conf as loss_default_conf
-from .network import TrainableFeatureNet
+from ..features.trainable_net import TrainableFeatureNet
 
 logger = logging.getLogger(__name__)
 
