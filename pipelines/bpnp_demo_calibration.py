@@ -6,7 +6,6 @@ under those poses is back-propagated into the intrinsics through BPnP (dpose/dK 
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bpnp_demo_pose import plot, project  # noqa: E402
+from bpnp_demo_pose import demo_main, project  # noqa: E402
 
 from hloc_bpnp.bpnp import bpnp  # noqa: E402
 
@@ -66,19 +65,8 @@ def run(iters: int = 300, views: int = 10, points: int = 30, lr: float = 0.05, n
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description="BPnP camera-calibration demo")
-    p.add_argument("--output", type=Path, required=True)
-    p.add_argument("--iters", type=int, default=300)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--threads", type=int, default=1, help="CPU threads (small batched problems)")
-    args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    args.output.mkdir(parents=True, exist_ok=True)
-    hist = run(args.iters, device=args.device)
-    plot(hist, args.output / "calibration_demo.png", "BPnP camera calibration")
-    logger.info("final: fx, fy, cx, cy = %s (truth 620, 600, 330, 235)", [round(v, 3) for v in hist["intrinsics"].tolist()])
-    return 0
+    return demo_main(argv, "BPnP camera-calibration demo", run, 300, "calibration_demo.png", "BPnP camera calibration",
+                     lambda h: f"fx, fy, cx, cy = {[round(v, 3) for v in h['intrinsics'].tolist()]} (truth 620, 600, 330, 235)")
 
 
 if __name__ == "__main__":

@@ -84,20 +84,31 @@ def plot(hist: dict, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description="BPnP pose-estimation demo")
+def demo_main(argv, description: str, run_fn, default_iters: int, png_name: str, title: str, summary) -> int:
+    """The CLI shared by the three demos: parse, run, plot, log a one-line summary.
+
+    Args:
+        run_fn: ``run(iters, device=...) -> history dict``.
+        summary: ``history -> str`` for the final log line.
+    """
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--output", type=Path, required=True)
-    p.add_argument("--iters", type=int, default=300)
+    p.add_argument("--iters", type=int, default=default_iters)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=1, help="CPU threads (small batched problems)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args.output.mkdir(parents=True, exist_ok=True)
-    hist = run(args.iters, device=args.device)
-    plot(hist, args.output / "pose_demo.png", "BPnP pose estimation")
-    logger.info("final: rotation error %.2e deg, translation error %.2e", hist["rot_err"][-1], hist["t_err"][-1])
+    hist = run_fn(args.iters, device=args.device)
+    plot(hist, args.output / png_name, title)
+    logger.info("final: %s", summary(hist))
     return 0
+
+
+def main(argv=None) -> int:
+    return demo_main(argv, "BPnP pose-estimation demo", run, 300, "pose_demo.png", "BPnP pose estimation",
+                     lambda h: f"rotation error {h['rot_err'][-1]:.2e} deg, translation error {h['t_err'][-1]:.2e}")
 
 
 if __name__ == "__main__":

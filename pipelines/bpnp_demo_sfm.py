@@ -7,7 +7,6 @@ is compared with the truth after a similarity (Umeyama) alignment.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bpnp_demo_pose import plot, project  # noqa: E402
+from bpnp_demo_pose import demo_main, project  # noqa: E402
 
 from hloc_bpnp.bpnp import bpnp  # noqa: E402
 
@@ -73,19 +72,8 @@ def run(iters: int = 400, views: int = 8, points: int = 20, lr: float = 0.02, se
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description="BPnP structure-from-motion demo")
-    p.add_argument("--output", type=Path, required=True)
-    p.add_argument("--iters", type=int, default=400)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--threads", type=int, default=1, help="CPU threads (small batched problems)")
-    args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    args.output.mkdir(parents=True, exist_ok=True)
-    hist = run(args.iters, device=args.device)
-    plot(hist, args.output / "sfm_demo.png", "BPnP structure from motion")
-    logger.info("final: loss %.3g, aligned relative error %.3g", hist["loss"][-1], hist["aligned_error"][-1])
-    return 0
+    return demo_main(argv, "BPnP structure-from-motion demo", run, 400, "sfm_demo.png", "BPnP structure from motion",
+                     lambda h: f"loss {h['loss'][-1]:.3g}, aligned relative error {h['aligned_error'][-1]:.3g}")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,14 @@ with ``median_rot_deg``, ``median_trans``, ``recall``, ``n_queries`` (errors poo
 training seeds' held-out queries; ``per_seed`` lists each seed's M) and ``keypoints``;
 ``improvement`` gives the relative reduction of the pose-loss model's median errors.
 
+5. when the real data exists (``../shared/data/strecha_fountain_P11``, or ``--strecha-dir``),
+   each network is also evaluated on Strecha fountain-P11, a real domain never trained on:
+   leave-one-out over its 11 images at 800 px, map triangulated from the GT poses of the other
+   10 with the network's features + mutual NN, query localized by the Localizer
+   (:func:`hloc_bpnp.training.evaluate.evaluate_strecha`). Each M then has a ``strecha``
+   entry with the same fields (``median_trans`` in metres; ``recall`` at 0.5 deg / 5 cm,
+   ``recall_coarse`` at 2 deg / 25 cm); failures count as failures. ``--no-strecha`` skips it.
+
     python pipelines/finetune_synthetic.py --output outputs/finetune_synth --quick
 """
 from __future__ import annotations
@@ -31,14 +39,28 @@ import torch
 from hloc_bpnp.config import load_config, merge
 from hloc_bpnp.training import Trainer, load_synthetic_scenes
 from hloc_bpnp.training.evaluate import default_conf as eval_default, keypoint_errors, localization_errors, summarize
+from hloc_bpnp.training.evaluate import evaluate_strecha, strecha_default_conf
 from hloc_bpnp.training.trainer import default_conf
 
 logger = logging.getLogger("finetune_synthetic")
+STRECHA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "strecha_fountain_P11"
 
 
 def evaluate(net, scenes):
     rot, trans = localization_errors(net, scenes)
     return rot, trans, keypoint_errors(net, scenes)
+
+
+def pool_strecha(runs):
+    """One summary over several :func:`evaluate_strecha` results (queries of all seeds pooled)."""
+    rot = [q["rot_deg"] for r in runs for q in r["per_query"].values()]
+    trans = [q["trans"] for r in runs for q in r["per_query"].values()]
+    th = runs[0]["thresholds"]
+    conf = {"rot_threshold_deg": th["rot_deg"], "trans_threshold": th["trans_m"]}
+    out = summarize(rot, trans, conf)
+    ok = [(r <= th["coarse_rot_deg"]) and (t <= th["coarse_trans_m"]) for r, t in zip(rot, trans)]
+    return out | {"recall_coarse": sum(ok) / max(len(ok), 1), "thresholds": th, "resize_max": runs[0]["resize_max"],
+                  "seconds": sum(r["seconds"] for r in runs)}
 
 
 def main() -> int:
@@ -51,6 +73,9 @@ def main() -> int:
     ap.add_argument("--train-seeds", type=int, nargs="+", default=None, help="fine-tuning seeds")
     ap.add_argument("--test-seeds", type=int, nargs="+", default=None, help="held-out scene seeds")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ap.add_argument("--strecha", action=argparse.BooleanOptionalAction, default=None,
+                    help="also evaluate each network on Strecha fountain-P11 (default: when the data exists)")
+    ap.add_argument("--strecha-dir", type=Path, default=STRECHA_DIR, help="Strecha scene folder")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s %(levelname)s] %(message)s",
                         datefmt="%H:%M:%S")
@@ -65,6 +90,18 @@ def main() -> int:
     test_seeds = args.test_seeds or list(ex.get("test_seeds", [201, 202, 203]))
     out = args.output
     out.mkdir(parents=True, exist_ok=True)
+    strecha_ok = (args.strecha_dir / "gt_dense_cameras").is_dir()
+    do_strecha = strecha_ok if args.strecha is None else args.strecha
+    if do_strecha and not strecha_ok:
+        ap.error(f"--strecha: no Strecha scene at {args.strecha_dir} (needs gt_dense_cameras/ and images/)")
+
+    def strecha(net, label):
+        if not do_strecha:
+            return None
+        t = time.time()
+        r = evaluate_strecha(net, args.strecha_dir)
+        timings[f"strecha_{label}_s"] = time.time() - t
+        return r
 
     dc = conf["data"]
     train = load_synthetic_scenes(dc["preset"], dc["seeds"], dc["num_refs"], dc["resize_max"], dc["overrides"], "train")
@@ -82,6 +119,9 @@ def main() -> int:
     init_w = out / "pretrain" / "weights.pt"
     rot, trans, kp = evaluate(pre.model.net, test)
     results = {"initial": summarize(rot, trans, eval_default) | {"keypoints": kp}}
+    st = strecha(pre.model.net, "initial")
+    if st is not None:
+        results["initial"]["strecha"] = st
     logger.info("initial: %s (%.0f s)", results["initial"], time.time() - t0)
 
     pooled = {"descriptor_loss": ([], [], []), "pose_loss": ([], [], [])}
@@ -98,6 +138,9 @@ def main() -> int:
             m = summarize(rot, trans, eval_default) | {"keypoints": kp, "seed": seed,
                                                        "pose_loss_queries": int(sum(r.get("num_pose", 0) for r in rows)),
                                                        "skipped_steps": tr.skipped}
+            st = strecha(tr.model.net, f"{name}_seed{seed}")
+            if st is not None:
+                m["strecha"] = st
             per_seed[name].append(m)
             pooled[name][0].extend(rot)
             pooled[name][1].extend(trans)
@@ -109,6 +152,8 @@ def main() -> int:
               "mean_px": sum(k["mean_px"] * k["n"] for k in kps) / max(n, 1), "n": n}
         results[name] = summarize(rot, trans, eval_default) | {"keypoints": kp, "per_seed": per_seed[name],
                                                                "train_steps": steps}
+        if do_strecha:
+            results[name]["strecha"] = pool_strecha([m["strecha"] for m in per_seed[name]])
 
     def rel(a, b):  # relative reduction of b's error against a's
         return 1.0 - b / a if a > 0 else float("nan")
@@ -122,15 +167,31 @@ def main() -> int:
         "per_seed_rot_vs_descriptor_loss": [rel(d["median_rot_deg"], p["median_rot_deg"])
                                             for d, p in zip(per_seed["descriptor_loss"], per_seed["pose_loss"])],
     }
+    if do_strecha:
+        PS, DS, IS = P["strecha"], Dl["strecha"], I["strecha"]
+        results["improvement"] |= {
+            "strecha_rot_vs_descriptor_loss": rel(DS["median_rot_deg"], PS["median_rot_deg"]),
+            "strecha_trans_vs_descriptor_loss": rel(DS["median_trans"], PS["median_trans"]),
+            "strecha_rot_vs_initial": rel(IS["median_rot_deg"], PS["median_rot_deg"]),
+            "strecha_trans_vs_initial": rel(IS["median_trans"], PS["median_trans"]),
+        }
     results["meta"] = {"train_scene_seeds": list(dc["seeds"]), "test_scene_seeds": test_seeds,
                        "train_seeds": train_seeds, "pretrain_steps": pre_steps, "finetune_steps": steps,
                        "batch_size": conf["batch_size"], "localization": conf["localization"],
                        "loss_weights": conf["losses"]["weights"], "seconds": time.time() - t0,
                        "timings_s": timings, "threads": args.threads,
-                       "strecha": "not evaluated"}
+                       "strecha": ({"scene": str(args.strecha_dir), "protocol": "leave-one-out, map from GT poses",
+                                    "conf": {k: v for k, v in strecha_default_conf.items()}}
+                                   if do_strecha else "not evaluated (--no-strecha or data absent)")}
     with open(out / "results.json", "w") as f:
         json.dump(results, f, indent=2)
     logger.info("improvement: %s", results["improvement"])
+    if do_strecha:
+        for name in ("initial", "descriptor_loss", "pose_loss"):
+            S = results[name]["strecha"]
+            logger.info("strecha %s: median %.3f deg / %.3f m, recall %.2f, coarse %.2f, %d/%d failed", name,
+                        S["median_rot_deg"], S["median_trans"], S["recall"], S["recall_coarse"],
+                        S["n_failed"], S["n_queries"])
     logger.info("wrote %s (%.0f s)", out / "results.json", time.time() - t0)
     return 0
 

@@ -8,7 +8,7 @@ import pycolmap
 import pytest
 import torch
 
-from hloc_bpnp.geometry import Camera, Pose, center_error, rotation_error_deg
+from hloc_bpnp.geometry import Camera, center_error, rotation_error_deg
 from hloc_bpnp.localization import Localizer
 from hloc_bpnp.localization import results as R
 from hloc_bpnp.mapping import Map
@@ -112,7 +112,7 @@ def test_error_degrades_gracefully_with_noise(scene, exact_map):
     name, gt = next(iter(scene.query_poses.items()))
     errs = []
     for sigma in [0.0, 0.5, 1.0, 2.0]:
-        r, t = [], []
+        r = []
         for seed in range(3):
             feats, _ = scene.observe(PINHOLE, gt, noise_px=sigma, rng=np.random.default_rng(seed))
             res = loc.localize_features(feats, PINHOLE)

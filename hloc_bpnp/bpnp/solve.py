@@ -20,7 +20,7 @@ from .covariance import pose_covariance
 from .implicit import ImplicitPnP, make_projector
 from .init import initial_pose
 from .lm import levenberg_marquardt
-from .losses import check_loss, robust_rho
+from .losses import check_loss
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 import torch
 from kornia.geometry.conversions import (
-    axis_angle_to_rotation_matrix,
     quaternion_to_rotation_matrix,
     rotation_matrix_to_quaternion,
 )

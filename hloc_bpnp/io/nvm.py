@@ -30,7 +30,7 @@ the image file (PIL reads only the header), or ``default_size``, in that order.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
 

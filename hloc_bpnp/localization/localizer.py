@@ -24,7 +24,7 @@ from ..config import load_config, merge
 from ..geometry import Camera
 from . import results as R
 from .camera_prior import guess_camera
-from .correspondences import Correspondences, covisibility_clusters, gather_2d3d
+from .correspondences import covisibility_clusters, gather_2d3d
 from .pose_estimation import default_conf as pose_default_conf
 from .pose_estimation import estimate_pose
 from .results import LocalizationResult

@@ -18,9 +18,6 @@ import logging
 from pathlib import Path
 from typing import Dict, Optional, Tuple, Union
 
-import numpy as np
-import torch
-
 from ...geometry import Camera, Pose
 from ..hloc_text import check_file, format_error, parse_qt, read_query_list
 from ..nvm import nvm_camera_to_colmap, read_nvm
