@@ -3,8 +3,8 @@
 Refinement modes (``conf["refinement"]["method"]``):
   * ``"bpnp"`` (default): our differentiable LM solver (:func:`hloc_bpnp.bpnp.solve_pnp`)
     on the RANSAC inliers, with the query's full camera model (distortion included), a
-    loss (L2 on the RANSAC inliers by default, chosen by measurement; Huber/Cauchy by IRLS as
-    options), and optionally the match scores as weights. It also yields the pose covariance.
+    loss (Cauchy, 1 px, by IRLS on the RANSAC inliers, chosen by measurement; L2 and Huber
+    as options), and optionally the match scores as weights. It also yields the pose covariance.
     The refined pose is kept only if it lowers the robust cost on the inliers, so the
     refinement can never make a converged RANSAC pose worse.
   * ``"pycolmap"``: pycolmap's Ceres refinement (what hloc does), for ablations.
@@ -45,7 +45,7 @@ default_conf = {
     },
     "refinement": {
         "method": "bpnp",  # bpnp | pycolmap | none
-        "loss": "l2",  # l2 | huber | cauchy -- on the RANSAC inliers L2 measured best (sweep_ransac.py)
+        "loss": "cauchy",  # l2 | huber | cauchy -- measured: see configs/localization/default.yaml
         "loss_scale_px": 1.0,
         "use_weights": False,  # match scores as BPnP weights
         "refine_intrinsics": False,  # focal (and distortion) via pycolmap before BPnP
