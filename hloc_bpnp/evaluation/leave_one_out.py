@@ -73,6 +73,14 @@ def leave_one_out(
         feat_time[n] = time.perf_counter() - t
     feats = _to_numpy_feats(feats_t)
     timings["extraction_per_image"] = (time.time() - t0) / len(names)
+    qfeats = feats
+    if base_loc.get("query_features"):  # queries extracted differently (e.g. smaller) than the map
+        qextractor = build_extractor(merge(load_config("features", conf["features"]), base_loc["query_features"]))
+        qfeats = {}
+        for n in tqdm(queries, desc="query extraction", disable=not progress):
+            t = time.perf_counter()
+            qfeats.update(_to_numpy_feats(extract_features(qextractor, [n], images, progress=False)))
+            feat_time[n] = time.perf_counter() - t
 
     t0 = time.time()
     pairs = make_pairs(names, conf["pairs"], poses=scene, features=feats)
@@ -98,7 +106,7 @@ def leave_one_out(
             loc = Localizer(map_, merge(base_loc, override))
             t = time.perf_counter()
             res = LocalizationResult(name=q, timings={"features": feat_time[q]})
-            results[label][q] = loc.localize_features(feats[q], cameras[q], res)
+            results[label][q] = loc.localize_features(qfeats[q], cameras[q], res)
             t_loc.append(time.perf_counter() - t)
             logger.debug("%s [%s]: success=%s inliers=%d", q, label, res.success, res.num_inliers)
     timings["map_per_fold"] = sum(t_tri) / len(t_tri)
