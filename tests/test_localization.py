@@ -246,3 +246,18 @@ def test_hloc_plugin_mode(scene, exact_map, tmp_path):
                "--hloc-matches", str(tmp_path / "matches.h5"), "--hloc-pairs", str(tmp_path / "pairs.txt"),
                "--queries", str(tmp_path / "queries.txt"), "--output", str(tmp_path / "cli.txt")])
     assert rc == 0 and len(read_results(tmp_path / "cli.txt")) == len(scene.query_poses)
+
+
+def test_match_3d_only_equivalent_and_fast_preset(scene, exact_map):
+    name, gt = next(iter(scene.query_poses.items()))
+    feats, _ = scene.observe(PINHOLE, gt, rng=np.random.default_rng(3))
+    out = {}
+    for flag in (False, True):
+        res = Localizer(exact_map, {"match_3d_only": flag}).localize_features(feats, PINHOLE)
+        assert res.success and _errors(res, gt)[0] < 1e-6
+        out[flag] = res
+    # same 2D-3D candidates: restricting the reference keypoints only drops matches that
+    # could never reach a 3D point (exact features: the nearest neighbours are the same)
+    assert set(out[True].point3D_ids.tolist()) == set(out[False].point3D_ids.tolist())
+    loc = Localizer(exact_map, "fast")
+    assert loc.conf["retrieval"]["num_keyframes"] == 3 and loc.extractor.conf["resize_max"] == 800
