@@ -6,7 +6,9 @@ registered class; the other keys are merged over its ``default_conf``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Type, Union
+from typing import Any, Callable, Dict, List, Optional, Type, Union
+
+from torch import nn
 
 from .config import load_config, merge
 
@@ -54,3 +56,25 @@ class Registry:
             raise KeyError(f"Unknown {self.kind} model {model!r} (preset {preset!r}); registered: {self.names()}")
         cfg.setdefault("preset", str(preset) if preset is not None else model)
         return self._classes[model](cfg)
+
+
+class ConfiguredModule(nn.Module):
+    """Base of registered models: ``base_default_conf`` < class ``default_conf`` < user conf
+    (unknown keys rejected), then ``_init(conf)``, eval mode, and the configured device."""
+
+    name: str = "base"
+    base_default_conf: Dict[str, Any] = {"preset": None, "device": "cpu"}
+    default_conf: Dict[str, Any] = {}
+
+    def __init__(self, conf: Optional[Dict[str, Any]] = None) -> None:
+        super().__init__()
+        defaults = merge(self.base_default_conf, self.default_conf)
+        self.conf = merge(defaults, conf or {}, strict=True)
+        if self.conf["preset"] is None:
+            self.conf["preset"] = self.name
+        self._init(self.conf)
+        self.eval()
+        self.to(self.conf["device"])
+
+    def _init(self, conf: Dict[str, Any]) -> None:
+        """Build the model from the merged conf (subclasses)."""

@@ -33,8 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import merge
-from ..registry import Registry
+from ..registry import ConfiguredModule, Registry
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +72,7 @@ def build_extractor(conf: Union[str, Path, Dict[str, Any]], **overrides: Any) ->
     return _REGISTRY.build(conf, **overrides)
 
 
-class Extractor(nn.Module):
+class Extractor(ConfiguredModule):
     """Base class: config handling, image preparation, resizing, coordinate conversion, batching."""
 
     name: str = "base"
@@ -90,16 +89,6 @@ class Extractor(nn.Module):
     size_multiple: int = 1
     #: ``_extract`` accepts B > 1 images of one size in a call
     supports_batch: bool = True
-
-    def __init__(self, conf: Optional[Dict[str, Any]] = None) -> None:
-        super().__init__()
-        defaults = merge(self.base_default_conf, self.default_conf)
-        self.conf = merge(defaults, conf or {}, strict=True)
-        if self.conf["preset"] is None:
-            self.conf["preset"] = self.name
-        self._init(self.conf)
-        self.eval()
-        self.to(self.conf["device"])
 
     # -- to implement -------------------------------------------------------------------
     def _init(self, conf: Dict[str, Any]) -> None:

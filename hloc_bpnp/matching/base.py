@@ -16,10 +16,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Type, Union
 
 import torch
-from torch import nn
 
-from ..config import merge
-from ..registry import Registry
+from ..registry import ConfiguredModule, Registry
 
 logger = logging.getLogger(__name__)
 
@@ -71,25 +69,8 @@ def empty_matches(n0: int, device: Optional[torch.device] = None) -> Matches:
             "matching_scores0": torch.zeros(n0, dtype=torch.float32, device=device)}
 
 
-class Matcher(nn.Module):
-    """Base class: config merging and the ``match`` / ``match_many`` interface."""
-
-    name: str = "base"
-    base_default_conf: Dict[str, Any] = {"preset": None, "device": "cpu"}
-    default_conf: Dict[str, Any] = {}
-
-    def __init__(self, conf: Optional[Dict[str, Any]] = None) -> None:
-        super().__init__()
-        defaults = merge(self.base_default_conf, self.default_conf)
-        self.conf = merge(defaults, conf or {}, strict=True)
-        if self.conf["preset"] is None:
-            self.conf["preset"] = self.name
-        self._init(self.conf)
-        self.eval()
-        self.to(self.conf["device"])
-
-    def _init(self, conf: Dict[str, Any]) -> None:
-        pass
+class Matcher(ConfiguredModule):
+    """Base class: config merging (:class:`ConfiguredModule`) and ``match`` / ``match_many``."""
 
     @property
     def device(self) -> torch.device:
