@@ -13,7 +13,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from hloc_bpnp.evaluation.dataset_protocol import resolve_scenes, run_dataset_benchmark, run_scenes
+from hloc_bpnp.evaluation.dataset_protocol import resolve_scenes, run_scenes, run_train_test_benchmark
 from hloc_bpnp.io.datasets import read_cambridge
 from hloc_bpnp.io.datasets.cambridge import SCENES
 
@@ -36,10 +36,7 @@ def main(argv=None):
         intr = scene_dir / args.intrinsics if args.intrinsics else None
         train = read_cambridge(scene_dir, "train", intrinsics=intr)
         test = read_cambridge(scene_dir, "test", intrinsics=intr)
-        return run_dataset_benchmark(
-            train, {im.name: im.camera for im in test}, output, f"Cambridge {scene_dir.name}",
-            ground_truth={im.name: im.pose for im in test}, mapping_conf=args.mapping, loc_conf=args.config,
-            max_queries=args.max_queries, reuse_map=args.reuse_map)
+        return run_train_test_benchmark(train, test, output, f"Cambridge {scene_dir.name}", args)
 
     return run_scenes(resolve_scenes(args.dataset, args.scene, args.scenes, SCENES), args.output, run_one)
 

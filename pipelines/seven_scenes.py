@@ -13,7 +13,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from hloc_bpnp.evaluation.dataset_protocol import resolve_scenes, run_dataset_benchmark, run_scenes
+from hloc_bpnp.evaluation.dataset_protocol import resolve_scenes, run_scenes, run_train_test_benchmark
 from hloc_bpnp.io.datasets import read_7scenes
 from hloc_bpnp.io.datasets.seven_scenes import SCENES
 from hloc_bpnp.io.hloc_text import parse_camera_fields
@@ -40,10 +40,7 @@ def main(argv=None):
     def run_one(scene_dir, output):
         train = read_7scenes(scene_dir, "train", camera=camera, step=args.step)
         test = read_7scenes(scene_dir, "test", camera=camera)
-        return run_dataset_benchmark(
-            train, {im.name: im.camera for im in test}, output, f"7-Scenes {scene_dir.name}",
-            ground_truth={im.name: im.pose for im in test}, mapping_conf=args.mapping, loc_conf=args.config,
-            max_queries=args.max_queries, reuse_map=args.reuse_map)
+        return run_train_test_benchmark(train, test, output, f"7-Scenes {scene_dir.name}", args)
 
     return run_scenes(resolve_scenes(args.dataset, args.scene, args.scenes, SCENES), args.output, run_one)
 

@@ -178,6 +178,16 @@ def run_dataset_benchmark(
     return {k: v for k, v in summary.items() if not k.startswith("_")}
 
 
+def run_train_test_benchmark(train, test, output: PathLike, title: str, args) -> Dict:
+    """Map from the posed ``train`` Scene, localize the ``test`` Scene's images with their
+    cameras and evaluate against their poses (Cambridge, 7-Scenes). ``args`` carries the
+    pipelines' common options: ``mapping``, ``config``, ``max_queries``, ``reuse_map``."""
+    return run_dataset_benchmark(
+        train, {im.name: im.camera for im in test}, output, title,
+        ground_truth={im.name: im.pose for im in test}, mapping_conf=args.mapping, loc_conf=args.config,
+        max_queries=args.max_queries, reuse_map=args.reuse_map)
+
+
 def merge_scene_summaries(per_scene: Mapping[str, Dict]) -> Dict:
     """One ``{"summary", "queries"}`` dict over several scenes: per-scene summaries under
     ``summary["scenes"]``, totals, and every query tagged with its ``scene``."""
