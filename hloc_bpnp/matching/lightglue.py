@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 import re
-from pathlib import Path
 from typing import Any, Dict
 
 import kornia.feature as KF
@@ -45,7 +44,8 @@ def _rename(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
 
 @register_matcher("lightglue")
 class LightGlue(Matcher):
-    """Config: ``features`` (a kornia LightGlue feature type), ``weights`` (local path), and the
+    """Config: ``features`` (a kornia LightGlue feature type), ``weights`` (local path; null: the
+    packaged pretrained file for ``aliked``, ``disk`` and ``xfeat`` (LighterGlue)), and the
     LightGlue options ``filter_threshold``, ``depth_confidence``, ``width_confidence``, ``flash``, ``mp``
     (null keeps the feature type's default)."""
 
@@ -72,24 +72,20 @@ class LightGlue(Matcher):
         self.net = KF.LightGlue(None, **fconf)
         self._load(conf["weights"], conf["preset"])
 
+    #: pretrained files shipped by the weight packages (hloc_bpnp.weights), per feature type
+    PACKAGED = {"aliked": "aliked_lightglue", "disk": "disk_lightglue", "xfeat": "xfeat_lighterglue"}
+
     def _load(self, path: Any, preset: str) -> None:
-        if path is None or str(path).strip() == "":
-            raise ValueError(f"Matcher preset {preset!r} needs local weights: set config key 'weights' to the "
-                             f"path of a LightGlue '{self.ftype}' checkpoint (nothing is downloaded)")
-        p = Path(path).expanduser()
-        if not p.is_file():
-            raise FileNotFoundError(f"Matcher preset {preset!r}: weights file for key 'weights' not found: {p}")
-        state = _rename(unwrap_state_dict(torch.load(str(p), map_location="cpu", weights_only=True)))
-        try:
-            res = self.net.load_state_dict(state, strict=False)
-        except RuntimeError as e:
-            raise RuntimeError(f"Matcher preset {preset!r}: weights {p} do not fit LightGlue "
-                               f"'{self.ftype}': {e}") from e
-        params = dict(self.net.named_parameters())
-        missing = [k for k in res.missing_keys if k in params]
-        if missing:
-            raise RuntimeError(f"Matcher preset {preset!r}: weights {p} lack {len(missing)} parameters of "
-                               f"LightGlue '{self.ftype}', e.g. {missing[:5]}")
+        from ..weights import load_state_strict, mark_non_persistent, read_state_dict, resolve_weights
+
+        p = resolve_weights(path, self.PACKAGED.get(self.ftype), preset)
+        source = f"Matcher preset {preset!r}: weights {p} (LightGlue '{self.ftype}')"
+        raw = unwrap_state_dict(read_state_dict(p, source))
+        if any(k.startswith("matcher.") for k in raw):  # a checkpoint of extractor + matcher (LighterGlue)
+            raw = {k: v for k, v in raw.items() if k.startswith("matcher.")}
+        state = _rename(raw)
+        mark_non_persistent(self.net, ["confidence_thresholds"])  # computed from the config
+        load_state_strict(self.net, state, source)
         self.net.eval()
 
     def _inputs(self, f: Features, which: str) -> Dict[str, torch.Tensor]:
