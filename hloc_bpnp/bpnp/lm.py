@@ -1,16 +1,29 @@
-"""Batched Levenberg-Marquardt on SO(3) x R^3 with analytic Jacobians and IRLS weights.
+"""Batched Levenberg-Marquardt on SO(3) x R^3 with analytic Jacobians and robust losses.
 
 The solver knows only residuals and Jacobians (see ``residuals.py``): it minimises
 ``F = sum_i w_i rho(||r_i||^2)`` for every batch item at once (no Python loop over B).
-Each iteration builds ``A = sum_i w_i rho'_i J_i^T J_i`` and ``b = sum_i w_i rho'_i J_i^T r_i``
-(``b`` is half the exact gradient of F, also for robust losses), takes the damped step
-``d = -(A + mu diag(A))^-1 b`` and updates ``R <- exp(d_w) R``, ``t <- t + d_t``. Items whose
-cost does not decrease keep their pose and raise ``mu``.
+Each iteration builds ``A = sum_i w_i rho'_i J_i^T J_i`` (the IRLS matrix, always positive
+semi-definite) and ``b = sum_i w_i rho'_i J_i^T r_i`` (``b`` is half the exact gradient of F,
+also for robust losses). The step is ``d = -(H + mu diag(A))^-1 b`` with the robust
+Gauss-Newton matrix (Triggs et al.)
 
-An LM loop that stops on a cost-decrease test stalls at gradient norms ~1e-5, which spoils an
-implicit gradient; so the solve ends with ``polish_steps`` undamped Gauss-Newton/IRLS steps
-(accepted only where they do not increase the cost beyond rounding), which drive the gradient
-to machine precision in float64.
+    H = A + 2 sum_i w_i rho''_i (J_i^T r_i)(J_i^T r_i)^T
+
+where that damped system is positive definite, else the IRLS matrix ``A`` (e.g. far from the
+optimum, where many points sit in the loss's descending tail). Then ``R <- exp(d_w) R``,
+``t <- t + d_t``; items whose cost does not decrease keep their pose and raise ``mu``.
+
+Why the rho'' term: with ``A`` alone (plain IRLS) a robust loss converges only linearly
+(measured: a Cauchy 1 px loss on 300 points with 1 px noise and 20% of 4 px outliers shrinks
+the gradient by ~0.55 per iteration). The cost decrease then falls below rounding
+(relative 1e-15) while the gradient cosine is still ~1e-8, so the loop stalled after 10-24
+iterations with its final undamped steps unable to reach ``gtol``: most robust solves ended
+"not converged" though the cost had gone down. With ``H`` the local rate is quadratic.
+
+The solve ends with ``polish_steps`` undamped steps (accepted where they do not increase
+the cost beyond rounding), which drive the gradient to machine precision in float64 (an
+implicit gradient is exact only at a stationary point). ``converged`` is a gradient test
+at the final pose with its own IRLS weights: ``||grad F|| <= gtol sqrt(F trace(A))``.
 """
 from __future__ import annotations
 
@@ -19,7 +32,7 @@ from dataclasses import dataclass
 import torch
 
 from ..geometry.pose import so3_exp
-from .losses import robust_rho
+from .losses import robust_rho, robust_rho2
 from .residuals import residuals_and_jacobian
 
 
@@ -36,14 +49,19 @@ class LMState:
 
 
 def _normal_equations(R, t, points3d, points2d, projector, weights, loss, loss_scale):
+    """cost (B,), IRLS matrix A (B, 6, 6), half gradient b (B, 6), robust Gauss-Newton H."""
     r, J, depth = residuals_and_jacobian(R, t, points3d, points2d, projector)
     s = (r * r).sum(-1)
-    rho, rho1 = robust_rho(s, loss, loss_scale)
+    rho, rho1, rho2 = robust_rho2(s, loss, loss_scale)
     cost = (weights * rho).sum(-1)
     wj = (weights * rho1)[..., None, None] * J  # (B, N, 2, 6)
     A = torch.einsum("bnki,bnkj->bij", wj, J)
     b = torch.einsum("bnki,bnk->bi", wj, r)
-    return cost, A, b
+    if loss == "l2":
+        return cost, A, b, A
+    g = torch.einsum("bnki,bnk->bni", J, r)  # J_i^T r_i
+    H = A + 2 * torch.einsum("bn,bni,bnj->bij", weights * rho2, g, g)
+    return cost, A, b, H
 
 
 def _cost(R, t, points3d, points2d, projector, weights, loss, loss_scale):
@@ -52,15 +70,21 @@ def _cost(R, t, points3d, points2d, projector, weights, loss, loss_scale):
     return (weights * rho).sum(-1)
 
 
-def _solve(A, b, mu):
-    """Step -(A + mu diag(A) + eps I)^-1 b, zero where the system cannot be solved."""
+def _solve(A, b, mu, H=None):
+    """Step -(H + mu diag(A) + eps I)^-1 b where that matrix is positive definite, else
+    -(A + mu diag(A) + eps I)^-1 b; zero where neither system can be solved."""
     diag = torch.diagonal(A, dim1=-2, dim2=-1)
     scale = diag.amax(-1, keepdim=True).clamp_min(1e-300)
-    damp = mu[:, None] * diag + 1e-14 * scale
-    M = A + torch.diag_embed(damp)
-    L, info = torch.linalg.cholesky_ex(M)
+    damp = torch.diag_embed(mu[:, None] * diag + 1e-14 * scale)
+    L, info = torch.linalg.cholesky_ex(A + damp)
     step = -torch.cholesky_solve(b.unsqueeze(-1), L).squeeze(-1)
     ok = (info == 0) & torch.isfinite(step).all(-1)
+    if H is not None and H is not A:
+        L2, info2 = torch.linalg.cholesky_ex(H + damp)
+        step2 = -torch.cholesky_solve(b.unsqueeze(-1), L2).squeeze(-1)
+        ok2 = (info2 == 0) & torch.isfinite(step2).all(-1)
+        step = torch.where(ok2[:, None], step2, step)
+        ok = ok | ok2
     return torch.where(ok[:, None], step, torch.zeros_like(step)), ok
 
 
@@ -97,7 +121,8 @@ def levenberg_marquardt(
         projector: a ``KProjector`` or ``CameraProjector`` (batched over B).
         max_iters: LM iterations (the loop exits early once every item stalls).
         polish_steps: final undamped Gauss-Newton / IRLS steps.
-        rtol: relative cost decrease below which an item counts as stalled.
+        rtol: relative cost decrease below which an item counts as stalled (the final
+            undamped steps then finish the job; ``converged`` never relies on this test).
         gtol: converged when ||grad|| <= gtol * sqrt(cost * trace(A)) (a scale-free cosine).
     Returns:
         LMState at the final pose.
@@ -107,9 +132,9 @@ def levenberg_marquardt(
     mu = torch.full((B,), mu_init, dtype=R.dtype, device=R.device)
     iters = torch.zeros(B, dtype=torch.long, device=R.device)
     active = torch.ones(B, dtype=torch.bool, device=R.device)
-    cost, A, b = _normal_equations(R, t, *args)
+    cost, A, b, H = _normal_equations(R, t, *args)
     for _ in range(max_iters):
-        step, ok = _solve(A, b, mu)
+        step, ok = _solve(A, b, mu, H)
         R_new, t_new = _apply(R, t, step)
         cost_new = _cost(R_new, t_new, *args)
         accept = active & ok & torch.isfinite(cost_new) & (cost_new < cost)
@@ -125,14 +150,14 @@ def levenberg_marquardt(
         if not bool(active.any()):
             break
         if bool(accept.any()):
-            cost, A, b = _normal_equations(R, t, *args)
+            cost, A, b, H = _normal_equations(R, t, *args)
     # undamped polish: reaches the stationary point to machine precision
-    cost, A, b = _normal_equations(R, t, *args)
+    cost, A, b, H = _normal_equations(R, t, *args)
     zero_mu = torch.zeros_like(mu)
     for _ in range(polish_steps):
-        step, ok = _solve(A, b, zero_mu)
+        step, ok = _solve(A, b, zero_mu, H)
         R_new, t_new = _apply(R, t, step)
-        cost_new, A_new, b_new = _normal_equations(R_new, t_new, *args)
+        cost_new, A_new, b_new, H_new = _normal_equations(R_new, t_new, *args)
         tol = 1e-10 * cost.abs() + 1e-300
         accept = ok & torch.isfinite(cost_new) & (cost_new <= cost + tol)
         R = torch.where(accept[:, None, None], R_new, R)
@@ -140,6 +165,7 @@ def levenberg_marquardt(
         cost = torch.where(accept, cost_new, cost)
         A = torch.where(accept[:, None, None], A_new, A)
         b = torch.where(accept[:, None], b_new, b)
+        H = torch.where(accept[:, None, None], H_new, H)
     grad_norm = 2 * b.norm(dim=-1)
     converged = torch.isfinite(cost) & _stationary(A, b, cost, gtol)
     return LMState(R, t, cost, grad_norm, iters, converged)

@@ -33,12 +33,16 @@ class PnPResult:
         pose: (B, 6) [axis-angle, t] cam_from_world, differentiable (implicit backward).
         cost: (B,) final objective sum_i w_i rho(s_i) (detached).
         residuals: (B, N, 2) reprojection residuals at ``pose`` (pixels, differentiable).
-        converged: (B,) bool, gradient at machine precision (see ``lm.levenberg_marquardt``).
+        converged: (B,) bool, a stationary point of the robust cost: tangent gradient norm <=
+            1e-9 sqrt(cost trace(A)) with the final IRLS weights (see ``lm.levenberg_marquardt``).
         iterations: (B,) accepted LM iterations.
-        valid: (B,) bool, finite pose, every weighted (inlier) point in front of the camera and
-            a well-conditioned Hessian. ``failure`` gives the reason where False.
-        failure: per item '' or a reason ('non-finite', 'points behind the camera',
-            'ill-conditioned', 'not converged'; joined with '; ').
+        valid: (B,) bool, finite pose, at least 4 points of positive weight (3 with
+            ``pose_init``: fewer admit several exact poses), every weighted (inlier) point in
+            front of the camera and a well-conditioned Hessian. ``failure`` gives the reason
+            where False.
+        failure: per item '' or a reason ('only k points of positive weight', 'non-finite',
+            'points behind the camera', 'ill-conditioned', 'not converged'; joined with '; ').
+            'not converged' alone does not make an item invalid.
         covariance: (B, 6, 6) sigma^2 (J^T W J)^-1 in the tangent space [d_w, d_t]
             (see ``covariance.py``).
         sigma2: (B,) estimated pixel noise variance used in ``covariance``.
@@ -207,10 +211,17 @@ def solve_pnp(
             counted = counted & ((r * r).sum(-1) <= (3 * loss_scale) ** 2)
         finite = torch.isfinite(y).all(-1) & torch.isfinite(st.cost)
         behind = (counted & ~(depth > 0)).any(-1)
-        valid = finite & ~behind & ~ill
+        # P3P has up to 4 exact solutions: without a start, < 4 weighted points fix no pose
+        n_min = 3 if pose_init is not None else 4
+        n_pos = (w > 0).sum(-1)
+        few = n_pos < n_min
+        valid = finite & ~behind & ~ill & ~few
     failure = []
     for b in range(B):
         reasons = []
+        if few[b]:
+            reasons.append(f"only {int(n_pos[b])} points of positive weight (needs {n_min}"
+                           f"{' with' if pose_init is not None else ' without'} pose_init)")
         if not finite[b]:
             reasons.append("non-finite")
         if behind[b]:
@@ -260,8 +271,10 @@ def bpnp(
     Args:
         points2d: (B, N, 2) pixels; points3d: (B, N, 3) or (N, 3); K: (B, 3, 3) or (3, 3);
         weights: (B, N) non-negative or None; pose_init: (B, 6) or None (not differentiated).
-        strict: raise ValueError when an item's solution is invalid (points behind the camera,
-            non-finite); with False, invalid items are returned as they are (see ``solve_pnp``).
+        strict: raise ValueError naming every batch item that ``solve_pnp`` flags invalid
+            (fewer than 4 points of positive weight, or 3 with ``pose_init``; non-finite;
+            points behind the camera; ill-conditioned) and its reason. With False, invalid
+            items are returned as they are (check them with ``solve_pnp``'s ``valid``).
     Returns:
         (B, 6) [axis-angle, t], cam_from_world, ``x ~ K (R(aa) X + t)``, minimising
         sum_i w_i ||x_i - proj(X_i)||^2, in the dtype of points2d, differentiable w.r.t.
@@ -269,11 +282,15 @@ def bpnp(
     """
     res = solve_pnp(points2d, points3d, K, weights=weights, pose_init=pose_init)
     if strict:
-        bad = [(b, f) for b, f in enumerate(res.failure) if "behind" in f or "non-finite" in f]
+        valid = res.valid.reshape(-1).tolist()
+        failure = res.failure if isinstance(res.failure, list) else [res.failure]
+        bad = [(b, f) for b, (v, f) in enumerate(zip(valid, failure)) if not v]
         if bad:
+            more = f" (and {len(bad) - 20} more)" if len(bad) > 20 else ""
             raise ValueError(
-                f"bpnp: no valid pose for batch items {[b for b, _ in bad][:20]} of points2d "
-                f"{tuple(points2d.shape)}: {bad[0][1]} (pass strict=False to get flagged results "
-                "from solve_pnp instead)"
+                f"bpnp: no valid pose for batch items {[b for b, _ in bad][:20]}{more} of points2d "
+                f"{tuple(points2d.shape)}: "
+                + "; ".join(f"item {b}: {f}" for b, f in bad[:20])
+                + " (pass strict=False to get the flagged results, or use solve_pnp)"
             )
     return res.pose
