@@ -21,6 +21,35 @@ COMMANDS = [
 ]
 
 
+# third-party loggers kept at WARNING unless -v (faiss's loader, e.g., logs a
+# ModuleNotFoundError for every SIMD build it probes, at INFO, on each import)
+THIRD_PARTY_LOGGERS = (
+    "faiss", "PIL", "matplotlib", "h5py", "urllib3", "fsspec", "filelock", "numexpr", "torch",
+    "kornia", "asyncio", "httpx", "huggingface_hub", "pycolmap", "git", "numba", "fontTools",
+)
+
+
+def configure_logging(verbose: bool = False) -> None:
+    """Log at INFO (DEBUG with ``verbose``), the third-party loggers at WARNING.
+
+    Without ``verbose`` the known third-party loggers (``THIRD_PARTY_LOGGERS``, set before
+    those libraries are imported, so their import-time messages are filtered too) log only
+    warnings and errors; with ``verbose`` they inherit DEBUG like everything else.
+    """
+    level = logging.DEBUG if verbose else logging.INFO
+    logging.basicConfig(
+        level=level,
+        format="[%(asctime)s %(name)s %(levelname)s] %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    _third_party_levels(verbose)
+
+
+def _third_party_levels(verbose: bool) -> None:
+    for name in THIRD_PARTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET if verbose else logging.WARNING)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hloc-bpnp",
@@ -40,13 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # before the subcommands import anything (their imports may log)
+    _third_party_levels(any(a in ("-v", "--verbose") for a in argv))
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="[%(asctime)s %(name)s %(levelname)s] %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    configure_logging(args.verbose)
     if not getattr(args, "func", None):
         parser.print_help()
         return 1
