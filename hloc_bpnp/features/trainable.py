@@ -38,7 +38,10 @@ class TrainableExtractor(Extractor):
         self.net = TrainableFeatureNet({k: conf[k] for k in keys} | {"max_keypoints": int(conf["max_keypoints"])})
         state = conf["weights"]
         if state is not None:
-            obj = torch.load(str(state), map_location="cpu", weights_only=False) if str(state).endswith(".pt") else None
+            from ..weights import read_state_dict
+
+            # weights_only: a weights file is data, never code (a crafted pickle is refused)
+            obj = read_state_dict(state, f"Feature preset {conf['preset']!r}") if str(state).endswith(".pt") else None
             if isinstance(obj, dict) and "model" in obj and "step" in obj:  # a training checkpoint
                 net_state = {k[len("net."):]: v for k, v in obj["model"].items() if k.startswith("net.")}
                 self.net.load_state_dict(net_state)

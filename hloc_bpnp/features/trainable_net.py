@@ -71,6 +71,7 @@ class TrainableFeatureNet(nn.Module):
 
     cell = 4
     size_multiple = 8
+    in_channels = 1
     default_conf: Dict[str, Any] = {
         "channels": [16, 32, 64, 96],
         "head_dim": 64,
@@ -104,6 +105,17 @@ class TrainableFeatureNet(nn.Module):
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
                 nn.init.zeros_(m.bias)
+
+    def weights_module(self) -> nn.Module:
+        """The module saved as the ``trainable`` preset's weights file: the whole network."""
+        return self
+
+    def parameter_groups(self) -> Dict[str, list]:
+        """``detector`` (score and in-cell offset heads), ``descriptor`` (its head), ``backbone``."""
+        det = list(self.loc_head.parameters()) + list(self.score_head.parameters())
+        desc = list(self.desc_head.parameters())
+        ids = {id(p) for p in det + desc}
+        return {"detector": det, "descriptor": desc, "backbone": [p for p in self.parameters() if id(p) not in ids]}
 
     # -- dense maps -----------------------------------------------------------------------
     def dense(self, image: torch.Tensor) -> Dict[str, torch.Tensor]:

@@ -31,7 +31,7 @@ class TrainView:
 
     Attributes:
         name: image name.
-        image: (1, H, W) float32 grayscale in [0, 1]; H, W multiples of the network's
+        image: (C, H, W) float32 in [0, 1], C = 1 (grayscale) or 3; H, W multiples of the network's
             ``size_multiple`` (cropped at the bottom/right, which keeps the intrinsics).
         camera: unbatched float64 Camera of ``image``.
         pose: unbatched float64 Pose ``cam_from_world``.
@@ -71,10 +71,25 @@ def to_gray_tensor(image: np.ndarray) -> torch.Tensor:
     return t[None].contiguous()
 
 
+def to_rgb_tensor(image: np.ndarray) -> torch.Tensor:
+    """(H, W) or (H, W, 3) uint8/float array -> (3, H, W) float32 in [0, 1]."""
+    a = np.asarray(image)
+    t = torch.from_numpy(np.ascontiguousarray(a)).float()
+    if a.dtype == np.uint8:
+        t = t / 255.0
+    if t.ndim == 2:
+        t = t[..., None].expand(-1, -1, 3)
+    if t.ndim != 3 or t.shape[-1] != 3:
+        raise ValueError(f"image must be (H, W) or (H, W, 3), got {tuple(a.shape)}")
+    return t.permute(2, 0, 1).contiguous()
+
+
 def make_view(name: str, image: np.ndarray, camera: Camera, pose: Pose,
-              depth: Optional[np.ndarray] = None, multiple: int = 8, resize_max: Optional[int] = None) -> TrainView:
-    """Build a :class:`TrainView`: grayscale, optional downscale, crop to ``multiple``."""
-    img = to_gray_tensor(image)
+              depth: Optional[np.ndarray] = None, multiple: int = 8, resize_max: Optional[int] = None,
+              channels: int = 1) -> TrainView:
+    """Build a :class:`TrainView`: grayscale (``channels=1``) or RGB (3), optional downscale,
+    crop to ``multiple``."""
+    img = to_gray_tensor(image) if channels == 1 else to_rgb_tensor(image)
     cam = camera.to(torch.float64)
     dep = None if depth is None else torch.as_tensor(np.asarray(depth, dtype=np.float32))
     H, W = img.shape[-2:]
@@ -208,15 +223,28 @@ def load_synthetic_scenes(preset: str, seeds: Sequence[int], num_refs: int = 3,
     return out
 
 
-def scenes_from_config(data_conf: Dict) -> List[TrainScene]:
+def scenes_from_config(data_conf: Dict, multiple: int = 8, channels: int = 1,
+                       exclude: Sequence[str] = ()) -> List[TrainScene]:
     """Training scenes from a finetune config's ``data`` section.
 
-    ``source: synthetic`` (``preset``, ``seeds``, ``num_refs``, ``resize_max``, optional
-    ``overrides`` of the synthetic preset) is what the trainer supports: its map points come
-    from exact depth.
+    * ``source: synthetic``: ``preset``, ``seeds``, ``num_refs``, ``resize_max``, optional
+      ``overrides`` of the synthetic preset (map points from exact depth);
+    * ``source: real``: ``scenes`` (Strecha-layout or Middlebury folders), ``num_refs``,
+      ``resize_max`` (map points triangulated with the known poses, :mod:`.real`).
+
+    ``multiple`` / ``channels``: the network's ``size_multiple`` / ``in_channels``;
+    ``exclude``: scene folder names that must not train (evaluation scenes).
     """
     src = data_conf.get("source", "synthetic")
+    if src == "real":
+        from .real import load_real_scenes
+
+        scenes = data_conf.get("scenes") or []
+        if not scenes:
+            raise ValueError("data.source 'real' needs data.scenes: a list of scene folders")
+        return load_real_scenes(scenes, int(data_conf.get("num_refs", 3)), data_conf.get("resize_max"),
+                                multiple=max(multiple, 8), channels=channels, exclude=exclude)
     if src != "synthetic":
-        raise ValueError(f"data.source {src!r} is not supported for training (use 'synthetic')")
+        raise ValueError(f"data.source {src!r} is not supported (use 'synthetic' or 'real')")
     return load_synthetic_scenes(data_conf["preset"], data_conf["seeds"], int(data_conf.get("num_refs", 3)),
                                  data_conf.get("resize_max"), data_conf.get("overrides"))

@@ -20,6 +20,8 @@ from ..config import merge
 from ..geometry import Pose, pose_error
 from .data import TrainScene, TrainView
 from .localization import MapView, mutual_matches
+from torch import nn
+
 from ..features.trainable_net import TrainableFeatureNet
 from .trainer import map_view_features
 
@@ -189,19 +191,19 @@ strecha_default_conf = {
 }
 
 
-def network_extractor(net: TrainableFeatureNet, weights_path, resize_max: Optional[int], max_keypoints: int):
-    """The ``trainable`` extractor running ``net``'s weights (saved to ``weights_path``).
+def network_extractor(net: nn.Module, weights_path, resize_max: Optional[int], max_keypoints: int):
+    """The extractor preset running ``net``'s weights (saved to ``weights_path``): any trainable
+    network of :mod:`hloc_bpnp.features.networks`.
 
     Returns:
         (extractor, features config dict) -- the dict rebuilds the same extractor (the Localizer
         builds one from the map's config), hence the weights file.
     """
     from ..features import build_extractor
+    from ..features.networks import extractor_conf, save_weights
 
-    torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, str(weights_path))
-    keys = ("channels", "head_dim", "descriptor_dim", "nms_radius", "border_cells", "loc_temperature")
-    fconf = {"model": "trainable", "preset": "trainable", "weights": str(weights_path),
-             "resize_max": resize_max, "max_keypoints": int(max_keypoints)} | {k: net.conf[k] for k in keys}
+    save_weights(net, weights_path)
+    fconf = extractor_conf(net, weights_path, resize_max, max_keypoints)
     return build_extractor(fconf), fconf
 
 

@@ -39,7 +39,7 @@ from .localization import default_conf as loc_default_conf
 from .losses import (LossWeighting, correspondence_targets, descriptor_loss, pose_loss, score_loss,
                      score_targets)
 from .losses import default_conf as loss_default_conf
-from ..features.trainable_net import TrainableFeatureNet
+from ..features.networks import build_network, save_weights
 
 logger = logging.getLogger(__name__)
 
@@ -52,9 +52,17 @@ default_conf = {
         "num_refs": 3,
         "resize_max": None,
         "overrides": None,  # dict merged over the synthetic preset
+        "scenes": None,  # source real: Strecha-layout / Middlebury scene folders
     },
-    "model": dict(TrainableFeatureNet.default_conf),
-    "init_weights": None,  # local state-dict file for the network (None: random init)
+    # the network: {"name": trainable | xfeat | aliked, **its options} (hloc_bpnp.features.networks);
+    # null = the small ``trainable`` network with its defaults
+    "model": None,
+    # local weights file for the network (its extractor preset's layout); None: random init for
+    # ``trainable``, the packaged pretrained weights for ``xfeat`` / ``aliked``
+    "init_weights": None,
+    # parameter groups that train (network.parameter_groups(): e.g. detector, descriptor,
+    # backbone); null = all. The rest is frozen.
+    "train_groups": None,
     "init_temperature": 0.1,
     "localization": dict(loc_default_conf),
     "losses": {
@@ -85,7 +93,7 @@ class FinetuneModel(nn.Module):
 
     def __init__(self, conf: Dict):
         super().__init__()
-        self.net = TrainableFeatureNet(conf["model"])
+        self.net = build_network(conf["model"], pretrained=not conf["init_weights"])
         self.log_temperature = nn.Parameter(torch.tensor(math.log(conf["init_temperature"])))
         lc = conf["losses"]
         names = [n for n in ("descriptor", "score", "pose") if lc[n]]
@@ -94,7 +102,7 @@ class FinetuneModel(nn.Module):
         self.weighting = LossWeighting(names, lc["weighting"], lc["weights"])
 
 
-def map_view_features(net: TrainableFeatureNet, view: TrainView) -> MapView:
+def map_view_features(net: nn.Module, view: TrainView) -> MapView:
     """Reference-view features with exact 3D points (keypoints without depth are dropped)."""
     with torch.no_grad():
         out = net(view.image[None])
@@ -145,11 +153,14 @@ def query_losses(model: FinetuneModel, kpts: torch.Tensor, desc: torch.Tensor, s
 
 
 class Trainer:
-    """Fine-tune a :class:`TrainableFeatureNet` on scenes with known poses (and depth).
+    """Fine-tune a trainable feature network (:mod:`hloc_bpnp.features.networks`) on scenes with
+    known poses.
 
     Args:
         conf: merged over ``default_conf``.
-        scenes: training scenes (their views need depth).
+        scenes: training scenes; views with depth give exact map points, scenes without depth get
+            their map points by triangulation with the known poses (:mod:`.real`), refreshed with
+            the frozen map network.
         output_dir: where logs/checkpoints go (None: nothing written).
     """
 
@@ -171,20 +182,35 @@ class Trainer:
         if self.conf["init_weights"]:
             from ..features.base import load_weights
 
-            load_weights(self.model.net, self.conf["init_weights"], "finetune", key="init_weights")
+            load_weights(self.model.net.weights_module(), self.conf["init_weights"], "finetune", key="init_weights")
         self.map_net = copy.deepcopy(self.model.net).eval()
         for p in self.map_net.parameters():
             p.requires_grad_(False)
+        self.trained_groups = self._freeze(self.conf["train_groups"])
         oc = self.conf["optim"]
-        loc = list(self.model.net.loc_head.parameters())
+        loc = [p for p in getattr(self.model.net, "loc_head", nn.Identity()).parameters() if p.requires_grad]
         loc_ids = {id(p) for p in loc}
-        rest = [p for p in self.model.parameters() if id(p) not in loc_ids]
-        self.optimizer = torch.optim.Adam([{"params": rest}, {"params": loc, "lr": oc["lr"] * oc["loc_lr_scale"]}],
-                                          lr=oc["lr"], weight_decay=oc["weight_decay"])
+        rest = [p for p in self.model.parameters() if id(p) not in loc_ids and p.requires_grad]
+        groups = [{"params": rest}] + ([{"params": loc, "lr": oc["lr"] * oc["loc_lr_scale"]}] if loc else [])
+        self.optimizer = torch.optim.Adam(groups, lr=oc["lr"], weight_decay=oc["weight_decay"])
         self.step = 0
         self.skipped = 0
         self._cache: Dict[Tuple[int, str], MapView] = {}
         self._tb = None
+
+    def _freeze(self, groups) -> List[str]:
+        """Freeze every network parameter outside ``groups`` (None: train all); returns the trained groups."""
+        available = self.model.net.parameter_groups()
+        if groups is None:
+            return sorted(available)
+        unknown = sorted(set(groups) - set(available))
+        if unknown:
+            raise ValueError(f"train_groups {unknown} unknown for this network; it has {sorted(available)}")
+        keep = {id(p) for g in groups for p in available[g]}
+        for p in self.model.net.parameters():
+            p.requires_grad_(id(p) in keep)
+        logger.info("training groups %s; frozen %s", sorted(groups), sorted(set(available) - set(groups)))
+        return sorted(groups)
 
     # -- map ---------------------------------------------------------------------------
     def refresh_map(self) -> None:
@@ -193,11 +219,20 @@ class Trainer:
         self._cache.clear()
 
     def map_views(self, scene_index: int, names: Sequence[str]) -> List[MapView]:
+        scene = self.scenes[scene_index]
+        if any(scene.views[n].depth is None for n in names):  # real scene: triangulate its whole map once
+            if (scene_index, None) not in self._cache:
+                from .real import triangulated_map_views
+
+                self._cache[(scene_index, None)] = True
+                for n, mv in triangulated_map_views(self.map_net, scene).items():
+                    self._cache[(scene_index, n)] = mv
+            return [self._cache[(scene_index, n)] for n in names]
         out = []
         for n in names:
             key = (scene_index, n)
             if key not in self._cache:
-                self._cache[key] = map_view_features(self.map_net, self.scenes[scene_index].views[n])
+                self._cache[key] = map_view_features(self.map_net, scene.views[n])
             out.append(self._cache[key])
         return out
 
@@ -313,14 +348,16 @@ class Trainer:
         tmp = path.with_suffix(".tmp")
         torch.save(self.state_dict(), tmp)
         tmp.replace(path)
-        torch.save(self.model.net.state_dict(), path.parent / "weights.pt")
+        save_weights(self.model.net, path.parent / "weights.pt")  # the extractor preset's layout
         return path
 
     def load_checkpoint(self, path: Path) -> None:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint not found: {path}")
-        self.load_state_dict(torch.load(str(path), map_location="cpu", weights_only=False))
+        from ..weights import read_state_dict
+
+        self.load_state_dict(read_state_dict(path, "finetune checkpoint"))  # weights_only: data, never code
         logger.info("resumed from %s at step %d", path, self.step)
 
     # -- loop ------------------------------------------------------------------------------

@@ -1,0 +1,140 @@
+"""Training data from real posed scenes: no depth, 3D points triangulated with the known poses.
+
+A real scene (Strecha, Middlebury, a COLMAP model with images, a saved ``Map``'s reference)
+gives images with cameras and poses. Every view is a query (its references are the
+``num_refs`` pose-nearest OTHER views) and a map view. The map's 3D points come from the
+frozen copy of the network being trained: its features of the map views, mutual-NN matches
+between pose-neighbour pairs, verification against the known epipolar geometry and
+triangulation with the poses fixed (pycolmap, :func:`hloc_bpnp.mapping.build_map_from_poses`),
+refreshed with the frozen copy. Nothing needs depth maps.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from ..io.scene import Scene, SceneImage
+from .data import TrainScene, assign_references, make_view
+from .localization import MapView
+
+logger = logging.getLogger(__name__)
+
+#: mapping conf used to triangulate training maps (features are given by the network)
+TRAIN_MAP_CONF = {
+    "matcher": "mnn",
+    "pairs": {"method": "poses", "num_pairs": 5, "rotation_threshold_deg": 60.0},
+    "verification": {"method": "poses", "max_error": 4.0, "min_num_inliers": 15},
+    "triangulation": {"triangulation": {"ignore_two_view_tracks": False, "min_angle": 1.5},
+                      "mapper": {"filter_max_reproj_error": 4.0, "filter_min_tri_angle": 1.5}},
+}
+
+
+def load_real_scene(path: Union[str, Path]) -> Scene:
+    """A posed scene from a folder: Strecha layout (``images/``, ``gt_dense_cameras/``) or a
+    Middlebury folder (``*_par.txt``). Raises ValueError for anything else."""
+    from ..io.datasets import read_middlebury, read_strecha
+
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"scene folder not found: {path}")
+    if (path / "gt_dense_cameras").is_dir():
+        return read_strecha(path)
+    if list(path.glob("*_par.txt")):
+        return read_middlebury(path)
+    raise ValueError(f"{path}: not a Strecha-layout folder (images/, gt_dense_cameras/) nor a Middlebury "
+                     f"folder (*_par.txt)")
+
+
+def train_scene_from_posed(scene: Scene, name: str, num_refs: int = 3, multiple: int = 32,
+                           resize_max: Optional[int] = 1024, channels: int = 1) -> TrainScene:
+    """Wrap a posed :class:`Scene` (images read from ``scene.image_dir``) as a TrainScene
+    without depth: every view is a query and a map view."""
+    from ..io.image import read_image
+
+    if scene.image_dir is None:
+        raise ValueError(f"scene {name!r} has no image folder")
+    views = {}
+    for im in scene:
+        if im.pose is None:
+            raise ValueError(f"scene {name!r}: image {im.name!r} has no pose")
+        rgb = read_image(Path(scene.image_dir) / im.name, grayscale=False)
+        views[im.name] = make_view(im.name, rgb, im.camera, im.pose, None, multiple=multiple,
+                                   resize_max=resize_max, channels=channels)
+    names = list(views)
+    ts = TrainScene(name, views, names, names)
+    assign_references(ts, num_refs)
+    return ts
+
+
+def triangulated_map_views(net: torch.nn.Module, scene: TrainScene, names: Optional[Sequence[str]] = None,
+                           conf: Optional[Dict] = None) -> Dict[str, MapView]:
+    """Map views of ``scene`` with 3D points triangulated from ``net``'s features and the GT poses.
+
+    Returns:
+        name -> MapView holding only the keypoints that got a 3D point (may be empty).
+    """
+    from ..config import merge
+    from ..mapping.build import build_map_from_poses
+
+    names = list(names if names is not None else scene.map_names)
+    feats = {}
+    was = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            for n in names:
+                v = scene.views[n]
+                out = net(v.image[None])
+                ok = out["valid"][0]
+                H, W = v.image.shape[-2:]
+                feats[n] = {"keypoints": (out["keypoints"][0][ok] + 0.5).float().numpy(),
+                            "descriptors": out["descriptors"][0][ok].float().numpy(),
+                            "scores": out["scores"][0][ok].float().numpy(),
+                            "image_size": np.array([W, H], dtype=np.int64)}
+    finally:
+        net.train(was)
+    posed = Scene([SceneImage(n, scene.views[n].camera, scene.views[n].pose) for n in names])
+    mconf = merge(TRAIN_MAP_CONF, conf or {}) | {"features": {"model": "sift"}}  # features are given
+    try:
+        m = build_map_from_poses(posed, conf=mconf, features=feats, progress=False)
+    except (RuntimeError, ValueError) as e:
+        logger.warning("scene %s: triangulation of the training map failed: %s", scene.name, e)
+        return {n: _empty(n, feats[n]) for n in names}
+    out: Dict[str, MapView] = {}
+    for n in names:
+        f = feats[n]
+        rows = m.kp_to_point.get(n) if n in m.kp_to_point else None
+        if rows is None:
+            out[n] = _empty(n, f)
+            continue
+        rows = np.asarray(rows)
+        keep = rows >= 0
+        out[n] = MapView(n, torch.from_numpy(f["keypoints"][keep]).double(),
+                         torch.from_numpy(f["descriptors"][keep]),
+                         torch.from_numpy(m.points3D[rows[keep]]).double())
+    logger.info("scene %s: training map with %d points, %s keypoints with 3D per view", scene.name,
+                len(m.points3D), [int(v.keypoints.shape[0]) for v in out.values()])
+    return out
+
+
+def _empty(name: str, f: Dict) -> MapView:
+    D = f["descriptors"].shape[1]
+    return MapView(name, torch.zeros(0, 2, dtype=torch.float64), torch.zeros(0, D), torch.zeros(0, 3, dtype=torch.float64))
+
+
+def load_real_scenes(paths: Sequence[Union[str, Path]], num_refs: int = 3, resize_max: Optional[int] = 1024,
+                     multiple: int = 32, channels: int = 1, exclude: Sequence[str] = ()) -> List[TrainScene]:
+    """TrainScenes from scene folders (names = folder names). ``exclude``: folder names that
+    must not train (evaluation scenes): passing one raises ValueError."""
+    out = []
+    for p in paths:
+        p = Path(p)
+        if p.name in set(exclude):
+            raise ValueError(f"scene {p.name!r} is an evaluation scene and must not train")
+        out.append(train_scene_from_posed(load_real_scene(p), p.name, num_refs, multiple, resize_max, channels))
+        logger.info("real scene %s: %d views", p.name, len(out[-1].views))
+    return out
