@@ -1,7 +1,18 @@
-"""``hloc-bpnp finetune``: train the feature network end-to-end against pose error (BPnP).
+"""``hloc-bpnp finetune``: train a feature network end-to-end against pose error (BPnP).
 
-Writes ``log.csv``, ``checkpoint_last.pt``, ``weights.pt`` (for the ``trainable`` extractor
-preset) and ``config.yaml`` into ``--output``. ``--resume`` continues from the checkpoint there.
+Two ways to give training data:
+
+* ``--scene DIR [DIR ...]``: real posed scenes (Strecha layout: ``images/`` +
+  ``gt_dense_cameras/``; or a Middlebury folder). Map points are triangulated with the known
+  poses; no depth needed. ``--features xfeat`` (default) or ``aliked`` fine-tunes the
+  pretrained network (preset ``configs/finetune/real_<features>.yaml``); ``trainable`` trains
+  the small network.
+* ``--config PRESET`` alone: the preset's ``data`` section (e.g. synthetic scenes).
+
+Writes ``log.csv``, ``checkpoint_last.pt``, ``weights.pt`` and ``config.yaml`` into ``--output``.
+``weights.pt`` is what the extractor preset loads: e.g. ``build_extractor("xfeat",
+weights="OUT/weights.pt")`` or ``features: {model: xfeat, weights: OUT/weights.pt}`` in a
+mapping preset. ``--resume`` continues from the checkpoint there.
 Multi-process: ``torchrun --nproc_per_node N -m hloc_bpnp.cli finetune ...`` (gloo on CPU).
 """
 from __future__ import annotations
@@ -16,31 +27,67 @@ logger = logging.getLogger("hloc_bpnp.finetune")
 def register(subparsers, help_text: str) -> None:
     p = subparsers.add_parser("finetune", help=help_text, description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default="synthetic_quick",
-                   help="preset in configs/finetune/ or a YAML path (default: %(default)s)")
+    p.add_argument("--config", default=None,
+                   help="preset in configs/finetune/ or a YAML path (default: real_<features> with --scene, "
+                        "else synthetic_quick)")
+    p.add_argument("--scene", type=Path, nargs="+", default=None,
+                   help="real posed scene folder(s) to train on (Strecha layout or Middlebury)")
+    p.add_argument("--features", choices=("xfeat", "aliked", "trainable"), default=None,
+                   help="network to fine-tune (default: the config's; xfeat with --scene)")
     p.add_argument("--output", type=Path, required=True, help="output folder")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint_last.pt")
     p.add_argument("--steps", type=int, default=None, help="override the config's total steps")
-    p.add_argument("--init-weights", type=Path, default=None, help="start from this network state dict")
+    p.add_argument("--init-weights", type=Path, default=None, help="start from this network weights file")
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
-    from ..config import load_config
-    from ..training import Trainer, init_distributed, scenes_from_config
+def build_conf(args):
+    """The merged fine-tuning config for the parsed arguments (raises ValueError on bad combinations)."""
+    from ..config import load_config, merge
     from ..training.trainer import default_conf
-    from ..config import merge
 
-    raw = load_config("finetune", args.config)
+    features = args.features
+    if args.config is None:
+        if args.scene:
+            name = features or "xfeat"
+            preset = f"real_{name}" if name != "trainable" else "real_xfeat"
+        else:
+            preset = "synthetic_quick"
+    else:
+        preset = args.config
+    raw = load_config("finetune", preset)
     raw.pop("experiment", None)  # the budget of pipelines/finetune_synthetic.py, not a Trainer key
     conf = merge(default_conf, raw, strict=True)
+    if features is not None:
+        model = dict(conf.get("model") or {})
+        if model.get("name", "trainable") != features:
+            model = {"name": features} if features != "trainable" else {}
+        conf["model"] = model
+    if args.scene:
+        missing = [str(s) for s in args.scene if not Path(s).is_dir()]
+        if missing:
+            raise ValueError(f"--scene: folder(s) not found: {missing}")
+        conf["data"] = merge(conf["data"], {"source": "real", "scenes": [str(s) for s in args.scene]})
     if args.init_weights is not None:
         conf["init_weights"] = str(args.init_weights)
+    if args.steps is not None:
+        conf["steps"] = int(args.steps)
+    return conf
+
+
+def run(args) -> int:
+    from ..features.networks import build_network
+    from ..training import Trainer, init_distributed
+    from ..training.data import scenes_from_config
+
+    conf = build_conf(args)
     init_distributed(conf["device"])
-    scenes = scenes_from_config(conf["data"])
+    probe = build_network(conf["model"], pretrained=False)
+    scenes = scenes_from_config(conf["data"], probe.size_multiple, getattr(probe, "in_channels", 1))
     trainer = Trainer(conf, scenes, args.output)
-    rows = trainer.train(steps=args.steps, resume=args.resume)
+    rows = trainer.train(steps=conf["steps"], resume=args.resume)
     if rows:
         logger.info("finished at step %d; last loss %.4f; %d steps skipped", trainer.step, rows[-1]["loss"],
                     trainer.skipped)
+    logger.info("weights: %s", args.output / "weights.pt")
     return 0

