@@ -6,10 +6,11 @@ cumulative-error plot. Several ``--results`` compare methods on one ground truth
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 from typing import Dict, List, Optional
+
+from ..io.json_io import write_json
 
 logger = logging.getLogger("hloc_bpnp.evaluate")
 
@@ -119,8 +120,7 @@ def run(args) -> int:
                 for (label, r), path in zip(results.items(), args.results)
             },
         }
-        with open(args.json, "w") as f:
-            json.dump(payload, f, indent=2)
+        write_json(args.json, payload, indent=2)
         logger.info("Wrote %s", args.json)
     if args.plot:
         plot_cumulative(results, args.plot, title=args.scene_name)

@@ -8,9 +8,10 @@ Images listed in ``--query-list`` are left out of the map.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
+
+from ..io.json_io import dumps_json
 
 logger = logging.getLogger("hloc_bpnp.map")
 
@@ -83,5 +84,5 @@ def run(args) -> int:
         logger.info("SfM on %d images", len(names))
         m = build_map_sfm(args.images, conf, camera_mode=args.camera_mode, names=names, workdir=args.workdir)
     m.save(args.output)
-    logger.info("Map: %s", json.dumps(m.stats()))
+    logger.info("Map: %s", dumps_json(m.stats()))
     return 0

@@ -13,9 +13,7 @@ Medians are over ALL queries with failures counted as infinite error (hloc's con
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 from pathlib import Path
 from typing import Dict, Mapping, Optional
 
@@ -75,12 +73,8 @@ def summarize(results: Mapping, ground_truth: Mapping[str, Pose], thresholds=Non
 
 
 def write_summary(summary: Dict, path) -> Path:
-    """Write a :func:`summarize` dict (without its in-memory EvalResult) as JSON, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = {k: v for k, v in summary.items() if not k.startswith("_")}
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)
-    return path
+    """Write a :func:`summarize` dict (without its in-memory EvalResult) as strict JSON
+    (non-finite numbers -> null), atomically (see :func:`hloc_bpnp.io.json_io.write_json`)."""
+    from ..io.json_io import write_json
+
+    return write_json(path, {k: v for k, v in summary.items() if not k.startswith("_")})

@@ -121,12 +121,14 @@ def run_dataset_benchmark(
         mapping_conf, loc_conf: mapping / localization presets or dicts.
         max_queries: localize only this many (evenly spaced) queries.
         scale_to_cm: scene unit -> cm (metres: 100).
-        reuse_map: load ``output/map`` if it exists instead of re-triangulating.
+        reuse_map: load ``output/map`` if it exists instead of re-triangulating. Raises
+            ``MapConfigMismatch`` (a ValueError naming the differing keys) when that map was
+            built with another mapping config or from other reference images.
     Returns:
         the results dict written to ``results.json`` (``{"summary", "queries"}``).
     """
     from ..localization import Localizer, write_results
-    from ..mapping import MAP_FILES, Map, build_map_from_poses
+    from ..mapping import MAP_FILES, Map, build_map_from_poses, check_saved_map_config, resolved_mapping_config
     from .benchmark import summarize, write_summary
 
     output = Path(output)
@@ -148,6 +150,7 @@ def run_dataset_benchmark(
     t0 = time.time()
     map_dir = output / "map"
     if reuse_map and (map_dir / MAP_FILES["meta"]).exists():
+        check_saved_map_config(map_dir, resolved_mapping_config(mapping_conf), reference.names)
         map_ = Map.load(map_dir)
         logger.info("Reusing %s", map_)
     else:

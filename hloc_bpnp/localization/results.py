@@ -7,7 +7,6 @@ counts them as failures.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from ..geometry import Camera, Pose
+from ..io.json_io import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -148,10 +148,7 @@ def write_results(results: Dict[str, LocalizationResult], results_path, log_path
     write_hloc_results(tmp, poses)
     os.replace(tmp, results_path)
     log_path = Path(log_path) if log_path else results_path.with_name(results_path.stem + "_log.json")
-    tmp = log_path.with_name(log_path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump({"queries": [r.to_dict() for r in results.values()]}, f)
-    os.replace(tmp, log_path)
+    write_json(log_path, {"queries": [r.to_dict() for r in results.values()]}, indent=None)
     n_fail = len(results) - len(poses)
     logger.info("Wrote %d poses to %s (%d failures logged in %s)", len(poses), results_path, n_fail, log_path)
 

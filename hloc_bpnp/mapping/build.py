@@ -81,6 +81,13 @@ def mapping_config(conf: Union[str, Path, Mapping, None] = None, **overrides) ->
 
 
 # ---------------------------------------------------------------------------- stages
+def resolved_mapping_config(conf: Union[str, Path, Mapping, None] = None, **overrides) -> Dict:
+    """The config that a build with ``conf`` records as ``Map.conf`` (``map.json``): the
+    merged :func:`mapping_config` with the features / matcher / retrieval presets resolved
+    to their dicts. Compare it with a saved map's (see ``map.check_saved_map_config``)."""
+    return _resolve(mapping_config(conf, **overrides))
+
+
 def list_images(image_dir) -> List[str]:
     """Image names (relative paths, '/' separated, sorted) under ``image_dir`` (recursive)."""
     root = Path(image_dir)

@@ -55,6 +55,62 @@ def _index_conf(conf: Mapping) -> Dict:
     return dict(retrieval.get("index", {"type": "flat"})) if isinstance(retrieval, Mapping) else {"type": "flat"}
 
 
+class MapConfigMismatch(ValueError):
+    """A saved map was built with another mapping config (or image set) than requested."""
+
+
+def _json_normalized(x):
+    return json.loads(json.dumps(x, default=str))
+
+
+def config_differences(saved, requested, prefix: str = "") -> List[str]:
+    """Dotted keys whose values differ between two (JSON-normalized) config trees, e.g.
+    ``["features.max_num_keypoints (saved 4096, requested 2048)", "pairs.num_pairs ..."]``."""
+    saved, requested = _json_normalized(saved), _json_normalized(requested)
+    out: List[str] = []
+
+    def walk(a, b, key):
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in sorted(set(a) | set(b), key=str):
+                sub = f"{key}.{k}" if key else str(k)
+                if k not in a:
+                    out.append(f"{sub} (not in the saved map, requested {b[k]!r})")
+                elif k not in b:
+                    out.append(f"{sub} (saved {a[k]!r}, not requested)")
+                else:
+                    walk(a[k], b[k], sub)
+        elif a != b:
+            out.append(f"{key or '<root>'} (saved {a!r}, requested {b!r})")
+
+    walk(saved, requested, prefix)
+    return out
+
+
+def check_saved_map_config(path, conf, image_names=None) -> None:
+    """Raise :class:`MapConfigMismatch` unless the map folder ``path`` was built with the
+    resolved mapping config ``conf`` (see ``build.resolved_mapping_config``) and, when given,
+    from exactly ``image_names``. The message names the differing keys."""
+    meta_path = Path(path) / MAP_FILES["meta"]
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{meta_path}:{e.lineno}: invalid JSON: {e.msg}") from None
+    problems = config_differences(meta.get("conf", {}), conf)
+    if image_names is not None:
+        saved_names, wanted = set(meta.get("image_names", [])), set(image_names)
+        # a map registers a subset of the reference images; extra saved ones mean another scene
+        extra = sorted(saved_names - wanted)
+        if extra or not saved_names:
+            problems.append(f"image_names ({len(extra)} saved map images are not reference images, "
+                            f"e.g. {extra[:3]})")
+    if problems:
+        shown = "; ".join(problems[:12]) + (f"; ... ({len(problems) - 12} more)" if len(problems) > 12 else "")
+        raise MapConfigMismatch(
+            f"{meta_path}: the saved map does not match the requested mapping config; differing "
+            f"keys: {shown}. Rebuild it (run without --reuse-map / reuse_map=False, or delete "
+            f"{Path(path)})")
+
+
 class Map:
     """A localization map. Build it with :meth:`from_reconstruction` (or the builders in
     :mod:`hloc_bpnp.mapping.build`), never by hand.
@@ -222,6 +278,7 @@ class Map:
         from .. import __version__
         from ..io.colmap import write_model
         from ..io.h5store import FeatureStore
+        from ..io.json_io import write_json
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
@@ -242,7 +299,7 @@ class Map:
             "stats": self.stats(),
             "conf": self.conf,
         }
-        (path / MAP_FILES["meta"]).write_text(json.dumps(meta, indent=2, default=str))
+        write_json(path / MAP_FILES["meta"], meta, indent=2)
         logger.info("Saved map (%d images, %d points) to %s", len(self.image_names), len(self.points3D), path)
         return path
 
