@@ -17,9 +17,11 @@ def test_gather_2d3d_dedup_and_max_score():
     m = [np.array([2, 0, -1]), np.array([0, 1, -1])]
     s = [np.array([0.5, 0.9, 0.0]), np.array([0.8, 0.6, 0.0])]
     lut = [np.array([-1, 3, 5]), np.array([5, 7])]
-    c = gather_2d3d(m, s, lut)
-    pairs = sorted(zip(c.query_idx.tolist(), c.point_idx.tolist(), c.weight.tolist(), c.frames.tolist()))
-    assert pairs == [(0, 5, 0.8, 0b11), (1, 7, 0.6, 0b10)]
+    c = gather_2d3d(m, s, lut, with_frames=True)
+    pairs = sorted(zip(c.query_idx.tolist(), c.point_idx.tolist(), c.weight.tolist(),
+                       [c.keyframes_of(i) for i in range(len(c))]))
+    assert pairs == [(0, 5, 0.8, [0, 1]), (1, 7, 0.6, [1])]
+    assert gather_2d3d(m, s, lut).frames is None  # only built for covisibility clustering
 
 
 def test_gather_2d3d_keeps_multiple_points_per_keypoint():

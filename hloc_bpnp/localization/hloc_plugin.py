@@ -106,8 +106,9 @@ def localize_from_hloc(
             if res.num_matches == 0:
                 results[q] = res.fail(R.NO_MATCHES)
                 continue
-            # hloc caps one query at 63 keyframes here (bit sets in the correspondences)
-            results[q] = localize_from_matches(kpts, used[:63], m0[:63], s0[:63], lookup, cam, conf, res)
+            if len(used) < len(refs):  # ``retrieved`` lists every paired reference
+                res.info["pairs_without_matches"] = [r for r in refs if r not in set(used)]
+            results[q] = localize_from_matches(kpts, used, m0, s0, lookup, cam, conf, res)
             res.timings["total"] = sum(v for k, v in res.timings.items() if k != "total")
     n_ok = sum(r.success for r in results.values())
     logger.info("hloc plugin: localized %d / %d queries", n_ok, len(results))

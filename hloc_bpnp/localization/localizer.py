@@ -228,18 +228,18 @@ def localize_from_matches(kpts: np.ndarray, names, matches0, scores0, lookup, ca
         res: the result to fill (also returned).
     """
     t = time.perf_counter()
-    corr = gather_2d3d(matches0, scores0, [lookup.kp_to_point[n] for n in names])
+    clustering = bool(conf["covisibility_clustering"]) and len(names) > 1
+    corr = gather_2d3d(matches0, scores0, [lookup.kp_to_point[n] for n in names], with_frames=clustering)
     res.timings["correspondences"] = time.perf_counter() - t
     if len(corr) == 0:
         return res.fail(R.NO_2D3D)
     t = time.perf_counter()
     candidates = [(None, corr)]
-    if conf["covisibility_clustering"] and len(names) > 1:
+    if clustering:
         point_sets = [lookup.kp_to_point[n][lookup.kp_to_point[n] >= 0] for n in names]
         candidates = []
         for cl in covisibility_clusters(point_sets):
-            bits = np.int64(sum(1 << j for j in cl))
-            sub = corr.select((corr.frames & bits) != 0)
+            sub = corr.select(corr.from_keyframes(cl))
             if len(sub):
                 candidates.append((cl, sub))
     best = best_corr = best_cluster = None

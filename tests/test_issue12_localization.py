@@ -1,0 +1,157 @@
+"""Issue 12.5 / 12.8: any number of keyframes (no 63-keyframe bit mask), the hloc plugin uses
+every paired reference, and the covariance reported belongs to the pose reported."""
+import numpy as np
+import pycolmap
+import pytest
+import torch
+
+from hloc_bpnp.geometry import Camera, rotation_error_deg
+from hloc_bpnp.localization import gather_2d3d
+from hloc_bpnp.synthetic import look_at
+
+PINHOLE = Camera("PINHOLE", 640, 480, torch.tensor([500.0, 500.0, 320.0, 240.0], dtype=torch.float64))
+D = 32
+N_MAP = 70
+
+
+def test_gather_2d3d_more_than_63_keyframes():
+    K = 100
+    m = [np.array([-1, -1]) for _ in range(K)]
+    s = [np.zeros(2) for _ in range(K)]
+    lut = [np.array([j]) for j in range(K)]
+    m[70] = np.array([0, -1])  # query kp 0 -> keyframe 70's kp 0 -> point 70
+    m[3] = np.array([-1, 0])  # query kp 1 -> point 3
+    m[99] = np.array([0, -1])  # query kp 0 -> point 99
+    c = gather_2d3d(m, s, lut, with_frames=True)
+    assert sorted(zip(c.query_idx.tolist(), c.point_idx.tolist())) == [(0, 70), (0, 99), (1, 3)]
+    assert c.frames.shape == (3, 13)
+    got = {int(p): c.keyframes_of(i) for i, p in enumerate(c.point_idx)}
+    assert got == {70: [70], 99: [99], 3: [3]}
+    assert set(c.point_idx[c.from_keyframes([70, 3])].tolist()) == {70, 3}
+    assert c.select(c.from_keyframes([99])).point_idx.tolist() == [99]
+    assert gather_2d3d(m, s, lut).frames is None  # not built without clustering
+
+
+class _Scene:
+    def __init__(self, seed=0, num_points=800):
+        rng = np.random.default_rng(seed)
+        self.points = rng.uniform(-2, 2, size=(num_points, 3)) * [1.0, 1.0, 0.8]
+        desc = rng.normal(size=(num_points, D)).astype(np.float32)
+        self.desc = desc / np.linalg.norm(desc, axis=1, keepdims=True)
+        self.map_poses = {}
+        for k in range(N_MAP):
+            a = 2 * np.pi * k / N_MAP * 0.25
+            eye = np.array([8 * np.sin(a), -8 * np.cos(a), 0.3 * np.sin(3 * a)])
+            self.map_poses[f"map/{k:03d}.png"] = look_at(eye, np.zeros(3), up=(0, 0, 1))
+        a = 0.4
+        self.query_pose = look_at(np.array([7 * np.sin(a), -7 * np.cos(a), 0.1]), np.zeros(3), up=(0, 0, 1))
+
+    def observe(self, pose):
+        x, valid = PINHOLE.project_with_valid(pose.transform(torch.from_numpy(self.points)))
+        idx = np.nonzero(valid.numpy())[0]
+        return {"keypoints": x.numpy()[idx].astype(np.float32), "descriptors": self.desc[idx],
+                "scores": np.ones(len(idx), np.float32),
+                "image_size": np.array([PINHOLE.width, PINHOLE.height])}, idx
+
+    def reconstruction(self):
+        rec = pycolmap.Reconstruction()
+        cam = PINHOLE.to_pycolmap()
+        cam.camera_id = 1
+        rec.add_camera_with_trivial_rig(cam)
+        feats, tracks = {}, {}
+        for image_id, (name, pose) in enumerate(self.map_poses.items(), start=1):
+            f, idx = self.observe(pose)
+            feats[name] = f
+            img = pycolmap.Image(name=name, keypoints=f["keypoints"].astype(np.float64), camera_id=1,
+                                 image_id=image_id)
+            rec.add_image_with_trivial_frame(img, pose.to_pycolmap())
+            for k, p in enumerate(idx):
+                tracks.setdefault(int(p), []).append(pycolmap.TrackElement(image_id, k))
+        for p, els in tracks.items():
+            if len(els) >= 2:
+                rec.add_point3D(self.points[p], pycolmap.Track(els))
+        return rec, feats
+
+
+@pytest.fixture(scope="module")
+def big():
+    sc = _Scene()
+    rec, feats = sc.reconstruction()
+    return sc, rec, feats
+
+
+def _true_matches(sc, qidx, ridx):
+    """matches0 of the query keypoints into a reference's keypoints (same 3D point)."""
+    pos = {int(p): k for k, p in enumerate(ridx)}
+    return np.array([pos.get(int(p), -1) for p in qidx], dtype=np.int64)
+
+
+def test_hloc_plugin_uses_references_beyond_63(big, tmp_path):
+    """Only references 64-70 carry matches: hloc_plugin used to drop them (first 63 kept)."""
+    from hloc_bpnp.io.h5store import FeatureStore, MatchStore
+    from hloc_bpnp.io.hloc_text import write_pairs, write_query_list
+    from hloc_bpnp.localization.hloc_plugin import localize_from_hloc
+
+    sc, rec, feats = big
+    sfm = tmp_path / "sfm"
+    sfm.mkdir()
+    rec.write(str(sfm))
+    qf, qidx = sc.observe(sc.query_pose)
+    refs = list(sc.map_poses)
+    with FeatureStore.writer(tmp_path / "feats.h5") as fs:
+        fs.put("query.png", qf)
+        for n, f in feats.items():
+            fs.put(n, f)
+    with MatchStore.writer(tmp_path / "matches.h5") as ms:
+        for j, r in enumerate(refs):
+            if j < 63:
+                m = np.full(len(qidx), -1, dtype=np.int64)
+            else:
+                m = _true_matches(sc, qidx, sc.observe(sc.map_poses[r])[1])
+            ms.put("query.png", r, m, (m >= 0).astype(np.float32))
+    write_pairs(tmp_path / "pairs.txt", [("query.png", r) for r in refs])
+    write_query_list(tmp_path / "queries.txt", {"query.png": PINHOLE})
+    res = localize_from_hloc(sfm, tmp_path / "feats.h5", tmp_path / "matches.h5", tmp_path / "pairs.txt",
+                             tmp_path / "queries.txt", progress=False)["query.png"]
+    assert res.retrieved == refs
+    assert res.success, (res.failure_reason, res.info)
+    assert rotation_error_deg(res.pose.R, sc.query_pose.R).item() < 1e-6
+
+
+@pytest.mark.parametrize("clustering", [False, True])
+def test_localize_from_matches_with_70_keyframes(big, clustering):
+    from hloc_bpnp.localization.hloc_plugin import ModelLookup
+    from hloc_bpnp.localization.localizer import default_conf, localize_from_matches
+    from hloc_bpnp.localization.results import LocalizationResult
+    from hloc_bpnp.config import merge
+
+    sc, rec, feats = big
+    lookup = ModelLookup.from_reconstruction(rec)
+    qf, qidx = sc.observe(sc.query_pose)
+    names = list(sc.map_poses)
+    m0 = [_true_matches(sc, qidx, sc.observe(sc.map_poses[n])[1]) for n in names]
+    s0 = [(m >= 0).astype(np.float64) for m in m0]
+    conf = merge(default_conf, {"covisibility_clustering": clustering})
+    res = localize_from_matches(qf["keypoints"].astype(np.float64), names, m0, s0, lookup, PINHOLE, conf,
+                                LocalizationResult("q", camera=PINHOLE))
+    assert res.success, (res.failure_reason, res.info)
+    assert rotation_error_deg(res.pose.R, sc.query_pose.R).item() < 1e-6
+    if clustering:
+        assert res.info["num_clusters"] >= 1 and len(res.info["cluster"]) == N_MAP
+
+
+def test_localizer_num_keyframes_above_63(big):
+    """retrieval.num_keyframes = 70 used to raise in gather_2d3d (64-bit keyframe mask)."""
+    from hloc_bpnp.localization import Localizer
+    from hloc_bpnp.mapping import Map
+
+    sc, rec, feats = big
+    conf = {"features": "sift", "matcher": "mnn",
+            "retrieval": {"global_descriptor": {"type": "vlad", "num_clusters": 8}}}
+    mp = Map.from_reconstruction(rec, feats, conf)
+    loc = Localizer(mp, {"retrieval": {"num_keyframes": 70}})
+    qf, _ = sc.observe(sc.query_pose)
+    res = loc.localize_features(qf, PINHOLE)
+    assert len(res.retrieved) == 70
+    assert res.success, (res.failure_reason, res.info)
+    assert rotation_error_deg(res.pose.R, sc.query_pose.R).item() < 1e-6
