@@ -8,7 +8,8 @@ median rotation / position error over all queries, recall, seconds per query wit
 loaded (extraction + matching + pose), and the median Sampson error of the pair matches
 against the ground-truth epipolar geometry (keypoint precision, full-resolution pixels).
 
-A preset may carry overrides: ``xfeat+features.subpixel=false+features.resize_max=1024``.
+A preset may carry overrides and its own localization preset:
+``xfeat+features.subpixel=false+features.resize_max=1024@fast_learned``.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_learned.py \
         --scenes ../shared/data/strecha_fountain_P11 --presets default xfeat xfeat_lighterglue \
@@ -33,10 +34,12 @@ def parse_preset(spec: str):
         key, value = o.split("=", 1)
         *parents, leaf = key.split(".")
         d = conf
+        sections = {"features": "features", "matcher": "matchers", "retrieval": "retrieval"}
         for p in parents:
-            if not isinstance(d.get(p), dict):
-                d[p] = load_config(p if p in ("features", "matchers") else "features", d[p]) if isinstance(
-                    d.get(p), str) else dict(d.get(p) or {})
+            if isinstance(d.get(p), str) and p in sections:  # a preset name: expand it to its dict
+                d[p] = load_config(sections[p], d[p])
+            elif not isinstance(d.get(p), dict):
+                d[p] = dict(d.get(p) or {})
             d = d[p]
         d[leaf] = yaml.safe_load(value)
     return spec, conf
@@ -68,12 +71,14 @@ def main(argv=None):
     for scene_dir in args.scenes:
         scene, to_unit = load_scene(scene_dir)
         for spec in args.presets:
-            key = f"{scene_dir.name} | {spec} | {args.config}"
+            spec, _, loc = spec.partition("@")
+            loc = loc or args.config
+            key = f"{scene_dir.name} | {spec} | {loc}"
             if key in rows:
                 continue
             label, conf = parse_preset(spec)
-            out = args.output / scene_dir.name / spec.replace("/", "_")
-            s = run_leave_one_out_benchmark(scene, out, f"{scene_dir.name} {label}", conf, args.config,
+            out = args.output / scene_dir.name / f"{spec}@{loc}".replace("/", "_")
+            s = run_leave_one_out_benchmark(scene, out, f"{scene_dir.name} {label}", conf, loc,
                                             ablation=False, scale_to_cm=to_unit, progress=False)
             summ = next(iter(s.values()))["summary"]
             rows[key] = {k: summ.get(k) for k in ("n_queries", "n_localized", "median_rot_deg", "median_pos_cm",

@@ -111,3 +111,21 @@ def test_train_groups_freeze_the_rest(shared_data, tmp_path):
     conf["train_groups"] = ["nonsense"]
     with pytest.raises(ValueError, match="nonsense"):
         Trainer(conf, scenes, None)
+
+
+@need_xf
+def test_group_learning_rates(shared_data, tmp_path):
+    from hloc_bpnp.training import Trainer
+    from hloc_bpnp.training.data import scenes_from_config
+
+    conf = yaml.safe_load(_small_conf(tmp_path, optim={"lr": 1e-5, "group_lr_scale": {"detector": 10.0}}).read_text())
+    conf["data"]["scenes"] = [str(shared_data / "strecha_herzjesu_P8")]
+    scenes = scenes_from_config(conf["data"], 32, 1)
+    tr = Trainer(conf, scenes, None)
+    det = {id(p) for p in tr.model.net.parameter_groups()["detector"]}
+    lrs = {pg["lr"]: {id(p) for p in pg["params"]} for pg in tr.optimizer.param_groups}
+    assert lrs[1e-5 * 10.0] == det
+    assert not (lrs[1e-5] & det)
+    conf["optim"]["group_lr_scale"] = {"heads": 2.0}
+    with pytest.raises(ValueError, match="heads"):
+        Trainer(conf, scenes, None)

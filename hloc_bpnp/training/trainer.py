@@ -73,8 +73,9 @@ default_conf = {
         "weights": {"descriptor": 1.0, "score": 0.5, "pose": 0.05},
         "pose_conf": dict(loss_default_conf),
     },
-    # loc_lr_scale multiplies the learning rate of the keypoint-offset head (``loc_head``)
-    "optim": {"lr": 1e-3, "weight_decay": 0.0, "clip_grad_norm": 1.0, "loc_lr_scale": 1.0},
+    # loc_lr_scale multiplies the learning rate of the keypoint-offset head (``loc_head``, small
+    # network); group_lr_scale: {parameter group: factor} for any network (e.g. detector: 10)
+    "optim": {"lr": 1e-3, "weight_decay": 0.0, "clip_grad_norm": 1.0, "loc_lr_scale": 1.0, "group_lr_scale": None},
     "steps": 100,
     "batch_size": 2,  # global batch (split over processes)
     "map_refresh_every": 20,
@@ -188,10 +189,22 @@ class Trainer:
             p.requires_grad_(False)
         self.trained_groups = self._freeze(self.conf["train_groups"])
         oc = self.conf["optim"]
-        loc = [p for p in getattr(self.model.net, "loc_head", nn.Identity()).parameters() if p.requires_grad]
-        loc_ids = {id(p) for p in loc}
-        rest = [p for p in self.model.parameters() if id(p) not in loc_ids and p.requires_grad]
-        groups = [{"params": rest}] + ([{"params": loc, "lr": oc["lr"] * oc["loc_lr_scale"]}] if loc else [])
+        scales = dict(oc["group_lr_scale"] or {})
+        available = self.model.net.parameter_groups()
+        unknown = sorted(set(scales) - set(available))
+        if unknown:
+            raise ValueError(f"optim.group_lr_scale: unknown groups {unknown}; the network has {sorted(available)}")
+        if oc["loc_lr_scale"] != 1.0 and hasattr(self.model.net, "loc_head"):
+            available = dict(available, _loc=list(self.model.net.loc_head.parameters()))
+            scales["_loc"] = oc["loc_lr_scale"]
+        groups, seen = [], set()
+        for g, scale in scales.items():
+            ps = [p for p in available[g] if p.requires_grad and id(p) not in seen]
+            seen.update(id(p) for p in ps)
+            if ps:
+                groups.append({"params": ps, "lr": oc["lr"] * float(scale)})
+        rest = [p for p in self.model.parameters() if p.requires_grad and id(p) not in seen]
+        groups.insert(0, {"params": rest})
         self.optimizer = torch.optim.Adam(groups, lr=oc["lr"], weight_decay=oc["weight_decay"])
         self.step = 0
         self.skipped = 0
