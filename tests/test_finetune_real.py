@@ -38,6 +38,9 @@ def test_cli_finetune_on_a_real_scene_writes_loadable_weights(shared_data, tmp_p
     assert rc == 0
     rows = list(csv.DictReader(open(out / "log.csv")))
     assert len(rows) == 2 and all(r["pose"] not in ("", "nan") for r in rows)
+    preset = yaml.safe_load((out / "features.yaml").read_text())
+    assert preset["model"] == "xfeat" and Path(preset["weights"]) == (out / "weights.pt").resolve()
+    assert preset["resize_max"] == 1600 and build_extractor(str(out / "features.yaml")).conf["subpixel"]
     ext = build_extractor("xfeat", weights=str(out / "weights.pt"), resize_max=320)
     pre = build_extractor("xfeat", resize_max=320)
     a, b = ext.net.weights_module().state_dict(), pre.net.weights_module().state_dict()

@@ -9,7 +9,8 @@ Two ways to give training data:
   the small network.
 * ``--config PRESET`` alone: the preset's ``data`` section (e.g. synthetic scenes).
 
-Writes ``log.csv``, ``checkpoint_last.pt``, ``weights.pt`` and ``config.yaml`` into ``--output``.
+Writes ``log.csv``, ``checkpoint_last.pt``, ``weights.pt``, ``config.yaml`` and ``features.yaml``
+(the extractor preset running the fine-tuned weights: ``--features OUT/features.yaml``) into ``--output``.
 ``weights.pt`` is what the extractor preset loads: e.g. ``build_extractor("xfeat",
 weights="OUT/weights.pt")`` or ``features: {model: xfeat, weights: OUT/weights.pt}`` in a
 mapping preset. ``--resume`` continues from the checkpoint there.
@@ -89,5 +90,29 @@ def run(args) -> int:
     if rows:
         logger.info("finished at step %d; last loss %.4f; %d steps skipped", trainer.step, rows[-1]["loss"],
                     trainer.skipped)
-    logger.info("weights: %s", args.output / "weights.pt")
+    if trainer.rank == 0:
+        preset = write_features_preset(trainer.model.net, args.output)
+        logger.info("weights: %s; extractor preset: %s (e.g. hloc-bpnp map ... --features %s)",
+                    args.output / "weights.pt", preset, preset)
     return 0
+
+
+def write_features_preset(net, output: Path) -> Path:
+    """``OUTPUT/features.yaml``: the network's extractor preset (``configs/features/<name>.yaml``,
+    e.g. its resize) with ``weights`` set to ``OUTPUT/weights.pt``; written atomically."""
+    import yaml
+
+    from ..config import load_config, merge
+    from ..features.networks import extractor_conf, network_name
+
+    name = network_name(net)
+    base = load_config("features", name)
+    conf = merge(base, extractor_conf(net, (output / "weights.pt").resolve(), base.get("resize_max"),
+                                      base.get("max_keypoints")))
+    conf.pop("preset", None)
+    path = output / "features.yaml"
+    tmp = output / "features.yaml.tmp"
+    tmp.write_text("# written by hloc-bpnp finetune: the fine-tuned network as an extractor preset\n"
+                   + yaml.safe_dump(conf, sort_keys=False))
+    tmp.replace(path)
+    return path
