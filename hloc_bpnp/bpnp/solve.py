@@ -196,7 +196,11 @@ def solve_pnp(
         w = torch.ones(B, N, dtype=f64, device=x.device) if weights is None else weights.detach().to(f64)
         proj = make_projector(kind, model, c)
         if pose_init is None:
-            R0, t0 = initial_pose(proj.normalized_rays(x), X, w)
+            rays = proj.normalized_rays(x)
+            # pixels beyond the distortion's invertible range have no ray (NaN): not in the start
+            ray_ok = torch.isfinite(rays).all(-1)
+            R0, t0 = initial_pose(torch.where(ray_ok[..., None], rays, torch.zeros_like(rays)), X,
+                                  torch.where(ray_ok, w, torch.zeros_like(w)))
         else:
             p0 = pose_init.detach().to(f64)
             R0, t0 = so3_exp(p0[:, :3]), p0[:, 3:]

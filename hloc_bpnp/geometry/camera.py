@@ -20,6 +20,12 @@ OPENCV          fx, fy, cx, cy, k1, k2, p1, p2
 All functions take tensors with any leading batch shape and are differentiable w.r.t.
 points and parameters (``unproject`` uses an implicit final Newton step, so its gradient
 is that of the exact inverse, not of an unrolled loop).
+
+Distortion is invertible only up to its fold: e.g. SIMPLE_RADIAL with k < 0 maps the
+undistorted radius r to r (1 + k r^2), which grows only while r^2 < -1 / (3 k). A distorted
+point beyond the fold's image has no (correct) preimage; ``undistort`` / ``unproject`` return
+NaN there (``unproject_with_valid`` also returns the mask) instead of a wrong root (Newton
+from such a point lands past the fold, often in the opposite quadrant).
 """
 from __future__ import annotations
 
@@ -134,9 +140,34 @@ def _solve2x2(J: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     return torch.stack([(d * r[..., 0] - b * r[..., 1]) / det, (a * r[..., 1] - c * r[..., 0]) / det], -1)
 
 
+def _in_invertible_range(model: str, dist: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
+    """(..., N) bool: ``uv`` (undistorted) lies inside the fold of the distortion.
+
+    The radial profile ``g(r) = r (1 + k1 r^2 + k2 r^4)`` must increase on [0, r], i.e.
+    ``q(s) = 1 + 3 k1 s + 5 k2 s^2 > 0`` for s in [0, r^2] (checked at r^2 and at the vertex
+    of q), the radial factor ``1 + k1 r^2 + k2 r^4`` must be positive (same direction as
+    the distorted point), and for OPENCV the Jacobian determinant must be positive.
+    """
+    u, v = uv[..., 0], uv[..., 1]
+    d = dist.unsqueeze(-2)
+    s = u * u + v * v
+    k1 = d[..., 0]
+    k2 = d[..., 1] if model in ("RADIAL", "OPENCV") else torch.zeros_like(k1)
+    q_end = 1 + 3 * k1 * s + 5 * k2 * s * s
+    k2_safe = torch.where(k2 > 0, k2, torch.ones_like(k2))
+    s_star = -3 * k1 / (10 * k2_safe)
+    q_star = 1 + 3 * k1 * s_star + 5 * k2 * s_star * s_star
+    vertex_inside = (k2 > 0) & (s_star > 0) & (s_star < s)
+    ok = (q_end > 0) & (~vertex_inside | (q_star > 0)) & (1 + k1 * s + k2 * s * s > 0)
+    if model == "OPENCV":
+        J = _distort_jacobian(model, dist, uv)
+        ok = ok & (J[..., 0, 0] * J[..., 1, 1] - J[..., 0, 1] * J[..., 1, 0] > 0)
+    return ok
+
+
 def undistort(
-    model: str, dist: torch.Tensor, uv_d: torch.Tensor, num_iters: int = 30
-) -> torch.Tensor:
+    model: str, dist: torch.Tensor, uv_d: torch.Tensor, num_iters: int = 30, return_valid: bool = False
+):
     """Invert ``distort`` by Newton iterations (batched), differentiably.
 
     The iterations run without autograd; one final Newton step is taken with autograd on,
@@ -145,25 +176,40 @@ def undistort(
 
     Args:
         dist: (..., D); uv_d: (..., N, 2) distorted normalized coordinates.
+        return_valid: also return the (..., N) bool mask of invertible points.
     Returns:
-        (..., N, 2) undistorted normalized coordinates.
+        (..., N, 2) undistorted normalized coordinates; NaN for points with no preimage
+        inside the distortion's invertible range (beyond its fold) or where Newton did not
+        converge (gradient 0 there). With ``return_valid``: (coordinates, valid mask).
     """
     if model not in DISTORTED_MODELS:
+        if return_valid:
+            return uv_d, torch.isfinite(uv_d).all(-1)
         return uv_d
     with torch.no_grad():
-        uv = uv_d.detach().clone()
+        ud = uv_d.detach()
+        uv = ud.clone()
         dd = dist.detach()
         for _ in range(num_iters):
-            res = distort(model, dd, uv) - uv_d.detach()
+            res = distort(model, dd, uv) - ud
             J = _distort_jacobian(model, dd, uv)
             step = _solve2x2(J, res)
             uv = uv - step
-            if bool((step.abs().max() < 1e-15 * (1 + uv.abs().max())) if step.numel() else True):
+            done = ~torch.isfinite(step).all(-1) | (step.abs().amax(-1) < 1e-15 * (1 + uv.abs().amax(-1)))
+            if bool(done.all()) if done.numel() else True:
                 break
+        tol = torch.finfo(ud.dtype).eps ** 0.5 * (1 + ud.abs().amax(-1))
+        err = (distort(model, dd, uv) - ud).abs().amax(-1)
+        valid = torch.isfinite(uv).all(-1) & (err <= tol) & _in_invertible_range(model, dd, uv)
+        uv = torch.where(valid.unsqueeze(-1), uv, torch.zeros_like(uv))
     # implicit step: value unchanged at convergence, gradient of the true inverse
-    res = distort(model, dist, uv) - uv_d
+    # (invalid points start from 0 against their own distorted image: finite, then masked)
+    target = torch.where(valid.unsqueeze(-1), uv_d, distort(model, dist, uv).detach())
+    res = distort(model, dist, uv) - target
     J = _distort_jacobian(model, dist.detach(), uv).detach()
-    return uv - _solve2x2(J, res)
+    out = uv - _solve2x2(J, res)
+    out = torch.where(valid.unsqueeze(-1), out, torch.full_like(out, float("nan")))
+    return (out, valid) if return_valid else out
 
 
 @dataclass
@@ -327,14 +373,22 @@ class Camera:
         Args:
             pts: (..., N, 2) pixel coordinates.
         Returns:
-            (..., N, 2) normalized coordinates ``(X/Z, Y/Z)``.
+            (..., N, 2) normalized coordinates ``(X/Z, Y/Z)``; NaN for pixels outside the
+            distortion's invertible range (see the module docstring and
+            :meth:`unproject_with_valid`).
         """
+        return self.unproject_with_valid(pts)[0]
+
+    def unproject_with_valid(self, pts: torch.Tensor):
+        """(normalized coordinates (..., N, 2), valid (..., N) bool): ``unproject`` and the
+        mask of pixels with a true preimage (False: beyond the distortion's fold; NaN there)."""
         if pts.shape[-1] != 2:
             raise ValueError(f"pts must have shape (..., N, 2), got {tuple(pts.shape)}")
-        return undistort(self.model, self.dist, self.normalize(pts))
+        return undistort(self.model, self.dist, self.normalize(pts), return_valid=True)
 
     def unproject_rays(self, pts: torch.Tensor) -> torch.Tensor:
-        """(..., N, 2) pixels -> (..., N, 3) rays (x, y, 1) in the camera frame."""
+        """(..., N, 2) pixels -> (..., N, 3) rays (x, y, 1) in the camera frame (NaN x, y
+        where ``unproject`` gives NaN)."""
         uv = self.unproject(pts)
         return torch.cat([uv, torch.ones_like(uv[..., :1])], -1)
 

@@ -41,7 +41,8 @@ def sampson_errors(camera0: Camera, camera1: Camera, pose0: Pose, pose1: Pose,
         pose0, pose1: unbatched poses cam_from_world.
         kpts0, kpts1: (M, 2) corresponding pixels (COLMAP convention).
     Returns:
-        (M,) errors in pixels.
+        (M,) errors in pixels; inf for keypoints outside their camera's invertible
+        distortion range (no ray, see ``Camera.unproject``).
     """
     if kpts0.shape != kpts1.shape or kpts0.ndim != 2 or kpts0.shape[-1] != 2:
         raise ValueError(f"kpts0/kpts1 must both be (M, 2), got {tuple(kpts0.shape)} and {tuple(kpts1.shape)}")
@@ -61,7 +62,8 @@ def sampson_errors(camera0: Camera, camera1: Camera, pose0: Pose, pose1: Pose,
     den = Ex0[:, 0] ** 2 + Ex0[:, 1] ** 2 + Etx1[:, 0] ** 2 + Etx1[:, 1] ** 2
     err = torch.sqrt(num / den.clamp_min(1e-30))
     f = torch.sqrt(camera0.to(dt).f.mean() * camera1.to(dt).f.mean())
-    return err * f
+    err = err * f
+    return torch.where(torch.isfinite(err), err, torch.full_like(err, float("inf")))
 
 
 def verify_pair_with_poses(camera0: Camera, camera1: Camera, pose0: Pose, pose1: Pose,

@@ -234,7 +234,8 @@ def backproject(pixels, depth, camera: Camera, pose: Pose) -> torch.Tensor:
         depth: (..., N) z in the camera frame.
         camera: Camera; pose: cam_from_world Pose (broadcastable batch).
     Returns:
-        (..., N, 3) world points (float64 when the inputs are).
+        (..., N, 3) world points (float64 when the inputs are); NaN for pixels beyond the
+        distortion's invertible range (see ``Camera.unproject``).
     """
     x = _as_tensor(pixels)
     z = _as_tensor(depth).to(x.dtype)

@@ -66,7 +66,9 @@ def camera_rays(camera: Camera) -> Dict[str, np.ndarray]:
     finally:
         torch.set_num_threads(n_threads)
     if not np.isfinite(rays).all():
-        raise ValueError(f"{camera}: unprojection diverged for some pixels (distortion too strong?)")
+        bad = int((~np.isfinite(rays).all(-1)).sum())
+        raise ValueError(f"{camera}: {bad} of {H * W} pixels lie beyond the distortion's invertible range "
+                         "(no ray: distortion too strong for this image size)")
     dx = np.gradient(rays, axis=1) if W > 1 else np.zeros_like(rays)
     dy = np.gradient(rays, axis=0) if H > 1 else np.zeros_like(rays)
     flat = np.arange(H * W).reshape(H, W)
