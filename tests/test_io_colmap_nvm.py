@@ -63,6 +63,12 @@ def test_read_nvm_values(nvm_file):
         ("1 3 -4 5\n", "9 3 -4 5\n", ":9: image index 9 out of range"),
         ("NVM_V3", "NVM_V2", ":1: expected header 'NVM_V3'"),
         ("1 1 6 0 255 0 3", "1 1 6 0 255 0 4", ":10: point with 4 measurements needs 23 fields, got 19"),
+        # issue 12.7: out-of-range values used to escape as OverflowError / MemoryError tracebacks
+        ("1 1 6 0 255 0 3", "1 1 6 0 300 0 3", ":10: color must be <= 255, got 300"),
+        ("1 1 6 0 255 0 3", "1 1 6 0 255 -1 3", ":10: color must be >= 0, got -1"),
+        ("1 1 6 0 255 0 3 0 1", "1 1 6 0 255 0 3 0 1e30", ":10: feature index must be <= 9223372036854775807"),
+        ("\n2\n0 0 5", "\n1e30\n0 0 5", ":8: number of points must be <= 9223372036854775807"),
+        ("\n2\n0 0 5", "\n1000000000\n0 0 5", ":14: point line needs 'x y z r g b n ...', got 1 fields"),
     ],
 )
 def test_read_nvm_errors(tmp_path, old, new, msg):

@@ -94,8 +94,13 @@ def parse_floats(path: PathLike, lineno: int, tokens: Sequence[str], what: str) 
     return out
 
 
-def parse_int(path: PathLike, lineno: int, token: str, what: str, minimum: Optional[int] = None) -> int:
-    """Parse an integer (``"640"`` or ``"640.0"``), or raise a file:line error."""
+INT64_MAX = 2 ** 63 - 1
+
+
+def parse_int(path: PathLike, lineno: int, token: str, what: str, minimum: Optional[int] = None,
+              maximum: Optional[int] = INT64_MAX) -> int:
+    """Parse an integer (``"640"`` or ``"640.0"``) within [minimum, maximum] (by default
+    int64's range, so that it fits the arrays it is stored in), or raise a file:line error."""
     try:
         v = float(token)
     except ValueError:
@@ -105,6 +110,8 @@ def parse_int(path: PathLike, lineno: int, token: str, what: str, minimum: Optio
     v = int(v)
     if minimum is not None and v < minimum:
         raise format_error(path, lineno, f"{what} must be >= {minimum}, got {v}")
+    if maximum is not None and v > maximum:
+        raise format_error(path, lineno, f"{what} must be <= {maximum}, got {v}")
     return v
 
 

@@ -162,14 +162,15 @@ def read_nvm(path: PathLike, skip_points: bool = False) -> NVMModel:
             if len(f) != 1:
                 raise format_error(path, lineno, f"expected the number of points alone on the line, got {len(f)} fields")
             num_pts = parse_int(path, lineno, f[0], "number of points", minimum=0)
-            xyz = np.zeros((num_pts, 3))
-            colors = np.zeros((num_pts, 3), dtype=np.uint8)
+            # grown line by line: a corrupt count fails as a truncated file, not a huge allocation
+            xyz_rows: List[List[float]] = []
+            color_rows: List[List[int]] = []
             for j in range(num_pts):
                 lineno, f = next_line(f"point {j + 1} of {num_pts}")
                 if len(f) < 7:
                     raise format_error(path, lineno, f"point line needs 'x y z r g b n ...', got {len(f)} fields")
-                xyz[j] = parse_floats(path, lineno, f[:3], "point xyz")
-                colors[j] = [parse_int(path, lineno, t, "color", minimum=0) for t in f[3:6]]
+                xyz_rows.append(parse_floats(path, lineno, f[:3], "point xyz"))
+                color_rows.append([parse_int(path, lineno, t, "color", minimum=0, maximum=255) for t in f[3:6]])
                 n_obs = parse_int(path, lineno, f[6], "number of measurements", minimum=0)
                 if len(f) != 7 + 4 * n_obs:
                     raise format_error(
@@ -184,6 +185,8 @@ def read_nvm(path: PathLike, skip_points: bool = False) -> NVMModel:
                     obs_i.append(img)
                     obs_f.append(parse_int(path, lineno, f[s + 1], "feature index", minimum=0))
                     obs_xy.append(tuple(parse_floats(path, lineno, f[s + 2:s + 4], "measurement")))
+            xyz = np.array(xyz_rows, dtype=np.float64).reshape(-1, 3)
+            colors = np.array(color_rows, dtype=np.uint8).reshape(-1, 3)
     model = NVMModel(
         cameras, xyz, colors,
         np.array(obs_p, dtype=np.int64), np.array(obs_i, dtype=np.int64), np.array(obs_f, dtype=np.int64),
