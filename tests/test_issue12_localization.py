@@ -5,7 +5,7 @@ import pycolmap
 import pytest
 import torch
 
-from hloc_bpnp.geometry import Camera, rotation_error_deg
+from hloc_bpnp.geometry import Camera, Pose, rotation_error_deg
 from hloc_bpnp.localization import gather_2d3d
 from hloc_bpnp.synthetic import look_at
 
@@ -155,3 +155,51 @@ def test_localizer_num_keyframes_above_63(big):
     assert len(res.retrieved) == 70
     assert res.success, (res.failure_reason, res.info)
     assert rotation_error_deg(res.pose.R, sc.query_pose.R).item() < 1e-6
+
+
+def _pnp_case(seed=0, n=60, noise=0.7):
+    from hloc_bpnp.bpnp.testing import random_problem
+
+    pb = random_problem(1, n, noise=noise, seed=seed)
+    K = pb.K[0]
+    cam = Camera("PINHOLE", 640, 480, torch.stack([K[0, 0], K[1, 1], K[0, 2], K[1, 2]]))
+    return pb.points2d[0].numpy(), pb.points3d[0].numpy(), cam, pb.pose[0]
+
+
+def test_rejected_refinement_reports_covariance_of_returned_pose(monkeypatch):
+    """Issue 12.8: a rejected BPnP refinement kept the RANSAC pose but reported the
+    covariance computed at BPnP's (rejected) solution."""
+    import hloc_bpnp.bpnp as bpnp_mod
+    from hloc_bpnp.localization.pose_estimation import covariance_at, default_conf, refine_bpnp
+
+    x, X, cam, gt = _pnp_case()
+    ref = dict(default_conf["refinement"])
+    ransac_pose = Pose.from_aa(gt)
+    real = bpnp_mod.solve_pnp
+    seen = {}
+
+    def worse_solve(*a, pose_init=None, **kw):  # a 'solution' far from the optimum, not refined
+        res = real(*a, pose_init=pose_init + torch.tensor([0.05, 0, 0, 0.2, 0, 0], dtype=torch.float64),
+                   max_iters=0, polish_steps=0, **{k: v for k, v in kw.items() if k not in ("max_iters", "polish_steps")})
+        seen["cov"] = res.covariance
+        return res
+
+    monkeypatch.setattr(bpnp_mod, "solve_pnp", worse_solve)
+    pose, cov, info = refine_bpnp(x, X, cam, ransac_pose, ref)
+    assert info["refinement_rejected"] and pose is ransac_pose
+    expected = covariance_at(torch.from_numpy(x), torch.from_numpy(X), cam, ransac_pose.aa_t(), None,
+                             ref["loss"], float(ref["loss_scale_px"])).numpy()
+    assert cov is not None and np.allclose(cov, expected, rtol=1e-10, atol=0)
+    assert not np.allclose(cov, seen["cov"].numpy(), rtol=1e-3)  # the old, wrong answer
+
+
+def test_accepted_refinement_covariance_matches_covariance_at():
+    from hloc_bpnp.localization.pose_estimation import covariance_at, default_conf, refine_bpnp
+
+    x, X, cam, gt = _pnp_case(seed=1)
+    ref = dict(default_conf["refinement"])
+    pose, cov, info = refine_bpnp(x, X, cam, Pose.from_aa(gt + 1e-3), ref)
+    assert not info.get("refinement_rejected") and info["bpnp_converged"]
+    expected = covariance_at(torch.from_numpy(x), torch.from_numpy(X), cam, pose.aa_t(), None,
+                             ref["loss"], float(ref["loss_scale_px"])).numpy()
+    assert np.allclose(cov, expected, rtol=1e-8)

@@ -158,7 +158,10 @@ def refine_bpnp(points2D, points3D, camera: Camera, pose_init: Pose, ref_conf: D
         pose_init: the RANSAC pose; ref_conf: ``conf["refinement"]``; weights: (M,) or None.
     Returns:
         (pose, covariance (6, 6) in the tangent space [d_w (left rotation), d_t] or None,
-        info dict with costs/convergence).
+        info dict with costs/convergence). The covariance is always evaluated at the pose
+        returned: at BPnP's solution when it is accepted, at ``pose_init`` (the RANSAC pose)
+        when the refinement is rejected (``info["refinement_rejected"]``); None where it is
+        not finite (e.g. too few inliers for the noise estimate).
     """
     from ..bpnp import solve_pnp
 
@@ -180,12 +183,37 @@ def refine_bpnp(points2D, points3D, camera: Camera, pose_init: Pose, ref_conf: D
         "cost_ransac": cost_init,
         "cost_refined": cost_ref,
     }
-    cov = res.covariance.detach().cpu().numpy()
-    cov = cov if np.all(np.isfinite(cov)) else None
     if not bool(res.valid) or not bool(torch.isfinite(res.pose).all()) or not cost_ref <= cost_init:
         info["refinement_rejected"] = True
-        return pose_init, cov, info
-    return Pose.from_aa(res.pose), cov, info
+        # the covariance of the pose we return, not of the rejected BPnP solution
+        return pose_init, _finite_or_none(covariance_at(x, X, cam, y0, w, loss, scale)), info
+    return Pose.from_aa(res.pose), _finite_or_none(res.covariance), info
+
+
+def _finite_or_none(cov: torch.Tensor) -> Optional[np.ndarray]:
+    cov = cov.detach().cpu().numpy()
+    return cov if np.all(np.isfinite(cov)) else None
+
+
+def covariance_at(x: torch.Tensor, X: torch.Tensor, camera: Camera, y: torch.Tensor, weights, loss: str,
+                  scale: float) -> torch.Tensor:
+    """(6, 6) pose covariance (see :func:`hloc_bpnp.bpnp.pose_covariance`) at pose ``y``
+    (6,) [axis-angle, t], with the same noise estimate and tangent space as BPnP's.
+
+    Args: x (M, 2), X (M, 3), camera (unbatched), weights (M,) or None.
+    """
+    from ..bpnp import pose_covariance
+    from ..bpnp.implicit import make_projector
+    from ..geometry.pose import so3_exp
+
+    dt = torch.float64
+    y = y.to(dt).reshape(1, 6)
+    w = torch.ones(1, len(x), dtype=dt) if weights is None else weights.to(dt).reshape(1, -1)
+    proj = make_projector("camera", camera.model, camera.params.to(dt).reshape(1, -1))
+    with torch.no_grad():
+        cov, _, _ = pose_covariance(so3_exp(y[:, :3]), y[:, 3:], X.to(dt).unsqueeze(0), x.to(dt).unsqueeze(0),
+                                    proj, w, loss, scale)
+    return cov[0]
 
 
 def robust_cost(x: torch.Tensor, X: torch.Tensor, camera: Camera, y: torch.Tensor, weights, loss: str,
