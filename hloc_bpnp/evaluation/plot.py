@@ -1,4 +1,8 @@
-"""Cumulative error plots (PNG), rendered with matplotlib's Agg canvas (no display needed)."""
+"""Cumulative error plots (PNG), rendered with matplotlib's Agg canvas (no display needed).
+
+PNGs are encoded by :func:`hloc_bpnp.io.png.save_figure_png`, not by Pillow: with pycolmap
+imported before zlib was loaded, Pillow's PNG encoder corrupts the heap (see ``io/png.py``).
+"""
 from __future__ import annotations
 
 import logging
@@ -78,8 +82,37 @@ def plot_cumulative(
     if title:
         fig.suptitle(title)
     fig.tight_layout()
+    path = save_figure(fig, path, dpi)
+    logger.info("Wrote cumulative error plot to %s", path)
+    return path
+
+
+def save_figure(fig, path: Union[str, Path], dpi: float = 100) -> Path:
+    """Write a matplotlib Figure, atomically (temporary name, then rename), safe whatever was
+    imported first: PNG (or no suffix) through :func:`hloc_bpnp.io.png.save_figure_png`;
+    other formats through ``savefig``, with PDF stream compression off when the process's
+    zlib is unsafe (see ``io/png.py``)."""
+    import matplotlib
+
+    from ..io.png import deflate_is_safe, save_figure_png
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    logger.info("Wrote cumulative error plot to %s", path)
+    fmt = path.suffix.lower().lstrip(".") or "png"
+    if fmt == "png":
+        return save_figure_png(fig, path, dpi=dpi)
+    if fmt in ("svgz",) and not deflate_is_safe():
+        raise ValueError(f"{path}: cannot write compressed SVG in this process (pycolmap was imported before "
+                         "zlib; see hloc_bpnp/io/png.py): use .png, .pdf or .svg")
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        rc = {} if deflate_is_safe() else {"pdf.compression": 0}
+        with matplotlib.rc_context(rc):
+            fig.savefig(tmp, dpi=dpi, format=fmt)
+        import os
+
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
     return path

@@ -35,6 +35,21 @@ logger = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 
 
+
+def _write_image(path: Path, image: np.ndarray) -> None:
+    """PNG through :func:`hloc_bpnp.io.png.write_png` (Pillow's PNG encoder is unsafe after
+    ``import pycolmap``, see ``io/png.py``), other formats through Pillow; atomically."""
+    from ..io.png import atomic_write_bytes, write_png
+
+    if path.suffix.lower() == ".png":
+        write_png(path, image)
+        return
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format=Image.registered_extensions().get(path.suffix.lower(), "PNG"))
+    atomic_write_bytes(path, buf.getvalue())
+
 def depth_path(root: Path, name: str) -> Path:
     return Path(root) / "depth" / (str(Path(name).with_suffix("")) + ".npy")
 
@@ -65,8 +80,7 @@ def write_synthetic_scene(syn, path: Union[str, Path], overwrite: bool = False) 
     entries = []
     for im in syn.scene:
         img_path = root / "images" / im.name
-        img_path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.asarray(syn.images[im.name])).save(img_path)
+        _write_image(img_path, np.asarray(syn.images[im.name]))
         dp = depth_path(root, im.name)
         dp.parent.mkdir(parents=True, exist_ok=True)
         np.save(dp, np.asarray(im.depth, np.float32))
