@@ -98,3 +98,20 @@ def test_reuse_map_with_other_config_raises(tmp_path):
     with pytest.raises(MapConfigMismatch, match=r"pairs\.num_pairs \(saved 4, requested 7\)"):
         run_dataset_benchmark(ref, {"q.png": _cam()}, tmp_path / "out", "t",
                               mapping_conf={"pairs": {"num_pairs": 7}}, reuse_map=True, progress=False)
+
+
+def test_seconds_per_query_counts_extraction_once():
+    """Issue 12.10: timings["total"] already includes "features"; summaries added it again."""
+    from hloc_bpnp.evaluation.benchmark import summarize
+    from hloc_bpnp.evaluation.dataset_protocol import summarize_outcomes
+    from hloc_bpnp.localization.results import query_seconds
+
+    ok = _result("q0", True)
+    ok.timings = {"features": 0.5, "retrieval": 0.1, "matching": 0.2, "pose": 0.2, "total": 1.0}
+    failed = _result("q1", False)
+    failed.timings = {"features": 0.5, "retrieval": 0.1}  # failed before "total" was recorded
+    assert query_seconds(ok.timings) == 1.0 and query_seconds(failed.timings) == pytest.approx(0.6)
+    results = {"q0": ok, "q1": failed}
+    gt = {n: Pose.from_aa(torch.zeros(6, dtype=torch.float64)) for n in results}
+    assert summarize(results, gt)["summary"]["seconds_per_query"] == pytest.approx(0.8)
+    assert summarize_outcomes(results)["summary"]["seconds_per_query"] == pytest.approx(0.8)

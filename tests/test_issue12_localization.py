@@ -155,6 +155,14 @@ def test_localizer_num_keyframes_above_63(big):
     assert len(res.retrieved) == 70
     assert res.success, (res.failure_reason, res.info)
     assert rotation_error_deg(res.pose.R, sc.query_pose.R).item() < 1e-6
+    # issue 12.10: "total" sums every stage once, also for a query that fails early
+    stages = {k: v for k, v in res.timings.items() if k != "total"}
+    assert res.timings["total"] == pytest.approx(sum(stages.values()))
+    from hloc_bpnp.localization import LocalizationResult
+
+    empty = {k: v[:0] for k, v in qf.items() if k != "image_size"} | {"image_size": qf["image_size"]}
+    bad = loc.localize_features(empty, PINHOLE, LocalizationResult("q", timings={"features": 0.25}))
+    assert not bad.success and bad.timings["total"] == pytest.approx(0.25)
 
 
 def _pnp_case(seed=0, n=60, noise=0.7):

@@ -40,7 +40,9 @@ def summarize(results: Mapping, ground_truth: Mapping[str, Pose], thresholds=Non
     logs = {n: {"success": r.success, "failure_reason": r.failure_reason} for n, r in results.items()}
     ev: EvalResult = evaluate(est, ground_truth, thresholds, scale_to_cm, queries=list(ground_truth), logs=logs)
     d = ev.to_dict(per_query=False)
-    times = [r.timings.get("total", 0.0) + r.timings.get("features", 0.0) for r in results.values()]
+    from ..localization.results import query_seconds
+
+    times = [query_seconds(r.timings) for r in results.values()]
     summary = {
         "n_queries": ev.n_queries,
         "n_localized": ev.n_localized,

@@ -52,6 +52,7 @@ def summarize_outcomes(results: Mapping, extra: Optional[Dict] = None) -> Dict:
         "num_inliers", "num_matches", "retrieved", "camera", "timings", "info"}, ...]}``
     """
     from ..localization import summarize_failures
+    from ..localization.results import query_seconds
 
     queries, inliers, times = [], [], []
     for name, r in results.items():
@@ -62,7 +63,7 @@ def summarize_outcomes(results: Mapping, extra: Optional[Dict] = None) -> Dict:
         if r.pose is not None and r.success:
             queries[-1].update(qvec=d["qvec"], tvec=d["tvec"])
             inliers.append(r.num_inliers)
-        times.append(r.timings.get("total", 0.0) + r.timings.get("features", 0.0))
+        times.append(query_seconds(r.timings))
     inliers.sort()
     summary = {
         "n_queries": len(results),

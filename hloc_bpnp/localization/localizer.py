@@ -118,8 +118,17 @@ class Localizer:
 
     def localize_features(self, feats: Dict[str, np.ndarray], camera: Camera,
                           res: Optional[LocalizationResult] = None) -> LocalizationResult:
-        """Localize from already extracted query features (numpy dict, hloc keys)."""
+        """Localize from already extracted query features (numpy dict, hloc keys).
+
+        ``res.timings["total"]`` is the sum of every stage recorded (``"features"`` included
+        when ``res`` came from :meth:`localize_image`), also for failed queries."""
         res = res or LocalizationResult(name="query", camera=camera)
+        try:
+            return self._localize_features(feats, camera, res)
+        finally:
+            res.timings["total"] = sum(v for k, v in res.timings.items() if k != "total")
+
+    def _localize_features(self, feats, camera: Camera, res: LocalizationResult) -> LocalizationResult:
         res.camera = camera
         kpts = np.asarray(feats["keypoints"], dtype=np.float64)
         res.num_keypoints = len(kpts)
@@ -143,9 +152,7 @@ class Localizer:
         if res.num_matches == 0:
             return res.fail(R.NO_MATCHES)
 
-        localize_from_matches(kpts, names, m0, s0, self.map, camera, self.conf, res)
-        res.timings["total"] = sum(v for k, v in res.timings.items() if k != "total")
-        return res
+        return localize_from_matches(kpts, names, m0, s0, self.map, camera, self.conf, res)
 
     def retrieve(self, feats) -> Tuple[list, np.ndarray]:
         """Top-k map keyframes for a query's features: (names, global scores)."""

@@ -153,6 +153,15 @@ def write_results(results: Dict[str, LocalizationResult], results_path, log_path
     logger.info("Wrote %d poses to %s (%d failures logged in %s)", len(poses), results_path, n_fail, log_path)
 
 
+def query_seconds(timings: Dict[str, float]) -> float:
+    """Wall time of one query from its per-stage ``timings``: ``timings["total"]`` (which
+    already includes ``"features"`` and every other stage) when present, else the sum of the
+    stages (a query that failed before the total was recorded). Never adds a stage twice."""
+    if "total" in timings:
+        return float(timings["total"])
+    return float(sum(v for k, v in timings.items() if k != "total"))
+
+
 def summarize_failures(results: Dict[str, LocalizationResult]) -> Dict[str, int]:
     counts: Dict[str, int] = {}
     for r in results.values():
