@@ -204,7 +204,7 @@ def _attr(obj, names):
 
 def load_synthetic_scenes(preset: str, seeds: Sequence[int], num_refs: int = 3,
                           resize_max: Optional[int] = None, overrides: Optional[Dict] = None,
-                          prefix: str = "syn") -> List[TrainScene]:
+                          prefix: str = "syn", multiple: int = 8) -> List[TrainScene]:
     """Generate synthetic scenes (``hloc_bpnp.synthetic.generate_scene``) for several seeds.
 
     ``overrides`` are merged over the preset (e.g. ``{"path": {"num_query": 8}}``).
@@ -216,7 +216,8 @@ def load_synthetic_scenes(preset: str, seeds: Sequence[int], num_refs: int = 3,
     out = []
     for s in seeds:
         syn = generate_scene(conf, seed=int(s))
-        out.append(train_scene_from_synthetic(syn, f"{prefix}{preset}_{s}", num_refs, resize_max=resize_max))
+        out.append(train_scene_from_synthetic(syn, f"{prefix}{preset}_{s}", num_refs, multiple=multiple,
+                                              resize_max=resize_max))
         logger.info("synthetic scene %s seed %d: %d map, %d query views", preset, s,
                     len(out[-1].map_names), len(out[-1].query_names))
     return out
@@ -229,7 +230,9 @@ def scenes_from_config(data_conf: Dict, multiple: int = 8, channels: int = 1,
     * ``source: synthetic``: ``preset``, ``seeds``, ``num_refs``, ``resize_max``, optional
       ``overrides`` of the synthetic preset (map points from exact depth);
     * ``source: real``: ``scenes`` (Strecha-layout or Middlebury folders), ``num_refs``,
-      ``resize_max`` (map points triangulated with the known poses, :mod:`.real`).
+      ``resize_max`` (map points triangulated with the known poses, :mod:`.real`), and
+      optionally ``synthetic: {preset, seeds, overrides}``: extra synthetic scenes whose map
+      points are exact (depth).
 
     ``multiple`` / ``channels``: the network's ``size_multiple`` / ``in_channels``;
     ``exclude``: scene folder names that must not train (evaluation scenes).
@@ -241,9 +244,15 @@ def scenes_from_config(data_conf: Dict, multiple: int = 8, channels: int = 1,
         scenes = data_conf.get("scenes") or []
         if not scenes:
             raise ValueError("data.source 'real' needs data.scenes: a list of scene folders")
-        return load_real_scenes(scenes, int(data_conf.get("num_refs", 3)), data_conf.get("resize_max"),
-                                multiple=max(multiple, 8), channels=channels, exclude=exclude)
+        out = load_real_scenes(scenes, int(data_conf.get("num_refs", 3)), data_conf.get("resize_max"),
+                               multiple=max(multiple, 8), channels=channels, exclude=exclude)
+        extra = data_conf.get("synthetic") or None  # extra synthetic scenes with exact depth
+        if extra:
+            out += load_synthetic_scenes(extra.get("preset", "facades"), extra.get("seeds", [101]),
+                                         int(data_conf.get("num_refs", 3)), None, extra.get("overrides"),
+                                         multiple=max(multiple, 8))
+        return out
     if src != "synthetic":
         raise ValueError(f"data.source {src!r} is not supported (use 'synthetic' or 'real')")
     return load_synthetic_scenes(data_conf["preset"], data_conf["seeds"], int(data_conf.get("num_refs", 3)),
-                                 data_conf.get("resize_max"), data_conf.get("overrides"))
+                                 data_conf.get("resize_max"), data_conf.get("overrides"), multiple=max(multiple, 8))

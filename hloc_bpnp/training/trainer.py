@@ -53,6 +53,7 @@ default_conf = {
         "resize_max": None,
         "overrides": None,  # dict merged over the synthetic preset
         "scenes": None,  # source real: Strecha-layout / Middlebury scene folders
+        "synthetic": None,  # source real: extra synthetic scenes {preset, seeds, overrides} (exact depth)
     },
     # the network: {"name": trainable | xfeat | aliked, **its options} (hloc_bpnp.features.networks);
     # null = the small ``trainable`` network with its defaults
