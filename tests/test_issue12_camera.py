@@ -1,6 +1,5 @@
 """Issue 12.6: unprojection beyond the distortion's fold is flagged (NaN + mask), never a
 wrong ray; callers (BPnP start, Sampson errors) cope."""
-import numpy as np
 import pytest
 import torch
 

@@ -34,15 +34,15 @@ def _check_png(path, min_size=(100, 100)):
 
 
 def test_cli_evaluate_plot_after_import_pycolmap(tmp_path):
-    _run(f"""
+    _run("""
         import pycolmap  # first: libz.so.1 binds to pycolmap's embedded zlib
         import torch
         from hloc_bpnp.cli import main
         from hloc_bpnp.geometry import Pose
         from hloc_bpnp.io.hloc_text import write_results
-        gt = {{f"q{{i}}.jpg": Pose.from_aa(torch.tensor([0.1 * i, 0.2, 0.0, i, 0.0, 1.0], dtype=torch.float64))
-              for i in range(4)}}
-        est = {{n: Pose.from_aa(p.aa_t() + 1e-3) for n, p in gt.items()}}
+        gt = {f"q{i}.jpg": Pose.from_aa(torch.tensor([0.1 * i, 0.2, 0.0, i, 0.0, 1.0], dtype=torch.float64))
+              for i in range(4)}
+        est = {n: Pose.from_aa(p.aa_t() + 1e-3) for n, p in gt.items()}
         write_results("gt.txt", gt)
         write_results("est.txt", est)
         rc = main(["evaluate", "--results", "est.txt", "--gt", "gt.txt", "--plot", "out/cum.png"])

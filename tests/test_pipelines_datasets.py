@@ -200,7 +200,8 @@ def test_summarize_outcomes_counts_failures():
     s = out["summary"]
     assert s["n_queries"] == 2 and s["n_localized"] == 1 and s["x"] == 1
     assert s["failure_reasons"] == {"too_few_inliers": 1}
-    assert s["median_inliers_localized"] == 40 and s["seconds_per_query"] == pytest.approx(1.0)
+    # "total" already includes "features" (issue 12.10: it used to be added again -> 1.0)
+    assert s["median_inliers_localized"] == 40 and s["seconds_per_query"] == pytest.approx(0.75)
     qa, qb = out["queries"]
     assert qa["qvec"] == [1.0, 0.0, 0.0, 0.0] and "qvec" not in qb
     assert qb["failure_reason"] == "too_few_inliers" and not qb["success"]
