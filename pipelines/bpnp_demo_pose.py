@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from hloc_bpnp.bpnp import bpnp
+from hloc_bpnp.evaluation.plot import save_figure
 from hloc_bpnp.geometry import Pose
 
 logger = logging.getLogger("bpnp_demo_pose")
@@ -80,7 +81,7 @@ def plot(hist: dict, path: Path, title: str) -> None:
         ax.set_xlabel("iteration")
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)  # atomic, safe after 'import pycolmap'
     plt.close(fig)
 
 

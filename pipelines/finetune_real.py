@@ -24,37 +24,19 @@ with S = {n_queries, n_localized, median_rot_deg, median_pos_cm, recall, seconds
         --features xfeat --output outputs/finetune_real --quick
 """
 import argparse
-import json
 import logging
-import math
-import os
 import time
 from pathlib import Path
 
 import torch
 
 from hloc_bpnp.config import load_config, merge
+from hloc_bpnp.io.json_io import write_json
 
 logger = logging.getLogger("finetune_real")
 
 MAPPING = {"xfeat": "xfeat", "aliked": "aliked"}
 S_KEYS = ("n_queries", "n_localized", "median_rot_deg", "median_pos_cm", "recall", "seconds_per_query")
-
-
-def _json_safe(x):
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json_safe(v) for v in x]
-    return x
-
-
-def write_json(data, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_json_safe(data), indent=1, allow_nan=False))
-    os.replace(tmp, path)
 
 
 def train_variant(conf, train_dirs, eval_names, out: Path):
@@ -145,7 +127,7 @@ def main(argv=None):
     for label, w in variants.items():
         results[label] = evaluate_variant(args.features, w, eval_dirs, args.loc_config, args.output / f"eval_{label}")
         results["sampson_px"][label] = precision_variant(args.features, w, train_dirs + eval_dirs)
-        write_json(results, args.output / "results.json")
+        write_json(args.output / "results.json", results)  # strict JSON, atomic
     print(f"\n{'variant':16s} {'scene':32s} {'loc':>6s} {'rot deg':>8s} {'pos cm':>8s} {'s/q':>6s} {'sampson px':>10s}")
     for label in variants:
         for scene, s in results[label].items():

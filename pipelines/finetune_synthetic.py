@@ -29,7 +29,6 @@ training seeds' held-out queries; ``per_seed`` lists each seed's M) and ``keypoi
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from pathlib import Path
@@ -37,6 +36,7 @@ from pathlib import Path
 import torch
 
 from hloc_bpnp.config import load_config, merge
+from hloc_bpnp.io.json_io import write_json
 from hloc_bpnp.training import Trainer, load_synthetic_scenes
 from hloc_bpnp.training.evaluate import default_conf as eval_default, keypoint_errors, localization_errors, summarize
 from hloc_bpnp.training.evaluate import evaluate_strecha, strecha_default_conf
@@ -183,8 +183,7 @@ def main() -> int:
                        "strecha": ({"scene": str(args.strecha_dir), "protocol": "leave-one-out, map from GT poses",
                                     "conf": {k: v for k, v in strecha_default_conf.items()}}
                                    if do_strecha else "not evaluated (--no-strecha or data absent)")}
-    with open(out / "results.json", "w") as f:
-        json.dump(results, f, indent=2)
+    write_json(out / "results.json", results, indent=2)  # strict JSON (null, never Infinity), atomic
     logger.info("improvement: %s", results["improvement"])
     if do_strecha:
         for name in ("initial", "descriptor_loss", "pose_loss"):

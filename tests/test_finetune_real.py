@@ -96,7 +96,6 @@ def test_triangulated_training_map_agrees_with_the_poses(shared_data):
 
 @need_xf
 def test_train_groups_freeze_the_rest(shared_data, tmp_path):
-    from hloc_bpnp.config import load_config
     from hloc_bpnp.training import Trainer
     from hloc_bpnp.training.data import scenes_from_config
 

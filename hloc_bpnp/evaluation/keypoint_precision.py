@@ -13,7 +13,6 @@ import math
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
-import numpy as np
 import torch
 
 from ..io.scene import Scene

@@ -24,7 +24,7 @@ name           class                                        extractor preset (``
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, Optional, Union
 
 import torch
 from torch import nn

@@ -147,9 +147,10 @@ def points_from_depth(keypoints: torch.Tensor, view: TrainView, max_rel_jump: fl
     nb = torch.stack([d00, d01, d10, d11], -1)
     z = (1 - fy) * ((1 - fx) * d00 + fx * d01) + fy * ((1 - fx) * d10 + fx * d11)
     valid = (nb.amin(-1) > 0) & ((nb.amax(-1) - nb.amin(-1)) <= max_rel_jump * nb.amin(-1))
-    rays = view.camera.unproject_rays(keypoints.detach().double())
+    rays = view.camera.unproject_rays(keypoints.detach().double())  # NaN beyond a distortion fold
     p_cam = rays * z[:, None]
     p_world = view.pose.inv().transform(p_cam)
+    valid = valid & torch.isfinite(p_world).all(-1)
     return p_world, valid
 
 
