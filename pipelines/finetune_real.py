@@ -94,16 +94,18 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s", datefmt="%H:%M:%S")
-    for name in ("faiss", "faiss.loader", "hloc_bpnp.mapping", "hloc_bpnp.retrieval", "hloc_bpnp.training.real"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    torch.set_num_threads(args.threads)
     train_dirs = [d.resolve() for d in args.train]
     eval_dirs = [d.resolve() for d in args.eval]
     overlap = {d.name for d in train_dirs} & {d.name for d in eval_dirs}
     if overlap or set(train_dirs) & set(eval_dirs):
         raise SystemExit(f"evaluation scenes must not train: {sorted(overlap)} given to both --train and --eval")
     eval_names = [d.name for d in eval_dirs]
+    from hloc_bpnp.cli import configure_logging
+
+    configure_logging(False)  # third-party loggers at WARNING
+    for name in ("hloc_bpnp.mapping", "hloc_bpnp.retrieval", "hloc_bpnp.training.real"):  # per-fold chatter
+        logging.getLogger(name).setLevel(logging.WARNING)
+    torch.set_num_threads(args.threads)
     preset = args.config or f"real_{args.features}" + ("_quick" if args.quick else "")
     conf = load_config("finetune", preset)
     if args.steps is not None:
