@@ -131,3 +131,26 @@ def test_group_learning_rates(shared_data, tmp_path):
     conf["optim"]["group_lr_scale"] = {"heads": 2.0}
     with pytest.raises(ValueError, match="heads"):
         Trainer(conf, scenes, None)
+
+
+@need_xf
+def test_lighterglue_trains_with_the_network(shared_data, tmp_path):
+    """A learned matcher's assignment probabilities are the soft correspondences: the pose and
+    descriptor losses reach LighterGlue, and its weights come back as a loadable preset."""
+    from hloc_bpnp.cli import main
+    from hloc_bpnp.matching import build_matcher
+
+    out = tmp_path / "ft"
+    cfg = _small_conf(tmp_path, matcher="xfeat_lighterglue", steps=1,
+                      localization={"weights_grad": True, "subsets": 4})
+    rc = main(["finetune", "--scene", str(shared_data / "strecha_herzjesu_P8"), "--config", str(cfg),
+               "--output", str(out)])
+    assert rc == 0
+    rows = list(csv.DictReader(open(out / "log.csv")))
+    assert rows[0]["pose"] not in ("", "nan") and rows[0]["descriptor"] not in ("", "nan")
+    preset = yaml.safe_load((out / "matcher.yaml").read_text())
+    assert preset["features"] == "xfeat" and Path(preset["weights"]) == (out / "matcher.pt").resolve()
+    trained = build_matcher(str(out / "matcher.yaml")).net.state_dict()
+    pre = build_matcher("xfeat_lighterglue").net.state_dict()
+    changed = [k for k in pre if not torch.equal(pre[k], trained[k])]
+    assert changed and any(k.startswith("transformers") for k in changed)

@@ -94,14 +94,33 @@ def run(args) -> int:
         preset = write_features_preset(trainer.model.net, args.output)
         logger.info("weights: %s; extractor preset: %s (e.g. hloc-bpnp map ... --features %s)",
                     args.output / "weights.pt", preset, preset)
+        if conf.get("matcher"):
+            mpreset = write_matcher_preset(conf["matcher"], args.output)
+            logger.info("matcher preset: %s (hloc-bpnp map ... --matcher %s)", mpreset, mpreset)
     return 0
+
+
+def _write_yaml(conf: dict, path: Path, comment: str) -> Path:
+    import yaml
+
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(f"# {comment}\n" + yaml.safe_dump(conf, sort_keys=False))
+    tmp.replace(path)
+    return path
+
+
+def write_matcher_preset(matcher, output: Path) -> Path:
+    """``OUTPUT/matcher.yaml``: the trained matcher's preset with ``weights: OUTPUT/matcher.pt``."""
+    from ..config import load_config
+
+    conf = load_config("matchers", matcher)
+    conf["weights"] = str((output / "matcher.pt").resolve())
+    return _write_yaml(conf, output / "matcher.yaml", "written by hloc-bpnp finetune: the fine-tuned matcher")
 
 
 def write_features_preset(net, output: Path) -> Path:
     """``OUTPUT/features.yaml``: the network's extractor preset (``configs/features/<name>.yaml``,
     e.g. its resize) with ``weights`` set to ``OUTPUT/weights.pt``; written atomically."""
-    import yaml
-
     from ..config import load_config, merge
     from ..features.networks import extractor_conf, network_name
 
@@ -110,9 +129,5 @@ def write_features_preset(net, output: Path) -> Path:
     conf = merge(base, extractor_conf(net, (output / "weights.pt").resolve(), base.get("resize_max"),
                                       base.get("max_keypoints")))
     conf.pop("preset", None)
-    path = output / "features.yaml"
-    tmp = output / "features.yaml.tmp"
-    tmp.write_text("# written by hloc-bpnp finetune: the fine-tuned network as an extractor preset\n"
-                   + yaml.safe_dump(conf, sort_keys=False))
-    tmp.replace(path)
-    return path
+    return _write_yaml(conf, output / "features.yaml",
+                       "written by hloc-bpnp finetune: the fine-tuned network as an extractor preset")

@@ -62,6 +62,7 @@ class MapView:
     keypoints: torch.Tensor
     descriptors: torch.Tensor
     points3d: torch.Tensor
+    image_size: Optional[torch.Tensor] = None  # (2,) (W, H): needed by a learned matcher (LightGlue)
 
 
 @dataclass
@@ -90,6 +91,33 @@ def match_pairs(q_desc: torch.Tensor, refs: List[MapView], log_temperature: torc
     """Dual-softmax against every reference view (skipping views without keypoints)."""
     return [PairMatches(dual_softmax(q_desc, r.descriptors.to(q_desc.dtype), log_temperature), r)
             for r in refs if r.keypoints.shape[0] > 0]
+
+
+def lightglue_pairs(lightglue, q_kpts: torch.Tensor, q_desc: torch.Tensor, q_size: torch.Tensor,
+                    refs: List[MapView]) -> List[PairMatches]:
+    """Soft correspondences from a (trainable) kornia LightGlue: ``P = exp(log_assignment)``
+    without the dustbin row/column, per reference view (differentiable w.r.t. the matcher,
+    the descriptors and the keypoint positions).
+
+    Args:
+        lightglue: ``kornia.feature.LightGlue`` with ``depth_confidence`` / ``width_confidence``
+            disabled (-1): pruning would drop rows of the assignment.
+        q_kpts: (N, 2) COLMAP pixels; q_desc: (N, D); q_size: (2,) query (W, H).
+        refs: map views with ``image_size`` set.
+    """
+    out = []
+    for r in refs:
+        if r.keypoints.shape[0] == 0:
+            continue
+        if r.image_size is None:
+            raise ValueError(f"map view {r.name!r} has no image_size: a learned matcher needs it")
+        data = {"image0": {"keypoints": q_kpts.float()[None], "descriptors": q_desc.float()[None],
+                           "image_size": q_size.float().reshape(1, 2)},
+                "image1": {"keypoints": r.keypoints.float()[None], "descriptors": r.descriptors.float()[None],
+                           "image_size": r.image_size.float().reshape(1, 2)}}
+        la = lightglue(data)["log_assignment"][0]  # (N + 1, M + 1) log probabilities
+        out.append(PairMatches(la[:-1, :-1].exp(), r))
+    return out
 
 
 def mutual_matches(P: torch.Tensor, min_prob: float = 0.0) -> torch.Tensor:

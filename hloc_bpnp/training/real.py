@@ -115,7 +115,8 @@ def triangulated_map_views(net: torch.nn.Module, scene: TrainScene, names: Optio
         keep = rows >= 0
         out[n] = MapView(n, torch.from_numpy(f["keypoints"][keep]).double(),
                          torch.from_numpy(f["descriptors"][keep]),
-                         torch.from_numpy(m.points3D[rows[keep]]).double())
+                         torch.from_numpy(m.points3D[rows[keep]]).double(),
+                         torch.from_numpy(f["image_size"]))
     logger.info("scene %s: training map with %d points, %s keypoints with 3D per view", scene.name,
                 len(m.points3D), [int(v.keypoints.shape[0]) for v in out.values()])
     return out
@@ -123,7 +124,8 @@ def triangulated_map_views(net: torch.nn.Module, scene: TrainScene, names: Optio
 
 def _empty(name: str, f: Dict) -> MapView:
     D = f["descriptors"].shape[1]
-    return MapView(name, torch.zeros(0, 2, dtype=torch.float64), torch.zeros(0, D), torch.zeros(0, 3, dtype=torch.float64))
+    return MapView(name, torch.zeros(0, 2, dtype=torch.float64), torch.zeros(0, D), torch.zeros(0, 3, dtype=torch.float64),
+                   torch.from_numpy(f["image_size"]))
 
 
 def load_real_scenes(paths: Sequence[Union[str, Path]], num_refs: int = 3, resize_max: Optional[int] = 1024,

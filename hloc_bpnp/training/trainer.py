@@ -34,7 +34,7 @@ from tqdm import tqdm
 from ..config import merge
 from . import distributed as D
 from .data import TrainScene, TrainView, points_from_depth
-from .localization import MapView, localize_differentiable, match_pairs
+from .localization import MapView, lightglue_pairs, localize_differentiable, match_pairs
 from .localization import default_conf as loc_default_conf
 from .losses import (LossWeighting, correspondence_targets, descriptor_loss, pose_loss, score_loss,
                      score_targets)
@@ -62,8 +62,12 @@ default_conf = {
     # ``trainable``, the packaged pretrained weights for ``xfeat`` / ``aliked``
     "init_weights": None,
     # parameter groups that train (network.parameter_groups(): e.g. detector, descriptor,
-    # backbone); null = all. The rest is frozen.
+    # backbone; plus ``matcher`` with a learned matcher); null = all. The rest is frozen.
     "train_groups": None,
+    # learned matcher trained with the network: a LightGlue matcher preset (e.g.
+    # xfeat_lighterglue) whose assignment probabilities replace the dual-softmax as soft
+    # correspondences (descriptor loss = NLL of the GT matches, BPnP weights); null = dual-softmax
+    "matcher": None,
     "init_temperature": 0.1,
     "localization": dict(loc_default_conf),
     "losses": {
@@ -102,6 +106,21 @@ class FinetuneModel(nn.Module):
         if not names:
             raise ValueError("losses: enable at least one of descriptor, score, pose")
         self.weighting = LossWeighting(names, lc["weighting"], lc["weights"])
+        self.matcher = None
+        if conf.get("matcher"):
+            from ..matching import build_matcher
+
+            m = build_matcher(conf["matcher"], depth_confidence=-1, width_confidence=-1)  # full assignment
+            if not hasattr(m, "net") or not hasattr(m.net, "log_assignment"):
+                raise ValueError(f"matcher {conf['matcher']!r}: only LightGlue matchers can be trained")
+            self.matcher = m.net.train()
+
+    def parameter_groups(self) -> Dict[str, List[nn.Parameter]]:
+        """The network's groups, plus ``matcher`` (the learned matcher's parameters) if any."""
+        groups = dict(self.net.parameter_groups())
+        if self.matcher is not None:
+            groups["matcher"] = list(self.matcher.parameters())
+        return groups
 
 
 def map_view_features(net: nn.Module, view: TrainView) -> MapView:
@@ -112,7 +131,8 @@ def map_view_features(net: nn.Module, view: TrainView) -> MapView:
         kpts = out["keypoints"][0][valid] + 0.5  # kornia -> COLMAP pixels
         desc = out["descriptors"][0][valid]
         X, ok = points_from_depth(kpts, view)
-    return MapView(view.name, kpts[ok], desc[ok], X[ok])
+    H, W = view.image.shape[-2:]
+    return MapView(view.name, kpts[ok], desc[ok], X[ok], torch.tensor([W, H]))
 
 
 def query_losses(model: FinetuneModel, kpts: torch.Tensor, desc: torch.Tensor, scores: torch.Tensor,
@@ -120,7 +140,11 @@ def query_losses(model: FinetuneModel, kpts: torch.Tensor, desc: torch.Tensor, s
     """Losses of one query (kpts (N, 2) COLMAP pixels, desc (N, D), scores (N,)); returns
     (named losses, metrics)."""
     lc = conf["losses"]
-    pairs = match_pairs(desc, refs, model.log_temperature)
+    if model.matcher is not None:
+        H, W = view.image.shape[-2:]
+        pairs = lightglue_pairs(model.matcher, kpts, desc, torch.tensor([W, H]), refs)
+    else:
+        pairs = match_pairs(desc, refs, model.log_temperature)
     losses: Dict[str, torch.Tensor] = {}
     metrics: Dict[str, float] = {}
     need_pos = lc["descriptor"] or lc["score"]
@@ -191,7 +215,7 @@ class Trainer:
         self.trained_groups = self._freeze(self.conf["train_groups"])
         oc = self.conf["optim"]
         scales = dict(oc["group_lr_scale"] or {})
-        available = self.model.net.parameter_groups()
+        available = self.model.parameter_groups()
         unknown = sorted(set(scales) - set(available))
         if unknown:
             raise ValueError(f"optim.group_lr_scale: unknown groups {unknown}; the network has {sorted(available)}")
@@ -214,15 +238,16 @@ class Trainer:
 
     def _freeze(self, groups) -> List[str]:
         """Freeze every network parameter outside ``groups`` (None: train all); returns the trained groups."""
-        available = self.model.net.parameter_groups()
+        available = self.model.parameter_groups()
         if groups is None:
             return sorted(available)
         unknown = sorted(set(groups) - set(available))
         if unknown:
             raise ValueError(f"train_groups {unknown} unknown for this network; it has {sorted(available)}")
         keep = {id(p) for g in groups for p in available[g]}
-        for p in self.model.net.parameters():
-            p.requires_grad_(id(p) in keep)
+        for ps in available.values():
+            for p in ps:
+                p.requires_grad_(id(p) in keep)
         logger.info("training groups %s; frozen %s", sorted(groups), sorted(set(available) - set(groups)))
         return sorted(groups)
 
@@ -363,6 +388,10 @@ class Trainer:
         torch.save(self.state_dict(), tmp)
         tmp.replace(path)
         save_weights(self.model.net, path.parent / "weights.pt")  # the extractor preset's layout
+        if self.model.matcher is not None:  # the matcher preset's layout (weights: DIR/matcher.pt)
+            tmp = path.parent / "matcher.pt.tmp"
+            torch.save({k: v.detach().cpu() for k, v in self.model.matcher.state_dict().items()}, str(tmp))
+            tmp.replace(path.parent / "matcher.pt")
         return path
 
     def load_checkpoint(self, path: Path) -> None:
