@@ -1,13 +1,13 @@
 """Issue 12.5 / 12.8: any number of keyframes (no 63-keyframe bit mask), the hloc plugin uses
 every paired reference, and the covariance reported belongs to the pose reported."""
 import numpy as np
-import pycolmap
 import pytest
 import torch
 
 from hloc_bpnp.geometry import Camera, Pose, rotation_error_deg
 from hloc_bpnp.localization import gather_2d3d
 from hloc_bpnp.synthetic import look_at
+from map_fixtures import reconstruction_from_observations
 
 PINHOLE = Camera("PINHOLE", 640, 480, torch.tensor([500.0, 500.0, 320.0, 240.0], dtype=torch.float64))
 D = 32
@@ -54,23 +54,7 @@ class _Scene:
                 "image_size": np.array([PINHOLE.width, PINHOLE.height])}, idx
 
     def reconstruction(self):
-        rec = pycolmap.Reconstruction()
-        cam = PINHOLE.to_pycolmap()
-        cam.camera_id = 1
-        rec.add_camera_with_trivial_rig(cam)
-        feats, tracks = {}, {}
-        for image_id, (name, pose) in enumerate(self.map_poses.items(), start=1):
-            f, idx = self.observe(pose)
-            feats[name] = f
-            img = pycolmap.Image(name=name, keypoints=f["keypoints"].astype(np.float64), camera_id=1,
-                                 image_id=image_id)
-            rec.add_image_with_trivial_frame(img, pose.to_pycolmap())
-            for k, p in enumerate(idx):
-                tracks.setdefault(int(p), []).append(pycolmap.TrackElement(image_id, k))
-        for p, els in tracks.items():
-            if len(els) >= 2:
-                rec.add_point3D(self.points[p], pycolmap.Track(els))
-        return rec, feats
+        return reconstruction_from_observations(PINHOLE, self.map_poses, self.points, self.observe)
 
 
 @pytest.fixture(scope="module")

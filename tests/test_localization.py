@@ -4,7 +4,6 @@ known 3D points and each 3D point has its own descriptor, so only the localizati
 import copy
 
 import numpy as np
-import pycolmap
 import pytest
 import torch
 
@@ -13,6 +12,7 @@ from hloc_bpnp.localization import Localizer
 from hloc_bpnp.localization import results as R
 from hloc_bpnp.mapping import Map
 from hloc_bpnp.synthetic import look_at
+from map_fixtures import reconstruction_from_observations
 
 D = 64
 PINHOLE = Camera("PINHOLE", 640, 480, torch.tensor([500.0, 500.0, 320.0, 240.0], dtype=torch.float64))
@@ -54,22 +54,8 @@ class ExactScene:
         return feats, idx
 
     def build_map(self, matcher="mnn"):
-        rec = pycolmap.Reconstruction()
-        cam = PINHOLE.to_pycolmap()
-        cam.camera_id = 1
-        rec.add_camera_with_trivial_rig(cam)
-        feats, tracks = {}, {}
-        for image_id, (name, pose) in enumerate(self.map_poses.items(), start=1):
-            f, idx = self.observe(PINHOLE, pose)
-            feats[name] = f
-            img = pycolmap.Image(name=name, keypoints=f["keypoints"].astype(np.float64), camera_id=1,
-                                 image_id=image_id)
-            rec.add_image_with_trivial_frame(img, pose.to_pycolmap())
-            for k, p in enumerate(idx):
-                tracks.setdefault(int(p), []).append(pycolmap.TrackElement(image_id, k))
-        for p, els in tracks.items():
-            if len(els) >= 2:
-                rec.add_point3D(self.points[p], pycolmap.Track(els))
+        rec, feats = reconstruction_from_observations(PINHOLE, self.map_poses, self.points,
+                                                      lambda pose: self.observe(PINHOLE, pose))
         conf = {"features": "sift", "matcher": matcher,
                 "retrieval": {"global_descriptor": {"type": "vlad", "num_clusters": 16}}}
         return Map.from_reconstruction(rec, feats, conf)
