@@ -37,7 +37,8 @@ def register(subparsers, help_text: str) -> None:
     p.add_argument("--thresholds", default="default",
                    help="preset name in configs/evaluation/ or a YAML path (default: %(default)s)")
     p.add_argument("--queries", type=Path, default=None,
-                   help="query list (first token per line); default: every ground-truth image")
+                   help="query list (first token per line); default: the queries of the localizer's log "
+                        "beside the results (results_log.json), else every ground-truth image")
     p.add_argument("--logs", type=Path, action="append", default=None, metavar="LOG",
                    help="per-query logs (.json/.jsonl/folder), one per --results, same order "
                         "(default: <results stem>_log.json next to each results file, if present)")
@@ -88,18 +89,22 @@ def run(args) -> int:
 
     results: Dict[str, object] = {}
     for i, (label, path) in enumerate(zip(labels, args.results)):
-        logs = None
+        logs, own_log = None, False
         if args.logs and not args.no_logs:
             logs = read_query_logs(args.logs[i])
         elif not args.no_logs and default_log_path(path).is_file():
             logger.info("Using the query log %s", default_log_path(path))
-            logs = read_query_logs(default_log_path(path))
+            logs, own_log = read_query_logs(default_log_path(path)), True
         estimates = read_poses(path)
+        q = queries
+        if q is None and own_log and logs:  # default: exactly the queries the localizer processed (its log)
+            q = sorted(logs)
+            logger.info("Evaluating the %d queries of the log (give --queries to choose)", len(q))
         try:
             results[label] = evaluate(
                 estimates, gt, conf["thresholds"], scale,
                 inclusive=not args.exclusive and conf["inclusive"],
-                queries=queries, logs=logs, unknown=args.unknown,
+                queries=q, logs=logs, unknown=args.unknown,
             )
         except KeyError as e:
             raise KeyError(f"{path} vs {args.gt}: {e.args[0]}") from None

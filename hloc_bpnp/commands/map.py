@@ -57,6 +57,23 @@ def _overrides(args) -> dict:
     return over
 
 
+def _warn_queries_in_reference(reference: Path, names, query_list) -> None:
+    """Warn when the reference model holds images that a query list beside it names (they
+    would enter the map, and their own keyframe would be retrieved at localization)."""
+    if query_list is not None:
+        return
+    from ..io.hloc_text import read_query_list
+
+    for cand in (reference.parent / "query_list_with_intrinsics.txt", reference / "query_list_with_intrinsics.txt"):
+        if cand.is_file():
+            both = sorted(set(read_query_list(cand)) & set(names))
+            if both:
+                logger.warning("%d images of the reference %s are queries listed in %s (e.g. %s): they go into the "
+                               "map unless you pass --query-list %s (or use a map-only reference, e.g. sfm_map/)",
+                               len(both), reference, cand, both[:3], cand)
+            return
+
+
 def run(args) -> int:
     from ..io.colmap import scene_from_model
     from ..mapping.build import build_map_from_poses, build_map_sfm, list_images, mapping_config
@@ -72,6 +89,7 @@ def run(args) -> int:
     conf = mapping_config(args.conf or ("default" if args.reference else "sfm"), **_overrides(args))
     if args.reference is not None:
         scene = scene_from_model(args.reference, args.images)
+        _warn_queries_in_reference(args.reference, scene.names, args.query_list)
         names = [n for n in scene.names if n not in exclude]
         missing = [n for n in names if not (args.images / n).is_file()]
         if missing:

@@ -5,6 +5,7 @@
     DIR/images/<name>                    RGB PNG, name = map/NNNN.png | query/NNNN.png
     DIR/depth/<name without .png>.npy    (H, W) float32 z in the camera frame, 0 = no surface
     DIR/sfm_gt/                          COLMAP text model of ALL images with GT poses (no points)
+    DIR/sfm_map/                         the same for the MAP images only (the ``map --reference``)
     DIR/map_list.txt                     map image names, one per line
     DIR/query_list_with_intrinsics.txt   hloc query list: name MODEL W H params...
     DIR/scene.json                       seed, preset, config, surfaces, textures, and the exact
@@ -74,7 +75,7 @@ def write_synthetic_scene(syn, path: Union[str, Path], overwrite: bool = False) 
     if (root / "scene.json").exists():
         if not overwrite:
             raise FileExistsError(f"{root} already holds a synthetic scene (scene.json); use overwrite")
-        for sub in ("images", "depth", "sfm_gt"):
+        for sub in ("images", "depth", "sfm_gt", "sfm_map"):
             shutil.rmtree(root / sub, ignore_errors=True)
     root.mkdir(parents=True, exist_ok=True)
     entries = []
@@ -88,6 +89,7 @@ def write_synthetic_scene(syn, path: Union[str, Path], overwrite: bool = False) 
         entries.append({"name": im.name, "role": role, "camera": _camera_dict(im.camera),
                         "pose": _pose_dict(im.pose)})
     syn.scene.write_colmap(root / "sfm_gt", text=True)
+    syn.scene.subset(list(syn.map_names)).write_colmap(root / "sfm_map", text=True)  # map images only
     (root / "map_list.txt").write_text("".join(n + "\n" for n in syn.map_names), encoding="utf-8")
     write_query_list(root / "query_list_with_intrinsics.txt", syn.query_cameras())
     meta = {
