@@ -18,6 +18,7 @@ COMMANDS = [
     ("localize", "localize query images against a map"),
     ("evaluate", "compare localization results with ground truth"),
     ("finetune", "fine-tune features/descriptors end-to-end against pose error"),
+    ("visualize", "draw one query's localization: inliers, reprojected map points, keyframe matches"),
 ]
 
 

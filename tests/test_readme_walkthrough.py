@@ -21,7 +21,7 @@ def readme_commands():
             if line.strip().startswith("hloc-bpnp") and "--help" not in line]
 
 
-def test_readme_walkthrough_maps_map_images_and_evaluates_queries(tmp_path, capsys):
+def test_readme_walkthrough_maps_map_images_and_evaluates_queries(tmp_path, capsys, caplog):
     cmds = readme_commands()
     assert [c[1] for c in cmds] == ["synth", "map", "localize", "evaluate"]
     cwd = os.getcwd()
@@ -43,3 +43,18 @@ def test_readme_walkthrough_maps_map_images_and_evaluates_queries(tmp_path, caps
     assert sorted(results) == sorted(queries)
     png = out / "cumulative.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # issue 12.7: visualize writes its figure for a localized and for a failed query
+    q = queries[0]
+    common = ["visualize", "--map", str(out / "map"), "--images", str(out / "scene" / "images"), "--name", q,
+              "--queries", str(out / "scene" / "query_list_with_intrinsics.txt"),
+              "--map-images", str(out / "scene" / "images")]
+    assert main(common + ["--output", str(tmp_path / "ok.png")]) == 0
+    strict = tmp_path / "strict.yaml"
+    strict.write_text("acceptance: {min_inliers: 100000}\n")  # no pose can pass: a failed query
+    assert main(common + ["--config", str(strict), "--output", str(tmp_path / "failed.png")]) == 0
+    for name in ("ok.png", "failed.png"):
+        data = (tmp_path / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10000
+    assert main(common[:6] + ["nope.png", "--output", str(tmp_path / "x.png")]) == 2  # clear error, exit 2
+    assert "nope.png not found" in caplog.text and not (tmp_path / "x.png").exists()
