@@ -116,7 +116,10 @@ class _H5Store:
             raise FileNotFoundError(f"No HDF5 store at {self.path}")
         if mode != "r":
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._h5 = h5py.File(str(self.path), mode, libver="latest")
+        try:
+            self._h5 = h5py.File(str(self.path), mode, libver="latest")
+        except OSError as e:  # truncated / not HDF5: name the file, not h5py's internals alone
+            raise OSError(f"{self.path}: not a readable HDF5 file ({e})") from e
 
     @classmethod
     def writer(cls, path: PathLike, overwrite: bool = False, **kwargs):
@@ -309,10 +312,17 @@ class FeatureStore(_H5Store):
                 raise KeyError(f"{name!r} in {self.path} has no {k!r}; has {sorted(grp.keys())}")
             v = grp[k][()]
             if k == "keypoints":
+                if v.ndim != 2 or v.shape[1] != 2:
+                    raise ValueError(f"{self.path}: image {name!r}: keypoints must be (N, 2), got {v.shape}")
                 v = (v.astype(np.float64) + self._offset).astype(np.float32)
             elif k == "descriptors":
+                if v.ndim != 2:
+                    raise ValueError(f"{self.path}: image {name!r}: descriptors must be (D, N), got {v.shape}")
                 v = np.ascontiguousarray(v.T)
             out[k] = v
+        n = {k: (out[k].shape[0] if out[k].ndim else -1) for k in ("keypoints", "descriptors", "scores") if k in out}
+        if len(set(n.values())) > 1:
+            raise ValueError(f"{self.path}: image {name!r}: inconsistent counts {n} (descriptors are stored (D, N))")
         return out
 
     def num_keypoints(self, name: str) -> int:
@@ -415,8 +425,7 @@ class MatchStore(_H5Store):
         """
         key, rev = self._find(name0, name1)
         grp = self._h5[key]
-        m = grp["matches0"][()].astype(np.int32)
-        s = grp["matching_scores0"][()].astype(np.float32)
+        m, s = self._read_pair(grp, name0, name1)
         if not rev:
             return m, s
         if num0 is None:
@@ -429,13 +438,23 @@ class MatchStore(_H5Store):
     def get_matches(self, name0: str, name1: str) -> Tuple[np.ndarray, np.ndarray]:
         """Matched index pairs (M, 2) int (column 0 indexes name0) and their scores (M,)."""
         key, rev = self._find(name0, name1)
-        m = self._h5[key]["matches0"][()]
-        s = self._h5[key]["matching_scores0"][()]
+        m, s = self._read_pair(self._h5[key], name0, name1)
         idx = np.flatnonzero(m >= 0)
         ij = np.stack([idx, m[idx]], -1).astype(np.int64)
         if rev:
             ij = np.ascontiguousarray(ij[:, ::-1])
         return ij, s[idx].astype(np.float32)
+
+    def _read_pair(self, grp, name0, name1) -> Tuple[np.ndarray, np.ndarray]:
+        """(matches0 int32 (N0,), scores0 float32 (N0,)) of a stored pair, validated."""
+        missing = [k for k in ("matches0", "matching_scores0") if k not in grp]
+        if missing:
+            raise KeyError(f"{self.path}: pair {(name0, name1)} lacks {missing}; has {sorted(grp.keys())}")
+        m, s = grp["matches0"][()], grp["matching_scores0"][()]
+        if m.ndim != 1 or s.shape != m.shape:
+            raise ValueError(f"{self.path}: pair {(name0, name1)}: matches0 {m.shape} and matching_scores0 "
+                             f"{s.shape} must both be (N0,)")
+        return m.astype(np.int32), s.astype(np.float32)
 
     def _find(self, name0, name1):
         try:

@@ -1,0 +1,118 @@
+"""Malformed-input sweep (issue 12): each case must give an error naming the file (and line or
+image), never a bare traceback from inside numpy / h5py / pycolmap."""
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+from PIL import Image
+
+from hloc_bpnp.io.h5store import FeatureStore, MatchStore
+from hloc_bpnp.io.hloc_text import read_query_list
+from hloc_bpnp.io.image import read_image
+
+
+def test_truncated_feature_file(tmp_path):
+    p = tmp_path / "feats.h5"
+    with FeatureStore.writer(p) as fs:
+        fs.put("a.jpg", {"keypoints": np.zeros((5, 2), np.float32), "descriptors": np.zeros((5, 8), np.float32),
+                         "scores": np.zeros(5, np.float32), "image_size": np.array([10, 10])})
+    data = p.read_bytes()
+    p.write_bytes(data[: len(data) // 3])
+    with pytest.raises((OSError, ValueError), match="feats.h5"):
+        FeatureStore(p).get("a.jpg")
+
+
+def test_wrong_shape_features(tmp_path):
+    p = tmp_path / "feats.h5"
+    with h5py.File(p, "w") as f:
+        g = f.create_group("a.jpg")
+        g["keypoints"] = np.zeros((5, 3), np.float32)
+        g["descriptors"] = np.zeros((8, 4), np.float32)
+    with pytest.raises((ValueError, KeyError), match=r"feats.h5.*a.jpg|a.jpg.*feats.h5"):
+        FeatureStore(p).get("a.jpg")
+
+
+def test_wrong_shape_matches(tmp_path):
+    p = tmp_path / "matches.h5"
+    with h5py.File(p, "w") as f:
+        g = f.create_group("a.jpg").create_group("b.jpg")
+        g["matches0"] = np.zeros((5, 2), np.int32)
+    with pytest.raises((ValueError, KeyError), match=r"matches.h5"):
+        MatchStore(p).get("a.jpg", "b.jpg")
+
+
+@pytest.mark.parametrize("line,what", [
+    ("q.jpg FISHEYE_MAGIC 640 480 500 320 240", "model"),
+    ("q.jpg PINHOLE 640 480 500 abc 320 240", "abc"),
+    ("q.jpg PINHOLE 640 480 500 500 320", "param"),
+])
+def test_bad_query_list(tmp_path, line, what):
+    p = tmp_path / "queries.txt"
+    p.write_text("ok.jpg PINHOLE 640 480 500 500 320 240\n" + line + "\n")
+    with pytest.raises(ValueError, match=r"queries.txt:2"):
+        read_query_list(p)
+
+
+def test_colmap_model_missing_a_file(tmp_path):
+    from hloc_bpnp.io.colmap import read_model
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "cameras.txt").write_text("1 PINHOLE 640 480 500 500 320 240\n")
+    (tmp_path / "model" / "points3D.txt").write_text("")
+    with pytest.raises((FileNotFoundError, ValueError), match="images"):
+        read_model(tmp_path / "model")
+
+
+def test_empty_image_folder(tmp_path, caplog):
+    from hloc_bpnp.cli import main
+
+    (tmp_path / "imgs").mkdir()
+    assert main(["map", "--images", str(tmp_path / "imgs"), "--output", str(tmp_path / "map")]) == 2
+    assert "imgs" in caplog.text
+
+
+@pytest.mark.parametrize("kind", ["gray", "rgba", "16bit", "palette"])
+def test_png_variants_read_as_rgb_uint8(tmp_path, kind):
+    p = tmp_path / f"{kind}.png"
+    a = (np.arange(40 * 30) % 251).reshape(30, 40)
+    if kind == "gray":
+        Image.fromarray(a.astype(np.uint8), "L").save(p)
+    elif kind == "rgba":
+        Image.fromarray(np.dstack([a, a, a, np.full_like(a, 128)]).astype(np.uint8), "RGBA").save(p)
+    elif kind == "16bit":
+        Image.fromarray((a * 250).astype(np.uint16)).save(p)
+    else:
+        Image.fromarray(a.astype(np.uint8), "L").convert("P").save(p)
+    im = read_image(p)
+    assert im.shape == (30, 40, 3) and im.dtype == np.uint8
+    if kind == "16bit":  # scaled to 8 bits, not clipped
+        assert im.max() > 200 and len(np.unique(im)) > 100
+
+
+def test_exif_rotated_jpeg(tmp_path):
+    p = tmp_path / "rot.jpg"
+    img = Image.fromarray(np.zeros((20, 60, 3), np.uint8))
+    exif = img.getexif()
+    exif[0x0112] = 6  # rotate 90 deg clockwise to display
+    img.save(p, exif=exif)
+    assert read_image(p).shape[:2] == (60, 20)
+
+
+def test_unreadable_image_names_the_file(tmp_path):
+    p = tmp_path / "broken.jpg"
+    p.write_bytes(b"not an image")
+    with pytest.raises((OSError, ValueError), match="broken.jpg"):
+        read_image(p)
+
+
+def test_tiny_image_is_a_clear_error_or_empty(tmp_path):
+    from hloc_bpnp.features import build_extractor
+
+    ext = build_extractor("sift", max_keypoints=64)
+    try:
+        f = ext.extract(np.zeros((1, 1, 3), np.uint8))
+    except ValueError as e:
+        assert "image" in str(e)
+    else:
+        assert f["keypoints"].shape == (0, 2)
