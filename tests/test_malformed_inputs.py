@@ -116,3 +116,29 @@ def test_tiny_image_is_a_clear_error_or_empty(tmp_path):
         assert "image" in str(e)
     else:
         assert f["keypoints"].shape == (0, 2)
+
+
+def test_huge_image_is_refused_naming_the_file(tmp_path):
+    p = tmp_path / "huge.png"
+    Image.new("1", (20000, 20000)).save(p)  # 400 Mpx, a few kB on disk
+    with pytest.raises(ValueError, match=r"huge.png.*Downscale"):
+        read_image(p)
+
+
+def test_map_folder_from_an_older_version(tmp_path):
+    import json
+    import shutil
+
+    from hloc_bpnp.mapping import Map
+
+    d = tmp_path / "map"
+    (d / "sfm").mkdir(parents=True)
+    for f in ("features.h5", "global_index.faiss", "global_model.npz"):
+        (d / f).write_bytes(b"")
+    (d / "map.json").write_text(json.dumps({"format_version": 0}))
+    with pytest.raises(ValueError, match=r"map.json.*format 0 unsupported"):
+        Map.load(d)
+    shutil.rmtree(tmp_path / "map")
+    with pytest.raises(FileNotFoundError):
+        Map.load(tmp_path / "map")
+

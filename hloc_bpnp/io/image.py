@@ -50,6 +50,9 @@ def read_image(path: PathLike, grayscale: bool = False) -> np.ndarray:
                 im = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8))
             im = im.convert("L" if grayscale else "RGB")
             image = np.asarray(im, dtype=np.uint8).copy()
+    except Image.DecompressionBombError as e:  # e.g. 20000 x 20000: refuse before decoding
+        raise ImageReadError(f"Cannot read image {path}: {e} Downscale it first (or raise "
+                             f"PIL.Image.MAX_IMAGE_PIXELS if you trust the file).") from e
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ImageReadError(f"Cannot read image {path}: {e}") from e
     return image
