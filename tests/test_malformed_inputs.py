@@ -142,3 +142,41 @@ def test_map_folder_from_an_older_version(tmp_path):
     with pytest.raises(FileNotFoundError):
         Map.load(tmp_path / "map")
 
+
+
+def test_killed_map_building_resumes_to_the_same_map(tmp_path, monkeypatch, caplog):
+    """Kill `hloc-bpnp map` mid-extraction, rerun: it extracts only the rest and yields the same map."""
+    from hloc_bpnp.cli import main
+    from hloc_bpnp.features.base import Extractor
+    from hloc_bpnp.mapping import Map
+
+    scene = tmp_path / "scene"
+    assert main(["synth", "--output", str(scene), "--preset", "small"]) == 0
+    base = ["map", "--images", str(scene / "images"), "--reference", str(scene / "sfm_map")]
+    calls = {"n": 0}
+    orig = Extractor.extract
+
+    def dying(self, image):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # the process is killed during the third image
+        return orig(self, image)
+
+    monkeypatch.setattr(Extractor, "extract", dying)
+    with pytest.raises(KeyboardInterrupt):
+        main(base + ["--output", str(tmp_path / "map"), "--workdir", str(tmp_path / "work")])
+    assert not (tmp_path / "map").exists()
+    assert len(list((tmp_path / "work" / "features").rglob("*.npz"))) == 2  # two images done, nothing partial
+    calls["n"] = -100  # no more deaths
+    assert main(base + ["--output", str(tmp_path / "map"), "--workdir", str(tmp_path / "work")]) == 0
+    n_maps = len((scene / "map_list.txt").read_text().split())
+    assert calls["n"] == -100 + n_maps - 2  # only the missing images were extracted
+    monkeypatch.setattr(Extractor, "extract", orig)
+    assert main(base + ["--output", str(tmp_path / "ref")]) == 0  # uninterrupted, no cache
+    a, b = Map.load(tmp_path / "map"), Map.load(tmp_path / "ref")
+    assert a.image_names == b.image_names and len(a.points3D) == len(b.points3D) > 0
+    assert np.allclose(np.sort(a.points3D, axis=0), np.sort(b.points3D, axis=0), atol=1e-6)
+    # a cache made with another extractor config is refused, naming the folder
+    assert main(base + ["--output", str(tmp_path / "map2"), "--workdir", str(tmp_path / "work"),
+                        "--features", "sift_full"]) == 2
+    assert "another extractor config" in caplog.text and "work" in caplog.text

@@ -35,7 +35,8 @@ def register(subparsers, help_text: str) -> None:
     p.add_argument("--num-pairs", type=int, default=None, help="pairs per image (poses, retrieval)")
     p.add_argument("--camera-mode", choices=("auto", "single", "per_image"), default=None,
                    help="SfM only: which images share intrinsics")
-    p.add_argument("--workdir", type=Path, default=None, help="keep the COLMAP database here")
+    p.add_argument("--workdir", type=Path, default=None,
+                   help="keep the COLMAP database and the per-image features here (a killed run resumes)")
     p.set_defaults(func=run)
 
 
@@ -74,6 +75,15 @@ def _warn_queries_in_reference(reference: Path, names, query_list) -> None:
             return
 
 
+def _cached_features(args, conf, names):
+    """With --workdir: features cached per image under WORKDIR/features (a killed run resumes)."""
+    if args.workdir is None:
+        return None
+    from ..mapping.build import extract_features_cached
+
+    return extract_features_cached(conf["features"], names, args.images, args.workdir / "features")
+
+
 def run(args) -> int:
     from ..io.colmap import scene_from_model
     from ..mapping.build import build_map_from_poses, build_map_sfm, list_images, mapping_config
@@ -96,11 +106,13 @@ def run(args) -> int:
             raise FileNotFoundError(f"{len(missing)} reference images not found under {args.images}: {missing[:5]}")
         scene = scene.subset(names)
         logger.info("Mapping %d images with known poses from %s", len(scene), args.reference)
-        m = build_map_from_poses(scene, args.images, conf, workdir=args.workdir)
+        m = build_map_from_poses(scene, args.images, conf, workdir=args.workdir,
+                                 features=_cached_features(args, conf, scene.names))
     else:
         names = [n for n in list_images(args.images) if n not in exclude]
         logger.info("SfM on %d images", len(names))
-        m = build_map_sfm(args.images, conf, camera_mode=args.camera_mode, names=names, workdir=args.workdir)
+        m = build_map_sfm(args.images, conf, camera_mode=args.camera_mode, names=names, workdir=args.workdir,
+                          features=_cached_features(args, conf, names))
     m.save(args.output)
     logger.info("Map: %s", dumps_json(m.stats()))
     return 0

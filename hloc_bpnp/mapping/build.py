@@ -137,6 +137,56 @@ def extract_features(extractor, names: Sequence[str], images: ImagesLike, progre
     return {n: extractor.extract(_get_image(images, n)) for n in tqdm(names, desc="extraction", disable=not progress)}
 
 
+def extract_features_cached(extractor_conf, names: Sequence[str], images: ImagesLike, cache_dir,
+                            progress: bool = True) -> Dict[str, dict]:
+    """:func:`extract_features` that survives being killed: each image's features go to
+    ``cache_dir/<name>.npz`` (temporary name, then rename) as soon as they are extracted, and a
+    rerun loads those instead of extracting again, so it resumes and yields the same features.
+
+    ``cache_dir/extractor.json`` records the extractor config; a cache made with another
+    config is refused (ValueError naming the folder). An unreadable cache entry is extracted anew.
+    Returns name -> features (numpy arrays).
+    """
+    import json
+
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    fconf = load_config("features", extractor_conf)
+    key = json.dumps(fconf, sort_keys=True, default=str)
+    stamp = cache_dir / "extractor.json"
+    if stamp.is_file():
+        if stamp.read_text() != key:
+            raise ValueError(f"{cache_dir}: its cached features come from another extractor config "
+                             f"({stamp.read_text()[:200]}); use another --workdir or delete the folder")
+    else:
+        tmp = stamp.with_name(stamp.name + ".tmp")
+        tmp.write_text(key)
+        tmp.replace(stamp)
+    out, todo = {}, []
+    for n in names:
+        f = cache_dir / f"{n}.npz"
+        if f.is_file():
+            try:
+                with np.load(f, allow_pickle=False) as z:
+                    out[n] = {k: z[k] for k in z.files}
+                continue
+            except (OSError, ValueError) as e:
+                logger.warning("%s: unreadable cache entry, extracting %s again (%s)", f, n, e)
+        todo.append(n)
+    if out:
+        logger.info("Resuming: %d of %d images' features from %s", len(out), len(names), cache_dir)
+    extractor = build_extractor_from_conf(fconf) if todo else None
+    for n in tqdm(todo, desc="extraction", disable=not progress):
+        feats = _to_numpy_feats({n: extractor.extract(_get_image(images, n))})[n]
+        f = cache_dir / f"{n}.npz"
+        f.parent.mkdir(parents=True, exist_ok=True)
+        tmp = f.with_name(f.name + ".tmp.npz")
+        np.savez(tmp, **feats)
+        tmp.replace(f)
+        out[n] = feats
+    return {n: out[n] for n in names}
+
+
 def _dedupe(pairs: Sequence[Pair]) -> List[Pair]:
     seen, out = set(), []
     for a, b in pairs:
