@@ -8,7 +8,6 @@ import pytest
 from PIL import Image
 
 from hloc_bpnp.io.h5store import FeatureStore, MatchStore
-from hloc_bpnp.io.hloc_text import read_query_list
 from hloc_bpnp.io.image import read_image
 
 
@@ -42,16 +41,8 @@ def test_wrong_shape_matches(tmp_path):
         MatchStore(p).get("a.jpg", "b.jpg")
 
 
-@pytest.mark.parametrize("line,what", [
-    ("q.jpg FISHEYE_MAGIC 640 480 500 320 240", "model"),
-    ("q.jpg PINHOLE 640 480 500 abc 320 240", "abc"),
-    ("q.jpg PINHOLE 640 480 500 500 320", "param"),
-])
-def test_bad_query_list(tmp_path, line, what):
-    p = tmp_path / "queries.txt"
-    p.write_text("ok.jpg PINHOLE 640 480 500 500 320 240\n" + line + "\n")
-    with pytest.raises(ValueError, match=r"queries.txt:2"):
-        read_query_list(p)
+# Query lists (unknown model, non-numeric or missing parameters): file:line errors are tested in
+# tests/test_io_hloc_text.py::test_query_list_errors_name_file_and_line.
 
 
 def test_colmap_model_missing_a_file(tmp_path):

@@ -200,6 +200,17 @@ class Extractor(ConfiguredModule):
         return out
 
 
+def unpad_batch(out: Dict[str, torch.Tensor]) -> List[Features]:
+    """A trainable network's padded batch output (``keypoints`` (B, K, 2), ``descriptors``,
+    ``scores``, ``valid`` (B, K)) -> one feature dict per image, valid entries sorted by score."""
+    res = []
+    for b in range(out["keypoints"].shape[0]):
+        v = out["valid"][b]
+        order = torch.argsort(out["scores"][b][v], descending=True, stable=True)
+        res.append({k: out[k][b][v][order] for k in ("keypoints", "descriptors", "scores")})
+    return res
+
+
 def unwrap_state_dict(obj: Any) -> Dict[str, torch.Tensor]:
     """The state dict inside a checkpoint: a plain state dict or one nested under a usual key."""
     if isinstance(obj, nn.Module):

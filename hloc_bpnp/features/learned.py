@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Extractor, Features, check_weights_path, load_weights, register_extractor
+from .base import Extractor, Features, check_weights_path, load_weights, register_extractor, unpad_batch
 from .xfeat_net import XFeatNet
 
 
@@ -81,7 +81,7 @@ class ALIKED(Extractor):
         load_weights(self.net.weights_module(), conf["weights"], conf["preset"], "weights", default_key=key)
 
     def _extract(self, images: torch.Tensor) -> List[Features]:
-        return _unpad(self.net(images))
+        return unpad_batch(self.net(images))
 
 
 @register_extractor("xfeat")
@@ -105,18 +105,7 @@ class XFeat(Extractor):
         load_weights(self.net.weights_module(), conf["weights"], conf["preset"], "weights", default_key="xfeat")
 
     def _extract(self, images: torch.Tensor) -> List[Features]:
-        return _unpad(self.net(images))
-
-
-def _unpad(out: Dict[str, torch.Tensor]) -> List[Features]:
-    """Batched padded network output -> one feature dict per image (valid entries, by score)."""
-    res = []
-    for b in range(out["keypoints"].shape[0]):
-        v = out["valid"][b]
-        order = torch.argsort(out["scores"][b][v], descending=True, stable=True)
-        res.append({k: out[n][b][v][order] for k, n in (("keypoints", "keypoints"), ("descriptors", "descriptors"),
-                                                         ("scores", "scores"))})
-    return res
+        return unpad_batch(self.net(images))
 
 
 @register_extractor("dedode")

@@ -11,7 +11,7 @@ from typing import Any, Dict, List
 
 import torch
 
-from .base import Extractor, Features, load_weights, register_extractor
+from .base import Extractor, Features, load_weights, register_extractor, unpad_batch
 
 
 @register_extractor("trainable")
@@ -49,12 +49,4 @@ class TrainableExtractor(Extractor):
         load_weights(self.net, state, conf["preset"], "weights")
 
     def _extract(self, images: torch.Tensor) -> List[Features]:
-        out = self.net(images)
-        res = []
-        for b in range(images.shape[0]):
-            v = out["valid"][b]
-            order = torch.argsort(out["scores"][b][v], descending=True)
-            res.append({"keypoints": out["keypoints"][b][v][order],
-                        "descriptors": out["descriptors"][b][v][order],
-                        "scores": out["scores"][b][v][order]})
-        return res
+        return unpad_batch(self.net(images))
