@@ -11,13 +11,13 @@ and ``solve`` (the public entry points).
 """
 from .covariance import pose_covariance
 from .init import dlt_pose, initial_pose, multistart_pose, planar_pose
-from .lm import LMState, levenberg_marquardt
+from .lm import LMState, PosePrior, levenberg_marquardt
 from .losses import LOSSES, robust_rho
 from .ransac import pycolmap_ransac, ransac_then_bpnp
 from .solve import PnPResult, bpnp, solve_pnp
 
 __all__ = [
     "bpnp", "solve_pnp", "PnPResult", "pycolmap_ransac", "ransac_then_bpnp",
-    "levenberg_marquardt", "LMState", "initial_pose", "dlt_pose", "planar_pose", "multistart_pose",
+    "levenberg_marquardt", "LMState", "PosePrior", "initial_pose", "dlt_pose", "planar_pose", "multistart_pose",
     "pose_covariance", "robust_rho", "LOSSES",
 ]

@@ -24,14 +24,20 @@ The solve ends with ``polish_steps`` undamped steps (accepted where they do not 
 the cost beyond rounding), which drive the gradient to machine precision in float64 (an
 implicit gradient is exact only at a stationary point). ``converged`` is a gradient test
 at the final pose with its own IRLS weights: ``||grad F|| <= gtol sqrt(F trace(A))``.
+
+Pose prior (optional, forward only): ``prior = PosePrior(R_p, t_p, info)`` adds
+``e^T info e`` with ``e = [log(R R_p^T), t - t_p]`` (the same tangent space as the step), its
+exact Jacobian ``blockdiag(J_l^-1(log(R R_p^T)), I)`` entering ``A``, ``b`` and ``H``. The
+sequence tracker uses it for its motion prior.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
-from ..geometry.pose import so3_exp
+from ..geometry.pose import skew, so3_exp, so3_log
 from .losses import robust_rho, robust_rho2
 from .residuals import residuals_and_jacobian
 
@@ -48,8 +54,58 @@ class LMState:
     converged: torch.Tensor  # (B,) bool
 
 
-def _normal_equations(R, t, points3d, points2d, projector, weights, loss, loss_scale):
+@dataclass
+class PosePrior:
+    """A Gaussian prior on cam_from_world: cost ``e^T info e``, ``e = [log(R R_p^T), t - t_p]``.
+
+    Attributes:
+        R: (B, 3, 3) prior rotation; t: (B, 3) prior translation;
+        info: (B, 6, 6) symmetric positive semi-definite information matrix, in the units of
+            the reprojection cost (pixels^2 per rad^2 / per scene unit^2).
+    """
+
+    R: torch.Tensor
+    t: torch.Tensor
+    info: torch.Tensor
+
+
+def so3_left_jacobian_inv(phi: torch.Tensor) -> torch.Tensor:
+    """(..., 3) axis-angle -> (..., 3, 3) inverse left Jacobian of SO(3):
+    ``log(exp(d) exp(phi)) = phi + J_l^-1(phi) d + O(d^2)``."""
+    theta = phi.norm(dim=-1, keepdim=True)[..., None]  # (..., 1, 1)
+    W = skew(phi)
+    eye = torch.eye(3, dtype=phi.dtype, device=phi.device).expand_as(W)
+    small = theta < 1e-6
+    th = torch.where(small, torch.ones_like(theta), theta)
+    coef = (1 / th ** 2 - (1 + torch.cos(th)) / (2 * th * torch.sin(th)))
+    coef = torch.where(small, torch.full_like(theta, 1.0 / 12.0), coef)
+    return eye - 0.5 * W + coef * (W @ W)
+
+
+def _prior_terms(R, t, prior: "PosePrior"):
+    """Prior cost (B,), its Gauss-Newton matrix (B, 6, 6) and half gradient (B, 6)."""
+    phi = so3_log(R @ prior.R.transpose(-1, -2))
+    e = torch.cat([phi, t - prior.t], -1)
+    Je = torch.zeros(R.shape[0], 6, 6, dtype=R.dtype, device=R.device)
+    Je[:, :3, :3] = so3_left_jacobian_inv(phi)
+    Je[:, 3:, 3:] = torch.eye(3, dtype=R.dtype, device=R.device)
+    Le = torch.einsum("bij,bj->bi", prior.info, e)
+    cost = (e * Le).sum(-1)
+    A = Je.transpose(-1, -2) @ prior.info @ Je
+    b = torch.einsum("bji,bj->bi", Je, Le)
+    return cost, A, b
+
+
+def _normal_equations(R, t, points3d, points2d, projector, weights, loss, loss_scale, prior=None):
     """cost (B,), IRLS matrix A (B, 6, 6), half gradient b (B, 6), robust Gauss-Newton H."""
+    cost, A, b, H = _data_normal_equations(R, t, points3d, points2d, projector, weights, loss, loss_scale)
+    if prior is None:
+        return cost, A, b, H
+    pc, pA, pb = _prior_terms(R, t, prior)
+    return cost + pc, A + pA, b + pb, (A + pA if H is A else H + pA)
+
+
+def _data_normal_equations(R, t, points3d, points2d, projector, weights, loss, loss_scale):
     r, J, depth = residuals_and_jacobian(R, t, points3d, points2d, projector)
     s = (r * r).sum(-1)
     rho, rho1, rho2 = robust_rho2(s, loss, loss_scale)
@@ -64,10 +120,13 @@ def _normal_equations(R, t, points3d, points2d, projector, weights, loss, loss_s
     return cost, A, b, H
 
 
-def _cost(R, t, points3d, points2d, projector, weights, loss, loss_scale):
+def _cost(R, t, points3d, points2d, projector, weights, loss, loss_scale, prior=None):
     r, _, _ = residuals_and_jacobian(R, t, points3d, points2d, projector, with_jacobian=False)
     rho, _ = robust_rho((r * r).sum(-1), loss, loss_scale)
-    return (weights * rho).sum(-1)
+    cost = (weights * rho).sum(-1)
+    if prior is not None:
+        cost = cost + _prior_terms(R, t, prior)[0]
+    return cost
 
 
 def _solve(A, b, mu, H=None):
@@ -112,6 +171,7 @@ def levenberg_marquardt(
     mu_init: float = 1e-4,
     rtol: float = 1e-12,
     gtol: float = 1e-9,
+    prior: Optional[PosePrior] = None,
 ) -> LMState:
     """Minimise the (robust) reprojection cost from an initial pose, batched.
 
@@ -124,11 +184,12 @@ def levenberg_marquardt(
         rtol: relative cost decrease below which an item counts as stalled (the final
             undamped steps then finish the job; ``converged`` never relies on this test).
         gtol: converged when ||grad|| <= gtol * sqrt(cost * trace(A)) (a scale-free cosine).
+        prior: optional :class:`PosePrior` added to the cost (``cost`` then includes it).
     Returns:
         LMState at the final pose.
     """
     B = R.shape[0]
-    args = (points3d, points2d, projector, weights, loss, loss_scale)
+    args = (points3d, points2d, projector, weights, loss, loss_scale, prior)
     mu = torch.full((B,), mu_init, dtype=R.dtype, device=R.device)
     iters = torch.zeros(B, dtype=torch.long, device=R.device)
     active = torch.ones(B, dtype=torch.bool, device=R.device)

@@ -147,6 +147,7 @@ def solve_pnp(
     max_iters: int = 100,
     polish_steps: int = 6,
     sigma2: Optional[float] = None,
+    pose_prior=None,
 ) -> PnPResult:
     """Differentiable PnP: minimise sum_i w_i rho(||proj(R(aa) X_i + t) - x_i||^2).
 
@@ -164,6 +165,11 @@ def solve_pnp(
             approximate). Analytic for K / SIMPLE_PINHOLE / PINHOLE, autograd otherwise.
         max_iters, polish_steps: LM iterations and final undamped Gauss-Newton steps.
         sigma2: pixel noise variance for ``covariance``; None estimates it from residuals.
+        pose_prior: optional ``(y_prior (B, 6) [axis-angle, t], info (B, 6, 6))`` (or unbatched
+            (6,), (6, 6)): adds the Gaussian prior ``e^T info e`` of :class:`lm.PosePrior` to
+            the cost (the sequence tracker's motion prior). Forward only: the implicit backward
+            does not include it, so inputs requiring grad are refused. ``cost`` includes it;
+            ``covariance`` is that of the reprojection term alone.
     Returns:
         PnPResult; ``pose`` is differentiable w.r.t. points2d, points3d, K / camera.params and
         weights, in the dtype of points2d.
@@ -186,6 +192,13 @@ def solve_pnp(
             pose_init = pose_init.unsqueeze(0)
     kind, model, cam = _validate(points2d, points3d, camera_or_K, weights, pose_init)
     B, N = points2d.shape[:2]
+    prior = None
+    if pose_prior is not None:
+        prior = _prior_from(pose_prior, B, points2d)
+        if torch.is_grad_enabled() and any(isinstance(v, torch.Tensor) and v.requires_grad for v in
+                                           (points2d, points3d, cam, weights)):
+            raise ValueError("solve_pnp: pose_prior is forward-only (the implicit backward ignores it); "
+                             "call it under torch.no_grad() or with inputs that do not require grad")
     dtype, f64 = points2d.dtype, torch.float64
 
     with torch.no_grad():
@@ -204,7 +217,8 @@ def solve_pnp(
         else:
             p0 = pose_init.detach().to(f64)
             R0, t0 = so3_exp(p0[:, :3]), p0[:, 3:]
-        st = levenberg_marquardt(R0, t0, X, x, proj, w, loss, loss_scale, max_iters, polish_steps)
+        st = levenberg_marquardt(R0, t0, X, x, proj, w, loss, loss_scale, max_iters, polish_steps,
+                                 prior=prior)
         aa = so3_log(st.R)
         y = torch.cat([aa, st.t], -1)
         cov, s2, ill = pose_covariance(st.R, st.t, X, x, proj, w, loss, loss_scale, sigma2)
@@ -254,6 +268,30 @@ def solve_pnp(
         out = PnPResult(pose[0], out.cost[0], res_r[0], st.converged[0], st.iterations[0], valid[0],
                         failure[0], out.covariance[0], out.sigma2[0], out.grad_norm[0], False)
     return out
+
+
+def _prior_from(pose_prior, B: int, ref: torch.Tensor):
+    """(y (B|, 6), info (B|, 6, 6)) -> lm.PosePrior in float64, with shape checks."""
+    from .lm import PosePrior
+
+    try:
+        y, info = pose_prior
+    except (TypeError, ValueError):
+        raise ValueError("pose_prior must be a pair (y_prior (B, 6), info (B, 6, 6))") from None
+    y = torch.as_tensor(y, dtype=torch.float64, device=ref.device).reshape(-1, 6)
+    info = torch.as_tensor(info, dtype=torch.float64, device=ref.device).reshape(-1, 6, 6)
+    if y.shape[0] == 1 and B > 1:
+        y = y.expand(B, 6)
+    if info.shape[0] == 1 and B > 1:
+        info = info.expand(B, 6, 6)
+    if y.shape[0] != B or info.shape[0] != B:
+        raise ValueError(f"pose_prior batch {y.shape[0]}/{info.shape[0]} does not match the {B} problems")
+    if not (torch.isfinite(y).all() and torch.isfinite(info).all()):
+        raise ValueError("pose_prior has NaN/inf")
+    info = 0.5 * (info + info.transpose(-1, -2))
+    if bool((torch.linalg.eigvalsh(info)[..., 0] < -1e-9 * info.abs().amax((-1, -2)).clamp_min(1e-300)).any()):
+        raise ValueError("pose_prior info matrix must be positive semi-definite")
+    return PosePrior(so3_exp(y[:, :3]), y[:, 3:], info)
 
 
 def _residual_depth(R, t, X, x, proj):

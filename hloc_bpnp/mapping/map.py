@@ -254,6 +254,21 @@ class Map:
         idx = idx[np.lexsort((np.array([self.image_names[i] for i in idx]), -counts[idx]))] if len(idx) else idx
         return [self.image_names[i] for i in idx]
 
+    def images_observing(self, rows: np.ndarray, min_count: int = 1) -> List[tuple]:
+        """Map images observing the given ``points3D`` rows: ``[(name, count), ...]`` sorted
+        by the number of those points they observe (descending, ties by name)."""
+        rows = np.unique(np.asarray(rows, np.int64))
+        rows = rows[(rows >= 0) & (rows < len(self.points3D))]
+        if len(rows) == 0:
+            return []
+        starts, ends = self._obs_ptr[rows], self._obs_ptr[rows + 1]
+        lens = ends - starts
+        flat = np.repeat(starts - np.cumsum(np.concatenate([[0], lens[:-1]])), lens) + np.arange(lens.sum())
+        counts = np.bincount(self._obs_image[flat], minlength=len(self.image_names))
+        idx = np.flatnonzero(counts >= max(1, min_count))
+        order = sorted(idx, key=lambda i: (-counts[i], self.image_names[i]))
+        return [(self.image_names[i], int(counts[i])) for i in order]
+
     def num_shared_points(self, name0: str, name1: str) -> int:
         """Number of 3D points observed by both images."""
         a = self.kp_to_point[self._image(name0).name]
