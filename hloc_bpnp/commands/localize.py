@@ -1,5 +1,9 @@
 """``hloc-bpnp localize``: localize query images against a saved map, or (plugin mode)
-from hloc's own artefacts (reference SfM, features/matches HDF5, pairs, query list)."""
+from hloc's own artefacts (reference SfM, features/matches HDF5, pairs, query list).
+
+With ``--workers N`` the queries run on N Ray actors (``pip install 'hloc_bpnp[distributed]'``),
+each holding the map loaded once; the results file and JSON log are the same as without it,
+written in query order as results arrive. ``--resume`` skips the queries of an existing log."""
 from __future__ import annotations
 
 import logging
@@ -20,6 +24,16 @@ def register(sub, help_text):
     p.add_argument("--config", default="default", help="localization preset or YAML path")
     p.add_argument("--output", type=Path, required=True, help="results file (hloc format)")
     p.add_argument("--log", type=Path, help="per-query JSON log (default: <output>_log.json)")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the queries already in the existing log (and results file) and localize the rest")
+    d = p.add_argument_group("distributed (Ray; pip install 'hloc_bpnp[distributed]')")
+    d.add_argument("--workers", type=int, default=0,
+                   help="localize on N Ray actors, each loading the map once (0: in this process)")
+    d.add_argument("--ray-address", default=None,
+                   help="existing Ray cluster (e.g. auto, ray://host:10001); default: a local one")
+    d.add_argument("--threads-per-worker", type=int, default=None,
+                   help="torch/OpenMP threads per actor (default: the cluster's CPUs / workers)")
+    d.add_argument("--chunk-size", type=int, default=None, help="queries per actor call (default: automatic)")
     g = p.add_argument_group("plugin mode (hloc artefacts, no re-extraction)")
     g.add_argument("--hloc-reference", type=Path, help="hloc reference SfM model folder")
     g.add_argument("--hloc-features", type=Path, help="hloc features HDF5 (queries and references)")
@@ -34,33 +48,58 @@ def _list_images(folder: Path):
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTS)
 
 
-def run(args) -> int:
+def _queries(args):
     from ..io.hloc_text import read_query_list
-    from ..localization import summarize_failures, write_results
 
+    if args.queries:
+        cams = read_query_list(args.queries)
+        return [(n, n, c) for n, c in cams.items()]
+    queries = [(n, n, None) for n in _list_images(args.images)]
+    logger.info("No query list: %d images, cameras guessed from EXIF or image size", len(queries))
+    return queries
+
+
+def run(args) -> int:
+    from ..localization import summarize_failures, write_results
+    from ..localization.results import ResultsWriter
+
+    if args.workers < 0:
+        raise ValueError(f"--workers must be >= 0, got {args.workers}")
     if args.hloc_reference:
         from ..localization.hloc_plugin import localize_from_hloc
 
+        if args.workers or args.resume:
+            raise ValueError("--workers and --resume apply to --map localization, not to the hloc plugin mode")
         missing = [n for n in ("hloc_features", "hloc_matches", "hloc_pairs", "queries") if not getattr(args, n)]
         if missing:
             raise ValueError("plugin mode needs " + ", ".join("--" + m.replace("_", "-") for m in missing))
         results = localize_from_hloc(args.hloc_reference, args.hloc_features, args.hloc_matches,
                                      args.hloc_pairs, args.queries, conf=args.config)
+        write_results(results, args.output, args.log)
     else:
-        from ..localization import Localizer
-        from ..mapping import Map
-
         if args.map is None or args.images is None:
             raise ValueError("localize needs --map and --images (or the --hloc-* plugin options)")
-        if args.queries:
-            cams = read_query_list(args.queries)
-            queries = [(n, n, c) for n, c in cams.items()]
+        queries = _queries(args)
+        if args.workers:
+            from ..distributed import localize_distributed
+
+            results = localize_distributed(args.map, queries, args.config, workers=args.workers,
+                                           image_dir=args.images, results_path=args.output, log_path=args.log,
+                                           resume=args.resume, chunk_size=args.chunk_size,
+                                           threads_per_worker=args.threads_per_worker,
+                                           ray_address=args.ray_address)
         else:
-            queries = [(n, n, None) for n in _list_images(args.images)]
-            logger.info("No query list: %d images, cameras guessed from EXIF or image size", len(queries))
-        loc = Localizer(Map.load(args.map), args.config)
-        results = loc.localize_many(queries, image_dir=args.images)
-    write_results(results, args.output, args.log)
+            from ..localization import Localizer
+            from ..mapping import Map
+
+            writer = ResultsWriter(args.output, args.log, resume=args.resume)
+            todo = [q for q in queries if q[0] not in writer.done]
+            if len(todo) < len(queries):
+                logger.info("Resume: %d of %d queries already done", len(queries) - len(todo), len(queries))
+            results = Localizer(Map.load(args.map), args.config).localize_many(todo, image_dir=args.images) if todo else {}
+            for r in results.values():
+                writer.add(r)
+            writer.close()
     n_ok = sum(r.success for r in results.values())
     print(f"localized {n_ok} / {len(results)} queries; failures: {summarize_failures(results) or 'none'}")
     return 0

@@ -37,6 +37,12 @@ def register(subparsers, help_text: str) -> None:
                    help="SfM only: which images share intrinsics")
     p.add_argument("--workdir", type=Path, default=None,
                    help="keep the COLMAP database and the per-image features here (a killed run resumes)")
+    d = p.add_argument_group("distributed extraction (Ray; pip install 'hloc_bpnp[distributed]')")
+    d.add_argument("--workers", type=int, default=0,
+                   help="extract features on N Ray actors (0: in this process); this process alone writes files")
+    d.add_argument("--ray-address", default=None, help="existing Ray cluster (e.g. auto); default: a local one")
+    d.add_argument("--threads-per-worker", type=int, default=None,
+                   help="torch/OpenMP threads per actor (default: the cluster's CPUs / workers)")
     p.set_defaults(func=run)
 
 
@@ -76,7 +82,15 @@ def _warn_queries_in_reference(reference: Path, names, query_list) -> None:
 
 
 def _cached_features(args, conf, names):
-    """With --workdir: features cached per image under WORKDIR/features (a killed run resumes)."""
+    """With --workers: features extracted on Ray actors; with --workdir: features cached per
+    image under WORKDIR/features (a killed run resumes). Else None (extracted by the builder)."""
+    if getattr(args, "workers", 0):
+        from ..distributed import extract_features_distributed
+
+        cache = None if args.workdir is None else args.workdir / "features"
+        return extract_features_distributed(conf["features"], names, args.images, workers=args.workers,
+                                            cache_dir=cache, threads_per_worker=args.threads_per_worker,
+                                            ray_address=args.ray_address)
     if args.workdir is None:
         return None
     from ..mapping.build import extract_features_cached
@@ -88,6 +102,8 @@ def run(args) -> int:
     from ..io.colmap import scene_from_model
     from ..mapping.build import build_map_from_poses, build_map_sfm, list_images, mapping_config
 
+    if getattr(args, "workers", 0) < 0:
+        raise ValueError(f"--workers must be >= 0, got {args.workers}")
     if not args.images.is_dir():
         raise FileNotFoundError(f"--images: folder {args.images} does not exist")
     exclude = set()

@@ -7,8 +7,10 @@ counts them as failures.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -16,7 +18,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from ..geometry import Camera, Pose
-from ..io.json_io import write_json
+from ..io.json_io import dumps_json, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +33,10 @@ TOO_FEW_INLIERS = "too_few_inliers"
 LOW_INLIER_RATIO = "low_inlier_ratio"
 BAD_INTRINSICS = "implausible_refined_intrinsics"
 IMAGE_ERROR = "image_error"
+# batch execution (hloc_bpnp.distributed): the query killed its worker process repeatedly,
+# or raised inside the worker (the batch goes on; the detail names the error)
+WORKER_DIED = "worker_died"
+WORKER_ERROR = "worker_error"
 
 
 @dataclass
@@ -151,6 +157,135 @@ def write_results(results: Dict[str, LocalizationResult], results_path, log_path
     write_json(log_path, {"queries": [r.to_dict() for r in results.values()]}, indent=None)
     n_fail = len(results) - len(poses)
     logger.info("Wrote %d poses to %s (%d failures logged in %s)", len(poses), results_path, n_fail, log_path)
+
+
+class ResultsWriter:
+    """The results file and JSON log of :func:`write_results`, written as results arrive.
+
+    ``add`` appends results (in the order they are added); ``flush`` rewrites both files
+    atomically (temporary name + rename, the results file first, then the log, so the log never
+    names a pose the results file lacks). The files hold exactly what :func:`write_results`
+    would write for the same results. Flushes are throttled: at most one every
+    ``flush_seconds``, and no more often than 10x the time the last write took, so a long batch
+    spends at most ~10% of its time rewriting; :meth:`close` always writes.
+
+    With ``resume=True`` an existing log is read back: its queries are :attr:`done` (kept, in
+    their order, with their results-file lines verbatim) and new results are appended after
+    them. A logged success whose line is missing from the results file is not done (localized
+    again).
+
+    Args:
+        results_path: hloc results text file.
+        log_path: JSON log (default ``<results>_log.json``).
+        resume: keep the queries of an existing log.
+        flush_seconds: minimum interval between two writes (0: write on every flush).
+    """
+
+    def __init__(self, results_path, log_path=None, resume: bool = False, flush_seconds: float = 1.0):
+        self.results_path = Path(results_path)
+        self.log_path = Path(log_path) if log_path else self.results_path.with_name(
+            self.results_path.stem + "_log.json")
+        self.flush_seconds = float(flush_seconds)
+        self._entries: Dict[str, str] = {}  # name -> JSON text of its log entry
+        self._lines: Dict[str, str] = {}  # name -> hloc results line (successes)
+        self._success: Dict[str, bool] = {}
+        self._dirty = False
+        self._last_flush = -float("inf")
+        self._last_write_seconds = 0.0
+        if resume:
+            self._load_existing()
+
+    def _load_existing(self) -> None:
+        if not self.log_path.is_file():
+            logger.info("Resume: no log at %s, starting from scratch", self.log_path)
+            return
+        try:
+            entries = json.loads(self.log_path.read_text())["queries"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"Cannot resume from {self.log_path}: not a localization log ({e})") from e
+        lines = {}
+        if self.results_path.is_file():
+            for ln in self.results_path.read_text().splitlines(keepends=True):
+                if ln.strip():
+                    lines[ln.split(maxsplit=1)[0]] = ln if ln.endswith("\n") else ln + "\n"
+        redo = []
+        for e in entries:
+            name = e["name"]
+            if e.get("success") and name not in lines:
+                redo.append(name)
+                continue
+            self._entries[name] = dumps_json(e)
+            self._success[name] = bool(e.get("success"))
+            if e.get("success"):
+                self._lines[name] = lines[name]
+        if redo:
+            logger.warning("Resume: %d logged successes have no line in %s; localizing them again (e.g. %s)",
+                           len(redo), self.results_path, redo[:3])
+        logger.info("Resume: %d queries already done in %s", len(self._entries), self.log_path)
+
+    @property
+    def done(self) -> set:
+        """Names of the queries written (or read back on resume)."""
+        return set(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def num_success(self) -> int:
+        return sum(self._success.values())
+
+    def add(self, result: LocalizationResult) -> None:
+        """Record one result (a name already present is replaced in place)."""
+        from ..io.hloc_text import _check_name, pose_to_fields
+
+        name = _check_name(result.name, "ResultsWriter")
+        self._entries[name] = dumps_json(result.to_dict())
+        self._success[name] = bool(result.success and result.pose is not None)
+        self._lines.pop(name, None)
+        if self._success[name]:
+            self._lines[name] = " ".join([name] + pose_to_fields(result.pose)) + "\n"
+        self._dirty = True
+
+    def flush(self, force: bool = False) -> bool:
+        """Write both files if anything changed and the throttle allows (always with ``force``).
+        Returns whether it wrote."""
+        now = time.perf_counter()
+        wait = max(self.flush_seconds, 10.0 * self._last_write_seconds)
+        if not self._dirty or (not force and now - self._last_flush < wait):
+            return False
+        self.results_path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write_text(self.results_path, "".join(self._lines[n] for n in self._entries if n in self._lines))
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write_text(self.log_path, '{"queries": [' + ", ".join(self._entries.values()) + "]}\n")
+        self._dirty = False
+        self._last_flush = time.perf_counter()
+        self._last_write_seconds = self._last_flush - now
+        return True
+
+    def close(self) -> None:
+        """Final write (logs the counts)."""
+        self.flush(force=True)
+        logger.info("Wrote %d poses to %s (%d failures logged in %s)", len(self._lines), self.results_path,
+                    len(self._entries) - len(self._lines), self.log_path)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def query_seconds(timings: Dict[str, float]) -> float:

@@ -147,44 +147,62 @@ def extract_features_cached(extractor_conf, names: Sequence[str], images: Images
     config is refused (ValueError naming the folder). An unreadable cache entry is extracted anew.
     Returns name -> features (numpy arrays).
     """
-    import json
-
-    cache_dir = Path(cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    fconf = load_config("features", extractor_conf)
-    key = json.dumps(fconf, sort_keys=True, default=str)
-    stamp = cache_dir / "extractor.json"
-    if stamp.is_file():
-        if stamp.read_text() != key:
-            raise ValueError(f"{cache_dir}: its cached features come from another extractor config "
-                             f"({stamp.read_text()[:200]}); use another --workdir or delete the folder")
-    else:
-        tmp = stamp.with_name(stamp.name + ".tmp")
-        tmp.write_text(key)
-        tmp.replace(stamp)
-    out, todo = {}, []
-    for n in names:
-        f = cache_dir / f"{n}.npz"
-        if f.is_file():
-            try:
-                with np.load(f, allow_pickle=False) as z:
-                    out[n] = {k: z[k] for k in z.files}
-                continue
-            except (OSError, ValueError) as e:
-                logger.warning("%s: unreadable cache entry, extracting %s again (%s)", f, n, e)
-        todo.append(n)
-    if out:
-        logger.info("Resuming: %d of %d images' features from %s", len(out), len(names), cache_dir)
-    extractor = build_extractor_from_conf(fconf) if todo else None
+    cache = FeatureCache(cache_dir, extractor_conf)
+    out, todo = cache.load(names)
+    extractor = build_extractor_from_conf(cache.conf) if todo else None
     for n in tqdm(todo, desc="extraction", disable=not progress):
-        feats = _to_numpy_feats({n: extractor.extract(_get_image(images, n))})[n]
-        f = cache_dir / f"{n}.npz"
+        out[n] = cache.put(n, _to_numpy_feats({n: extractor.extract(_get_image(images, n))})[n])
+    return {n: out[n] for n in names}
+
+
+class FeatureCache:
+    """Per-image feature files ``cache_dir/<name>.npz`` of one extractor config (recorded in
+    ``cache_dir/extractor.json``; another config is refused with a ValueError naming the
+    folder). Used by :func:`extract_features_cached` and by the distributed extraction (whose
+    driver alone writes here)."""
+
+    def __init__(self, cache_dir, extractor_conf):
+        import json
+
+        self.dir = Path(cache_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.conf = load_config("features", extractor_conf)
+        key = json.dumps(self.conf, sort_keys=True, default=str)
+        stamp = self.dir / "extractor.json"
+        if stamp.is_file():
+            if stamp.read_text() != key:
+                raise ValueError(f"{self.dir}: its cached features come from another extractor config "
+                                 f"({stamp.read_text()[:200]}); use another --workdir or delete the folder")
+        else:
+            tmp = stamp.with_name(stamp.name + ".tmp")
+            tmp.write_text(key)
+            tmp.replace(stamp)
+
+    def load(self, names: Sequence[str]) -> Tuple[Dict[str, dict], List[str]]:
+        """(name -> cached features, names still to extract); unreadable entries are redone."""
+        out, todo = {}, []
+        for n in names:
+            f = self.dir / f"{n}.npz"
+            if f.is_file():
+                try:
+                    with np.load(f, allow_pickle=False) as z:
+                        out[n] = {k: z[k] for k in z.files}
+                    continue
+                except (OSError, ValueError) as e:
+                    logger.warning("%s: unreadable cache entry, extracting %s again (%s)", f, n, e)
+            todo.append(n)
+        if out:
+            logger.info("Resuming: %d of %d images' features from %s", len(out), len(names), self.dir)
+        return out, todo
+
+    def put(self, name: str, feats: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        """Write one image's numpy features atomically; returns them."""
+        f = self.dir / f"{name}.npz"
         f.parent.mkdir(parents=True, exist_ok=True)
         tmp = f.with_name(f.name + ".tmp.npz")
         np.savez(tmp, **feats)
         tmp.replace(f)
-        out[n] = feats
-    return {n: out[n] for n in names}
+        return dict(feats)
 
 
 def _dedupe(pairs: Sequence[Pair]) -> List[Pair]:

@@ -1,0 +1,269 @@
+"""Ray batch localization and map extraction (issue 10) on a local Ray cluster started here
+(``ray.init(num_cpus=2)``, one per module) and a small synthetic scene: the same poses as the
+sequential path, a worker killed mid-batch with nothing lost, a query that always kills its
+worker recorded as failed while the rest succeed, resume, and ``map --workers`` giving the
+same features and map as without it."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from hloc_bpnp.cli import main
+from hloc_bpnp.io.hloc_text import read_query_list, read_results
+from hloc_bpnp.localization import Localizer
+from hloc_bpnp.localization import results as R
+from hloc_bpnp.localization.results import ResultsWriter, write_results
+from hloc_bpnp.mapping import Map
+
+if os.environ.get("HLOC_BPNP_REQUIRE_RAY") != "1":  # CI sets it: there a missing Ray fails
+    pytest.importorskip("ray")
+
+MAP_CONF = {
+    "features": {"model": "sift", "max_keypoints": 1024},
+    "matcher": "mnn_ratio",
+    "pairs": {"method": "exhaustive"},
+    "retrieval": {"global_descriptor": {"type": "vlad", "num_clusters": 16, "pca_dim": None},
+                  "index": {"type": "flat", "use_gpu": False}},
+}
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """The small synthetic scene on disk, its map (``hloc-bpnp map``, sequential), the queries
+    (the held-out views with their cameras and the map views with guessed cameras) and the
+    sequential results."""
+    from hloc_bpnp.synthetic import generate_scene
+
+    import torch
+
+    root = tmp_path_factory.mktemp("distributed")
+    generate_scene("small", seed=0).write(root / "scene")
+    # one torch thread, as each worker here has: then even float32 sums match bit for bit
+    # (other thread counts move SIFT descriptors by ~1 float32 ulp)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    conf = root / "map_conf.yaml"
+    conf.write_text(yaml.safe_dump(MAP_CONF))
+    scene = root / "scene"
+    try:
+        assert main(["map", "--images", str(scene / "images"), "--reference", str(scene / "sfm_map"),
+                     "--output", str(root / "map"), "--conf", str(conf)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    cams = read_query_list(scene / "query_list_with_intrinsics.txt")
+    maps = (scene / "map_list.txt").read_text().split()
+    queries = [(n, n, c) for n, c in cams.items()] + [(n, n, None) for n in maps]
+    seq = Localizer(Map.load(root / "map")).localize_many(queries, image_dir=scene / "images", progress=False)
+    assert sum(r.success for r in seq.values()) == len(queries)
+    return {"root": root, "scene": scene, "images": scene / "images", "map": root / "map", "conf": conf,
+            "queries": queries, "sequential": seq}
+
+
+def _assert_same(results, reference, names=None):
+    names = list(reference) if names is None else names
+    for n in names:
+        a, b = results[n], reference[n]
+        assert (a.success, a.failure_reason, a.num_inliers, list(a.retrieved)) == \
+            (b.success, b.failure_reason, b.num_inliers, list(b.retrieved)), n
+        if a.success:
+            np.testing.assert_allclose(a.pose.matrix().numpy(), b.pose.matrix().numpy(), atol=1e-6, rtol=0, err_msg=n)
+
+
+def _log(path):
+    return json.loads(Path(path).read_text())["queries"]
+
+
+def _assert_close(a, b, path="entry"):
+    """Nested log entries equal, numbers to 1e-6 (thread counts move float sums by ~1e-15)."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and sorted(a) == sorted(b), path
+        for k in a:
+            _assert_close(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, list):
+        assert isinstance(b, list) and len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_close(x, y, f"{path}[{i}]")
+    elif isinstance(a, float) or isinstance(b, float):
+        assert a == pytest.approx(b, rel=1e-6, abs=1e-6), path
+    else:
+        assert a == b, path
+
+
+def _assert_same_log(la, lb):
+    assert len(la) == len(lb)
+    for a, b in zip(la, lb):
+        a, b = dict(a), dict(b)
+        a.pop("timings"), b.pop("timings")
+        a.get("info", {}).pop("timings", None), b.get("info", {}).pop("timings", None)
+        _assert_close(a, b, a["name"])
+
+
+def _run(setup, tmp, **kw):
+    from hloc_bpnp.distributed import localize_distributed
+
+    stats = {}
+    res = localize_distributed(setup["map"], kw.pop("queries", setup["queries"]), None, image_dir=setup["images"],
+                               results_path=tmp / "results.txt", progress=False, stats=stats, **kw)
+    return res, stats
+
+
+# ---------------------------------------------------------------------------- no Ray needed
+def test_results_writer_writes_what_write_results_writes(setup, tmp_path):
+    seq = setup["sequential"]
+    write_results(seq, tmp_path / "a.txt")
+    with ResultsWriter(tmp_path / "b.txt", flush_seconds=0) as w:
+        for r in seq.values():
+            w.add(r)
+    assert (tmp_path / "a.txt").read_bytes() == (tmp_path / "b.txt").read_bytes()
+    assert (tmp_path / "a_log.json").read_bytes() == (tmp_path / "b_log.json").read_bytes()
+    # throttled: a second add within flush_seconds is not written until close / a forced flush
+    w = ResultsWriter(tmp_path / "c.txt", flush_seconds=3600)
+    first, second = list(seq.values())[:2]
+    w.add(first)
+    assert w.flush() and len(_log(tmp_path / "c_log.json")) == 1
+    w.add(second)
+    assert not w.flush() and len(_log(tmp_path / "c_log.json")) == 1
+    w.close()
+    assert [e["name"] for e in _log(tmp_path / "c_log.json")] == [first.name, second.name]
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_missing_ray_names_the_extra(monkeypatch):
+    from hloc_bpnp.distributed import require_ray
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    with pytest.raises(ImportError, match=r"hloc_bpnp\[distributed\]"):
+        require_ray()
+
+
+# ---------------------------------------------------------------------------- on Ray
+def test_same_poses_as_sequential_and_same_files(ray_cluster, setup, tmp_path):
+    res, stats = _run(setup, tmp_path, workers=2, chunk_size=2)
+    assert list(res) == [q[0] for q in setup["queries"]]  # query order
+    _assert_same(res, setup["sequential"])
+    assert stats["worker_deaths"] == 0 and stats["workers"] == 2 and stats["threads_per_worker"] == 1
+    # the same files as the sequential CLI (poses to 1e-6, the log up to its timings)
+    out = tmp_path / "seq" / "results.txt"
+    assert main(["localize", "--map", str(setup["map"]), "--images", str(setup["images"]),
+                 "--queries", str(setup["scene"] / "query_list_with_intrinsics.txt"), "--output", str(out)]) == 0
+    a, b = read_results(tmp_path / "results.txt"), read_results(out)
+    seq_names = list(read_query_list(setup["scene"] / "query_list_with_intrinsics.txt"))
+    assert list(b) == seq_names and list(a)[:len(b)] == list(b)
+    for n in b:
+        np.testing.assert_allclose(a[n].matrix().numpy(), b[n].matrix().numpy(), atol=1e-6, rtol=0)
+    la, lb = _log(tmp_path / "results_log.json")[:len(b)], _log(out.with_name("results_log.json"))
+    _assert_same_log(la, lb)
+
+
+def test_worker_killed_mid_batch_loses_nothing(ray_cluster, setup, tmp_path):
+    marker = str(tmp_path / "killed_once")
+    victim = setup["queries"][3][0]
+
+    def kill_once(name):  # runs in the worker: dies the first time it meets the victim
+        if name == victim and not os.path.exists(marker):
+            open(marker, "w").close()
+            os._exit(1)
+
+    res, stats = _run(setup, tmp_path, workers=2, chunk_size=3, before_query=kill_once)
+    assert os.path.exists(marker)
+    assert stats["worker_deaths"] == 1 and stats["replacements"] == 1 and stats["poisoned"] == 0
+    assert list(res) == [q[0] for q in setup["queries"]]
+    _assert_same(res, setup["sequential"])
+    assert [e["name"] for e in _log(tmp_path / "results_log.json")] == list(res)
+    assert len(read_results(tmp_path / "results.txt")) == len(res)
+
+
+def test_query_that_always_kills_its_worker_is_a_failure(ray_cluster, setup, tmp_path):
+    victim = setup["queries"][1][0]
+
+    def always_kill(name):
+        if name == victim:
+            os._exit(1)
+
+    res, stats = _run(setup, tmp_path, workers=2, chunk_size=2, before_query=always_kill)
+    assert stats["poisoned"] == 1 and stats["worker_deaths"] == 2
+    bad = res[victim]
+    assert not bad.success and bad.failure_reason == R.WORKER_DIED
+    assert "2 times" in bad.info["failure_detail"]
+    others = [n for n in res if n != victim]
+    _assert_same(res, setup["sequential"], others)
+    log = {e["name"]: e for e in _log(tmp_path / "results_log.json")}
+    assert log[victim]["failure_reason"] == R.WORKER_DIED and len(log) == len(setup["queries"])
+    assert victim not in read_results(tmp_path / "results.txt")
+
+
+def test_resume_skips_done_queries(ray_cluster, setup, tmp_path):
+    queries = setup["queries"]
+    first, _ = _run(setup, tmp_path, workers=2, queries=queries[:3])
+    log_before = (tmp_path / "results_log.json").read_text()
+    res, _ = _run(setup, tmp_path, workers=2, resume=True)
+    assert list(res) == [q[0] for q in queries[3:]]  # only the rest localized
+    _assert_same(res, setup["sequential"], list(res))
+    entries = _log(tmp_path / "results_log.json")
+    assert [e["name"] for e in entries] == [q[0] for q in queries]
+    # the earlier entries are kept verbatim (their timings too)
+    assert json.loads(log_before)["queries"] == entries[:3]
+    assert list(read_results(tmp_path / "results.txt")) == [q[0] for q in queries]
+    # nothing left: a second resume localizes nothing and leaves the files as they are
+    again, _ = _run(setup, tmp_path, workers=1, resume=True)
+    assert again == {} and _log(tmp_path / "results_log.json") == entries
+
+
+def test_cli_workers_and_sequential_resume(ray_cluster, setup, tmp_path, capsys, caplog):
+    out = tmp_path / "results.txt"
+    qlist = setup["scene"] / "query_list_with_intrinsics.txt"
+    base = ["localize", "--map", str(setup["map"]), "--images", str(setup["images"]), "--queries", str(qlist),
+            "--output", str(out)]
+    assert main(base + ["--workers", "2"]) == 0
+    assert "localized 2 / 2" in capsys.readouterr().out
+    a = read_results(out)
+    # drop the last query from both files, then resume sequentially: only it is localized again
+    entries = _log(tmp_path / "results_log.json")
+    (tmp_path / "results_log.json").write_text(json.dumps({"queries": entries[:-1]}))
+    assert main(base + ["--resume"]) == 0
+    assert "localized 1 / 1" in capsys.readouterr().out
+    b = read_results(out)
+    assert list(a) == list(b)
+    for n in a:
+        np.testing.assert_allclose(a[n].matrix().numpy(), b[n].matrix().numpy(), atol=1e-6, rtol=0)
+    assert main(["localize", "--hloc-reference", "x", "--output", str(out), "--workers", "2"]) == 2
+    assert "--workers and --resume apply to --map" in caplog.text
+
+
+def test_map_workers_gives_the_same_map(ray_cluster, setup, tmp_path):
+    from hloc_bpnp.io.h5store import FeatureStore
+
+    scene = setup["scene"]
+    out = tmp_path / "map"
+    assert main(["map", "--images", str(scene / "images"), "--reference", str(scene / "sfm_map"), "--output",
+                 str(out), "--conf", str(setup["conf"]), "--workers", "2", "--threads-per-worker", "1", "--workdir", str(tmp_path / "work")]) == 0
+    with FeatureStore(setup["map"] / "features.h5") as a, FeatureStore(out / "features.h5") as b:
+        assert a.names() == b.names()
+        for n in a.names():
+            fa, fb = a.get(n), b.get(n)
+            assert sorted(fa) == sorted(fb)
+            for k in fa:
+                np.testing.assert_array_equal(fa[k], fb[k], err_msg=f"{n} {k}")
+    assert sorted(p.name for p in (tmp_path / "work" / "features" / "map").glob("*.npz")) == \
+        sorted(Path(n).name + ".npz" for n in a.names())
+    ma, mb = Map.load(setup["map"]), Map.load(out)
+    assert ma.points3D.shape == mb.points3D.shape and len(ma.points3D) > 100
+    np.testing.assert_array_equal(ma.points3D, mb.points3D)
+    for n in ma.image_names:
+        np.testing.assert_array_equal(ma.kp_to_point[n], mb.kp_to_point[n])
