@@ -7,7 +7,8 @@ Runs every candidate localization preset on the same scenes and prints one table
   from the other images' ground-truth poses, ``pipelines/strecha.py`` protocol): localized
   count, median rotation / position error over all queries, seconds per query with the map
   loaded (extraction + retrieval + matching + pose);
-* Sacre Coeur: SfM of ``mapping/`` once (``sfm`` preset), then the ``query/`` photos with the
+* Sacre Coeur: SfM of ``mapping/`` once (``sfm`` preset), then the ``query/`` and
+  ``query_extra_lightglue/`` photos (as ``pipelines/sacre_coeur.py``) with the
   focal refined (no ground truth): localized count, credible count (>= 50 inliers and refined
   focal within 1.5x of its prior, as in the README), median inliers, seconds per query;
 * the synthetic demo scene (``facades``, seed 0): map from the map views' GT poses, the
@@ -92,7 +93,8 @@ def run_sacre_coeur(data: Path, conf: dict, out: Path) -> dict:
     from hloc_bpnp.mapping import list_images
 
     map_ = _sacre_coeur_map(data, out.parent / "sacre_coeur_sfm_map")
-    queries = {f"query/{f}": None for f in list_images(data / "query")}
+    queries = {f"{d}/{f}": None for d in ("query", "query_extra_lightglue") if (data / d).is_dir()
+               for f in list_images(data / d)}
     loc = Localizer(map_, merge(conf, {"refinement": {"refine_intrinsics": True}}))
     results = localize_query_list(loc, queries, data, progress=False)
     per_query, credible = {}, 0

@@ -75,7 +75,7 @@ class LocalizationWorker:
 def default_chunk_size(num_queries: int, workers: int) -> int:
     """Small enough that every worker gets several chunks (load balance, little work lost when a
     worker dies), large enough that the per-call overhead (~1 ms) stays negligible."""
-    return max(1, min(16, num_queries // (4 * max(1, workers))))
+    return max(1, min(16, num_queries // (8 * max(1, workers))))
 
 
 def localize_distributed(
