@@ -19,6 +19,7 @@ COMMANDS = [
     ("evaluate", "compare localization results with ground truth"),
     ("finetune", "fine-tune features/descriptors end-to-end against pose error"),
     ("visualize", "draw one query's localization: inliers, reprojected map points, keyframe matches"),
+    ("track", "sequence (SLAM) mode: track a video's frames against a map, relocalize, grow the map"),
 ]
 
 
@@ -27,6 +28,7 @@ COMMANDS = [
 THIRD_PARTY_LOGGERS = (
     "faiss", "PIL", "matplotlib", "h5py", "urllib3", "fsspec", "filelock", "numexpr", "torch",
     "kornia", "asyncio", "httpx", "huggingface_hub", "pycolmap", "git", "numba", "fontTools",
+    "ray", "evo",
 )
 
 

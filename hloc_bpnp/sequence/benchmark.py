@@ -1,0 +1,163 @@
+"""Sequence mode against independent per-frame localization, on the same prebuilt map.
+
+:func:`run_sequence_benchmark` tracks the frames in order with a :class:`SequenceLocalizer`
+and localizes each of them from scratch with a :class:`Localizer` (on an unchanged copy of
+the map), then writes ``results.json`` = ``{"summary": {"sequence": M, "independent": M},
+"frames": [...]}`` (``M`` in :mod:`hloc_bpnp.sequence.report`), both trajectories (TUM and hloc
+formats), the grown map and a trajectory plot. For the independent path ``n_relocalized``
+counts its localized frames: each one is a global relocalization.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+from tqdm import tqdm
+
+from ..geometry import Camera, Pose
+from ..localization import Localizer
+from ..localization import results as R
+from ..localization.results import LocalizationResult
+from . import report
+from .tracker import LOST, RELOCALIZED, TRACKED, SequenceLocalizer
+
+logger = logging.getLogger(__name__)
+
+FrameInput = Tuple[str, Union[np.ndarray, Path, str, None], float]
+
+
+def _load(img) -> Tuple[Optional[np.ndarray], Optional[str]]:
+    from ..io.image import read_image
+
+    if isinstance(img, np.ndarray):
+        return img, None
+    try:
+        return read_image(img), None
+    except (OSError, ValueError) as e:
+        return None, f"{img}: {e}"
+
+
+def run_independent(map_, frames: Sequence[FrameInput], cameras: Mapping[str, Camera], loc_conf=None,
+                    progress: bool = True) -> Dict[str, LocalizationResult]:
+    """Localize every frame from scratch (retrieval, matching, RANSAC, BPnP)."""
+    loc = Localizer(map_, loc_conf)
+    out = {}
+    for name, img, _ in tqdm(frames, desc="independent", disable=not progress):
+        t0 = time.perf_counter()
+        image, err = _load(img)
+        if image is None:
+            out[name] = LocalizationResult(name=name, timings={"total": 0.0}).fail(R.IMAGE_ERROR, err)
+            continue
+        out[name] = loc.localize(image, cameras[name], name=name)
+        out[name].timings["total"] = time.perf_counter() - t0  # image reading included, as in sequence mode
+    return out
+
+
+def run_sequence_benchmark(map_dir: Union[str, Path], frames: Sequence[FrameInput], cameras: Mapping[str, Camera],
+                           gt: Mapping[str, Pose], output: Union[str, Path], loc_conf=None,
+                           seq_conf: Optional[Dict] = None, unit_to_cm: float = 100.0, title: str = "",
+                           progress: bool = True, extra: Optional[Dict] = None) -> Dict:
+    """Run both modes on the map saved in ``map_dir``; write and return the results dict."""
+    from ..io.json_io import write_json
+    from ..mapping import Map
+
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    names = [f[0] for f in frames]
+    stamps = [float(f[2]) for f in frames]
+
+    indep = run_independent(Map.load(map_dir), frames, cameras, loc_conf, progress)
+
+    map_ = Map.load(map_dir)
+    n_map = len(map_.image_names)
+    sl = SequenceLocalizer(Localizer(map_, loc_conf), seq_conf)
+    seq_frames = []
+    for name, img, ts in tqdm(frames, desc="sequence", disable=not progress):
+        t0 = time.perf_counter()
+        image, err = _load(img)
+        fr = sl.track(image, cameras[name], name, ts, image_error=err)
+        fr.result.timings["total"] = time.perf_counter() - t0  # image reading included, as above
+        seq_frames.append(fr)
+    by_name = {f.name: f for f in seq_frames}
+
+    s_seq = report.summarize(names, {f.name: f.pose for f in seq_frames},
+                             {f.name: f.seconds for f in seq_frames}, gt, unit_to_cm,
+                             n_relocalized=sum(f.status == RELOCALIZED for f in seq_frames), timestamps=stamps)
+    s_ind = report.summarize(names, {n: (r.pose if r.success else None) for n, r in indep.items()},
+                             {n: float(r.timings.get("total", 0.0)) for n, r in indep.items()}, gt, unit_to_cm,
+                             n_relocalized=sum(r.success for r in indep.values()), timestamps=stamps)
+    rows = []
+    for name, ts in zip(names, stamps):
+        f, r = by_name[name], indep[name]
+        rs, ps = report.frame_errors(f.pose, gt.get(name))
+        ri, pi = report.frame_errors(r.pose if r.success else None, gt.get(name))
+        rows.append({
+            "name": name, "timestamp": ts, "status": f.status, "reason": f.reason, "keyframe": f.keyframe,
+            "num_inliers": int(f.result.num_inliers), "seconds": f.seconds,
+            "rot_err_deg": rs, "pos_err_cm": None if ps is None else ps * unit_to_cm,
+            "ransac": f.info.get("ransac"),
+            "independent": {"success": bool(r.success), "reason": r.failure_reason or "",
+                            "num_inliers": int(r.num_inliers), "seconds": float(r.timings.get("total", 0.0)),
+                            "rot_err_deg": ri, "pos_err_cm": None if pi is None else pi * unit_to_cm},
+        })
+    results = {"summary": {"sequence": s_seq, "independent": s_ind},
+               "frames": rows,
+               "map": {"prebuilt_images": n_map, "grown_images": len(sl.map.image_names),
+                       "prebuilt_points": int(len(map_.points3D)),
+                       "grown_points": int(len(sl.map.points3D)), "keyframes_added": list(sl.keyframes)},
+               "conf": {"sequence": sl.conf, "unit_to_cm": unit_to_cm}}
+    if extra:
+        results.update(extra)
+    report.write_outputs(output, seq_frames, prefix="sequence_")
+    from ..localization.results import write_results
+
+    write_results(indep, output / "independent_results.txt", output / "independent_results_log.json")
+    if gt:
+        from .trajectory import write_tum_trajectory
+
+        gnames = [n for n in names if n in gt]
+        write_tum_trajectory(output / "groundtruth.txt", [stamps[names.index(n)] for n in gnames],
+                             [gt[n] for n in gnames])
+    sl.map.save(output / "grown_map")
+    try:
+        _plot(output / "trajectory.png", names, seq_frames, indep, gt, map_, title)
+    except Exception as e:  # a plot must never lose the results
+        logger.warning("Trajectory plot failed: %s", e)
+    write_json(output / "results.json", results, indent=1)
+    logger.info("%s\n%s", title, format_summary(results["summary"]))
+    return results
+
+
+def _plot(path, names, seq_frames, indep, gt, map_, title):
+    from .trajectory import plot_trajectory
+
+    def centers(poses):
+        return np.stack([p.center.numpy() if p is not None else np.full(3, np.nan) for p in poses])
+
+    est = centers([f.pose for f in seq_frames])
+    g = centers([gt.get(n) for n in names]) if gt else None
+    mc = centers([map_.pose(n) for n in map_.image_names])
+    plot_trajectory(path, est, g, [f.status for f in seq_frames], map_centers=mc, title=title)
+
+
+def format_summary(summary: Mapping[str, Mapping]) -> str:
+    """A text table of the ``{"sequence": M, "independent": M}`` summary."""
+    keys = ["n_frames", "n_localized", "n_relocalized", "ate_cm", "median_rot_deg", "median_pos_cm",
+            "rpe_trans_cm", "seconds_per_frame"]
+    lines = ["| mode | " + " | ".join(keys) + " |", "|" + " --- |" * (len(keys) + 1)]
+    for mode in ("sequence", "independent"):
+        if mode not in summary:
+            continue
+        m = summary[mode]
+        vals = []
+        for k in keys:
+            v = m.get(k)
+            vals.append("-" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v)))
+        lines.append(f"| {mode} | " + " | ".join(vals) + " |")
+    return "\n".join(lines)
+
+
+__all__ = ["run_sequence_benchmark", "run_independent", "format_summary", "TRACKED", "RELOCALIZED", "LOST"]
