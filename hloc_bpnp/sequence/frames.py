@@ -204,7 +204,8 @@ def frames_from_tum(root_or_rgb_txt: PathLike, groundtruth: Union[str, PathLike,
             (all checked before returning; the first one's line is named).
     """
     p = Path(root_or_rgb_txt)
-    rgb = p / "rgb.txt" if p.is_dir() else p
+    as_folder = p.is_dir() or (not p.exists() and p.suffix.lower() != ".txt")
+    rgb = p / "rgb.txt" if as_folder else p
     root = rgb.parent
     entries = read_tum_rgb(rgb)
     missing = [(lineno, root / rel) for _, rel, lineno in entries if not (root / rel).is_file()]
