@@ -154,7 +154,17 @@ def test_missing_ray_names_the_extra(monkeypatch):
 
 # ---------------------------------------------------------------------------- on Ray
 def test_same_poses_as_sequential_and_same_files(ray_cluster, setup, tmp_path):
-    res, stats = _run(setup, tmp_path, workers=2, chunk_size=2)
+    probe = str(tmp_path / "threads")
+
+    def record_threads(name):  # runs in the worker: its torch / OpenMP thread settings
+        import torch
+
+        with open(f"{probe}.{os.getpid()}", "w") as f:
+            f.write(f"{torch.get_num_threads()} {os.environ.get('OMP_NUM_THREADS')}")
+
+    res, stats = _run(setup, tmp_path, workers=2, chunk_size=2, before_query=record_threads)
+    seen = [Path(p).read_text() for p in tmp_path.glob("threads.*")]
+    assert len(seen) == 2 and set(seen) == {"1 1"}  # 2 workers on 2 CPUs: one thread each
     assert list(res) == [q[0] for q in setup["queries"]]  # query order
     _assert_same(res, setup["sequential"])
     assert stats["worker_deaths"] == 0 and stats["workers"] == 2 and stats["threads_per_worker"] == 1
@@ -267,3 +277,21 @@ def test_map_workers_gives_the_same_map(ray_cluster, setup, tmp_path):
     np.testing.assert_array_equal(ma.points3D, mb.points3D)
     for n in ma.image_names:
         np.testing.assert_array_equal(ma.kp_to_point[n], mb.kp_to_point[n])
+
+
+@pytest.mark.slow
+def test_same_poses_as_sequential_on_strecha(ray_cluster, shared_data, tmp_path):
+    """Real photos: a map from 5 fountain-P11 images' GT poses, 2 held-out images localized
+    with and without workers."""
+    from hloc_bpnp.distributed import localize_distributed
+    from hloc_bpnp.io.datasets import read_strecha
+    from hloc_bpnp.mapping import build_map_from_poses
+
+    scene = read_strecha(shared_data / "strecha_fountain_P11")
+    names = scene.names
+    build_map_from_poses(scene.subset(names[:5]), conf="default", progress=False).save(tmp_path / "map")
+    queries = [(n, n, scene[n].camera) for n in names[5:7]]
+    seq = Localizer(Map.load(tmp_path / "map")).localize_many(queries, image_dir=scene.image_dir, progress=False)
+    res = localize_distributed(tmp_path / "map", queries, workers=2, image_dir=scene.image_dir, progress=False)
+    assert all(r.success for r in seq.values())
+    _assert_same(res, seq)

@@ -8,6 +8,8 @@ import logging
 from pathlib import Path
 from typing import Dict, Mapping, Optional, Sequence, Union
 
+import numpy as np
+
 from ._ray import actor_options, ensure_ray, plan_threads, require_ray, set_worker_threads
 from .scheduler import run_ordered
 
@@ -80,6 +82,7 @@ def extract_features_distributed(
 
         def emit(positions, results):
             for p, feats in zip(positions, results):
+                feats = {k: np.array(v) for k, v in feats.items()}  # writable copies (Ray's are read-only)
                 out[todo[p]] = cache.put(todo[p], feats) if cache is not None else feats
 
         def poison(name, detail):
