@@ -54,9 +54,11 @@ default_conf = {
     "tracking": {
         # overrides of the localizer's extractor for sequence frames (tracking, and a first
         # relocalization attempt; the full extractor only when that fails), capped at the full
-        # extractor's resolution. Measured (README): at 1024 px the 1600-px default preset's
-        # tracked poses are as accurate, at 0.4-0.6x the extraction time.
-        "features": {"resize_max": 1024},
+        # extractor's resolution; "auto": {resize_max: 800} for SIFT, none for learned
+        # features (XFeat lost 3x in accuracy with 800-px queries on a 1600-px map, issue 10).
+        # Measured (README, Strecha, map from every 2nd image): tracked at 800 px, the ATE is
+        # within 1.05x of per-frame localization at 1600 px, at about half the extraction time.
+        "features": "auto",
         "num_keyframes": 4,        # covisible keyframes matched per frame
         "guided": True,            # match only map points projecting into the predicted view
         "guided_margin_px": 80.0,  # ... within this margin around the image
@@ -156,13 +158,19 @@ class SequenceLocalizer:
         self._vectors = G.GlobalVectors(localizer.map.global_model)
         self.keyframes: List[str] = []
         self.track_extractor = localizer.extractor
-        if self.conf["tracking"]["features"]:
+        overrides = self.conf["tracking"]["features"]
+        if overrides:
             from ..config import load_config
             from ..features import build_extractor
 
             fconf = localizer.conf["features"] or localizer.map.conf.get("features")
             fconf = merge(load_config("features", fconf), localizer.conf["query_features"] or {})
-            tconf = merge(fconf, self.conf["tracking"]["features"])
+            if overrides == "auto":
+                overrides = {"resize_max": 800} if fconf.get("model") == "sift" else {}
+            if not isinstance(overrides, dict):
+                raise ValueError(f"tracking.features must be 'auto' or a dict of extractor overrides, "
+                                 f"got {overrides!r}")
+            tconf = merge(fconf, overrides)
             if fconf.get("resize_max") and tconf.get("resize_max"):  # never larger than the full one
                 tconf["resize_max"] = min(int(tconf["resize_max"]), int(fconf["resize_max"]))
             if tconf != fconf:
