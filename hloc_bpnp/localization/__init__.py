@@ -3,10 +3,10 @@ from .camera_prior import guess_camera
 from .correspondences import Correspondences, covisibility_clusters, gather_2d3d
 from .localizer import Localizer, default_conf
 from .pose_estimation import estimate_pose, refine_bpnp
-from .results import LocalizationResult, summarize_failures, write_results
+from .results import LocalizationResult, ResultsWriter, summarize_failures, write_results
 
 __all__ = [
-    "Localizer", "default_conf", "LocalizationResult", "write_results", "summarize_failures",
+    "Localizer", "default_conf", "LocalizationResult", "write_results", "ResultsWriter", "summarize_failures",
     "estimate_pose", "refine_bpnp", "gather_2d3d", "covisibility_clusters", "Correspondences",
     "guess_camera",
 ]
