@@ -75,6 +75,14 @@ def read_tum_trajectory(path: PathLike) -> Tuple[np.ndarray, List[Pose]]:
     return read_tum_groundtruth(path)
 
 
+def _require_evo() -> None:
+    try:
+        import evo  # noqa: F401
+    except ImportError:
+        raise ImportError("ATE / RPE need the evo package: pip install -e '.[sequence]' "
+                          "(make setup installs it)") from None
+
+
 def _evo_trajectory(poses: Sequence[Pose], timestamps: np.ndarray, what: str):
     """evo ``PoseTrajectory3D`` of the world_from_cam matrices of cam_from_world ``poses``."""
     from evo.core.trajectory import PoseTrajectory3D
@@ -112,6 +120,7 @@ def trajectory_errors(est: Sequence[Pose], gt: Sequence[Pose], timestamps: Seque
     Raises:
         ValueError: lengths differ, no pose, an unknown ``align``, too few poses to align.
     """
+    _require_evo()
     from evo.core import metrics
     from evo.core.metrics import PoseRelation, Unit
 
