@@ -36,7 +36,7 @@ default_conf = {
     # 8 x 6 grid over cells holding keypoints) has no tracked map point: it sees new area
     "min_novelty": 0.25,
     "min_frames_between": 1,      # tracked frames between two insertions
-    "num_neighbours": 4,          # keyframes matched for triangulation
+    "num_neighbours": 3,          # keyframes matched for triangulation
     "num_recent": 2,              # of which the most recent inserted keyframes
     "min_triangulation_angle_deg": 1.5,
     "max_reprojection_px": 4.0,

@@ -59,7 +59,7 @@ default_conf = {
         # Measured (README, Strecha, map from every 2nd image): tracked at 800 px, the ATE is
         # within 1.05x of per-frame localization at 1600 px, at about half the extraction time.
         "features": "auto",
-        "num_keyframes": 4,        # covisible keyframes matched per frame
+        "num_keyframes": 3,        # covisible keyframes matched per frame
         "guided": True,            # match only map points projecting into the predicted view
         "guided_margin_px": 80.0,  # ... within this margin around the image
         "gate_px": 40.0,           # prior check: pairs within this distance of the prediction
