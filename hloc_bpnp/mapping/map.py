@@ -242,21 +242,12 @@ class Map:
         excluded), sorted by the number of shared points (descending, ties by name)."""
         self._image(name)
         rows = self.kp_to_point[name]
-        rows = np.unique(rows[rows >= 0])
-        if len(rows) == 0:
-            return []
-        starts, ends = self._obs_ptr[rows], self._obs_ptr[rows + 1]
-        lens = ends - starts
-        flat = np.repeat(starts - np.cumsum(np.concatenate([[0], lens[:-1]])), lens) + np.arange(lens.sum())
-        counts = np.bincount(self._obs_image[flat], minlength=len(self.image_names))
-        counts[self._name_to_idx[name]] = 0
-        idx = np.flatnonzero(counts >= max(1, min_shared))
-        idx = idx[np.lexsort((np.array([self.image_names[i] for i in idx]), -counts[idx]))] if len(idx) else idx
-        return [self.image_names[i] for i in idx]
+        return [n for n, _ in self.images_observing(rows, min_shared, exclude=name)]
 
-    def images_observing(self, rows: np.ndarray, min_count: int = 1) -> List[tuple]:
+    def images_observing(self, rows: np.ndarray, min_count: int = 1, exclude: Optional[str] = None) -> List[tuple]:
         """Map images observing the given ``points3D`` rows: ``[(name, count), ...]`` sorted
-        by the number of those points they observe (descending, ties by name)."""
+        by the number of those points they observe (descending, ties by name), ``exclude``
+        left out."""
         rows = np.unique(np.asarray(rows, np.int64))
         rows = rows[(rows >= 0) & (rows < len(self.points3D))]
         if len(rows) == 0:
@@ -265,6 +256,8 @@ class Map:
         lens = ends - starts
         flat = np.repeat(starts - np.cumsum(np.concatenate([[0], lens[:-1]])), lens) + np.arange(lens.sum())
         counts = np.bincount(self._obs_image[flat], minlength=len(self.image_names))
+        if exclude is not None:
+            counts[self._name_to_idx[exclude]] = 0
         idx = np.flatnonzero(counts >= max(1, min_count))
         order = sorted(idx, key=lambda i: (-counts[i], self.image_names[i]))
         return [(self.image_names[i], int(counts[i])) for i in order]
