@@ -213,3 +213,28 @@ def test_new_points_reproject_in_their_keyframes(tracked):
     uv = cam.project(pose.transform(torch.as_tensor(m.points3D[rows[has]])))
     err = np.linalg.norm(uv.numpy() - m.features[kf]["keypoints"][has], axis=1)
     assert np.median(err) < 1.5 and np.percentile(err, 95) < 4.5
+
+
+def test_local_bundle_adjustment_moves_only_the_new_keyframe_and_its_points(sequence_setup):
+    from hloc_bpnp.localization import Localizer
+    from hloc_bpnp.sequence import SequenceLocalizer
+
+    seq, map_ = sequence_setup
+    sl = SequenceLocalizer(Localizer(map_, "default"), {"growth": {"local_ba": True}})
+    out = [sl.track(img, seq.camera, n, ts) for n, img, ts in seq.frames()[:6]]
+    assert all(f.status != "lost" for f in out)
+    assert sl.keyframes, "no keyframe inserted"
+    grown = sl.map
+    for n in map_.image_names:  # the prebuilt map's poses and points are unchanged
+        assert torch.allclose(grown.pose(n).t, map_.pose(n).t, atol=1e-12)
+    common = np.intersect1d(grown.point3D_ids, map_.point3D_ids)
+    a = grown.points3D[np.searchsorted(grown.point3D_ids, common)]
+    b = map_.points3D[np.searchsorted(map_.point3D_ids, common)]
+    assert len(common) == len(map_.point3D_ids) and np.abs(a - b).max() < 1e-9
+    tracked = {f.name: f.pose for f in out}
+    moved = 0
+    for kf in sl.keyframes:
+        r, c = pose_error(grown.pose(kf), seq.poses[kf])
+        assert float(r) < 1.0 and float(c) < 0.15
+        moved += float((grown.pose(kf).t - tracked[kf].t).abs().max()) > 1e-9
+    assert moved >= 1  # the adjustment did refine the new keyframes' poses
