@@ -129,6 +129,8 @@ def _ddp_worker(rank, world, init_file, scenes, conf, out_path):
         tr.train_step()
         if rank == 0:
             torch.save(tr.model.state_dict(), out_path)
+        del tr
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

@@ -54,7 +54,7 @@ def average_gradients(params: Iterable[torch.nn.Parameter]) -> None:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
     flat = torch.cat([p.grad.reshape(-1) for p in params])
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    _all_reduce_sum(flat)
     flat /= world
     offset = 0
     for p in params:
@@ -68,9 +68,21 @@ def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
     _, world = world_info()
     y = x.detach().clone()
     if world > 1:
-        dist.all_reduce(y, op=dist.ReduceOp.SUM)
+        _all_reduce_sum(y)
         y /= world
     return y
+
+
+def _all_reduce_sum(x: torch.Tensor) -> None:
+    """In-place SUM all_reduce whose work object is released here, in the calling thread.
+
+    With a plain blocking ``all_reduce`` the Gloo worker thread may drop the last reference to
+    the work (and to ``x``) later, taking the GIL; if that happens while the interpreter shuts
+    down the process aborts ("terminate called without an active exception", seen once in CI).
+    Waiting on the work and deleting it here keeps that destruction on this thread."""
+    work = dist.all_reduce(x, op=dist.ReduceOp.SUM, async_op=True)
+    work.wait()
+    del work
 
 
 def barrier() -> None:
