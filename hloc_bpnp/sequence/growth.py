@@ -105,8 +105,7 @@ def _triangulate(tracks: List[List[Tuple[int, int]]], kpts: Sequence[np.ndarray]
     opts.ransac.random_seed = 0
     pc_cams = [c.to_pycolmap() for c in cameras]
     rigids = [p.to_pycolmap() for p in poses]
-    centers = [p.center.numpy() for p in poses]
-    out = []
+    cand_xyz, cand_obs = [], []  # candidate points and their RANSAC-inlier observations
     for track in tracks:
         pts = np.array([kpts[v][k] for v, k in track], np.float64)
         ret = pycolmap.estimate_triangulation(pts, [rigids[v] for v, _ in track],
@@ -116,20 +115,36 @@ def _triangulate(tracks: List[List[Tuple[int, int]]], kpts: Sequence[np.ndarray]
         xyz = np.asarray(ret["xyz"], np.float64).reshape(3)
         inl = np.asarray(ret["inliers"], bool).reshape(-1)
         kept = [tr for tr, ok in zip(track, inl) if ok]
-        if len(kept) < 2 or not np.all(np.isfinite(xyz)):
+        if len(kept) >= 2 and np.all(np.isfinite(xyz)):
+            cand_xyz.append(xyz)
+            cand_obs.append(kept)
+    if not cand_xyz:
+        return []
+    # checks, vectorised per view: in front, within max_reprojection_px
+    X = np.stack(cand_xyz)
+    good = [[] for _ in cand_xyz]
+    for v in range(len(cameras)):
+        pairs = [(i, k) for i, obs in enumerate(cand_obs) for vv, k in obs if vv == v]
+        if not pairs:
             continue
-        good = []
-        for v, k in kept:
-            uv, z = _project(cameras[v], poses[v], xyz[None])
-            if z[0] > 0 and np.linalg.norm(uv[0] - kpts[v][k]) <= conf["max_reprojection_px"]:
-                good.append((v, k))
-        if len(good) < 2:
+        idx = np.array([i for i, _ in pairs])
+        kk = np.array([k for _, k in pairs])
+        uv, z = _project(cameras[v], poses[v], X[idx])
+        ok = (z > 0) & (np.linalg.norm(uv - kpts[v][kk], axis=1) <= conf["max_reprojection_px"])
+        for i, k, o in zip(idx, kk, ok):
+            if o:
+                good[i].append((v, int(k)))
+    centers = np.stack([p.center.numpy() for p in poses])
+    min_angle = np.cos(np.deg2rad(conf["min_triangulation_angle_deg"]))
+    out = []
+    for xyz, obs in zip(X, good):
+        if len(obs) < 2:
             continue
-        rays = [(xyz - centers[v]) / np.linalg.norm(xyz - centers[v]) for v, _ in good]
-        cosmax = min(float(np.dot(rays[0], r)) for r in rays[1:])
-        if np.rad2deg(np.arccos(np.clip(cosmax, -1, 1))) < conf["min_triangulation_angle_deg"]:
+        rays = xyz - centers[[v for v, _ in obs]]
+        rays /= np.linalg.norm(rays, axis=1, keepdims=True)
+        if float((rays[1:] @ rays[0]).min()) > min_angle:  # every pair with view 0 too narrow
             continue
-        out.append((xyz, good))
+        out.append((xyz, obs))
     return out
 
 
@@ -197,7 +212,15 @@ def insert_keyframe(map_, name: str, camera: Camera, pose: Pose, feats: Mapping[
         for v, (nb, m) in enumerate(zip(neighbours, matches), start=1):
             m0 = np.asarray(_np(m["matches0"]))
             rows_nb = map_.kp_to_point[nb]
-            for qi in np.flatnonzero(m0 >= 0):
+            q_all = np.flatnonzero(m0 >= 0)
+            # reprojection error in this frame of the neighbour's matched points (one batch)
+            with_pt = q_all[rows_nb[m0[q_all]] >= 0]
+            consistent = {}
+            if len(with_pt):
+                uv, z = _project(camera, pose, map_.points3D[rows_nb[m0[with_pt]]])
+                ok = (z > 0) & (np.linalg.norm(uv - kpts[free[with_pt]], axis=1) <= conf["max_reprojection_px"])
+                consistent = dict(zip(with_pt.tolist(), ok.tolist()))
+            for qi in q_all:
                 k, j = int(free[qi]), int(m0[qi])
                 if j in taken[v - 1]:
                     continue
@@ -207,8 +230,7 @@ def insert_keyframe(map_, name: str, camera: Camera, pose: Pose, feats: Mapping[
                     pid = int(map_.point3D_ids[rows_nb[j]])
                     if pid in used_points:
                         continue
-                    uv, z = _project(camera, pose, map_.points3D[rows_nb[j]][None])
-                    if z[0] > 0 and np.linalg.norm(uv[0] - kpts[k]) <= conf["max_reprojection_px"]:
+                    if consistent[int(qi)]:
                         assigned[k] = pid
                         used_points.add(pid)
                         taken[v - 1].add(j)
