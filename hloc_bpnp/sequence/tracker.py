@@ -157,6 +157,9 @@ class SequenceLocalizer:
         self._recent_keyframes: List[str] = []
         self._vectors = G.GlobalVectors(localizer.map.global_model)
         self.keyframes: List[str] = []
+        self._counter = 0  # frames seen (the timestamp of frames given without one)
+        self._pending_cov: Optional[np.ndarray] = None  # covariance of the last refined pose
+        self._track_pairs = (np.zeros(0, np.int64), np.zeros(0, np.int64))  # last tracked 2D-3D pairs
         self.track_extractor = localizer.extractor
         overrides = self.conf["tracking"]["features"]
         if overrides:
@@ -191,8 +194,8 @@ class SequenceLocalizer:
             camera: the frame's Camera.
             name: image name; timestamp: seconds (None: the frame counter).
         """
-        ts = float(timestamp) if timestamp is not None else float(getattr(self, "_counter", 0))
-        self._counter = getattr(self, "_counter", 0) + 1
+        ts = float(timestamp) if timestamp is not None else float(self._counter)
+        self._counter += 1
         res = LocalizationResult(name=name, camera=camera)
         if image is None:
             res.fail(R.IMAGE_ERROR, image_error or "no image")
