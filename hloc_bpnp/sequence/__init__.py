@@ -1,8 +1,11 @@
 """Sequence (SLAM) mode: track a video's frames against a map with a motion prior,
 relocalize when lost, grow the map where the camera goes (see ``tracker``)."""
+from .frames import Frame, load_frames
 from .growth import image_novelty, insert_keyframe
 from .motion import MotionModel
 from .tracker import LOST, RELOCALIZED, TRACKED, FrameResult, SequenceLocalizer
+from .trajectory import plot_trajectory, read_tum_trajectory, trajectory_errors, write_tum_trajectory
 
 __all__ = ["SequenceLocalizer", "FrameResult", "MotionModel", "insert_keyframe", "image_novelty",
-           "TRACKED", "RELOCALIZED", "LOST"]
+           "TRACKED", "RELOCALIZED", "LOST", "Frame", "load_frames", "write_tum_trajectory",
+           "read_tum_trajectory", "trajectory_errors", "plot_trajectory"]
