@@ -11,6 +11,16 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
+# a small, fast mapping config (SIFT 1024, exhaustive pairs, 16-word VLAD, flat index) for the
+# tests that build maps of the `small` synthetic scene (`from conftest import SMALL_MAP_CONF`)
+SMALL_MAP_CONF = {
+    "features": {"model": "sift", "max_keypoints": 1024},
+    "matcher": "mnn_ratio",
+    "pairs": {"method": "exhaustive"},
+    "retrieval": {"global_descriptor": {"type": "vlad", "num_clusters": 16, "pca_dim": None},
+                  "index": {"type": "flat", "use_gpu": False}},
+}
+
 
 @pytest.fixture
 def shared_data() -> Path:

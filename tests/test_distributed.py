@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SMALL_MAP_CONF
 import yaml
 
 from hloc_bpnp.cli import main
@@ -24,15 +25,6 @@ from hloc_bpnp.mapping import Map
 
 if os.environ.get("HLOC_BPNP_REQUIRE_RAY") != "1":  # CI sets it: there a missing Ray fails
     pytest.importorskip("ray")
-
-MAP_CONF = {
-    "features": {"model": "sift", "max_keypoints": 1024},
-    "matcher": "mnn_ratio",
-    "pairs": {"method": "exhaustive"},
-    "retrieval": {"global_descriptor": {"type": "vlad", "num_clusters": 16, "pca_dim": None},
-                  "index": {"type": "flat", "use_gpu": False}},
-}
-
 
 @pytest.fixture(scope="module")
 def ray_cluster():
@@ -59,7 +51,7 @@ def setup(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     conf = root / "map_conf.yaml"
-    conf.write_text(yaml.safe_dump(MAP_CONF))
+    conf.write_text(yaml.safe_dump(SMALL_MAP_CONF))
     scene = root / "scene"
     try:
         assert main(["map", "--images", str(scene / "images"), "--reference", str(scene / "sfm_map"),

@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import SMALL_MAP_CONF
 import torch
 
 from hloc_bpnp.geometry import Camera, Pose, so3_exp
@@ -290,15 +291,6 @@ def test_mapping_config_presets():
 
 
 # ---------------------------------------------------------------------------- full pipeline
-SYN_CONF = {
-    "features": {"model": "sift", "max_keypoints": 1024},
-    "matcher": "mnn_ratio",
-    "pairs": {"method": "exhaustive"},
-    "retrieval": {"global_descriptor": {"type": "vlad", "num_clusters": 16, "pca_dim": None},
-                  "index": {"type": "flat", "use_gpu": False}},
-}
-
-
 @pytest.fixture(scope="module")
 def synthetic():
     from hloc_bpnp.synthetic import generate_scene
@@ -310,7 +302,7 @@ def synthetic():
 def synthetic_map(synthetic):
     from hloc_bpnp.mapping import build_map_from_poses
 
-    return build_map_from_poses(synthetic.map_scene, synthetic.images, SYN_CONF, progress=False)
+    return build_map_from_poses(synthetic.map_scene, synthetic.images, SMALL_MAP_CONF, progress=False)
 
 
 def _gt_depth_errors(m, scene):
@@ -418,7 +410,7 @@ def test_cli_map_with_reference_excludes_queries(tmp_path, synthetic):
 
     root = synthetic.write(tmp_path / "syn")
     conf = tmp_path / "conf.yaml"
-    conf.write_text(yaml.safe_dump({**SYN_CONF, "features": {"model": "sift", "max_keypoints": 512, "resize_max": 240}}))
+    conf.write_text(yaml.safe_dump({**SMALL_MAP_CONF, "features": {"model": "sift", "max_keypoints": 512, "resize_max": 240}}))
     out = tmp_path / "map"
     rc = main(["map", "--images", str(root / "images"), "--reference", str(root / "sfm_gt"),
                "--query-list", str(root / "query_list_with_intrinsics.txt"), "--output", str(out),

@@ -8,7 +8,7 @@ from hloc_bpnp.bpnp import solve_pnp
 from hloc_bpnp.geometry import Pose
 from hloc_bpnp.geometry.metrics import pose_error
 from hloc_bpnp.geometry.pose import so3_exp, so3_log
-from hloc_bpnp.sequence.motion import MotionModel, pose_log, tangent_error
+from hloc_bpnp.sequence.motion import MotionModel, tangent_error
 
 SMALL_SEQ = {"preset": "small", "map_arc_deg": [0, 120], "num_map": 5, "path_arc_deg": [30, 190],
              "step_deg": 10, "cut_arc_deg": [50, 60]}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from tqdm import tqdm
@@ -22,22 +22,11 @@ from ..localization import Localizer
 from ..localization import results as R
 from ..localization.results import LocalizationResult
 from . import report
-from .tracker import LOST, RELOCALIZED, TRACKED, SequenceLocalizer
+from .tracker import RELOCALIZED, SequenceLocalizer, read_frame
 
 logger = logging.getLogger(__name__)
 
 FrameInput = Tuple[str, Union[np.ndarray, Path, str, None], float]
-
-
-def _load(img) -> Tuple[Optional[np.ndarray], Optional[str]]:
-    from ..io.image import read_image
-
-    if isinstance(img, np.ndarray):
-        return img, None
-    try:
-        return read_image(img), None
-    except (OSError, ValueError) as e:
-        return None, f"{img}: {e}"
 
 
 def run_independent(map_, frames: Sequence[FrameInput], cameras: Mapping[str, Camera], loc_conf=None,
@@ -47,7 +36,7 @@ def run_independent(map_, frames: Sequence[FrameInput], cameras: Mapping[str, Ca
     out = {}
     for name, img, _ in tqdm(frames, desc="independent", disable=not progress):
         t0 = time.perf_counter()
-        image, err = _load(img)
+        image, err = read_frame(img)
         if image is None:
             out[name] = LocalizationResult(name=name, timings={"total": 0.0}).fail(R.IMAGE_ERROR, err)
             continue
@@ -74,13 +63,7 @@ def run_sequence_benchmark(map_dir: Union[str, Path], frames: Sequence[FrameInpu
     map_ = Map.load(map_dir)
     n_map = len(map_.image_names)
     sl = SequenceLocalizer(Localizer(map_, loc_conf), seq_conf)
-    seq_frames = []
-    for name, img, ts in tqdm(frames, desc="sequence", disable=not progress):
-        t0 = time.perf_counter()
-        image, err = _load(img)
-        fr = sl.track(image, cameras[name], name, ts, image_error=err)
-        fr.result.timings["total"] = time.perf_counter() - t0  # image reading included, as above
-        seq_frames.append(fr)
+    seq_frames = sl.run(frames, cameras, progress)  # image reading timed, as in run_independent
     by_name = {f.name: f for f in seq_frames}
 
     s_seq = report.summarize(names, {f.name: f.pose for f in seq_frames},
@@ -160,4 +143,4 @@ def format_summary(summary: Mapping[str, Mapping]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["run_sequence_benchmark", "run_independent", "format_summary", "TRACKED", "RELOCALIZED", "LOST"]
+__all__ = ["run_sequence_benchmark", "run_independent", "format_summary"]

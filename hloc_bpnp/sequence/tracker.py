@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Union
 
 import numpy as np
@@ -117,6 +116,18 @@ class FrameResult:
             d["qvec"] = self.pose.qvec().double().tolist()
             d["tvec"] = self.pose.t.double().tolist()
         return d
+
+
+def read_frame(img) -> "tuple[Optional[np.ndarray], Optional[str]]":
+    """(image, None) for an array or a readable file; (None, "path: reason") otherwise."""
+    from ..io.image import read_image
+
+    if isinstance(img, np.ndarray):
+        return img, None
+    try:
+        return read_image(img), None
+    except (OSError, ValueError) as e:
+        return None, f"{img}: {e}"
 
 
 def _extract(extractor, image: np.ndarray) -> Dict[str, np.ndarray]:
@@ -450,29 +461,22 @@ class SequenceLocalizer:
 
     # ------------------------------------------------------------------ sequences
     def run(self, frames: Iterable, cameras: Union[Camera, Dict[str, Camera]], progress: bool = True) -> List[FrameResult]:
-        """Track ``frames`` (:class:`~hloc_bpnp.sequence.frames.Frame` with ``path`` or
-        (name, image array, timestamp) triples) in order. An unreadable image is a lost frame
-        naming the file; the sequence goes on."""
-        from ..io.image import read_image
-
+        """Track ``frames`` in order: :class:`~hloc_bpnp.sequence.frames.Frame` objects or
+        (name, image array or path, timestamp) triples. An unreadable image is a lost frame
+        naming the file; the sequence goes on. Each frame's ``timings["total"]`` includes
+        reading its image."""
         out: List[FrameResult] = []
         frames = list(frames)
         bar = tqdm(frames, desc="track", disable=not progress)
         for fr in bar:
-            if isinstance(fr, tuple):
-                name, img, ts = fr
-                path = None
-            else:
-                name, img, ts, path = fr.name, None, fr.timestamp, fr.path
+            name, img, ts = fr if isinstance(fr, tuple) else (fr.name, fr.path, fr.timestamp)
             cam = cameras[name] if isinstance(cameras, dict) else cameras
-            err = None
-            if img is None:
-                try:
-                    img = read_image(path)
-                except (OSError, ValueError) as e:
-                    err = f"{path}: {e}"
-                    logger.warning("Frame %s: cannot read %s", name, err)
-            out.append(self.track(img, cam, name, ts, image_error=err))
+            t0 = time.perf_counter()
+            image, err = read_frame(img)
+            if err:
+                logger.warning("Frame %s: cannot read %s", name, err)
+            out.append(self.track(image, cam, name, ts, image_error=err))
+            out[-1].result.timings["total"] = time.perf_counter() - t0
             bar.set_postfix_str(f"{out[-1].status}")
         counts = {s: sum(f.status == s for f in out) for s in (TRACKED, RELOCALIZED, LOST)}
         logger.info("Sequence: %s, %d keyframes added", counts, len(self.keyframes))
