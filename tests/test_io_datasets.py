@@ -201,6 +201,36 @@ def test_7scenes_fixture(tmp_path):
         read_7scenes(d, "test")
 
 
+def test_7scenes_jpeg_frames_in_number_order(tmp_path):
+    """Copies recompressed to JPEG (``.color.jpg``) read like the original ``.color.png``,
+    frames in frame-number order; one frame in both formats is an error naming it."""
+    from PIL import Image
+
+    from hloc_bpnp.io.datasets.seven_scenes import list_7scenes_frames
+
+    seq = tmp_path / "seq-01"
+    seq.mkdir()
+    for i in (10, 2, 1):
+        Image.new("RGB", (640, 480)).save(seq / f"frame-{i:06d}.color.jpg")
+        _write_pose(seq / f"frame-{i:06d}.pose.txt", np.eye(4))
+    (tmp_path / "TrainSplit.txt").write_text("sequence1\n")
+    (tmp_path / "TestSplit.txt").write_text("sequence1\n")
+    scene = read_7scenes(tmp_path, "test")
+    assert scene.names == [f"seq-01/frame-{i:06d}.color.jpg" for i in (1, 2, 10)]
+    Image.new("RGB", (640, 480)).save(seq / "frame-000002.color.png")
+    with pytest.raises(ValueError, match="frame-000002 exists as both"):
+        list_7scenes_frames(seq)
+
+
+def test_7scenes_redkitchen_shared_copy(shared_data):
+    """The shared RedKitchen copy (``.color.jpg``): 400 training and 200 test frames."""
+    root = shared_data / "seven_scenes_redkitchen"
+    train, test = read_7scenes(root, "train"), read_7scenes(root, "test")
+    assert len(train) == 400 and len(test) == 200
+    assert test.names[0] == "seq-02/frame-000400.color.jpg"
+    assert test.names[-1] == "seq-02/frame-000599.color.jpg"
+
+
 # ---------------------------------------------------------------- Aachen fixture
 def test_aachen_v10_fixture(tmp_path):
     root = tmp_path / "aachen"
