@@ -134,12 +134,15 @@ def test_seven_scenes_pipeline(syn, mapping_yaml, tmp_path):
     res = _check_results(out, 1)
     assert res["queries"][0]["name"] == "seq-03/frame-000000.color.png"
     assert res["summary"]["n_queries_total"] == 2
-    # --reuse-map loads the saved map instead of re-triangulating
+    # --reuse-map loads the saved map instead of re-triangulating: no map file is rewritten
+    # (checked on the files, not on timings, which depend on the machine's load)
+    map_files = {p: p.stat().st_mtime_ns for p in (out / "map").rglob("*") if p.is_file()}
+    assert map_files
     _load_pipeline("seven_scenes").main(["--scene", str(d), "--output", str(out), "--mapping", mapping_yaml,
                                          "--camera", cam_arg, "--max-queries", "1", "--reuse-map"])
     res2 = json.loads((out / "results.json").read_text())
     assert res2["summary"]["map"] == res["summary"]["map"]
-    assert res2["summary"]["mapping_seconds"] < res["summary"]["mapping_seconds"]
+    assert {p: p.stat().st_mtime_ns for p in (out / "map").rglob("*") if p.is_file()} == map_files
 
 
 # ---------------------------------------------------------------- Aachen (v1.0 layout)

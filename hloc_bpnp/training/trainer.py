@@ -32,6 +32,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..config import merge
+from ..io.atomic import atomic_open
 from . import distributed as D
 from .data import TrainScene, TrainView, points_from_depth
 from .localization import MapView, lightglue_pairs, localize_differentiable, match_pairs
@@ -351,7 +352,10 @@ class Trainer:
             logger.warning("step %d: non-finite loss or gradients, step skipped (%d skipped so far)",
                            self.step, self.skipped)
         self.optimizer.zero_grad(set_to_none=True)
-        row = {"step": self.step, "loss": float(D.all_reduce_mean(loss.detach())) if finite_loss else float("nan"),
+        # every process joins this all-reduce, whatever its loss: one that skipped it would leave
+        # the others waiting in the collective forever (a NaN anywhere makes the logged mean NaN)
+        loss_mean = D.all_reduce_mean(loss.detach() if finite_loss else torch.full_like(loss.detach(), math.nan))
+        row = {"step": self.step, "loss": float(loss_mean),
                "temperature": float(self.model.log_temperature.detach().exp()), "grad_norm": grad_norm,
                "skipped": skipped, "seconds": time.time() - t0}
         row.update({k: v for k, v in metrics.items() if k in LOG_FIELDS})
@@ -433,7 +437,7 @@ class Trainer:
         if self.output_dir is not None:
             self.save_checkpoint()
             if self.rank == 0:
-                with open(self.output_dir / "config.yaml", "w") as f:
+                with atomic_open(self.output_dir / "config.yaml") as f:
                     yaml.safe_dump(self.conf, f, sort_keys=False)
         if writer is not None:
             self._log_file.close()
@@ -448,6 +452,13 @@ class Trainer:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         path = self.output_dir / "log.csv"
         append = append and path.is_file()
+        if append:  # resumed: drop the rows logged after the checkpoint, they are trained again
+            with open(path, newline="") as f:
+                kept = [r for r in csv.DictReader(f) if r.get("step", "").isdigit() and int(r["step"]) < self.step]
+            with atomic_open(path, newline="") as f:
+                w = csv.DictWriter(f, fieldnames=LOG_FIELDS, extrasaction="ignore")
+                w.writeheader()
+                w.writerows(kept)
         self._log_file = open(path, "a" if append else "w", newline="")
         writer = csv.DictWriter(self._log_file, fieldnames=LOG_FIELDS)
         if not append:
