@@ -65,23 +65,3 @@ def first_existing(root: Path, candidates: Sequence[str], what: str) -> Path:
         if (root / c).exists():
             return root / c
     raise FileNotFoundError(2, f"{what} not found (looked for {list(candidates)})", str(root))
-
-
-def write_reference_outputs(reference, queries, output: PathLike) -> Tuple[Path, Path]:
-    """Write a dataset's COLMAP reference model (``output/reference_model``, text) and its hloc
-    query list (``output/queries_with_intrinsics.txt``); used by the ``datasets/*/prepare.py``.
-
-    Args:
-        reference: :class:`~hloc_bpnp.io.Scene` of the posed reference images.
-        queries: name -> Camera of the query images.
-    """
-    import logging
-
-    from ..hloc_text import write_query_list
-
-    output = Path(output)
-    model = reference.write_colmap(output / "reference_model", text=True)
-    qlist = write_query_list(output / "queries_with_intrinsics.txt", queries)
-    logging.getLogger(__name__).info("Reference model: %s (%d images); query list: %s (%d queries)",
-                                     model, len(reference), qlist, len(queries))
-    return model, qlist
