@@ -1,4 +1,4 @@
-"""Issue 12.4: strict JSON everywhere (no Infinity/NaN) and --reuse-map config checks."""
+"""Strict JSON everywhere (no Infinity/NaN) and --reuse-map config checks."""
 import json
 import math
 

@@ -1,4 +1,4 @@
-"""Issue 12.6: unprojection beyond the distortion's fold is flagged (NaN + mask), never a
+"""Unprojection beyond the distortion's fold is flagged (NaN + mask), never a
 wrong ray; callers (BPnP start, Sampson errors) cope."""
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""CLI hygiene (issue 12.3): third-party INFO chatter (faiss's loader) is hidden unless -v."""
+"""CLI hygiene: third-party INFO chatter (faiss's loader) is hidden unless -v."""
 import subprocess
 import sys
 

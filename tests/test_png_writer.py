@@ -1,4 +1,4 @@
-"""Issue 12.9: PNGs the library writes are valid whatever was imported first.
+"""PNGs the library writes are valid whatever was imported first.
 
 ``import pycolmap`` before anything loaded libz.so.1 makes compression in this process
 corrupt the heap (Pillow's PNG encoder, even ``zlib.compress``; see hloc_bpnp/io/png.py).

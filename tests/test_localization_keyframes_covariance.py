@@ -1,4 +1,4 @@
-"""Issue 12.5 / 12.8: any number of keyframes (no 63-keyframe bit mask), the hloc plugin uses
+"""Any number of keyframes (no 63-keyframe bit mask), the hloc plugin uses
 every paired reference, and the covariance reported belongs to the pose reported."""
 import numpy as np
 import pytest
