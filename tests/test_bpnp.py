@@ -318,7 +318,7 @@ def test_collinear_points_flagged():
     assert torch.isfinite(x.grad).all()
 
 
-@pytest.mark.gpu
+@pytest.mark.cuda
 def test_cuda_forward_backward():
     pb = random_problem(4, 20, noise=1.0, seed=15, dtype=torch.float32, device="cuda")
     x = pb.points2d.clone().requires_grad_(True)
@@ -327,6 +327,24 @@ def test_cuda_forward_backward():
     assert pose.device.type == "cuda" and torch.isfinite(x.grad).all()
     ref = bpnp(pb.points2d.cpu().double(), pb.points3d.cpu().double(), pb.K.cpu().double())
     assert (pose.cpu().double() - ref).abs().max() < 1e-4
+
+
+@pytest.mark.cuda
+def test_cuda_float64_equals_cpu():
+    """Forward and implicit backward on CUDA in float64 equal the CPU result to 1e-8."""
+    pb = random_problem(8, 50, noise=1.0, seed=16)
+    grads, poses = {}, {}
+    for dev in ("cpu", "cuda"):
+        x = pb.points2d.to(dev).clone().requires_grad_(True)
+        X = pb.points3d.to(dev).clone().requires_grad_(True)
+        K = pb.K.to(dev).clone().requires_grad_(True)
+        pose = bpnp(x, X, K)
+        (pose * torch.arange(1, 7, dtype=pose.dtype, device=dev)).sum().backward()
+        poses[dev] = pose.detach().cpu()
+        grads[dev] = [g.grad.cpu() for g in (x, X, K)]
+    assert (poses["cuda"] - poses["cpu"]).abs().max() < 1e-8
+    for gc, gg in zip(grads["cpu"], grads["cuda"]):
+        assert (gc - gg).abs().max() <= 1e-8 * max(1.0, float(gc.abs().max()))
 
 
 def test_bpnp_raises_for_every_invalid_item():

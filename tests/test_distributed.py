@@ -145,6 +145,104 @@ def test_missing_ray_names_the_extra(monkeypatch):
 
 
 # ---------------------------------------------------------------------------- on Ray
+def test_nothing_to_do_starts_no_cluster(setup, tmp_path, monkeypatch):
+    """A resumed batch with every query done, and a map extraction with every image cached,
+    return without starting Ray (issue 18)."""
+    import hloc_bpnp.distributed.extract as E
+    import hloc_bpnp.distributed.localize as L
+    from hloc_bpnp.distributed import extract_features_distributed, localize_distributed
+    from hloc_bpnp.mapping.build import extract_features_cached
+
+    def no_ray(*a, **kw):
+        raise AssertionError("Ray was started with nothing to do")
+
+    monkeypatch.setattr(L, "ensure_ray", no_ray)
+    monkeypatch.setattr(E, "ensure_ray", no_ray)
+    writer = ResultsWriter(tmp_path / "results.txt")
+    for r in setup["sequential"].values():
+        writer.add(r)
+    writer.close()
+    assert localize_distributed(setup["map"], setup["queries"], None, image_dir=setup["images"],
+                                results_path=tmp_path / "results.txt", resume=True, progress=False) == {}
+    names = Map.load(setup["map"]).image_names[:2]
+    cached = extract_features_cached(SMALL_MAP_CONF["features"], names, setup["images"], tmp_path / "cache",
+                                     progress=False)
+    got = extract_features_distributed(SMALL_MAP_CONF["features"], names, setup["images"], workers=2,
+                                       cache_dir=tmp_path / "cache", progress=False)
+    assert list(got) == names and np.array_equal(got[names[0]]["keypoints"], cached[names[0]]["keypoints"])
+
+
+def test_local_cluster_cpus_are_passed(setup, tmp_path, monkeypatch):
+    """``num_cpus`` (or workers x threads) reaches ensure_ray when a local cluster is started."""
+    import hloc_bpnp.distributed.localize as L
+    from hloc_bpnp.distributed import localize_distributed
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def record(address=None, num_cpus=None):
+        seen.append(num_cpus)
+        raise Stop
+
+    monkeypatch.setattr(L, "ensure_ray", record)
+    for kw, want in (({"threads_per_worker": 1}, 2), ({"num_cpus": 3}, 3), ({}, None)):
+        with pytest.raises(Stop):
+            localize_distributed(setup["map"], setup["queries"][:1], None, image_dir=setup["images"], workers=2,
+                                 progress=False, **kw)
+        assert seen[-1] == want, kw
+
+
+def test_gpu_plan_for_cuda_presets(monkeypatch):
+    """Actors of a CUDA preset reserve GPUs (Ray hides GPUs from actors that reserve none)."""
+    import ray
+
+    from hloc_bpnp.distributed._ray import actor_options, plan_gpus, wants_cuda
+
+    assert wants_cuda("cuda") and wants_cuda("cuda:1") and not wants_cuda("cpu") and not wants_cuda(None)
+    assert plan_gpus(False, 4, None) == 0.0 and "num_gpus" not in actor_options(1, 0.0)
+    assert actor_options(2, 0.5)["num_gpus"] == 0.5
+    assert plan_gpus(True, 4, 0.25) == 0.25
+    with pytest.raises(ValueError, match="gpus_per_worker is 0"):
+        plan_gpus(True, 2, 0)
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 16, "GPU": 1.0})
+    assert plan_gpus(True, 4, None) == 0.25 and plan_gpus(True, 1, None) == 1.0
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 16})
+    with pytest.raises(ValueError, match="no GPU"):
+        plan_gpus(True, 2, None)
+
+
+def test_query_feature_device_follows_the_presets(setup):
+    from hloc_bpnp.distributed.localize import query_feature_device
+
+    assert query_feature_device(setup["map"], None) == "cpu"
+    assert query_feature_device(setup["map"], {"query_features": {"device": "cuda"}}) == "cuda"
+
+
+@pytest.mark.cuda
+def test_ray_gpu_actor_sees_a_gpu(tmp_path):
+    """On a machine with CUDA: an actor started with the options of a CUDA preset sees a GPU."""
+    import ray
+
+    from hloc_bpnp.distributed._ray import actor_options, ensure_ray, plan_gpus
+
+    started = ensure_ray(None)
+    try:
+        @ray.remote
+        def visible():
+            import torch
+
+            return torch.cuda.is_available(), torch.cuda.device_count()
+
+        ok, n = ray.get(visible.options(**{k: v for k, v in actor_options(1, plan_gpus(True, 1, None)).items()
+                                           if k in ("num_cpus", "num_gpus")}).remote())
+        assert ok and n >= 1
+    finally:
+        if started:
+            ray.shutdown()
+
+
 def test_same_poses_as_sequential_and_same_files(ray_cluster, setup, tmp_path):
     probe = str(tmp_path / "threads")
 

@@ -33,6 +33,12 @@ def register(sub, help_text):
                    help="existing Ray cluster (e.g. auto, ray://host:10001); default: a local one")
     d.add_argument("--threads-per-worker", type=int, default=None,
                    help="torch/OpenMP threads per actor (default: the cluster's CPUs / workers)")
+    d.add_argument("--gpus-per-worker", type=float, default=None,
+                   help="GPUs reserved per actor, fractions allowed (default: 0 for a CPU preset, the "
+                        "cluster's GPUs shared evenly for a device: cuda preset)")
+    d.add_argument("--ray-num-cpus", type=int, default=None,
+                   help="CPUs of the local Ray cluster started here (default: workers x threads-per-worker "
+                        "when given, else all)")
     d.add_argument("--chunk-size", type=int, default=None, help="queries per actor call (default: automatic)")
     g = p.add_argument_group("plugin mode (hloc artefacts, no re-extraction)")
     g.add_argument("--hloc-reference", type=Path, help="hloc reference SfM model folder")
@@ -87,6 +93,7 @@ def run(args) -> int:
                                            image_dir=args.images, results_path=args.output, log_path=args.log,
                                            resume=args.resume, chunk_size=args.chunk_size,
                                            threads_per_worker=args.threads_per_worker,
+                                           gpus_per_worker=args.gpus_per_worker, num_cpus=args.ray_num_cpus,
                                            ray_address=args.ray_address)
         else:
             from ..localization import Localizer

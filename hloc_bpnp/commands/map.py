@@ -43,6 +43,12 @@ def register(subparsers, help_text: str) -> None:
     d.add_argument("--ray-address", default=None, help="existing Ray cluster (e.g. auto); default: a local one")
     d.add_argument("--threads-per-worker", type=int, default=None,
                    help="torch/OpenMP threads per actor (default: the cluster's CPUs / workers)")
+    d.add_argument("--gpus-per-worker", type=float, default=None,
+                   help="GPUs reserved per actor, fractions allowed (default: 0 for a CPU preset, the "
+                        "cluster's GPUs shared evenly for a device: cuda preset)")
+    d.add_argument("--ray-num-cpus", type=int, default=None,
+                   help="CPUs of the local Ray cluster started here (default: workers x threads-per-worker "
+                        "when given, else all)")
     p.set_defaults(func=run)
 
 
@@ -90,6 +96,7 @@ def _cached_features(args, conf, names):
         cache = None if args.workdir is None else args.workdir / "features"
         return extract_features_distributed(conf["features"], names, args.images, workers=args.workers,
                                             cache_dir=cache, threads_per_worker=args.threads_per_worker,
+                                            gpus_per_worker=args.gpus_per_worker, num_cpus=args.ray_num_cpus,
                                             ray_address=args.ray_address)
     if args.workdir is None:
         return None

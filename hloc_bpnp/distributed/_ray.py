@@ -54,12 +54,54 @@ def plan_threads(workers: int, threads_per_worker: Optional[int]) -> Tuple[int, 
     return workers, threads
 
 
-def actor_options(threads: int) -> dict:
+def local_cluster_cpus(workers: int, threads_per_worker: Optional[int], num_cpus: Optional[int]) -> Optional[int]:
+    """CPUs of a local cluster started for this job: ``num_cpus`` when given, else
+    ``workers x threads_per_worker`` when the threads are given, else None (all CPUs)."""
+    if num_cpus is not None:
+        if int(num_cpus) < 1:
+            raise ValueError(f"num_cpus must be >= 1, got {num_cpus}")
+        return int(num_cpus)
+    if threads_per_worker:
+        return int(workers) * int(threads_per_worker)
+    return None
+
+
+def wants_cuda(device) -> bool:
+    """Whether a preset's ``device`` (``cpu``, ``cuda``, ``cuda:1``, None) asks for a GPU."""
+    return str(device or "cpu").startswith("cuda")
+
+
+def plan_gpus(cuda: bool, workers: int, gpus_per_worker: Optional[float]) -> float:
+    """GPUs reserved per actor. Ray hides every GPU from an actor that reserves none
+    (``CUDA_VISIBLE_DEVICES=""``), so a CUDA preset needs ``num_gpus`` > 0: by default the
+    cluster's GPUs shared evenly (fractional when workers outnumber GPUs, at most 1 each).
+    An explicit ``gpus_per_worker`` wins; a CUDA preset on a cluster without GPUs is an error."""
+    if gpus_per_worker is not None:
+        if float(gpus_per_worker) < 0:
+            raise ValueError(f"gpus_per_worker must be >= 0, got {gpus_per_worker}")
+        if cuda and float(gpus_per_worker) == 0:
+            raise ValueError("the preset asks for device cuda but gpus_per_worker is 0: the actors would see no GPU")
+        return float(gpus_per_worker)
+    if not cuda:
+        return 0.0
+    ray = require_ray()
+    gpus = float(ray.cluster_resources().get("GPU", 0))
+    if gpus <= 0:
+        raise ValueError("the preset asks for device cuda but the Ray cluster has no GPU "
+                         "(use a CPU preset, or start Ray on a machine with GPUs)")
+    return min(1.0, gpus / max(1, int(workers)))
+
+
+def actor_options(threads: int, gpus: float = 0.0) -> dict:
     """Options of one worker actor: ``threads`` CPUs reserved, BLAS/OpenMP pools sized to them
-    before the process starts (``set_worker_threads`` repeats it for torch and faiss), no
-    automatic restart (the scheduler replaces dead workers itself and counts the deaths)."""
+    before the process starts (``set_worker_threads`` repeats it for torch and faiss), ``gpus``
+    GPUs reserved (fractions share one), no automatic restart (the scheduler replaces dead
+    workers itself and counts the deaths)."""
     env = {k: str(threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
-    return {"num_cpus": threads, "max_restarts": 0, "max_task_retries": 0, "runtime_env": {"env_vars": env}}
+    opts = {"num_cpus": threads, "max_restarts": 0, "max_task_retries": 0, "runtime_env": {"env_vars": env}}
+    if gpus:
+        opts["num_gpus"] = float(gpus)
+    return opts
 
 
 def set_worker_threads(threads: int) -> None:

@@ -10,7 +10,8 @@ from typing import Dict, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from ._ray import actor_options, ensure_ray, plan_threads, require_ray, set_worker_threads
+from ._ray import (actor_options, ensure_ray, local_cluster_cpus, plan_gpus, plan_threads, require_ray,
+                   set_worker_threads, wants_cuda)
 from .scheduler import run_ordered
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,8 @@ def extract_features_distributed(
     cache_dir=None,
     chunk_size: Optional[int] = None,
     threads_per_worker: Optional[int] = None,
+    gpus_per_worker: Optional[float] = None,
+    num_cpus: Optional[int] = None,
     ray_address: Optional[str] = None,
     max_worker_deaths: int = 2,
     progress: bool = True,
@@ -55,7 +58,9 @@ def extract_features_distributed(
     image). With ``cache_dir`` the driver writes each image's features there as they arrive
     (the layout of :func:`~hloc_bpnp.mapping.build.extract_features_cached`) and only the
     missing images are extracted. An image that kills its worker ``max_worker_deaths`` times
-    raises RuntimeError naming it (a map cannot silently drop an image).
+    raises RuntimeError naming it (a map cannot silently drop an image). With everything
+    already cached no Ray cluster is started. ``gpus_per_worker`` / ``num_cpus``: as in
+    :func:`~hloc_bpnp.distributed.localize_distributed` (a ``device: cuda`` extractor gets GPUs).
 
     Returns:
         name -> numpy features, in ``names`` order.
@@ -72,11 +77,15 @@ def extract_features_distributed(
     missing = [n for n in todo if not (Path(image_dir) / n).is_file()]
     if missing:
         raise FileNotFoundError(f"{len(missing)} images not found under {image_dir}: {missing[:5]}")
-    started = ensure_ray(ray_address)
+    if not todo:  # everything cached (a finished run resumed): no cluster to start
+        logger.info("All %d images already extracted: Ray not started", len(names))
+        return {n: out[n] for n in names}
+    started = ensure_ray(ray_address, num_cpus=local_cluster_cpus(workers, threads_per_worker, num_cpus))
     ray = require_ray()
     try:
         workers, threads = plan_threads(workers, threads_per_worker)
-        actor_cls = ray.remote(ExtractionWorker).options(**actor_options(threads))
+        gpus = plan_gpus(wants_cuda(fconf.get("device")), workers, gpus_per_worker)
+        actor_cls = ray.remote(ExtractionWorker).options(**actor_options(threads, gpus))
         chunk = int(chunk_size) if chunk_size else max(1, min(8, len(todo) // (4 * workers)))
         logger.info("Extracting %d images on %d workers x %d threads", len(todo), workers, threads)
 

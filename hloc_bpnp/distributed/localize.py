@@ -20,7 +20,8 @@ from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple, Union
 
 from ..localization import results as R
 from ..localization.results import LocalizationResult, ResultsWriter
-from ._ray import actor_options, ensure_ray, plan_threads, require_ray, set_worker_threads
+from ._ray import (actor_options, ensure_ray, local_cluster_cpus, plan_gpus, plan_threads, require_ray,
+                   set_worker_threads, wants_cuda)
 from .scheduler import run_ordered
 
 logger = logging.getLogger(__name__)
@@ -72,6 +73,21 @@ class LocalizationWorker:
         return out
 
 
+def query_feature_device(map_dir, conf) -> str:
+    """The device the queries' features run on: the localization preset's ``features`` (or the
+    map's own feature preset, saved in ``map.json``) with its ``query_features`` overrides."""
+    import json
+
+    from ..config import load_config, merge
+
+    lconf = load_config("localization", conf if conf is not None else "default")
+    fconf = lconf.get("features") or json.loads(Path(map_dir, "map.json").read_text()).get("conf", {}).get("features")
+    fconf = load_config("features", fconf) if fconf else {}
+    if lconf.get("query_features"):
+        fconf = merge(fconf, lconf["query_features"])
+    return str(fconf.get("device", "cpu"))
+
+
 def default_chunk_size(num_queries: int, workers: int) -> int:
     """Small enough that every worker gets several chunks (load balance, little work lost when a
     worker dies), large enough that the per-call overhead (~1 ms) stays negligible."""
@@ -90,6 +106,8 @@ def localize_distributed(
     resume: bool = False,
     chunk_size: Optional[int] = None,
     threads_per_worker: Optional[int] = None,
+    gpus_per_worker: Optional[float] = None,
+    num_cpus: Optional[int] = None,
     ray_address: Optional[str] = None,
     max_worker_deaths: int = 2,
     flush_seconds: float = 1.0,
@@ -110,6 +128,10 @@ def localize_distributed(
         resume: skip the queries already in the existing log (needs ``results_path``).
         chunk_size: queries per call (default :func:`default_chunk_size`).
         threads_per_worker: torch/OpenMP threads per actor (default: the cluster's CPUs / workers).
+        gpus_per_worker: GPUs reserved per actor (fractions share a GPU); default: none for a
+            CPU preset, the cluster's GPUs shared evenly when the map's features run on CUDA.
+        num_cpus: CPUs of a local cluster started here (default: workers x threads_per_worker
+            when given, else all); ignored with ``ray_address`` or an initialised Ray.
         ray_address: existing cluster (``auto``, ``ray://host:port``); default: Ray already
             initialised in this process, else a local cluster on this machine.
         max_worker_deaths: a query in that many worker deaths is recorded as failed
@@ -134,15 +156,24 @@ def localize_distributed(
         logger.info("Resume: %d queries left of %d", len(queries), len(names))
     map_dir = str(Path(map_dir).resolve())
     if not Path(map_dir, "map.json").is_file():
+        if writer is not None:
+            writer.close()
         raise FileNotFoundError(f"{map_dir} is not a map folder (no map.json)")
+    if not queries:  # nothing left to do (e.g. a finished run resumed): no cluster to start
+        if writer is not None:
+            writer.close()
+        logger.info("No query to localize: Ray not started")
+        return {}
     image_dir = None if image_dir is None else str(Path(image_dir).resolve())
-    started = ensure_ray(ray_address)
+    cuda = wants_cuda(query_feature_device(map_dir, conf))
+    started = ensure_ray(ray_address, num_cpus=local_cluster_cpus(workers, threads_per_worker, num_cpus))
     ray = require_ray()
     out: Dict[str, LocalizationResult] = {}
     try:
         workers, threads = plan_threads(workers, threads_per_worker)
+        gpus = plan_gpus(cuda, workers, gpus_per_worker)
         chunk = int(chunk_size) if chunk_size else default_chunk_size(len(queries), workers)
-        actor_cls = ray.remote(LocalizationWorker).options(**actor_options(threads))
+        actor_cls = ray.remote(LocalizationWorker).options(**actor_options(threads, gpus))
         logger.info("Localizing %d queries on %d workers x %d threads, %d queries per chunk", len(queries),
                     workers, threads, chunk)
         t0 = [None]
