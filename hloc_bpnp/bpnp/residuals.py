@@ -16,7 +16,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from ..geometry.camera import _distort_jacobian, distort, split_params
+from ..geometry.camera import distort_jacobian, distort, split_params
 from ..geometry.pose import skew, so3_exp
 
 
@@ -83,7 +83,7 @@ class CameraProjector:
         if not with_jacobian:
             return x, None
         duv_dp = torch.cat([torch.diag_embed(torch.ones_like(uv)), -uv.unsqueeze(-1)], -1) / z.unsqueeze(-1)
-        Jd = _distort_jacobian(self.model, self.dist, uv)  # (B, N, 2, 2)
+        Jd = distort_jacobian(self.model, self.dist, uv)  # (B, N, 2, 2)
         return x, (self.f.unsqueeze(-1) * Jd) @ duv_dp
 
     def depth(self, p: torch.Tensor) -> torch.Tensor:

@@ -100,7 +100,7 @@ def distort(model: str, dist: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
     return torch.stack([u + du, v + dv], dim=-1)
 
 
-def _distort_jacobian(model: str, dist: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
+def distort_jacobian(model: str, dist: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
     """(..., N, 2, 2) Jacobian of ``distort`` w.r.t. uv (analytic)."""
     u, v = uv[..., 0], uv[..., 1]
     one = torch.ones_like(u)
@@ -160,7 +160,7 @@ def _in_invertible_range(model: str, dist: torch.Tensor, uv: torch.Tensor) -> to
     vertex_inside = (k2 > 0) & (s_star > 0) & (s_star < s)
     ok = (q_end > 0) & (~vertex_inside | (q_star > 0)) & (1 + k1 * s + k2 * s * s > 0)
     if model == "OPENCV":
-        J = _distort_jacobian(model, dist, uv)
+        J = distort_jacobian(model, dist, uv)
         ok = ok & (J[..., 0, 0] * J[..., 1, 1] - J[..., 0, 1] * J[..., 1, 0] > 0)
     return ok
 
@@ -192,7 +192,7 @@ def undistort(
         dd = dist.detach()
         for _ in range(num_iters):
             res = distort(model, dd, uv) - ud
-            J = _distort_jacobian(model, dd, uv)
+            J = distort_jacobian(model, dd, uv)
             step = _solve2x2(J, res)
             uv = uv - step
             done = ~torch.isfinite(step).all(-1) | (step.abs().amax(-1) < 1e-15 * (1 + uv.abs().amax(-1)))
@@ -206,7 +206,7 @@ def undistort(
     # (invalid points start from 0 against their own distorted image: finite, then masked)
     target = torch.where(valid.unsqueeze(-1), uv_d, distort(model, dist, uv).detach())
     res = distort(model, dist, uv) - target
-    J = _distort_jacobian(model, dist.detach(), uv).detach()
+    J = distort_jacobian(model, dist.detach(), uv).detach()
     out = uv - _solve2x2(J, res)
     out = torch.where(valid.unsqueeze(-1), out, torch.full_like(out, float("nan")))
     return (out, valid) if return_valid else out

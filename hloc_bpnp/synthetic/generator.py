@@ -10,9 +10,8 @@ hloc style).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -22,9 +21,9 @@ from ..config import load_config, merge
 from ..geometry import Camera, Pose
 from ..io.scene import Scene, SceneImage
 from .cameras import camera_from_fov, map_and_query_poses
+from .layout_io import SyntheticScene
 from .layouts import build_layout
 from .render import default_shading, render
-from .surfaces import Surface, sample_surface_points
 from .textures import TextureBank
 
 logger = logging.getLogger(__name__)
@@ -71,80 +70,6 @@ def make_cameras(conf: Dict) -> Tuple[Camera, Camera]:
     cam = build(conf["camera"])
     qc = merge(conf["camera"], conf["query_camera"], strict=True) if conf.get("query_camera") else conf["camera"]
     return cam, build(qc)
-
-
-class LazyImages(Mapping):
-    """Read-only ``{name: (H, W, 3) uint8}`` mapping that loads PNGs on first access."""
-
-    def __init__(self, image_dir: Path, names: Sequence[str]):
-        self.image_dir = Path(image_dir)
-        self._names = list(names)
-        self._cache: Dict[str, np.ndarray] = {}
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        if name not in self._names:
-            raise KeyError(f"Image {name!r} not in scene ({len(self._names)} images)")
-        if name not in self._cache:
-            from ..io.image import read_image
-
-            self._cache[name] = read_image(self.image_dir / name)
-        return self._cache[name]
-
-    def __iter__(self):
-        return iter(self._names)
-
-    def __len__(self) -> int:
-        return len(self._names)
-
-
-@dataclass
-class SyntheticScene:
-    """A generated scene: analytic surfaces, textures, GT cameras/poses/depths and images.
-
-    Attributes:
-        conf: the full generator config; preset: preset name (or None); seed: the seed.
-        surfaces: the scene's rectangles (world frame, z up).
-        textures: their TextureBank (regenerated from the seed on load).
-        scene: hloc_bpnp Scene of all images (camera, GT pose, depth).
-        images: {name: (H, W, 3) uint8} (lazy when loaded from disk).
-        map_names, query_names: the split.
-    """
-
-    conf: Dict
-    preset: Optional[str]
-    seed: int
-    surfaces: List[Surface]
-    textures: TextureBank
-    scene: Scene
-    images: Mapping[str, np.ndarray]
-    map_names: List[str]
-    query_names: List[str] = field(default_factory=list)
-
-    @property
-    def map_scene(self) -> Scene:
-        return self.scene.subset(self.map_names)
-
-    @property
-    def query_scene(self) -> Scene:
-        return self.scene.subset(self.query_names)
-
-    def query_cameras(self) -> Dict[str, Camera]:
-        """{query name: Camera}, the content of an hloc query list."""
-        return {n: self.scene[n].camera for n in self.query_names}
-
-    def render_view(self, camera: Camera, pose: Pose, return_hits: bool = False):
-        """Render a new view of this scene: (image (H, W, 3) uint8, depth (H, W) float32)."""
-        return render(self.surfaces, camera, pose, self.textures, self.conf["shading"], return_hits)
-
-    def sample_points(self, num: int, seed: int = 0, margin: float = 0.0):
-        """(points (N, 3) float64, surface index (N,)) sampled by area over the surfaces."""
-        return sample_surface_points(self.surfaces, num, np.random.default_rng(seed), margin)
-
-    def write(self, path: Union[str, Path], overwrite: bool = False) -> Path:
-        """Write the on-disk layout (see ``hloc_bpnp.synthetic.layout_io``)."""
-        from .layout_io import write_synthetic_scene
-
-        return write_synthetic_scene(self, path, overwrite=overwrite)
 
 
 def generate_scene(conf_or_preset: Union[str, Path, Dict, None] = "facades", seed: int = 0,

@@ -1,4 +1,7 @@
-"""On-disk layout of a synthetic scene, and its reader.
+"""The synthetic scene type (:class:`SyntheticScene`), its on-disk layout, and its reader.
+
+The type lives here, with its files, so that the generator imports this module and not the
+reverse (no import circle).
 
 ::
 
@@ -19,8 +22,9 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -28,12 +32,85 @@ from PIL import Image
 
 from ..geometry import Camera, Pose
 from ..io.scene import Scene, SceneImage
-from .surfaces import surfaces_from_list, surfaces_to_list
+from .render import render
+from .surfaces import Surface, sample_surface_points, surfaces_from_list, surfaces_to_list
 from .textures import TextureBank
 
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+
+
+class LazyImages(Mapping):
+    """Read-only ``{name: (H, W, 3) uint8}`` mapping that loads PNGs on first access."""
+
+    def __init__(self, image_dir: Path, names: Sequence[str]):
+        self.image_dir = Path(image_dir)
+        self._names = list(names)
+        self._cache: Dict[str, np.ndarray] = {}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self._names:
+            raise KeyError(f"Image {name!r} not in scene ({len(self._names)} images)")
+        if name not in self._cache:
+            from ..io.image import read_image
+
+            self._cache[name] = read_image(self.image_dir / name)
+        return self._cache[name]
+
+    def __iter__(self):
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+@dataclass
+class SyntheticScene:
+    """A generated scene: analytic surfaces, textures, GT cameras/poses/depths and images.
+
+    Attributes:
+        conf: the full generator config; preset: preset name (or None); seed: the seed.
+        surfaces: the scene's rectangles (world frame, z up).
+        textures: their TextureBank (regenerated from the seed on load).
+        scene: hloc_bpnp Scene of all images (camera, GT pose, depth).
+        images: {name: (H, W, 3) uint8} (lazy when loaded from disk).
+        map_names, query_names: the split.
+    """
+
+    conf: Dict
+    preset: Optional[str]
+    seed: int
+    surfaces: List[Surface]
+    textures: TextureBank
+    scene: Scene
+    images: Mapping[str, np.ndarray]
+    map_names: List[str]
+    query_names: List[str] = field(default_factory=list)
+
+    @property
+    def map_scene(self) -> Scene:
+        return self.scene.subset(self.map_names)
+
+    @property
+    def query_scene(self) -> Scene:
+        return self.scene.subset(self.query_names)
+
+    def query_cameras(self) -> Dict[str, Camera]:
+        """{query name: Camera}, the content of an hloc query list."""
+        return {n: self.scene[n].camera for n in self.query_names}
+
+    def render_view(self, camera: Camera, pose: Pose, return_hits: bool = False):
+        """Render a new view of this scene: (image (H, W, 3) uint8, depth (H, W) float32)."""
+        return render(self.surfaces, camera, pose, self.textures, self.conf["shading"], return_hits)
+
+    def sample_points(self, num: int, seed: int = 0, margin: float = 0.0):
+        """(points (N, 3) float64, surface index (N,)) sampled by area over the surfaces."""
+        return sample_surface_points(self.surfaces, num, np.random.default_rng(seed), margin)
+
+    def write(self, path: Union[str, Path], overwrite: bool = False) -> Path:
+        """Write the on-disk layout (see this module's docstring)."""
+        return write_synthetic_scene(self, path, overwrite=overwrite)
 
 
 
@@ -65,7 +142,7 @@ def _pose_dict(pose: Pose) -> Dict:
 
 
 def write_synthetic_scene(syn, path: Union[str, Path], overwrite: bool = False) -> Path:
-    """Write a :class:`~hloc_bpnp.synthetic.generator.SyntheticScene` to ``path``.
+    """Write a :class:`SyntheticScene` to ``path``.
 
     Raises FileExistsError if ``path/scene.json`` exists and not ``overwrite``.
     """
@@ -109,8 +186,6 @@ def load_synthetic_scene(path: Union[str, Path]):
     Returns:
         SyntheticScene whose ``scene.image_dir`` is ``path/images``.
     """
-    from .generator import LazyImages, SyntheticScene
-
     root = Path(path)
     meta_path = root / "scene.json"
     if not meta_path.is_file():
