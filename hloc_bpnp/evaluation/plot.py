@@ -104,15 +104,9 @@ def save_figure(fig, path: Union[str, Path], dpi: float = 100) -> Path:
     if fmt in ("svgz",) and not deflate_is_safe():
         raise ValueError(f"{path}: cannot write compressed SVG in this process (pycolmap was imported before "
                          "zlib; see hloc_bpnp/io/png.py): use .png, .pdf or .svg")
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        rc = {} if deflate_is_safe() else {"pdf.compression": 0}
-        with matplotlib.rc_context(rc):
-            fig.savefig(tmp, dpi=dpi, format=fmt)
-        import os
+    from ..io.atomic import atomic_path
 
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    rc = {} if deflate_is_safe() else {"pdf.compression": 0}
+    with atomic_path(path) as tmp, matplotlib.rc_context(rc):
+        fig.savefig(tmp, dpi=dpi, format=fmt)
     return path

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any, Union
+
+from .atomic import atomic_write_text
 
 
 def json_safe(x: Any) -> Any:
@@ -75,16 +76,4 @@ def write_json(path: Union[str, Path], x: Any, indent: int = 1) -> Path:
     The parent folder is created; the text goes to ``<path>.tmp`` first and is renamed over
     ``path``. Returns ``path``.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = dumps_json(x, indent=indent)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return atomic_write_text(path, dumps_json(x, indent=indent) + "\n")

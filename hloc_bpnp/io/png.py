@@ -22,11 +22,12 @@ written to a temporary name in the same folder and renamed, so a crash leaves no
 from __future__ import annotations
 
 import logging
-import os
 import struct
 import sys
 from pathlib import Path
 from typing import Union
+
+from .atomic import atomic_write_bytes
 
 import numpy as np
 
@@ -159,21 +160,6 @@ def encode_png(image: np.ndarray, compress: bool = None) -> bytes:
 
     ihdr = struct.pack(">IIBBBBB", W, H, 8, color_type, 0, 0, 0)
     return _PNG_SIGNATURE + chunk(b"IHDR", ihdr) + chunk(b"IDAT", payload) + chunk(b"IEND", b"")
-
-
-def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``<path>.tmp`` in the same folder, then rename it to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
 
 
 def write_png(path: PathLike, image: np.ndarray, compress: bool = None) -> Path:

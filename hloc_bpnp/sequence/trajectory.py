@@ -10,13 +10,13 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from ..geometry import Pose
+from ..io.atomic import atomic_write_text
 from .frames import read_tum_groundtruth
 
 logger = logging.getLogger(__name__)
@@ -56,15 +56,7 @@ def write_tum_trajectory(path: PathLike, timestamps: Sequence[float], poses: Seq
         c = w.t.detach().cpu().double().tolist()
         vals = c + [q[1], q[2], q[3], q[0]]
         lines.append(f"{float(t):.6f} " + " ".join(f"{v:.17g}" for v in vals))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write("\n".join(lines) + "\n")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write_text(path, "\n".join(lines) + "\n")
     logger.debug("Wrote %d poses to %s", len(poses), path)
     return path
 

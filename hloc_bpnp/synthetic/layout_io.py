@@ -117,7 +117,8 @@ class SyntheticScene:
 def _write_image(path: Path, image: np.ndarray) -> None:
     """PNG through :func:`hloc_bpnp.io.png.write_png` (Pillow's PNG encoder is unsafe after
     ``import pycolmap``, see ``io/png.py``), other formats through Pillow; atomically."""
-    from ..io.png import atomic_write_bytes, write_png
+    from ..io.atomic import atomic_write_bytes
+    from ..io.png import write_png
 
     if path.suffix.lower() == ".png":
         write_png(path, image)
