@@ -39,7 +39,8 @@ def pose_covariance(
         s = (r * r).sum(-1)
         _, rho1 = robust_rho(s, loss, loss_scale)
         wr = weights * rho1
-        A = torch.einsum("bn,bnki,bnkj->bij", wr, J, J)
+        Jf = J.reshape(J.shape[0], -1, 6)  # (B, 2N, 6)
+        A = (wr.repeat_interleave(2, -1).unsqueeze(-1) * Jf).transpose(1, 2) @ Jf
         if sigma2 is None:
             n = (wr > 0).sum(-1).to(R.dtype)
             dof = 2 * n - 6

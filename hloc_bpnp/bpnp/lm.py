@@ -110,13 +110,15 @@ def _data_normal_equations(R, t, points3d, points2d, projector, weights, loss, l
     s = (r * r).sum(-1)
     rho, rho1, rho2 = robust_rho2(s, loss, loss_scale)
     cost = (weights * rho).sum(-1)
-    wj = (weights * rho1)[..., None, None] * J  # (B, N, 2, 6)
-    A = torch.einsum("bnki,bnkj->bij", wj, J)
-    b = torch.einsum("bnki,bnk->bi", wj, r)
+    B = J.shape[0]
+    wj = ((weights * rho1)[..., None, None] * J).reshape(B, -1, 6)  # (B, 2N, 6)
+    # batched matrix products over the 2N residual rows (several times faster than einsum here)
+    A = wj.transpose(1, 2) @ J.reshape(B, -1, 6)
+    b = (r.reshape(B, 1, -1) @ wj).squeeze(1)
     if loss == "l2":
         return cost, A, b, A
-    g = torch.einsum("bnki,bnk->bni", J, r)  # J_i^T r_i
-    H = A + 2 * torch.einsum("bn,bni,bnj->bij", weights * rho2, g, g)
+    g = (r.unsqueeze(-2) @ J).squeeze(-2)  # (B, N, 6): J_i^T r_i
+    H = A + 2 * ((weights * rho2).unsqueeze(-1) * g).transpose(1, 2) @ g
     return cost, A, b, H
 
 

@@ -51,7 +51,7 @@ class KProjector:
 
     def depth(self, p: torch.Tensor) -> torch.Tensor:
         """(B, N) depth along the viewing direction (sign of the homogeneous scale)."""
-        return (p * self.K[:, None, 2, :]).sum(-1)
+        return (p @ self.K[:, 2, :].unsqueeze(-1)).squeeze(-1)
 
     def normalized_rays(self, x: torch.Tensor) -> torch.Tensor:
         """Pixels (B, N, 2) -> (B, N, 2) normalized coordinates of K^-1 [x, 1] (for initialisers)."""
