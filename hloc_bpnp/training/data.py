@@ -44,6 +44,11 @@ class TrainView:
     pose: Pose
     depth: Optional[torch.Tensor] = None
 
+    def to(self, device) -> "TrainView":
+        """The same view with its image, camera, pose and depth on ``device``."""
+        return TrainView(self.name, self.image.to(device), self.camera.to(device), self.pose.to(device),
+                         None if self.depth is None else self.depth.to(device))
+
 
 @dataclass
 class TrainScene:
@@ -54,6 +59,11 @@ class TrainScene:
     map_names: List[str]
     query_names: List[str]
     refs: Dict[str, List[str]] = field(default_factory=dict)
+
+    def to(self, device) -> "TrainScene":
+        """The same scene with every view's tensors on ``device``."""
+        return TrainScene(self.name, {n: v.to(device) for n, v in self.views.items()}, list(self.map_names),
+                          list(self.query_names), dict(self.refs))
 
 
 def _float01(image: np.ndarray) -> torch.Tensor:

@@ -31,6 +31,8 @@ def init_distributed(device: str = "cpu") -> Tuple[int, int]:
     if world <= 1:
         return 0, 1
     backend = "nccl" if str(device).startswith("cuda") else "gloo"
+    if backend == "nccl":  # one GPU per process: torchrun's LOCAL_RANK picks it ("cuda" then means it)
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend=backend)
     rank = dist.get_rank()
     logger.info("process group: rank %d of %d (%s)", rank, world, backend)

@@ -64,6 +64,11 @@ class MapView:
     points3d: torch.Tensor
     image_size: Optional[torch.Tensor] = None  # (2,) (W, H): needed by a learned matcher (LightGlue)
 
+    def to(self, device) -> "MapView":
+        """The same view with every tensor on ``device``."""
+        return MapView(self.name, self.keypoints.to(device), self.descriptors.to(device), self.points3d.to(device),
+                       None if self.image_size is None else self.image_size.to(device))
+
 
 @dataclass
 class PairMatches:
@@ -123,11 +128,11 @@ def lightglue_pairs(lightglue, q_kpts: torch.Tensor, q_desc: torch.Tensor, q_siz
 def mutual_matches(P: torch.Tensor, min_prob: float = 0.0) -> torch.Tensor:
     """(K, 2) index pairs (i, j) that are mutual nearest neighbours in P (N, M) with P > min_prob."""
     if P.numel() == 0:
-        return torch.zeros(0, 2, dtype=torch.long)
+        return torch.zeros(0, 2, dtype=torch.long, device=P.device)
     Pd = P.detach()
     j = Pd.argmax(1)
     i_back = Pd.argmax(0)
-    i = torch.arange(P.shape[0])
+    i = torch.arange(P.shape[0], device=P.device)
     ok = (i_back[j] == i) & (Pd[i, j] > min_prob)
     return torch.stack([i[ok], j[ok]], -1)
 
@@ -141,7 +146,9 @@ def hard_correspondences(q_kpts: torch.Tensor, pairs: List[PairMatches], min_pro
         p3.append(pm.ref.points3d[ij[:, 1]].double())
         qi.append(ij[:, 0])
     if not p2:
-        return torch.zeros(0, 2, dtype=torch.float64), torch.zeros(0, 3, dtype=torch.float64), torch.zeros(0, dtype=torch.long)
+        dev = q_kpts.device
+        return (torch.zeros(0, 2, dtype=torch.float64, device=dev), torch.zeros(0, 3, dtype=torch.float64, device=dev),
+                torch.zeros(0, dtype=torch.long, device=dev))
     return torch.cat(p2), torch.cat(p3), torch.cat(qi)
 
 
@@ -153,7 +160,7 @@ def soft_correspondences(q_kpts: torch.Tensor, q_scores: Optional[torch.Tensor],
     for pm in pairs:
         k = min(top_k, pm.P.shape[1])
         prob, j = pm.P.topk(k, dim=1)  # (N, k)
-        i = torch.arange(pm.P.shape[0])[:, None].expand_as(j).reshape(-1)
+        i = torch.arange(pm.P.shape[0], device=j.device)[:, None].expand_as(j).reshape(-1)
         j = j.reshape(-1)
         wt = prob.reshape(-1)
         if q_scores is not None:

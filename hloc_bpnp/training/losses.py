@@ -44,13 +44,13 @@ def correspondence_targets(q_kpts: torch.Tensor, query: TrainView, ref: MapView,
         radius: maximum pixel distance between a query keypoint and a projected point.
     """
     if ref.points3d.shape[0] == 0 or q_kpts.shape[0] == 0:
-        return torch.zeros(0, 2, dtype=torch.long)
+        return torch.zeros(0, 2, dtype=torch.long, device=q_kpts.device)
     x, vis = visible_in(query, ref.points3d)
     d = torch.cdist(q_kpts.detach().double(), x)  # (N, M)
     d = torch.where(vis[None], d, torch.full_like(d, math.inf))
     j = d.argmin(1)
     i_back = d.argmin(0)
-    i = torch.arange(d.shape[0])
+    i = torch.arange(d.shape[0], device=d.device)
     ok = (i_back[j] == i) & (d[i, j] <= radius)
     return torch.stack([i[ok], j[ok]], -1)
 
@@ -64,7 +64,7 @@ def descriptor_loss(P: torch.Tensor, positives: torch.Tensor, eps: float = 1e-6)
 
 def score_targets(P: torch.Tensor, positives: torch.Tensor, n: int) -> torch.Tensor:
     """(N,) {0, 1}: query keypoint has a positive whose index is its hard nearest neighbour."""
-    t = torch.zeros(n, dtype=P.dtype)
+    t = torch.zeros(n, dtype=P.dtype, device=P.device)
     if positives.shape[0]:
         nn_j = P.detach().argmax(1)
         good = nn_j[positives[:, 0]] == positives[:, 1]

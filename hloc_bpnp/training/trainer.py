@@ -133,7 +133,7 @@ def map_view_features(net: nn.Module, view: TrainView) -> MapView:
         desc = out["descriptors"][0][valid]
         X, ok = points_from_depth(kpts, view)
     H, W = view.image.shape[-2:]
-    return MapView(view.name, kpts[ok], desc[ok], X[ok], torch.tensor([W, H]))
+    return MapView(view.name, kpts[ok], desc[ok], X[ok], torch.tensor([W, H], device=kpts.device))
 
 
 def query_losses(model: FinetuneModel, kpts: torch.Tensor, desc: torch.Tensor, scores: torch.Tensor,
@@ -143,14 +143,14 @@ def query_losses(model: FinetuneModel, kpts: torch.Tensor, desc: torch.Tensor, s
     lc = conf["losses"]
     if model.matcher is not None:
         H, W = view.image.shape[-2:]
-        pairs = lightglue_pairs(model.matcher, kpts, desc, torch.tensor([W, H]), refs)
+        pairs = lightglue_pairs(model.matcher, kpts, desc, torch.tensor([W, H], device=kpts.device), refs)
     else:
         pairs = match_pairs(desc, refs, model.log_temperature)
     losses: Dict[str, torch.Tensor] = {}
     metrics: Dict[str, float] = {}
     need_pos = lc["descriptor"] or lc["score"]
     if need_pos:
-        nll, targets, n_pos = [], torch.zeros(kpts.shape[0]), 0
+        nll, targets, n_pos = [], torch.zeros(kpts.shape[0], device=kpts.device), 0
         for pm in pairs:
             pos = correspondence_targets(kpts, view, pm.ref, lc["pose_conf"]["pos_radius_px"])
             n_pos += int(pos.shape[0])
@@ -195,7 +195,12 @@ class Trainer:
         self.conf = merge(default_conf, conf or {}, strict=True)
         if not scenes:
             raise ValueError("Trainer needs at least one training scene")
-        self.scenes = list(scenes)
+        # everything trains on conf["device"]: the networks, the matcher, every view (images,
+        # cameras, poses, depth) and the map features; numpy conversions go through .cpu()
+        self.device = torch.device(self.conf["device"])
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {self.conf['device']!r} requested but CUDA is not available")
+        self.scenes = [s.to(self.device) for s in scenes]
         self.items = [(si, q) for si, s in enumerate(self.scenes) for q in s.query_names]
         if not self.items:
             raise ValueError("the training scenes have no query views")
@@ -210,6 +215,7 @@ class Trainer:
             from ..features.base import load_weights
 
             load_weights(self.model.net.weights_module(), self.conf["init_weights"], "finetune", key="init_weights")
+        self.model.to(self.device)
         self.map_net = copy.deepcopy(self.model.net).eval()
         for p in self.map_net.parameters():
             p.requires_grad_(False)
@@ -266,7 +272,7 @@ class Trainer:
 
                 self._cache[(scene_index, None)] = True
                 for n, mv in triangulated_map_views(self.map_net, scene).items():
-                    self._cache[(scene_index, n)] = mv
+                    self._cache[(scene_index, n)] = mv.to(self.device)
             return [self._cache[(scene_index, n)] for n in names]
         out = []
         for n in names:
