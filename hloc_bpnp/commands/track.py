@@ -4,9 +4,10 @@ Frames come from an image folder (numeric order when the names are numbers, else
 order), a TUM RGB-D folder / ``rgb.txt`` (with ``groundtruth.txt`` when present), a 7-Scenes
 sequence folder or scene (its ``TestSplit.txt`` sequences; ``.pose.txt`` as ground truth; camera
 f = 525 unless given) or a video file (decoded with PyAV as it is tracked; timestamps from the
-stream; a frame that fails to decode is lost with its reason). Each frame is tracked from the previous pose (motion prior,
-covisible keyframes, guided matching, BPnP), relocalized with the full localizer when tracking
-fails, or recorded as lost with its reason; the map grows where the camera goes.
+stream; a frame that fails to decode is lost with its reason). Each frame is tracked from the
+previous pose (motion prior, covisible keyframes, guided matching, BPnP), relocalized with the
+full localizer when tracking fails, or recorded as lost with its reason; the map grows where
+the camera goes.
 
 Writes into ``--output``: ``trajectory.txt`` (TUM format), ``results.txt`` (hloc format) and
 its ``results_log.json``, ``frames.json`` (status / reason / keyframe / timings per frame),

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
@@ -57,7 +57,8 @@ def _require_rerun():
     return rr
 
 
-def frustum_strips(R: np.ndarray, C: np.ndarray, K: np.ndarray, size: Sequence[float], depth: float) -> List[np.ndarray]:
+def frustum_strips(R: np.ndarray, C: np.ndarray, K: np.ndarray, size: Sequence[float],
+                   depth: float) -> List[np.ndarray]:
     """Line strips drawing camera frusta.
 
     Args:
