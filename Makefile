@@ -18,7 +18,7 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[dev,sequence,distributed]"
+	$(PY) -m pip install --quiet -e ".[dev,sequence,viewer,distributed]"
 	touch $(STAMP)
 
 setup-learned: $(LEARNED_STAMP)

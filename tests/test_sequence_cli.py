@@ -111,3 +111,46 @@ def test_sequence_pipeline_synthetic_contract(tmp_path):
               "trajectory.png", "grown_map/map.json"):
         assert (tmp_path / f).exists(), f
     assert res["summary"]["sequence"]["n_frames"] == s["n_frames"]
+
+
+def test_track_command_on_a_video_with_a_rerun_recording(small, tmp_path):
+    """`hloc-bpnp track --frames video.mp4 --rerun out.rrd`: frames decoded in order, tracked,
+    timestamps from the stream; the recording holds the map, the trajectory and every frame."""
+    av = pytest.importorskip("av")
+    pytest.importorskip("rerun")
+    from fractions import Fraction
+
+    from hloc_bpnp.cli import main
+    from hloc_bpnp.sequence.viewer import read_recording
+
+    seq, d = small
+    video = tmp_path / "orbit.mp4"
+    with av.open(str(video), "w") as c:
+        s = c.add_stream("mpeg4", rate=Fraction(5))
+        s.width, s.height, s.pix_fmt = seq.camera.width, seq.camera.height, "yuv420p"
+        s.bit_rate = 8_000_000
+        for n in seq.names:
+            for p in s.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(seq.images[n]), format="rgb24")):
+                c.mux(p)
+        for p in s.encode(None):
+            c.mux(p)
+    p = [float(v) for v in seq.camera.params.tolist()]
+    out, rrd = tmp_path / "out", tmp_path / "track.rrd"
+    rc = main(["track", "--map", str(d / "map"), "--frames", str(video), "--intrinsics", *map(str, p),
+               "--output", str(out), "--rerun", str(rrd)])
+    assert rc == 0
+    frames = json.loads((out / "frames.json").read_text())["frames"]
+    n = len(seq.names)
+    assert [f["name"] for f in frames] == [f"orbit/frame-{i:06d}" for i in range(n)]
+    assert [f["timestamp"] for f in frames] == pytest.approx([i / 5 for i in range(n)])
+    # the synthetic orbit tracks from the video as from the PNG frames (cut relocalized)
+    assert all(f["status"] != "lost" for f in frames)
+    assert frames[SEQ_CUT(seq)]["status"] == "relocalized"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_localized"] == n and not summary["has_groundtruth"]
+    rec = read_recording(rrd)
+    assert sum(b.num_rows for b in rec["/status"]) == n
+    assert sum(b.num_rows for b in rec["/world/camera"]) == n
+    assert "/world/map/points" in rec and "/world/trajectory/estimated" in rec
+    images = [b for b in rec["/world/camera/image"] if "EncodedImage:blob" in b.schema.names]
+    assert sum(b.num_rows for b in images) == n

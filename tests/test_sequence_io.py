@@ -6,8 +6,8 @@ import torch
 
 from hloc_bpnp.geometry import Pose
 from hloc_bpnp.io.hloc_text import FormatError
-from hloc_bpnp.sequence.frames import (Frame, frames_from_folder, frames_from_tum, load_frames, read_tum_groundtruth,
-                                       read_tum_rgb)
+from hloc_bpnp.sequence.frames import (Frame, frames_from_7scenes, frames_from_folder, frames_from_tum, load_frames,
+                                       read_tum_groundtruth, read_tum_rgb, sort_frame_names)
 from hloc_bpnp.sequence.trajectory import (plot_trajectory, read_tum_trajectory, trajectory_errors,
                                            write_tum_trajectory)
 
@@ -49,12 +49,19 @@ def test_folder_order_and_timestamps(tmp_path):
     _touch_images(tmp_path / "a", ["10.png", "2.png", "x.txt.png", "b.JPG"])
     (tmp_path / "a" / "notes.txt").write_text("not an image")
     fr = frames_from_folder(tmp_path / "a")
-    assert [f.name for f in fr] == ["10.png", "2.png", "b.JPG", "x.txt.png"]  # name order
+    assert [f.name for f in fr] == ["2.png", "10.png", "b.JPG", "x.txt.png"]  # natural order
     assert [f.timestamp for f in fr] == [0.0, 1.0, 2.0, 3.0]  # not all stems are numbers: indices
-    assert fr[0].path == tmp_path / "a" / "10.png" and fr[0].gt_pose is None
-    # numeric stems that are not increasing in name order: indices as well
-    _touch_images(tmp_path / "n", ["10.png", "9.png"])
-    assert [f.timestamp for f in frames_from_folder(tmp_path / "n")] == [0.0, 1.0]
+    assert fr[1].path == tmp_path / "a" / "10.png" and fr[1].gt_pose is None
+    assert [f.name for f in frames_from_folder(tmp_path / "a", order="name")] == ["10.png", "2.png", "b.JPG",
+                                                                                   "x.txt.png"]
+    # numeric stems: numeric order, the numbers are the timestamps
+    _touch_images(tmp_path / "n", ["10.png", "9.png", "1.png", "100.png"])
+    fr = frames_from_folder(tmp_path / "n")
+    assert [f.name for f in fr] == ["1.png", "9.png", "10.png", "100.png"]
+    assert [f.timestamp for f in fr] == [1.0, 9.0, 10.0, 100.0]
+    # equal numbers (01 and 1) do not increase: indices
+    _touch_images(tmp_path / "eq", ["01.png", "1.png"])
+    assert [f.timestamp for f in frames_from_folder(tmp_path / "eq")] == [0.0, 1.0]
     # TUM-style stems are timestamps
     _touch_images(tmp_path / "tum" / "rgb", ["1341847981.726650.png", "1341847980.722988.png"])
     fr = frames_from_folder(tmp_path / "tum" / "rgb")
@@ -63,6 +70,90 @@ def test_folder_order_and_timestamps(tmp_path):
     _touch_images(tmp_path / "r", ["b/1.png", "a/2.png", "0.png"])
     assert [f.name for f in frames_from_folder(tmp_path / "r", recursive=True)] == ["0.png", "a/2.png", "b/1.png"]
     assert [f.name for f in frames_from_folder(tmp_path / "r")] == ["0.png"]
+
+
+def test_sort_frame_names_orders_and_reports(caplog):
+    assert sort_frame_names(["10.png", "2.png", "1.png"]) == (["1.png", "2.png", "10.png"], "numeric")
+    assert sort_frame_names(["1.5.png", "1.10.png"]) == (["1.10.png", "1.5.png"], "numeric")  # values
+    names = ["frame-10.jpg", "frame-9.jpg", "frame-100.jpg", "a/frame-2.jpg"]
+    assert sort_frame_names(names) == (["a/frame-2.jpg", "frame-9.jpg", "frame-10.jpg", "frame-100.jpg"], "natural")
+    assert sort_frame_names(names, "name")[0] == sorted(names)
+    with pytest.raises(ValueError, match="a/frame-2.jpg.*not named by a number"):
+        sort_frame_names(names, "numeric")
+    with pytest.raises(ValueError, match="order"):
+        sort_frame_names(names, "random")
+
+
+def test_folder_order_is_logged(tmp_path, caplog):
+    _touch_images(tmp_path / "n", ["10.png", "2.png"])
+    with caplog.at_level("INFO", logger="hloc_bpnp.sequence.frames"):
+        frames_from_folder(tmp_path / "n")
+    assert any("numeric order" in r.getMessage() and "2.png ... 10.png" in r.getMessage() for r in caplog.records)
+
+
+def _seven_scenes(root, seqs=(("seq-01", 0, 3), ("seq-02", 3, 2)), ext=".color.jpg", poses=None):
+    """A tiny 7-Scenes scene: frames numbered from `start`, written out of order; returns poses."""
+    poses = poses or _poses(sum(n for _, _, n in seqs), seed=3)
+    k = 0
+    for seq, start, n in seqs:
+        for i in reversed(range(n)):
+            stem = root / seq / f"frame-{start + i:06d}"
+            _touch_images(root / seq, [f"frame-{start + i:06d}{ext}"])
+            w = poses[k + i].inv()
+            M = np.eye(4)
+            M[:3, :3], M[:3, 3] = w.R.numpy(), w.t.numpy()
+            stem.with_name(stem.name + ".pose.txt").write_text("\n".join(" ".join(f"{v:.17g}" for v in r) for r in M))
+        k += n
+    (root / "TrainSplit.txt").write_text("sequence1\n")
+    (root / "TestSplit.txt").write_text("sequence2\n")
+    return poses
+
+
+def test_seven_scenes_frames_with_groundtruth(tmp_path):
+    root = tmp_path / "scene"
+    poses = _seven_scenes(root)
+    # a scene: its TestSplit sequences; names seq/file; .pose.txt as cam_from_world
+    fr = load_frames(root)
+    assert [f.name for f in fr] == ["seq-02/frame-000003.color.jpg", "seq-02/frame-000004.color.jpg"]
+    assert fr[0].path == root / "seq-02" / "frame-000003.color.jpg"
+    assert [f.timestamp for f in fr] == pytest.approx([0.0, 1 / 30])
+    for f, p in zip(fr, poses[3:]):
+        assert torch.allclose(f.gt_pose.R, p.R, atol=1e-9) and torch.allclose(f.gt_pose.t, p.t, atol=1e-9)
+    assert load_frames(root, groundtruth=None)[0].gt_pose is None
+    # a sequence folder: frame-number order, depth / pose files are not frames
+    (root / "seq-01" / "frame-000000.depth.png").write_bytes(b"")
+    fr = load_frames(root / "seq-01")
+    assert [f.name for f in fr] == [f"seq-01/frame-{i:06d}.color.jpg" for i in range(3)]
+    assert torch.allclose(fr[2].gt_pose.t, poses[2].t, atol=1e-9)
+    assert [f.name for f in frames_from_7scenes(root, split="all")][:3] == [
+        "seq-02/frame-000003.color.jpg", "seq-02/frame-000004.color.jpg", "seq-01/frame-000000.color.jpg"]
+
+
+def test_seven_scenes_frames_errors_name_the_file(tmp_path):
+    root = tmp_path / "scene"
+    _seven_scenes(root)
+    (root / "seq-02" / "frame-000004.pose.txt").write_text("1 0 0 0\n0 1 0 0\n0 0 1\n0 0 0 1\n")
+    with pytest.raises(FormatError, match="frame-000004.pose.txt"):
+        load_frames(root)
+    (root / "seq-02" / "frame-000004.pose.txt").unlink()
+    with pytest.raises(FileNotFoundError, match="frame-000004.pose.txt"):
+        load_frames(root)
+    (root / "TestSplit.txt").write_text("sequence7\n")
+    with pytest.raises(FileNotFoundError, match="seq-07"):
+        load_frames(root)
+    with pytest.raises(ValueError, match="not a 7-Scenes"):
+        frames_from_7scenes(tmp_path)
+
+
+def test_seven_scenes_shared_copy(shared_data):
+    root = shared_data / "seven_scenes_redkitchen"
+    if not root.is_dir():
+        pytest.skip("no RedKitchen copy")
+    fr = load_frames(root)
+    assert len(fr) == 200 and fr[0].name == "seq-02/frame-000400.color.jpg"
+    assert fr[-1].name == "seq-02/frame-000599.color.jpg" and all(f.gt_pose is not None for f in fr)
+    c = np.stack([f.gt_pose.center.numpy() for f in fr])
+    assert np.median(np.linalg.norm(np.diff(c, axis=0), axis=1)) < 0.05  # consecutive video frames: cm apart
 
 
 def test_folder_errors_name_the_folder(tmp_path):

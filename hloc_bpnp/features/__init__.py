@@ -9,6 +9,7 @@ from .base import (Extractor, Features, available_extractors, build_extractor, l
 from . import sift as _sift  # noqa: F401  (registers "sift")
 from . import learned as _learned  # noqa: F401  (registers the learned presets)
 from . import trainable as _trainable  # noqa: F401  (registers "trainable", the fine-tunable net)
+from . import pycolmap_sift as _pycolmap_sift  # noqa: F401  (registers "sift_pycolmap", COLMAP's C++ SIFT)
 from .sift import SIFT, sift_lightglue_scale_ori
 
 __all__ = ["Extractor", "Features", "SIFT", "available_extractors", "build_extractor", "load_weights",

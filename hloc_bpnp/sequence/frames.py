@@ -1,5 +1,6 @@
-"""Frame sources of sequence mode: an image folder (name order) or a TUM RGB-D ``rgb.txt``
-(with ``groundtruth.txt`` when present).
+"""Frame sources of sequence mode: an image folder (numeric / natural name order), a TUM RGB-D
+``rgb.txt`` (with ``groundtruth.txt`` when present), a 7-Scenes sequence folder or scene (its
+``.pose.txt`` poses as ground truth) and a video file (decoded by :mod:`.video`).
 
 TUM formats (https://cvg.cit.tum.de/data/datasets/rgbd-dataset/file_formats):
 
@@ -16,9 +17,10 @@ starts with ``"<file>:<line>: "``.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -29,6 +31,10 @@ from ..io.hloc_text import FormatError, format_error, iter_fields, parse_floats
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".ppm", ".bmp", ".tif", ".tiff")
+VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".ts", ".wmv", ".flv")
+FRAME_ORDERS = ("auto", "numeric", "natural", "name")
+SEVEN_SCENES_FPS = 30.0
+"""Frame rate of the 7-Scenes Kinect recordings: 7-Scenes frame timestamps are index / 30 s."""
 QUATERNION_NORM_TOL = 1e-2
 """Largest |‖q‖ - 1| of a ground-truth quaternion accepted (and normalized) before it is an error."""
 PathLike = Union[str, Path]
@@ -41,14 +47,21 @@ class Frame:
     Attributes:
         name: image name (path relative to the sequence root, ``/`` separators).
         path: the image file (None for frames that come from memory).
-        timestamp: seconds (TUM) or the frame index.
+        timestamp: seconds (TUM, video, 7-Scenes) or the frame index / number (image folders).
         gt_pose: ground-truth ``cam_from_world`` (unbatched, float64) or None.
+        image: the decoded (H, W, 3) uint8 RGB image for frames that are not files (video),
+            else None (read from ``path`` when tracked).
+        error: why the frame could not be decoded (a video frame that failed), else None.
+        read_seconds: time spent decoding ``image`` (video), 0 for file frames.
     """
 
     name: str
     path: Optional[Path]
     timestamp: float
     gt_pose: Optional[Pose] = None
+    image: Optional[np.ndarray] = None
+    error: Optional[str] = None
+    read_seconds: float = 0.0
 
 
 def _number(tok: str) -> Optional[float]:
@@ -66,21 +79,60 @@ def _list_images(image_dir: Path, extensions: Sequence[str], recursive: bool) ->
     return sorted(p.relative_to(image_dir).as_posix() for p in files if p.suffix.lower() in exts and p.is_file())
 
 
+def _natural_key(name: str):
+    """Sort key comparing digit runs as integers (``frame2`` < ``frame10``), text as is."""
+    return [(0, int(tok), tok) if tok.isdigit() else (1, 0, tok) for tok in re.split(r"(\d+)", name)]
+
+
+def sort_frame_names(names: Sequence[str], order: str = "auto") -> Tuple[List[str], str]:
+    """Order image names as the frames of a video.
+
+    Args:
+        names: file names (paths relative to the folder, ``/`` separators).
+        order: ``"numeric"``: by the value of each stem (``1.png, 2.png, 10.png``; every stem
+            must be a number); ``"natural"``: digit runs compared as integers, the rest as text
+            (``frame-2.png`` before ``frame-10.png``); ``"name"``: plain string order;
+            ``"auto"``: numeric when every stem is a number (and all names are in one
+            folder), else natural. Numeric order sorts by folder first.
+    Returns:
+        (sorted names, the order used: ``"numeric"``, ``"natural"`` or ``"name"``). Ties keep
+        the string order.
+    Raises:
+        ValueError: an unknown order, or ``"numeric"`` with a stem that is not a number.
+    """
+    if order not in FRAME_ORDERS:
+        raise ValueError(f"frame order must be one of {FRAME_ORDERS}, got {order!r}")
+    names = sorted(names)
+    stems = {n: _number(Path(n).stem) for n in names}
+    one_folder = len({Path(n).parent for n in names}) <= 1
+    if order == "numeric" or (order == "auto" and one_folder and all(v is not None for v in stems.values())):
+        bad = [n for n, v in stems.items() if v is None]
+        if bad:
+            raise ValueError(f"numeric frame order: {bad[0]!r} is not named by a number")
+        return sorted(names, key=lambda n: (_natural_key(Path(n).parent.as_posix()), stems[n])), "numeric"
+    if order == "name":
+        return names, "name"
+    return sorted(names, key=_natural_key), "natural"
+
+
 def frames_from_folder(image_dir: PathLike, extensions: Sequence[str] = IMAGE_EXTENSIONS,
-                       recursive: bool = False) -> List[Frame]:
-    """The images of a folder as frames, in name order.
+                       recursive: bool = False, order: str = "auto") -> List[Frame]:
+    """The images of a folder as frames.
 
     Args:
         image_dir: the folder.
         extensions: accepted suffixes (case-insensitive).
         recursive: also look in subfolders.
+        order: how names are ordered (:func:`sort_frame_names`): by default numerically when
+            every stem is a number (``1, 2, 10``; TUM-style ``1341847980.722988``), else
+            naturally (``frame-2`` before ``frame-10``). The order used is logged.
     Returns:
-        Frames sorted by their name (the path relative to ``image_dir``, ``/`` separators).
-        Timestamps are the file stems when every stem is a number and they increase in name
-        order (TUM-style names such as ``1341847980.722988.png``), else the index 0, 1, 2, ...
+        Frames named by the path relative to ``image_dir`` (``/`` separators). Timestamps are
+        the file stems when every stem is a number and they strictly increase in the frame
+        order (TUM-style names), else the index 0, 1, 2, ...
     Raises:
         FileNotFoundError: ``image_dir`` is not a folder.
-        ValueError: it holds no image.
+        ValueError: it holds no image (or ``order`` is invalid for these names).
     """
     image_dir = Path(image_dir)
     if not image_dir.is_dir():
@@ -89,12 +141,94 @@ def frames_from_folder(image_dir: PathLike, extensions: Sequence[str] = IMAGE_EX
     if not names:
         raise ValueError(f"{image_dir}: frame folder holds no image ({', '.join(extensions)}"
                          f"{', subfolders included' if recursive else ''})")
+    names, used = sort_frame_names(names, order)
+    logger.info("%s: %d frames in %s order (%s ... %s)", image_dir, len(names), used, names[0], names[-1])
     stems = [_number(Path(n).stem) for n in names]
     if all(s is not None for s in stems) and all(b > a for a, b in zip(stems, stems[1:])):
         stamps = [float(s) for s in stems]
     else:
         stamps = [float(i) for i in range(len(names))]
     return [Frame(n, image_dir / n, t) for n, t in zip(names, stamps)]
+
+
+# ------------------------------------------------------------------ 7-Scenes
+def _seven_scenes_kind(p: Path) -> Optional[str]:
+    """"scene" (split files), "sequence" (``frame-*.color.*`` with ``.pose.txt``) or None."""
+    from ..io.datasets.seven_scenes import COLOR_SUFFIXES
+
+    if not p.is_dir():
+        return None
+    if (p / "TestSplit.txt").is_file() or (p / "TrainSplit.txt").is_file():
+        return "scene"
+    for suffix in COLOR_SUFFIXES:
+        for fr in p.glob(f"frame-*{suffix}"):
+            if (p / (fr.name[: -len(suffix)] + ".pose.txt")).is_file():
+                return "sequence"
+            break
+    return None
+
+
+def is_seven_scenes(source: PathLike) -> bool:
+    """Whether ``source`` is a 7-Scenes scene folder (``TrainSplit.txt`` / ``TestSplit.txt``)
+    or sequence folder (``frame-NNNNNN.color.{png,jpg}`` with ``.pose.txt``)."""
+    return _seven_scenes_kind(Path(source)) is not None
+
+
+def frames_from_7scenes(source: PathLike, split: str = "test", groundtruth: bool = True) -> List[Frame]:
+    """Frames of a 7-Scenes sequence folder (``seq-XX``) or of a scene's split.
+
+    Args:
+        source: a sequence folder (``frame-NNNNNN.color.{png,jpg}`` + ``.pose.txt``), or a
+            scene folder: then the sequences of its ``TestSplit.txt`` (``split="test"``),
+            ``TrainSplit.txt`` (``"train"``) or both (``"all"``), in that order.
+        split: which sequences of a scene.
+        groundtruth: read each frame's ``.pose.txt`` (camera-to-world, metres) as ``gt_pose``
+            (``cam_from_world``).
+    Returns:
+        Frames in frame-number order named ``seq-XX/frame-NNNNNN.color.jpg`` (the sequence
+        folder's name, then the file), timestamps index / :data:`SEVEN_SCENES_FPS` seconds
+        counted over the returned frames.
+    Raises:
+        FileNotFoundError: ``source`` (or a listed sequence) is not a folder, or a pose file is
+            missing (with ``groundtruth``).
+        ValueError: no frame, or ``source`` is no 7-Scenes folder.
+        FormatError: a malformed split or pose file (naming ``file:line``).
+    """
+    from ..io.datasets.seven_scenes import COLOR_SUFFIXES, list_7scenes_frames, read_7scenes_pose, \
+        read_7scenes_split
+
+    p = Path(source)
+    if not p.is_dir():
+        raise FileNotFoundError(2, "7-Scenes folder does not exist", str(p))
+    kind = _seven_scenes_kind(p)
+    if kind == "scene":
+        files = {"test": ["TestSplit.txt"], "train": ["TrainSplit.txt"], "all": ["TestSplit.txt", "TrainSplit.txt"]}
+        if split not in files:
+            raise ValueError(f"split must be 'test', 'train' or 'all', got {split!r}")
+        seqs = [p / s for f in files[split] for s in read_7scenes_split(p / f)]
+    elif kind == "sequence":
+        seqs = [p]
+    else:
+        raise ValueError(f"{p}: not a 7-Scenes scene (TrainSplit.txt / TestSplit.txt) nor a sequence folder "
+                         f"(frame-NNNNNN.color.png|jpg with .pose.txt)")
+    frames: List[Frame] = []
+    for seq in seqs:
+        if not seq.is_dir():
+            raise FileNotFoundError(2, "7-Scenes sequence folder does not exist", str(seq))
+        for f in list_7scenes_frames(seq):
+            stem = next(f.name[: -len(s)] for s in COLOR_SUFFIXES if f.name.endswith(s))
+            gt = None
+            if groundtruth:
+                pose_file = seq / f"{stem}.pose.txt"
+                if not pose_file.is_file():
+                    raise FileNotFoundError(2, f"no pose file for frame {f.name}", str(pose_file))
+                gt = read_7scenes_pose(pose_file)
+            frames.append(Frame(f"{seq.name}/{f.name}", f, len(frames) / SEVEN_SCENES_FPS, gt))
+    if not frames:
+        raise ValueError(f"{p}: no frame-NNNNNN.color.png|jpg in {', '.join(s.name for s in seqs)}")
+    logger.info("%s: %d 7-Scenes frames (%s) in frame-number order%s", p, len(frames),
+                ", ".join(s.name for s in seqs), ", with ground-truth poses" if groundtruth else "")
+    return frames
 
 
 def read_tum_rgb(path: PathLike) -> List[Tuple[float, str, int]]:
@@ -226,14 +360,38 @@ def frames_from_tum(root_or_rgb_txt: PathLike, groundtruth: Union[str, PathLike,
     return frames
 
 
+def is_video(source: PathLike) -> bool:
+    """Whether ``source`` is a file with a video suffix (:data:`VIDEO_EXTENSIONS`)."""
+    p = Path(source)
+    return p.suffix.lower() in VIDEO_EXTENSIONS and not p.is_dir()
+
+
+def iter_frames(source: PathLike, groundtruth: Union[str, PathLike, None] = "auto",
+                max_dt: float = 0.02) -> Iterator[Frame]:
+    """The frames of ``source`` one at a time: a video is decoded as it is read (memory stays
+    bounded); the other sources are listed by :func:`load_frames` first."""
+    if is_video(source):
+        from .video import iter_video
+
+        yield from iter_video(source)
+    else:
+        yield from load_frames(source, groundtruth, max_dt)
+
+
 def load_frames(source: PathLike, groundtruth: Union[str, PathLike, None] = "auto",
                 max_dt: float = 0.02) -> List[Frame]:
     """Frames from whatever ``source`` is.
 
+    - a video file (:data:`VIDEO_EXTENSIONS`): every frame decoded into ``Frame.image``
+      (:func:`hloc_bpnp.sequence.video.iter_video`; use :func:`iter_frames` to stream a long
+      video instead); ``groundtruth`` is ignored;
+    - a 7-Scenes scene (its ``TestSplit.txt`` sequences) or sequence folder:
+      :func:`frames_from_7scenes`, the ``.pose.txt`` poses as ground truth unless
+      ``groundtruth`` is None;
     - a folder with ``rgb.txt``, or a ``*.txt`` file: :func:`frames_from_tum`;
-    - a folder of images: :func:`frames_from_folder` (name order); a folder without images
-      but with an ``rgb/`` subfolder of images (a TUM folder without its list): that one,
-      names ``rgb/...``.
+    - a folder of images: :func:`frames_from_folder` (numeric order when the names are numbers,
+      else natural order); a folder without images but with an ``rgb/`` subfolder of images
+      (a TUM folder without its list): that one, names ``rgb/...``.
 
     For an image folder, ground truth (``groundtruth`` a file, or ``"auto"`` and a
     ``groundtruth.txt`` in ``source``) is associated by time when the timestamps come from
@@ -245,14 +403,25 @@ def load_frames(source: PathLike, groundtruth: Union[str, PathLike, None] = "aut
             images (nor ``rgb.txt``, nor an ``rgb/`` subfolder of images).
     """
     p = Path(source)
+    if is_video(p):
+        from .video import iter_video
+
+        return list(iter_video(p))
     if p.is_file():
         if p.suffix.lower() == ".txt":
             return frames_from_tum(p, groundtruth, max_dt)
-        raise ValueError(f"{p}: frames must be an image folder, a TUM folder or an rgb.txt list, not this file")
+        raise ValueError(f"{p}: frames must be an image folder, a TUM or 7-Scenes folder, an rgb.txt list or a "
+                         f"video ({', '.join(VIDEO_EXTENSIONS)}), not this file")
     if not p.is_dir():
-        raise FileNotFoundError(2, "frames not found (an image folder, a TUM folder or an rgb.txt list)", str(p))
+        raise FileNotFoundError(2, "frames not found (an image folder, a TUM or 7-Scenes folder, an rgb.txt list "
+                                   "or a video)", str(p))
     if (p / "rgb.txt").is_file():
         return frames_from_tum(p, groundtruth, max_dt)
+    if is_seven_scenes(p):
+        if groundtruth not in ("auto", None):
+            logger.warning("%s: 7-Scenes folder: its .pose.txt files are the ground truth, %s ignored", p,
+                           groundtruth)
+        return frames_from_7scenes(p, groundtruth=groundtruth is not None)
     if not _list_images(p, IMAGE_EXTENSIONS, False) and (p / "rgb").is_dir() \
             and _list_images(p / "rgb", IMAGE_EXTENSIONS, False):
         frames = [Frame(f"rgb/{f.name}", f.path, f.timestamp) for f in frames_from_folder(p / "rgb")]
@@ -275,5 +444,6 @@ def load_frames(source: PathLike, groundtruth: Union[str, PathLike, None] = "aut
     return frames
 
 
-__all__ = ["Frame", "FormatError", "IMAGE_EXTENSIONS", "frames_from_folder", "read_tum_rgb", "read_tum_groundtruth",
-           "associate_groundtruth", "frames_from_tum", "load_frames"]
+__all__ = ["Frame", "FormatError", "IMAGE_EXTENSIONS", "VIDEO_EXTENSIONS", "SEVEN_SCENES_FPS", "sort_frame_names",
+           "frames_from_folder", "read_tum_rgb", "read_tum_groundtruth", "associate_groundtruth", "frames_from_tum",
+           "is_seven_scenes", "frames_from_7scenes", "is_video", "iter_frames", "load_frames"]

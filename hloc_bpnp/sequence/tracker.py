@@ -460,11 +460,12 @@ class SequenceLocalizer:
         self.localizer._ref_cache.clear()
 
     # ------------------------------------------------------------------ sequences
-    def run(self, frames: Iterable, cameras: Union[Camera, Dict[str, Camera]], progress: bool = True) -> List[FrameResult]:
+    def run(self, frames: Iterable, cameras: Union[Camera, Dict[str, Camera]], progress: bool = True,
+            on_frame: Optional[Callable[[FrameResult], None]] = None) -> List[FrameResult]:
         """Track ``frames`` in order: :class:`~hloc_bpnp.sequence.frames.Frame` objects or
         (name, image array or path, timestamp) triples. An unreadable image is a lost frame
         naming the file; the sequence goes on. Each frame's ``timings["total"]`` includes
-        reading its image."""
+        reading its image. ``on_frame(frame_result)`` is called after each frame (a viewer)."""
         out: List[FrameResult] = []
         frames = list(frames)
         bar = tqdm(frames, desc="track", disable=not progress)
@@ -477,6 +478,8 @@ class SequenceLocalizer:
                 logger.warning("Frame %s: cannot read %s", name, err)
             out.append(self.track(image, cam, name, ts, image_error=err))
             out[-1].result.timings["total"] = time.perf_counter() - t0
+            if on_frame is not None:
+                on_frame(out[-1])
             bar.set_postfix_str(f"{out[-1].status}")
         counts = {s: sum(f.status == s for f in out) for s in (TRACKED, RELOCALIZED, LOST)}
         logger.info("Sequence: %s, %d keyframes added", counts, len(self.keyframes))
