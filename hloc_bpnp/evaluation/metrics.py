@@ -386,8 +386,8 @@ def evaluate(
         est_b, gt_b = _stack(good_est), _stack(good_gt)
         index = {n: i for i, n in enumerate(names)}
         idx = [index[n] for n in good_names]
-        rot[idx] = rotation_error_deg(est_b.R, gt_b.R).numpy()
-        pos[idx] = center_error(est_b, gt_b).numpy()
+        rot[idx] = rotation_error_deg(est_b.R, gt_b.R).cpu().numpy()
+        pos[idx] = center_error(est_b, gt_b).cpu().numpy()
     if reasons:
         logger.info("%d/%d queries failed: %s", len(reasons), len(names), dict(Counter(reasons.values())))
     return EvalResult(names, rot, pos, ths, scale_to_cm, inclusive, reasons)

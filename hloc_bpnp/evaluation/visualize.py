@@ -73,7 +73,7 @@ def plot_localization(result: LocalizationResult, map_, query_image: np.ndarray,
             X = torch.as_tensor(np.asarray(map_.points3D)[sorted(seen)], dtype=torch.float64)
             pc = result.pose.to(torch.float64).transform(X)
             x, ok = result.camera.to(torch.float64).project_with_valid(pc)
-            x = x[ok].numpy()
+            x = x[ok].cpu().numpy()
             H, W = query_image.shape[:2]
             inside = (x[:, 0] >= 0) & (x[:, 0] <= W) & (x[:, 1] >= 0) & (x[:, 1] <= H)
             ax.scatter(x[inside, 0] - 0.5, x[inside, 1] - 0.5, s=8, c="red", marker="+", linewidths=0.6,

@@ -84,7 +84,7 @@ def verify_pair_with_poses(camera0: Camera, camera1: Camera, pose0: Pose, pose1:
         return None
     k0 = torch.from_numpy(np.asarray(kpts0, dtype=np.float64)[matches[:, 0]])
     k1 = torch.from_numpy(np.asarray(kpts1, dtype=np.float64)[matches[:, 1]])
-    err = sampson_errors(camera0, camera1, pose0, pose1, k0, k1).numpy()
+    err = sampson_errors(camera0, camera1, pose0, pose1, k0, k1).cpu().numpy()
     inl = matches[err <= max_error]
     if len(inl) < min_num_inliers:
         return None

@@ -123,8 +123,8 @@ def _poses_to_arrays(poses) -> Tuple[List[str], np.ndarray, np.ndarray]:
     R = torch.stack([p.R.reshape(3, 3).double() for _, p in items])
     t = torch.stack([p.t.reshape(3).double() for _, p in items])
     pose = Pose(R, t)
-    centers = pose.center.numpy()
-    dirs = R[:, 2, :].numpy()  # optical axis in world: R^T e_z
+    centers = pose.center.cpu().numpy()
+    dirs = R[:, 2, :].cpu().numpy()  # optical axis in world: R^T e_z
     return names, centers, dirs
 
 

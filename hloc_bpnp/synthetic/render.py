@@ -62,7 +62,7 @@ def camera_rays(camera: Camera) -> Dict[str, np.ndarray]:
         torch.set_num_threads(1)
         with torch.no_grad():
             pix = pixel_centers(W, H).reshape(-1, 2)
-            rays = cam.unproject_rays(pix).reshape(H, W, 3).numpy()
+            rays = cam.unproject_rays(pix).reshape(H, W, 3).cpu().numpy()
     finally:
         torch.set_num_threads(n_threads)
     if not np.isfinite(rays).all():

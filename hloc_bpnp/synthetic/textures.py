@@ -36,7 +36,7 @@ def _value_noise(rng: np.random.Generator, size: int, octaves=(4, 8, 16, 32, 64,
         out += amp * up
         total += amp
         amp *= persistence
-    return (out[0, 0] / max(total, 1e-9)).numpy()
+    return (out[0, 0] / max(total, 1e-9)).cpu().numpy()
 
 
 def _blob_bands(rng: np.random.Generator, size: int, sigmas=(1.2, 2.0, 3.2, 5.0, 8.0, 13.0),
@@ -65,7 +65,7 @@ def _blob_bands(rng: np.random.Generator, size: int, sigmas=(1.2, 2.0, 3.2, 5.0,
             out += band
         else:
             t = torch.from_numpy(np.ascontiguousarray(band))[None, None]
-            out += F.interpolate(t, size=(size, size), mode="bicubic", align_corners=False)[0, 0].numpy()
+            out += F.interpolate(t, size=(size, size), mode="bicubic", align_corners=False)[0, 0].cpu().numpy()
     return out
 
 

@@ -57,7 +57,7 @@ def match_to_map(kpts: torch.Tensor, desc: torch.Tensor, refs: Sequence[MapView]
         p3.append(r.points3d[ij[:, 1]].double())
     if not p2:
         return np.zeros((0, 2)), np.zeros((0, 3))
-    return torch.cat(p2).numpy(), torch.cat(p3).numpy()
+    return torch.cat(p2).cpu().numpy(), torch.cat(p3).cpu().numpy()
 
 
 def summarize(rot: Sequence[float], trans: Sequence[float], conf: Dict) -> Dict[str, float]:
@@ -267,7 +267,7 @@ def evaluate_strecha(net: TrainableFeatureNet, scene_dir, conf: Optional[Dict] =
                     m = build_map_from_poses(scene.subset(others), conf=map_conf,
                                              features={n: feats[n] for n in others}, progress=False)
                     res = Localizer(m, loc_over).localize_features(
-                        {k: v.numpy() for k, v in feats[q].items()}, scene[q].camera)
+                        {k: v.cpu().numpy() for k, v in feats[q].items()}, scene[q].camera)
                 except (RuntimeError, ValueError) as e:  # e.g. a map without 3D points
                     logger.warning("strecha %s: map/localization failed: %s", q, e)
                     rot.append(math.inf)
