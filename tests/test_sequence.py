@@ -112,7 +112,15 @@ def sequence_setup(tmp_path_factory):
 
     seq = generate_sequence(SMALL_SEQ, seed=0)
     map_ = build_map_from_poses(seq.scene.map_scene, seq.scene.images, "default", progress=False)
-    return seq, map_
+    map_dir = map_.save(tmp_path_factory.mktemp("seq_map") / "map")
+    return seq, map_dir
+
+
+def _load(map_dir):
+    """A fresh copy of the prebuilt map (sequence mode grows its map in place)."""
+    from hloc_bpnp.mapping import Map
+
+    return Map.load(map_dir)
 
 
 @pytest.fixture(scope="module")
@@ -120,9 +128,9 @@ def tracked(sequence_setup):
     from hloc_bpnp.localization import Localizer
     from hloc_bpnp.sequence import SequenceLocalizer
 
-    seq, map_ = sequence_setup
-    n_points = len(map_.points3D)
-    sl = SequenceLocalizer(Localizer(map_, "default"))
+    seq, map_dir = sequence_setup
+    map_ = _load(map_dir)
+    sl = SequenceLocalizer(Localizer(_load(map_dir), "default"))
     frames = seq.frames()
     # one unreadable frame in the middle of the first stretch
     bad = 6
@@ -132,7 +140,7 @@ def tracked(sequence_setup):
             out.append(sl.track(None, seq.camera, n, ts, image_error=f"{n}: cannot identify image file"))
         else:
             out.append(sl.track(img, seq.camera, n, ts))
-    assert len(map_.points3D) == n_points  # the prebuilt map object is never modified
+    sl.close()  # the queued keyframes are inserted
     return seq, map_, sl, out, bad
 
 
@@ -219,9 +227,10 @@ def test_local_bundle_adjustment_moves_only_the_new_keyframe_and_its_points(sequ
     from hloc_bpnp.localization import Localizer
     from hloc_bpnp.sequence import SequenceLocalizer
 
-    seq, map_ = sequence_setup
-    sl = SequenceLocalizer(Localizer(map_, "default"), {"growth": {"local_ba": True}})
-    out = [sl.track(img, seq.camera, n, ts) for n, img, ts in seq.frames()[:6]]
+    seq, map_dir = sequence_setup
+    map_ = _load(map_dir)
+    with SequenceLocalizer(Localizer(_load(map_dir), "default"), {"growth": {"local_ba": True}}) as sl:
+        out = [sl.track(img, seq.camera, n, ts) for n, img, ts in seq.frames()[:6]]
     assert all(f.status != "lost" for f in out)
     assert sl.keyframes, "no keyframe inserted"
     grown = sl.map
