@@ -287,7 +287,8 @@ def test_local_map_cache_follows_the_map(exact):
     lm = LocalMapBuilder()
     names = map_.image_names[:2]
     a = lm.build(map_, names)
-    assert len(a) == sum((map_.kp_to_point[n] >= 0).sum() for n in names)
+    rows = np.concatenate([map_.kp_to_point[n][map_.kp_to_point[n] >= 0] for n in names])
+    assert len(a) == len(np.unique(rows)) and len(np.unique(a.rows)) == len(a)  # one entry per point
     assert np.allclose(a.xyz, map_.points3D[a.rows])
     nb = names[0]
     free = np.flatnonzero(map_.kp_to_point[nb] < 0)
@@ -299,3 +300,39 @@ def test_local_map_cache_follows_the_map(exact):
                           obs_rows[keep], np.array([[0.0, 0.0, 0.0]]), [[("query/0.png", k_new), (nb, int(free[0]))]])
         b = lm.build(map_, names)
         assert len(b) == len(a) + 1
+
+
+def test_transfer_keypoints_keeps_the_nearest_one_to_one():
+    from hloc_bpnp.sequence.mapping_thread import transfer_keypoints
+
+    pts = np.array([[10.0, 10.0], [10.5, 10.0], [50.0, 50.0], [90.0, 90.0]])
+    rows = np.array([7, 8, 9, 10])
+    new = np.array([[10.2, 10.0], [50.0, 51.5], [200.0, 200.0]])
+    kp, r = transfer_keypoints(pts, rows, new, max_px=2.0)
+    # new keypoint 0 is nearest to both first points: the nearer (0.2 px vs 0.3 px) keeps it; 90,90 is too far
+    assert dict(zip(kp.tolist(), r.tolist())) == {0: 7, 1: 9}
+
+
+def test_keyframes_tracked_with_lighter_features_join_the_map_at_its_resolution(tmp_path):
+    """A SIFT map at 320 px, frames tracked at 160 px: keyframes are re-extracted at 320 px."""
+    from hloc_bpnp.mapping import build_map_from_poses
+    from hloc_bpnp.sequence import SequenceLocalizer
+    from hloc_bpnp.sequence.synthetic import generate_sequence
+    from test_sequence import SMALL_SEQ
+
+    seq = generate_sequence(SMALL_SEQ, seed=0)
+    map_ = build_map_from_poses(seq.scene.map_scene, seq.scene.images, "default", progress=False)
+    sl = SequenceLocalizer(Localizer(map_, "default"), {"tracking": {"features": {"resize_max": 240}},
+                                                        "growth": {"threaded": False}})
+    assert sl.track_extractor is not sl.localizer.extractor
+    frames = seq.frames()[:5]
+    out = sl.run(frames, seq.camera, progress=False)
+    sl.close()
+    assert all(f.status != "lost" for f in out) and sl.keyframes
+    light = sl.track_extractor.extract(np.asarray(frames[1][1]))
+    for kf in sl.keyframes:
+        info = next(i for i in sl.mapper.infos if i["name"] == kf)
+        assert info["reextracted"]
+        full = sl.localizer.extractor.extract(np.asarray(dict((n, im) for n, im, _ in frames)[kf]))
+        assert len(map_.features[kf]["keypoints"]) == len(full["keypoints"]) != len(light["keypoints"])
+        assert (map_.kp_to_point[kf] >= 0).sum() > 30  # the tracking inliers were carried over

@@ -47,6 +47,11 @@ default_conf = {
     "threaded": True,             # False: insert inline (deterministic; tests, debugging)
     "max_queue": 2,               # keyframes waiting; a busy mapper makes the tracker skip one
     "torch_threads": 1,           # the mapping thread's torch threads (2 cores: one each)
+    # keyframes of frames tracked with lighter features (tracking.features) are extracted again
+    # with the map's extractor on the mapping thread; tracking inliers move to the nearest new
+    # keypoint within reextract_max_px (false: keyframes keep the tracking features)
+    "reextract": True,
+    "reextract_max_px": 2.0,
 }
 
 

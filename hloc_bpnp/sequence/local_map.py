@@ -2,8 +2,7 @@
 
 The local map is the set of 3D points seen by a few keyframes around the camera (those
 observing the previous frame's inliers, and the most recently inserted ones), each with the
-descriptor of its observation in that keyframe (a point seen by several of those keyframes
-appears once per keyframe: more chances to match across a viewpoint change).
+descriptor of its observation in the first of those keyframes that sees it.
 
 :func:`search_by_projection` projects the local map with a predicted pose and matches each
 point only against the frame keypoints within a search radius of its projection (a KD-tree
@@ -25,7 +24,7 @@ from ..geometry import Camera, Pose
 
 @dataclass
 class LocalMap:
-    """Points of a few keyframes, one entry per (keyframe, point) observation.
+    """Points of a few keyframes, one entry per point.
 
     Attributes:
         rows: (M,) ``points3D`` rows; xyz: (M, 3) world points; descriptors: (M, D) float32;
@@ -74,12 +73,26 @@ class LocalMapBuilder:
                 return LocalMap(np.zeros(0, np.int64), np.zeros((0, 3)), np.zeros((0, 0), np.float32), [])
             rows = np.concatenate(rows)
             xyz = pts[rows]
-        return LocalMap(rows, xyz, np.concatenate(descs), kfs)
+        # one entry per point: the descriptor of its first keyframe (keyframes come sorted by
+        # how many of the previous frame's points they see)
+        _, first = np.unique(rows, return_index=True)
+        first.sort()
+        return LocalMap(rows[first], xyz[first], np.concatenate(descs)[first], kfs)
 
 
 def project(camera: Camera, pose: Pose, xyz: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """(M, 2) COLMAP pixels and (M,) depths of world points (M, 3) under ``pose``."""
-    pc = pose.to(torch.float64).transform(torch.from_numpy(np.asarray(xyz, np.float64)))
+    """(M, 2) COLMAP pixels and (M,) depths of world points (M, 3) under ``pose`` (numpy for
+    pinhole cameras, the Camera model otherwise)."""
+    xyz = np.asarray(xyz, np.float64)
+    if camera.model in ("SIMPLE_PINHOLE", "PINHOLE"):
+        p = camera.params.double().numpy()
+        fx, fy, cx, cy = (p[0], p[0], p[1], p[2]) if camera.model == "SIMPLE_PINHOLE" else p[:4]
+        pc = xyz @ pose.R.double().numpy().T + pose.t.double().numpy()
+        z = pc[:, 2]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            uv = np.stack([fx * pc[:, 0] / z + cx, fy * pc[:, 1] / z + cy], 1)
+        return uv, z
+    pc = pose.to(torch.float64).transform(torch.from_numpy(xyz))
     uv = camera.to(torch.float64).project(pc)
     return uv.numpy(), pc[:, 2].numpy()
 

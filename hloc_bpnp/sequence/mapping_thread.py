@@ -40,6 +40,8 @@ class KeyframeJob:
         features: its features (numpy, hloc keys).
         inlier_kp, inlier_rows: (M,) tracking inliers: keypoint index and ``points3D`` row.
         recent: recently inserted keyframes, matched first for triangulation.
+        image: the frame's image, when the keyframe is to be re-extracted at the map's
+            resolution on the mapping thread (see :class:`MappingThread`), else None.
     """
 
     name: str
@@ -49,6 +51,7 @@ class KeyframeJob:
     inlier_kp: np.ndarray
     inlier_rows: np.ndarray
     recent: List[str] = field(default_factory=list)
+    image: Optional[np.ndarray] = None
 
 
 class MappingThread:
@@ -61,11 +64,16 @@ class MappingThread:
             ``max_queue`` (keyframes waiting; :meth:`busy` says when it is reached) and
             ``torch_threads`` are read here.
         on_inserted: called ``on_inserted(job, info)`` on the worker after each insertion.
+        extractor: the map's extractor: jobs that carry their image are re-extracted with it
+            on the worker, so keyframes join the map with features of the map's kind and
+            resolution even when frames are tracked with lighter ones; the tracking inliers are
+            carried over to the nearest new keypoint within ``reextract_max_px``.
     """
 
-    def __init__(self, map_, matcher, conf: Mapping, on_inserted: Optional[Callable] = None):
+    def __init__(self, map_, matcher, conf: Mapping, on_inserted: Optional[Callable] = None, extractor=None):
         self.map = map_
         self.matcher = matcher
+        self.extractor = extractor
         self.conf = dict(conf)
         self.threaded = bool(self.conf.get("threaded", True))
         self.max_queue = int(self.conf.get("max_queue", 2))
@@ -166,13 +174,22 @@ class MappingThread:
         from .growth import insert_keyframe
 
         t = time.perf_counter()
+        feats, kp, rows = job.features, job.inlier_kp, job.inlier_rows
+        if job.image is not None and self.extractor is not None:
+            from ..localization.feature_dict import to_numpy
+
+            feats = to_numpy(self.extractor.extract(job.image))
+            kp, rows = transfer_keypoints(np.asarray(job.features["keypoints"], np.float64)[kp], rows,
+                                          np.asarray(feats["keypoints"], np.float64),
+                                          float(self.conf.get("reextract_max_px", 2.0)))
         with self.map.lock:
             covis = [n for n, _ in self.map.images_observing(job.inlier_rows)]
         n_nb, n_recent = int(self.conf["num_neighbours"]), int(self.conf["num_recent"])
         recent = [n for n in reversed(job.recent) if n in self.map.features][:n_recent]
         neighbours = list(dict.fromkeys(recent + covis))[:n_nb]
-        info = insert_keyframe(self.map, job.name, job.camera, job.pose, job.features, job.inlier_kp,
-                               job.inlier_rows, neighbours, self.matcher, self.conf)
+        info = insert_keyframe(self.map, job.name, job.camera, job.pose, feats, kp, rows, neighbours,
+                               self.matcher, self.conf)
+        info["reextracted"] = feats is not job.features
         info["seconds"] = time.perf_counter() - t
         self.seconds.append(info["seconds"])
         self.inserted.append(job.name)
@@ -184,3 +201,30 @@ class MappingThread:
         if self.on_inserted is not None:
             self.on_inserted(job, info)
 
+
+
+def transfer_keypoints(points: np.ndarray, rows: np.ndarray, keypoints: np.ndarray, max_px: float):
+    """Carry point observations over to another extraction of the same image.
+
+    Args:
+        points: (M, 2) pixels of the observing keypoints; rows: (M,) their ``points3D`` rows.
+        keypoints: (N, 2) the new keypoints (same pixel convention).
+        max_px: largest distance to the nearest new keypoint.
+    Returns:
+        (new keypoint index (K,), rows (K,)): each new keypoint and each row at most once
+        (the nearest pairs kept).
+    """
+    from scipy.spatial import cKDTree
+
+    rows = np.asarray(rows, np.int64)
+    if len(points) == 0 or len(keypoints) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    d, nn = cKDTree(keypoints).query(points, k=1, distance_upper_bound=max_px)
+    ok = np.isfinite(d)
+    d, nn, rows = d[ok], nn[ok], rows[ok]
+    o = np.argsort(d, kind="stable")
+    nn, rows = nn[o], rows[o]
+    _, first = np.unique(nn, return_index=True)
+    nn, rows = nn[np.sort(first)], rows[np.sort(first)]
+    _, first = np.unique(rows, return_index=True)
+    return nn[np.sort(first)].astype(np.int64), rows[np.sort(first)]

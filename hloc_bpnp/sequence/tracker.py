@@ -75,7 +75,7 @@ default_conf = {
         "search_radius_final": 0.01,  # second search at the refined pose
         "max_descriptor_distance": 0.7,  # L2, unit descriptors (XFeat: 99% of random pairs above)
         "descriptor_ratio": 0.9,
-        "min_inlier_ratio_projection": 0.5,  # inliers / matches of a search by projection
+        "min_inlier_ratio_projection": 0.3,  # inliers / matches of a search by projection
         # fallback: whole covisible keyframes matched by the map's matcher
         "num_fallback_keyframes": 3,
         "guided_margin_px": 80.0,  # ... only map points projecting within this margin
@@ -83,7 +83,7 @@ default_conf = {
         "max_error_px": 4.0,       # inlier threshold of the tracked pose
         "min_inliers": 30,
         "min_inlier_ratio": 0.1,   # inliers / 2D-3D pairs
-        "refine_rounds": 3,        # BPnP rounds, re-selecting inliers between them
+        "refine_rounds": 2,        # BPnP rounds, re-selecting inliers between them
         "loss": "cauchy",
         "loss_scale_px": 1.0,
     },
@@ -194,8 +194,6 @@ class SequenceLocalizer:
         self._local = LocalMapBuilder()
         self._tracked_kp: Optional[np.ndarray] = None
         gc = self.conf["growth"]
-        self.mapper: Optional[MappingThread] = (MappingThread(localizer.map, localizer.matcher, gc)
-                                                if gc["enabled"] else None)
         self.track_extractor = localizer.extractor
         overrides = self.conf["tracking"]["features"]
         if overrides:
@@ -214,6 +212,17 @@ class SequenceLocalizer:
                 tconf["resize_max"] = min(int(tconf["resize_max"]), int(fconf["resize_max"]))
             if tconf != fconf:
                 self.track_extractor = build_extractor(tconf)
+        # keyframes tracked with lighter features are re-extracted at the map's settings on the
+        # mapping thread (its own extractor instance), so the map keeps one kind of features
+        self._reextract = bool(gc["reextract"]) and self.track_extractor is not localizer.extractor
+        self.mapper: Optional[MappingThread] = None
+        if gc["enabled"]:
+            extractor = None
+            if self._reextract:
+                from ..features import build_extractor
+
+                extractor = build_extractor(localizer.extractor.conf)
+            self.mapper = MappingThread(localizer.map, localizer.matcher, gc, extractor=extractor)
 
     @property
     def map(self):
@@ -256,7 +265,8 @@ class SequenceLocalizer:
         feats = _extract(self.track_extractor if lighter else full, image)
         res.timings["features"] = time.perf_counter() - t0
         out = self.track_features(feats, camera, name, ts, res,
-                                  relocalization_features=(lambda: _extract(full, image)) if lighter else None)
+                                  relocalization_features=(lambda: _extract(full, image)) if lighter else None,
+                                  image=image)
         out.result.timings["total"] = time.perf_counter() - t0
         return out
 
@@ -267,11 +277,13 @@ class SequenceLocalizer:
 
     def track_features(self, feats: Dict[str, np.ndarray], camera: Camera, name: str, timestamp: float,
                        res: Optional[LocalizationResult] = None,
-                       relocalization_features: Optional[Callable[[], Dict[str, np.ndarray]]] = None) -> FrameResult:
+                       relocalization_features: Optional[Callable[[], Dict[str, np.ndarray]]] = None,
+                       image: Optional[np.ndarray] = None) -> FrameResult:
         """:meth:`track` from already extracted features (numpy dict, hloc keys).
 
         ``relocalization_features``: returns the features for the full localizer when tracking
-        fails (when ``feats`` came from the lighter tracking extractor); None: ``feats``."""
+        fails (when ``feats`` came from the lighter tracking extractor); None: ``feats``.
+        ``image``: the frame, for keyframes re-extracted at the map's settings."""
         res = res or LocalizationResult(name=name, camera=camera)
         info: Dict = {}
         self._tracked_kp = None  # keypoint index of each 2D-3D pair of a tracked frame
@@ -316,7 +328,7 @@ class SequenceLocalizer:
                 self._points_of(frame.result)
         self._frames_since_keyframe += 1
         if frame.status == TRACKED:
-            self._maybe_keyframe(frame, feats, camera, rows, kp)
+            self._maybe_keyframe(frame, feats, camera, rows, kp, image)
         return frame
 
     def _relocalize(self, feats, camera: Camera, name: str, res: LocalizationResult) -> LocalizationResult:
@@ -447,6 +459,7 @@ class SequenceLocalizer:
                 info["wide_search"] = True
                 continue
             pose, inl = refine(q, rows, pred, np.ones(len(q), bool))
+            info["projection_inliers"] = 0 if inl is None else int(inl.sum())
             if pose is not None and good(inl, len(q)):
                 found = (pose, q, rows, inl)
                 break
@@ -467,7 +480,7 @@ class SequenceLocalizer:
             q2, rows2 = search(pose, tc["search_radius_final"])
             if len(q2) >= len(q):
                 sel = self._errors(kpts[q2], points3D[rows2], camera, pose) <= tc["max_error_px"]
-                pose2, inl2 = refine(q2, rows2, pose, sel, rounds=2)
+                pose2, inl2 = refine(q2, rows2, pose, sel, rounds=1)
                 if pose2 is not None and self._accept(inl2, len(q2)) and inl2.sum() >= inl.sum():
                     pose, q, rows, inl = pose2, q2, rows2, inl2
         info["num_correspondences"] = len(q)
@@ -582,7 +595,8 @@ class SequenceLocalizer:
         return pose, sel
 
     # ------------------------------------------------------------------ growth
-    def _maybe_keyframe(self, frame: FrameResult, feats, camera: Camera, rows: np.ndarray, kp: np.ndarray) -> None:
+    def _maybe_keyframe(self, frame: FrameResult, feats, camera: Camera, rows: np.ndarray, kp: np.ndarray,
+                        image: Optional[np.ndarray] = None) -> None:
         """Hand a tracked frame that sees new area to the mapping thread (never waits)."""
         gc = self.conf["growth"]
         if self.mapper is None or frame.name in self.map.features or len(kp) != len(rows):
@@ -600,7 +614,8 @@ class SequenceLocalizer:
             frame.info["mapping_busy"] = True
             return
         self.mapper.submit(KeyframeJob(frame.name, camera, frame.result.pose, feats, kp, rows,
-                                       list(self.keyframes[-int(gc["num_recent"]):])))
+                                       list(self.keyframes[-int(gc["num_recent"]):]),
+                                       image=image if self._reextract else None))
         self.keyframes.append(frame.name)
         self._frames_since_keyframe = 0
         frame.keyframe = True
