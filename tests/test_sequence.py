@@ -130,7 +130,10 @@ def tracked(sequence_setup):
 
     seq, map_dir = sequence_setup
     map_ = _load(map_dir)
-    sl = SequenceLocalizer(Localizer(_load(map_dir), "default"))
+    # keyframes inserted inline: deterministic (this sequence turns 10 deg per frame, so the
+    # tracker needs every keyframe at once; the mapping thread is tested below and in
+    # test_sequence_realtime.py)
+    sl = SequenceLocalizer(Localizer(_load(map_dir), "default"), {"growth": {"threaded": False}})
     frames = seq.frames()
     # one unreadable frame in the middle of the first stretch
     bad = 6
@@ -247,3 +250,33 @@ def test_local_bundle_adjustment_moves_only_the_new_keyframe_and_its_points(sequ
         assert float(r) < 1.0 and float(c) < 0.15
         moved += float((grown.pose(kf).t - tracked[kf].t).abs().max()) > 1e-9
     assert moved >= 1  # the adjustment did refine the new keyframes' poses
+
+
+def test_run_calls_on_frame_on_the_tracking_thread_and_drains_the_mapper(sequence_setup, tmp_path):
+    import threading
+
+    from hloc_bpnp.localization import Localizer
+    from hloc_bpnp.mapping import Map
+    from hloc_bpnp.sequence import SequenceLocalizer
+
+    seq, map_dir = sequence_setup
+    sl = SequenceLocalizer(Localizer(_load(map_dir), "default"))  # threaded mapping (default)
+    seen = []
+    out = sl.run(seq.frames()[:6], seq.camera, progress=False,
+                 on_frame=lambda f: seen.append((f.name, threading.get_ident())))
+    assert [n for n, _ in seen] == [f.name for f in out]
+    assert {i for _, i in seen} == {threading.get_ident()}
+    # run() returned with every queued keyframe in the map
+    assert sl.keyframes and sl.mapper.pending == 0
+    assert all(k in sl.map.image_names for k in sl.keyframes)
+    for f in out:
+        assert f.status != "lost"
+        assert f.inlier_points2d.shape == (f.result.num_inliers, 2)
+        assert f.inlier_points3d.shape == (f.result.num_inliers, 3)
+        uv = f.result.camera.project(f.pose.transform(torch.as_tensor(f.inlier_points3d))).numpy()
+        assert np.median(np.linalg.norm(uv - f.inlier_points2d, axis=1)) < 2.0
+    m = Map.load(sl.map.save(tmp_path / "grown"))
+    assert m.conf["sequence_keyframes"] == sl.keyframes and len(m.points3D) == len(sl.map.points3D)
+    sl.close()
+    assert not sl.mapper._thread.is_alive()
+    sl.close()  # idempotent

@@ -75,7 +75,12 @@ default_conf = {
         "search_radius_final": 0.01,  # second search at the refined pose
         "max_descriptor_distance": 0.7,  # L2, unit descriptors (XFeat: 99% of random pairs above)
         "descriptor_ratio": 0.9,
-        "min_inlier_ratio_projection": 0.3,  # inliers / matches of a search by projection
+        # a pose from a search by projection needs inliers / matches >= 0.5, or >= 0.3 with at
+        # least 100 inliers (a wrong consensus that large is rare; real maps from sensor poses
+        # have reprojection errors of a few pixels, which lowers the ratio of right poses)
+        "min_inlier_ratio_projection": 0.5,
+        "min_inlier_ratio_projection_many": 0.3,
+        "many_inliers": 100,
         # fallback: whole covisible keyframes matched by the map's matcher
         "num_fallback_keyframes": 3,
         "guided_margin_px": 80.0,  # ... only map points projecting within this margin
@@ -449,7 +454,11 @@ class SequenceLocalizer:
             return out
 
         def good(inl, n):
-            return self._accept(inl, n) and inl.sum() >= float(tc["min_inlier_ratio_projection"]) * n
+            if not self._accept(inl, n):
+                return False
+            k = int(inl.sum())
+            return k >= float(tc["min_inlier_ratio_projection"]) * n or (
+                k >= int(tc["many_inliers"]) and k >= float(tc["min_inlier_ratio_projection_many"]) * n)
 
         found = None
         for radius in (tc["search_radius"], tc["search_radius_wide"]):
