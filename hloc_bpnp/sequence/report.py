@@ -67,7 +67,7 @@ def summarize(names: Sequence[str], poses: Mapping[str, Optional[Pose]], seconds
 
 
 #: stages of a frame's time (``FrameResult.result.timings`` keys), in pipeline order
-TIMING_STAGES = ("read", "features", "projection", "pose", "tracking_fallback", "relocalization",
+TIMING_STAGES = ("read", "features", "projection", "track_pose", "tracking_fallback", "relocalization",
                  "features_full")
 
 

@@ -201,12 +201,12 @@ class SequenceLocalizer:
         gc = self.conf["growth"]
         self.track_extractor = localizer.extractor
         overrides = self.conf["tracking"]["features"]
-        if overrides:
-            from ..config import load_config
-            from ..features import build_extractor
+        from ..config import load_config
+        from ..features import build_extractor
 
-            fconf = localizer.conf["features"] or localizer.map.conf.get("features")
-            fconf = merge(load_config("features", fconf), localizer.conf["query_features"] or {})
+        fconf = localizer.conf["features"] or localizer.map.conf.get("features")
+        fconf = merge(load_config("features", fconf), localizer.conf["query_features"] or {})
+        if overrides:
             if overrides == "auto":
                 overrides = {"resize_max": 800} if fconf.get("model") == "sift" else {}
             if not isinstance(overrides, dict):
@@ -222,11 +222,7 @@ class SequenceLocalizer:
         self._reextract = bool(gc["reextract"]) and self.track_extractor is not localizer.extractor
         self.mapper: Optional[MappingThread] = None
         if gc["enabled"]:
-            extractor = None
-            if self._reextract:
-                from ..features import build_extractor
-
-                extractor = build_extractor(localizer.extractor.conf)
+            extractor = build_extractor(fconf) if self._reextract else None
             self.mapper = MappingThread(localizer.map, localizer.matcher, gc, extractor=extractor)
 
     @property
@@ -437,7 +433,7 @@ class SequenceLocalizer:
         side = float(max(size))
         points3D = self.map.points3D  # rows are stable and their points never move while tracking
         res.timings["projection"] = time.perf_counter() - t
-        res.timings["pose"] = 0.0
+        res.timings["track_pose"] = 0.0
 
         def search(pose, radius):
             t = time.perf_counter()
@@ -450,7 +446,7 @@ class SequenceLocalizer:
         def refine(q, rows, pose0, sel, rounds=None):
             t = time.perf_counter()
             out = self._refine(kpts[q], points3D[rows], camera, pose0, sel, prior, rounds)
-            res.timings["pose"] += time.perf_counter() - t
+            res.timings["track_pose"] += time.perf_counter() - t
             return out
 
         def good(inl, n):
@@ -476,7 +472,7 @@ class SequenceLocalizer:
         if found is None and len(q) >= tc["min_inliers"]:  # LO-RANSAC on the wide search's matches
             t = time.perf_counter()
             est = estimate_pose(kpts[q], points3D[rows], camera, self._ransac_conf())
-            res.timings["pose"] += time.perf_counter() - t
+            res.timings["track_pose"] += time.perf_counter() - t
             info["ransac"] = True
             if est.success:
                 pose, inl = refine(q, rows, est.pose, est.inlier_mask)
