@@ -47,6 +47,14 @@ default_conf = {
     "threaded": True,             # False: insert inline (deterministic; tests, debugging)
     "max_queue": 2,               # keyframes waiting; a busy mapper makes the tracker skip one
     "torch_threads": 1,           # the mapping thread's torch threads (2 cores: one each)
+    # a keyframe this new (share of its textured cells without a tracked point) makes the
+    # tracker wait for its insertion: the camera outruns the map (a video at a low frame rate,
+    # fast turns) and the next frame needs its points; at video rate views change slowly
+    "wait_novelty": 0.5,
+    # ... as does a keyframe after a turn of this share of the image side per frame (rotation
+    # x focal / side: 10 deg per frame at f = 250 px and 320 px is 0.14; 30-Hz hand-held
+    # video turns ~0.01)
+    "wait_flow": 0.05,
     # keyframes of frames tracked with lighter features (tracking.features) are extracted again
     # with the map's extractor on the mapping thread; tracking inliers move to the nearest new
     # keypoint within reextract_max_px (false: keyframes keep the tracking features)

@@ -67,8 +67,8 @@ def summarize(names: Sequence[str], poses: Mapping[str, Optional[Pose]], seconds
 
 
 #: stages of a frame's time (``FrameResult.result.timings`` keys), in pipeline order
-TIMING_STAGES = ("read", "features", "projection", "track_pose", "tracking_fallback", "relocalization",
-                 "features_full")
+TIMING_STAGES = ("read", "features", "projection", "track_pose", "mapping_wait", "tracking_fallback",
+                 "relocalization", "features_full")
 
 
 def timing_breakdown(frames: Sequence, window: int = 50) -> Dict:

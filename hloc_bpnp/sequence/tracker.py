@@ -81,6 +81,9 @@ default_conf = {
         "min_inlier_ratio_projection": 0.5,
         "min_inlier_ratio_projection_many": 0.3,
         "many_inliers": 100,
+        # when the search by projection fails while keyframes wait on the mapping thread, wait
+        # for them and search again (the only wait of the tracker; counted in the frame info)
+        "wait_for_mapping_on_failure": True,
         # fallback: whole covisible keyframes matched by the map's matcher
         "num_fallback_keyframes": 3,
         "guided_margin_px": 80.0,  # ... only map points projecting within this margin
@@ -389,6 +392,17 @@ class SequenceLocalizer:
         out = None
         if tc["projection"]:
             out, reason = self._track_by_projection(feats, kpts, camera, pred, prior, names, res, info)
+            if out is None and tc["wait_for_mapping_on_failure"] and self.mapper is not None \
+                    and self.mapper.pending:
+                # the keyframes still queued may hold the points this view needs: the one case
+                # where the tracker waits for the mapping thread (cheaper than relocalizing)
+                t = time.perf_counter()
+                self.mapper.drain()
+                res.timings["mapping_wait"] = time.perf_counter() - t
+                info["waited_for_mapping"] = True
+                names = self._local_keyframes()
+                info["keyframes"] = names
+                out, reason = self._track_by_projection(feats, kpts, camera, pred, prior, names, res, info)
         if out is None:
             t = time.perf_counter()
             out, reason2 = self._track_by_keyframes(kpts, feats, camera, pred, prior, names, info)
@@ -602,7 +616,8 @@ class SequenceLocalizer:
     # ------------------------------------------------------------------ growth
     def _maybe_keyframe(self, frame: FrameResult, feats, camera: Camera, rows: np.ndarray, kp: np.ndarray,
                         image: Optional[np.ndarray] = None) -> None:
-        """Hand a tracked frame that sees new area to the mapping thread (never waits)."""
+        """Hand a tracked frame that sees new area to the mapping thread; wait for it only when
+        the camera outruns the map (``growth.wait_novelty`` / ``growth.wait_flow``)."""
         gc = self.conf["growth"]
         if self.mapper is None or frame.name in self.map.features or len(kp) != len(rows):
             return
@@ -624,6 +639,18 @@ class SequenceLocalizer:
         self.keyframes.append(frame.name)
         self._frames_since_keyframe = 0
         frame.keyframe = True
+        rot = self.motion.last_rotation_rad()
+        flow = None if rot is None else rot * float(camera.f.mean()) / max(W, H)
+        frame.info["flow"] = flow
+        if novelty >= float(gc["wait_novelty"]) or (flow is not None and flow >= float(gc["wait_flow"])):
+            # the camera outruns the map (half of this view is new, or the image turned by more
+            # than wait_flow of its side since the last frame): the next frame needs this
+            # keyframe's points, so wait for it (the tracker's only wait besides a failed search)
+            t = time.perf_counter()
+            self.mapper.drain()
+            frame.result.timings["mapping_wait"] = (frame.result.timings.get("mapping_wait", 0.0)
+                                                    + time.perf_counter() - t)
+            frame.info["waited_for_mapping"] = True
 
     # ------------------------------------------------------------------ sequences
     def run(self, frames: Iterable, cameras: Union[Camera, Dict[str, Camera]], progress: bool = True,
