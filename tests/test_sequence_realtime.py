@@ -9,7 +9,6 @@ import torch
 
 from hloc_bpnp.bpnp import solve_pnp
 from hloc_bpnp.geometry import Pose
-from hloc_bpnp.geometry.pose import so3_exp
 from hloc_bpnp.localization import Localizer
 from hloc_bpnp.mapping import Map
 from hloc_bpnp.sequence.fast_pose import refine_pose
@@ -107,11 +106,8 @@ def exact():
 def _new_keyframe(scene, map_, name="query/0.png"):
     """A query view with its observations of existing points and two-view new points."""
     feats, idx = scene.observe(PINHOLE, scene.query_poses[name])
-    row_of = {int(p): r for r, p in enumerate(range(len(scene.points)))}
-    # map rows of scene points (the reconstruction keeps points seen twice, ids in scene order)
-    ids = map_.point3D_ids
-    xyz = map_.points3D
-    lookup = {tuple(np.round(x, 9)): r for r, x in enumerate(xyz)}
+    # map rows of the scene points (the map holds the points seen at least twice)
+    lookup = {tuple(np.round(x, 9)): r for r, x in enumerate(map_.points3D)}
     obs_kp, obs_rows, free = [], [], []
     for k, p in enumerate(idx):
         r = lookup.get(tuple(np.round(scene.points[p], 9)))
@@ -120,7 +116,6 @@ def _new_keyframe(scene, map_, name="query/0.png"):
         else:
             obs_kp.append(k)
             obs_rows.append(r)
-    del row_of, ids
     return feats, np.array(obs_kp), np.array(obs_rows), free
 
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Callable, Dict, Iterable, List, Optional, Union
 
 import numpy as np
 import torch
@@ -412,9 +412,7 @@ class SequenceLocalizer:
         if out is None:
             return False, reason
         pose, q_idx, rows, inl = out
-        with self.map.lock:
-            X = self.map.points3D[rows]
-            ids = self.map.point3D_ids[rows]
+        ids = self.map.point3D_ids[rows]
         res.success, res.failure_reason = True, None
         res.pose = pose
         res.camera = camera
