@@ -112,7 +112,15 @@ def sequence_setup(tmp_path_factory):
 
     seq = generate_sequence(SMALL_SEQ, seed=0)
     map_ = build_map_from_poses(seq.scene.map_scene, seq.scene.images, "default", progress=False)
-    return seq, map_
+    map_dir = map_.save(tmp_path_factory.mktemp("seq_map") / "map")
+    return seq, map_dir
+
+
+def _load(map_dir):
+    """A fresh copy of the prebuilt map (sequence mode grows its map in place)."""
+    from hloc_bpnp.mapping import Map
+
+    return Map.load(map_dir)
 
 
 @pytest.fixture(scope="module")
@@ -120,9 +128,12 @@ def tracked(sequence_setup):
     from hloc_bpnp.localization import Localizer
     from hloc_bpnp.sequence import SequenceLocalizer
 
-    seq, map_ = sequence_setup
-    n_points = len(map_.points3D)
-    sl = SequenceLocalizer(Localizer(map_, "default"))
+    seq, map_dir = sequence_setup
+    map_ = _load(map_dir)
+    # keyframes inserted inline: deterministic (this sequence turns 10 deg per frame, so the
+    # tracker needs every keyframe at once; the mapping thread is tested below and in
+    # test_sequence_realtime.py)
+    sl = SequenceLocalizer(Localizer(_load(map_dir), "default"), {"growth": {"threaded": False}})
     frames = seq.frames()
     # one unreadable frame in the middle of the first stretch
     bad = 6
@@ -132,7 +143,7 @@ def tracked(sequence_setup):
             out.append(sl.track(None, seq.camera, n, ts, image_error=f"{n}: cannot identify image file"))
         else:
             out.append(sl.track(img, seq.camera, n, ts))
-    assert len(map_.points3D) == n_points  # the prebuilt map object is never modified
+    sl.close()  # the queued keyframes are inserted
     return seq, map_, sl, out, bad
 
 
@@ -219,9 +230,10 @@ def test_local_bundle_adjustment_moves_only_the_new_keyframe_and_its_points(sequ
     from hloc_bpnp.localization import Localizer
     from hloc_bpnp.sequence import SequenceLocalizer
 
-    seq, map_ = sequence_setup
-    sl = SequenceLocalizer(Localizer(map_, "default"), {"growth": {"local_ba": True}})
-    out = [sl.track(img, seq.camera, n, ts) for n, img, ts in seq.frames()[:6]]
+    seq, map_dir = sequence_setup
+    map_ = _load(map_dir)
+    with SequenceLocalizer(Localizer(_load(map_dir), "default"), {"growth": {"local_ba": True}}) as sl:
+        out = [sl.track(img, seq.camera, n, ts) for n, img, ts in seq.frames()[:6]]
     assert all(f.status != "lost" for f in out)
     assert sl.keyframes, "no keyframe inserted"
     grown = sl.map
@@ -238,3 +250,33 @@ def test_local_bundle_adjustment_moves_only_the_new_keyframe_and_its_points(sequ
         assert float(r) < 1.0 and float(c) < 0.15
         moved += float((grown.pose(kf).t - tracked[kf].t).abs().max()) > 1e-9
     assert moved >= 1  # the adjustment did refine the new keyframes' poses
+
+
+def test_run_calls_on_frame_on_the_tracking_thread_and_drains_the_mapper(sequence_setup, tmp_path):
+    import threading
+
+    from hloc_bpnp.localization import Localizer
+    from hloc_bpnp.mapping import Map
+    from hloc_bpnp.sequence import SequenceLocalizer
+
+    seq, map_dir = sequence_setup
+    sl = SequenceLocalizer(Localizer(_load(map_dir), "default"))  # threaded mapping (default)
+    seen = []
+    out = sl.run(seq.frames()[:6], seq.camera, progress=False,
+                 on_frame=lambda f: seen.append((f.name, threading.get_ident())))
+    assert [n for n, _ in seen] == [f.name for f in out]
+    assert {i for _, i in seen} == {threading.get_ident()}
+    # run() returned with every queued keyframe in the map
+    assert sl.keyframes and sl.mapper.pending == 0
+    assert all(k in sl.map.image_names for k in sl.keyframes)
+    for f in out:
+        assert f.status != "lost"
+        assert f.inlier_points2d.shape == (f.result.num_inliers, 2)
+        assert f.inlier_points3d.shape == (f.result.num_inliers, 3)
+        uv = f.result.camera.project(f.pose.transform(torch.as_tensor(f.inlier_points3d))).numpy()
+        assert np.median(np.linalg.norm(uv - f.inlier_points2d, axis=1)) < 2.0
+    m = Map.load(sl.map.save(tmp_path / "grown"))
+    assert m.conf["sequence_keyframes"] == sl.keyframes and len(m.points3D) == len(sl.map.points3D)
+    sl.close()
+    assert not sl.mapper._thread.is_alive()
+    sl.close()  # idempotent

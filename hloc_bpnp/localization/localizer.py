@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Dict, Iterable, Optional, Tuple, Union
+from typing import Dict, Iterable, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from tqdm import tqdm
@@ -24,7 +24,8 @@ from ..config import load_config, merge
 from ..geometry import Camera
 from . import results as R
 from .camera_prior import guess_camera
-from .correspondences import covisibility_clusters, gather_2d3d
+from .correspondences import Correspondences, covisibility_clusters, gather_2d3d
+from .feature_dict import select_keypoints, to_numpy, to_torch
 from .pose_estimation import default_conf as pose_default_conf
 from .pose_estimation import estimate_pose
 from .results import LocalizationResult
@@ -71,22 +72,71 @@ class Localizer:
         self.matcher = build_matcher(mconf)
         self._ref_cache: Dict[str, Tuple[Dict, Optional[np.ndarray]]] = {}
 
-    def _reference(self, name: str) -> Tuple[Dict, Optional[np.ndarray]]:
-        """(torch features of a keyframe, row -> keypoint index or None), cached per map image.
+    def set_map(self, map) -> None:
+        """Use ``map`` from now on (e.g. a grown or reloaded map); per-image caches are dropped."""
+        self.map = map
+        self._ref_cache.clear()
+
+    def reference_features(self, name: str) -> Tuple[Dict, Optional[np.ndarray]]:
+        """(torch features of map image ``name``, row -> keypoint index or None), cached per
+        map image and refreshed when the map changes that image's points.
 
         With ``match_3d_only`` the features are restricted to keypoints with a 3D point and the
         second item maps their rows back to the keyframe's keypoint indices.
         """
-        if name not in self._ref_cache:
+        version = self.map.image_version(name) if hasattr(self.map, "image_version") else 0
+        hit = self._ref_cache.get(name)
+        if hit is None or hit[0] != version:
             feats = self.map.features[name]
             keep = None
             if self.conf["match_3d_only"]:
                 keep = np.flatnonzero(self.map.kp_to_point[name] >= 0)
-                n = len(feats["keypoints"])
-                feats = {k: (v[keep] if k != "image_size" and isinstance(v, np.ndarray) and v.ndim >= 1
-                             and len(v) == n else v) for k, v in feats.items()}
-            self._ref_cache[name] = (_as_torch(feats), keep)
-        return self._ref_cache[name]
+                feats = select_keypoints(feats, keep)
+            hit = self._ref_cache[name] = (version, to_torch(feats), keep)
+        return hit[1], hit[2]
+
+    _reference = reference_features  # the name used before it was public
+
+    def match_images(self, feats: Dict[str, np.ndarray], names: Sequence[str],
+                     subsets: Optional[Sequence[Optional[np.ndarray]]] = None):
+        """Match query features against the given map images.
+
+        Args:
+            feats: the query's features (numpy dict, hloc keys), Nq keypoints.
+            names: map images.
+            subsets: per image, None or (K_j,) keypoint indices of that image to match against
+                (e.g. those whose 3D point projects into the query at a predicted pose).
+        Returns:
+            (matches0, scores0): per image, (Nq,) keypoint index in that map image (-1: none)
+            and (Nq,) match scores.
+        """
+        refs = []
+        for j, n in enumerate(names):
+            ref, keep = self.reference_features(n)
+            sub = None if subsets is None else subsets[j]
+            if sub is not None:
+                sub = np.asarray(sub, np.int64)
+                if keep is None:
+                    ref, keep = select_keypoints(ref, sub), sub
+                else:  # positions of the wanted keypoints among the kept ones
+                    pos = np.searchsorted(keep, sub)
+                    pos = np.clip(pos, 0, max(len(keep) - 1, 0))
+                    ok = (keep[pos] == sub) if len(keep) else np.zeros(len(sub), bool)
+                    ref, keep = select_keypoints(ref, pos[ok]), sub[ok]
+            refs.append((ref, keep))
+        if not refs:
+            return [], []
+        matches = self.matcher.match_many(to_torch(feats), [r[0] for r in refs])
+        m0 = [_to_keyframe_indices(np.asarray(_np(m["matches0"])), keep) for m, (_, keep) in zip(matches, refs)]
+        s0 = [np.asarray(_np(m["matching_scores0"]), dtype=np.float64) for m in matches]
+        return m0, s0
+
+    def match_2d3d(self, feats: Dict[str, np.ndarray], names: Sequence[str],
+                   subsets: Optional[Sequence[Optional[np.ndarray]]] = None) -> Correspondences:
+        """Match query features against these map images -> 2D-3D correspondences (query
+        keypoint index, ``points3D`` row, match score); see :meth:`match_images`."""
+        m0, s0 = self.match_images(feats, names, subsets)
+        return gather_2d3d(m0, s0, [self.map.kp_to_point[n] for n in names])
 
     # ---------------------------------------------------------------- one query
     def localize(
@@ -111,8 +161,7 @@ class Localizer:
             camera, res.camera_source = guess_camera(w, h, image_path)
             res.info["camera_guessed"] = True
         res.camera = camera
-        feats = self.extractor.extract(image)
-        feats = {k: (v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)) for k, v in feats.items()}
+        feats = to_numpy(self.extractor.extract(image))
         res.timings["features"] = time.perf_counter() - t0
         return self.localize_features(feats, camera, res)
 
@@ -143,10 +192,7 @@ class Localizer:
             return res.fail(R.NO_RETRIEVAL)
 
         t = time.perf_counter()
-        refs = [self._reference(n) for n in names]
-        matches = self.matcher.match_many(_as_torch(feats), [r[0] for r in refs])
-        m0 = [_to_keyframe_indices(np.asarray(_np(m["matches0"])), keep) for m, (_, keep) in zip(matches, refs)]
-        s0 = [np.asarray(_np(m["matching_scores0"]), dtype=np.float64) for m in matches]
+        m0, s0 = self.match_images(feats, names)
         res.num_matches = int(sum((m >= 0).sum() for m in m0))
         res.timings["matching"] = time.perf_counter() - t
         if res.num_matches == 0:
@@ -207,12 +253,7 @@ def _to_keyframe_indices(m0: np.ndarray, keep: Optional[np.ndarray]) -> np.ndarr
     return out
 
 
-def _as_torch(feats: Dict) -> Dict:
-    """Numpy feature dict -> torch (zero-copy where possible), as the matchers expect."""
-    import torch
-
-    return {k: (torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v)
-            for k, v in feats.items()}
+_as_torch = to_torch  # kept for callers of the former private name
 
 
 def _np(x):

@@ -16,13 +16,16 @@ On disk (:meth:`Map.save` / :meth:`Map.load`)::
 """
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import platform
+import threading
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
+import torch
 
 from ..geometry import Camera, Pose
 
@@ -132,17 +135,51 @@ class Map:
                  global_model, global_index, conf, *, _obs_ptr=None, _obs_image=None):
         self.reconstruction = reconstruction
         self.features = features
-        self.image_names = image_names
-        self.points3D = points3D
-        self.point3D_ids = point3D_ids
+        self.image_names = list(image_names)
+        # points: growable buffers (rows are stable: points are only ever appended)
+        n = len(points3D)
+        self._xyz = np.zeros((max(n, 16), 3), np.float64)
+        self._xyz[:n] = points3D
+        self._ids = np.zeros(max(n, 16), np.int64)
+        self._ids[:n] = point3D_ids
+        self._num_points = n
         self.kp_to_point = kp_to_point
         self.global_model = global_model
         self.global_index = global_index
         self.conf = conf
-        self._obs_ptr = _obs_ptr      # (P+1,) CSR pointer: observations of point row p
-        self._obs_image = _obs_image  # (O,) index into image_names, grouped by point row
-        self._name_to_idx = {n: i for i, n in enumerate(image_names)}
+        # point row -> observing images: a CSR table over the points present at construction
+        # (``_obs_image`` holds stable image indices, see ``_image_list``) plus, for the
+        # observations added later by :meth:`add_keyframe`, a dict row -> [image index]
+        n_base = n if _obs_ptr is None else len(_obs_ptr) - 1
+        self._obs_ptr = _obs_ptr if _obs_ptr is not None else np.zeros(n_base + 1, np.int64)
+        self._obs_image = _obs_image if _obs_image is not None else np.zeros(0, np.int64)
+        self._obs_extra: Dict[int, List[int]] = {}
+        self._image_list: List[str] = list(self.image_names)  # stable image index -> name (insertion order)
+        self._name_to_idx = {nm: i for i, nm in enumerate(self._image_list)}
         self._image_by_name = {img.name: img for img in reconstruction.images.values()}
+        self._image_version: Dict[str, int] = {}
+        self._poses: Dict[str, Pose] = {}
+        self._cameras: Dict[str, Camera] = {}
+        self._next_camera_id = max(reconstruction.cameras.keys(), default=0) + 1
+        self._next_image_id = max(reconstruction.images.keys(), default=0) + 1
+        # held by writers (:meth:`add_keyframe`) and by readers that need a consistent view
+        # across several calls (e.g. a localization while a mapping thread grows the map)
+        self.lock = threading.RLock()
+        self.version = 0  # incremented by every change
+
+    @property
+    def points3D(self) -> np.ndarray:
+        """(P, 3) float64 world coordinates (a view; rows never move)."""
+        return self._xyz[: self._num_points]
+
+    @property
+    def point3D_ids(self) -> np.ndarray:
+        """(P,) int64 pycolmap ids, increasing; row i <-> ``points3D[i]``."""
+        return self._ids[: self._num_points]
+
+    def image_version(self, name: str) -> int:
+        """Changes whenever the keypoint -> point table of ``name`` changes (caches key on it)."""
+        return self._image_version.get(name, 0)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -211,12 +248,145 @@ class Map:
             vecs = np.stack([np.asarray(global_model.encode(feats[n]), np.float32) for n in names])
             global_index = GlobalIndex(vecs.shape[1], _index_conf(conf))
             global_index.add(names, vecs)
-        elif list(global_index.names) != names:
+        elif sorted(global_index.names) != names:
             raise ValueError("global_index names differ from the registered images of the reconstruction")
         m = cls(rec, feats, names, points3D, point3D_ids, kp_to_point, global_model, global_index, conf,
                 _obs_ptr=obs_ptr, _obs_image=obs_img[order])
         logger.info("Map: %s", m.stats())
         return m
+
+    # ------------------------------------------------------------------ growth
+    def _append_points(self, xyz: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """Append points (amortised O(1) per point); returns their rows."""
+        n, q = self._num_points, len(xyz)
+        if n + q > len(self._xyz):
+            cap = max(2 * len(self._xyz), n + q)
+            xyz_buf = np.zeros((cap, 3), np.float64)
+            xyz_buf[:n] = self._xyz[:n]
+            ids_buf = np.zeros(cap, np.int64)
+            ids_buf[:n] = self._ids[:n]
+            self._xyz, self._ids = xyz_buf, ids_buf
+        self._xyz[n:n + q] = xyz
+        self._ids[n:n + q] = ids
+        self._num_points = n + q  # published last: readers never see a row before its data
+        return np.arange(n, n + q, dtype=np.int64)
+
+    def add_keyframe(self, name: str, camera: Camera, pose: Pose, features: Mapping,
+                     obs_keypoints: np.ndarray, obs_rows: np.ndarray,
+                     new_xyz: Optional[np.ndarray] = None,
+                     new_tracks: Sequence[Sequence[Tuple[str, int]]] = (),
+                     global_vector: Optional[np.ndarray] = None) -> np.ndarray:
+        """Insert an image with a fixed pose into the map, in place.
+
+        The cost depends on the new image and the points it touches only, not on the map's
+        size: nothing is copied or rebuilt (the reconstruction is extended, the lookups and
+        the global index are appended to). Holds :attr:`lock` while writing.
+
+        Args:
+            name: the new image's name (not yet in the map).
+            camera, pose: its Camera and ``cam_from_world``.
+            features: its feature dict (numpy, hloc keys); ``keypoints`` (N, 2).
+            obs_keypoints, obs_rows: (M,) its keypoints that observe existing points, and
+                those points' rows (one keypoint per point, each point at most once).
+            new_xyz: (Q, 3) new points; new_tracks: Q tracks of (image name, keypoint index)
+                with the new image's own name for its observations; every keypoint used must
+                have no point yet, and each image appears at most once per track.
+            global_vector: (Dg,) its global descriptor (default: encoded with the map's model).
+        Returns:
+            (Q,) rows of the new points.
+        Raises:
+            ValueError: the name is already a map image, or a keypoint/point is already taken.
+        """
+        import pycolmap
+
+        feats = _numpy_feats(features)
+        kpts = np.asarray(feats["keypoints"], np.float64)
+        obs_keypoints = np.asarray(obs_keypoints, np.int64).reshape(-1)
+        obs_rows = np.asarray(obs_rows, np.int64).reshape(-1)
+        new_xyz = np.zeros((0, 3)) if new_xyz is None else np.asarray(new_xyz, np.float64).reshape(-1, 3)
+        if len(new_xyz) != len(new_tracks):
+            raise ValueError(f"{len(new_xyz)} new points but {len(new_tracks)} tracks")
+        if global_vector is None:
+            global_vector = np.asarray(self.global_model.encode(feats), np.float32).reshape(-1)
+        with self.lock:
+            if name in self._name_to_idx:
+                raise ValueError(f"Image {name!r} is already a map image")
+            if len(obs_rows) and (obs_rows.min() < 0 or obs_rows.max() >= self._num_points):
+                raise ValueError(f"add_keyframe({name!r}): observation rows out of range")
+            if len(np.unique(obs_rows)) != len(obs_rows) or len(np.unique(obs_keypoints)) != len(obs_keypoints):
+                raise ValueError(f"add_keyframe({name!r}): a point or keypoint is observed twice")
+            rec = self.reconstruction
+            cam = camera.to_pycolmap()
+            cam.camera_id = self._next_camera_id
+            self._next_camera_id += 1
+            rec.add_camera_with_trivial_rig(cam)
+            image_id = self._next_image_id
+            self._next_image_id += 1
+            rec.add_image_with_trivial_frame(
+                pycolmap.Image(name=name, keypoints=kpts, camera_id=cam.camera_id, image_id=image_id),
+                pose.to_pycolmap())
+            idx = len(self._image_list)
+            kp_rows = np.full(len(kpts), -1, np.int64)
+            ids = self._ids
+            for k, r in zip(obs_keypoints.tolist(), obs_rows.tolist()):
+                rec.add_observation(int(ids[r]), pycolmap.TrackElement(image_id, k))
+                kp_rows[k] = r
+                self._obs_extra.setdefault(r, []).append(idx)
+            # new points: pycolmap ids (increasing), then rows, then the keypoint tables
+            image_ids = {nm: self._image_by_name[nm].image_id for tr in new_tracks for nm, _ in tr
+                         if nm != name}
+            new_ids = []
+            for xyz, track in zip(new_xyz, new_tracks):
+                elems = [pycolmap.TrackElement(image_id if nm == name else int(image_ids[nm]), int(k))
+                         for nm, k in track]
+                new_ids.append(int(rec.add_point3D(xyz, pycolmap.Track(elems))))
+            rows = self._append_points(new_xyz, np.asarray(new_ids, np.int64))
+            changed: Dict[str, np.ndarray] = {}
+            for r, track in zip(rows.tolist(), new_tracks):
+                obs = self._obs_extra.setdefault(r, [])
+                for nm, k in track:
+                    if nm == name:
+                        kp_rows[int(k)] = r
+                        obs.append(idx)
+                    else:
+                        if nm not in changed:  # copy on write: readers keep a consistent table
+                            changed[nm] = self.kp_to_point[nm].copy()
+                        changed[nm][int(k)] = r
+                        obs.append(self._name_to_idx[nm])
+            self.kp_to_point.update(changed)
+            self.kp_to_point[name] = kp_rows
+            self.features[name] = feats
+            self._image_by_name[name] = rec.images[image_id]
+            self._poses[name] = pose.to(torch.float64) if hasattr(pose, "to") else pose
+            self._cameras[name] = camera
+            self._image_list.append(name)
+            self._name_to_idx[name] = idx
+            bisect.insort(self.image_names, name)
+            self.global_index.add([name], np.asarray(global_vector, np.float32).reshape(1, -1))
+            for nm in list(changed) + [name]:
+                self._image_version[nm] = self._image_version.get(nm, 0) + 1
+            self.conf.setdefault("sequence_keyframes", []).append(name)
+            self.version += 1
+        return rows
+
+    def set_pose(self, name: str, pose: Pose) -> None:
+        """Move a map image (e.g. after a local bundle adjustment)."""
+        with self.lock:
+            img = self._image(name)
+            img.frame.rig_from_world = pose.to_pycolmap()
+            self._poses[name] = pose
+            self.version += 1
+
+    def update_points(self, rows: np.ndarray, xyz: np.ndarray) -> None:
+        """Move points (e.g. after a local bundle adjustment) in the lookups and the
+        reconstruction. rows (Q,), xyz (Q, 3)."""
+        rows = np.asarray(rows, np.int64)
+        xyz = np.asarray(xyz, np.float64).reshape(-1, 3)
+        with self.lock:
+            for r, x in zip(rows.tolist(), xyz):
+                self.reconstruction.points3D[int(self._ids[r])].xyz = x
+            self._xyz[rows] = xyz
+            self.version += 1
 
     # ------------------------------------------------------------------ queries
     def _image(self, name: str):
@@ -230,12 +400,18 @@ class Map:
 
     def camera(self, name: str) -> Camera:
         """Intrinsics of a map image (unbatched, float64)."""
-        img = self._image(name)
-        return Camera.from_pycolmap(self.reconstruction.cameras[img.camera_id])
+        cam = self._cameras.get(name)
+        if cam is None:
+            img = self._image(name)
+            cam = self._cameras[name] = Camera.from_pycolmap(self.reconstruction.cameras[img.camera_id])
+        return cam
 
     def pose(self, name: str) -> Pose:
         """``cam_from_world`` of a map image (unbatched, float64)."""
-        return Pose.from_pycolmap(self._image(name).cam_from_world())
+        pose = self._poses.get(name)
+        if pose is None:
+            pose = self._poses[name] = Pose.from_pycolmap(self._image(name).cam_from_world())
+        return pose
 
     def covisible_images(self, name: str, min_shared: int = 1) -> List[str]:
         """Map images sharing at least ``min_shared`` 3D points with ``name`` (itself
@@ -249,18 +425,25 @@ class Map:
         by the number of those points they observe (descending, ties by name), ``exclude``
         left out."""
         rows = np.unique(np.asarray(rows, np.int64))
-        rows = rows[(rows >= 0) & (rows < len(self.points3D))]
+        rows = rows[(rows >= 0) & (rows < self._num_points)]
         if len(rows) == 0:
             return []
-        starts, ends = self._obs_ptr[rows], self._obs_ptr[rows + 1]
-        lens = ends - starts
-        flat = np.repeat(starts - np.cumsum(np.concatenate([[0], lens[:-1]])), lens) + np.arange(lens.sum())
-        counts = np.bincount(self._obs_image[flat], minlength=len(self.image_names))
+        counts = np.zeros(len(self._image_list), np.int64)
+        base = rows[rows < len(self._obs_ptr) - 1]
+        if len(base):
+            starts, ends = self._obs_ptr[base], self._obs_ptr[base + 1]
+            lens = ends - starts
+            flat = np.repeat(starts - np.cumsum(np.concatenate([[0], lens[:-1]])), lens) + np.arange(lens.sum())
+            counts += np.bincount(self._obs_image[flat], minlength=len(self._image_list))
+        if self._obs_extra:
+            extra = [i for r in rows.tolist() for i in self._obs_extra.get(r, ())]
+            if extra:
+                counts += np.bincount(np.asarray(extra, np.int64), minlength=len(self._image_list))
         if exclude is not None:
             counts[self._name_to_idx[exclude]] = 0
         idx = np.flatnonzero(counts >= max(1, min_count))
-        order = sorted(idx, key=lambda i: (-counts[i], self.image_names[i]))
-        return [(self.image_names[i], int(counts[i])) for i in order]
+        order = sorted(idx, key=lambda i: (-counts[i], self._image_list[i]))
+        return [(self._image_list[i], int(counts[i])) for i in order]
 
     def num_shared_points(self, name0: str, name1: str) -> int:
         """Number of 3D points observed by both images."""

@@ -165,13 +165,24 @@ class GlobalIndex:
         new = set(names)
         if len(new) != len(names):
             raise ValueError(f"add(): {len(names) - len(new)} repeated names")
-        dup = new.intersection(self.names)
+        known = self._name_set()
+        dup = [n for n in names if n in known]
         if dup:
             raise ValueError(f"Names already in the index: {sorted(dup)[:5]}")
         if self._index is None:
             self.train(x)
         self._index.add(x)
         self.names.extend(names)
+        known.update(names)
+
+    def _name_set(self) -> set:
+        """The set of indexed names, kept in step with ``names`` (so :meth:`add` costs
+        O(new names), not O(index size))."""
+        cache = getattr(self, "_names_cache", None)
+        if cache is None or cache[0] is not self.names or len(cache[1]) != len(self.names):
+            cache = (self.names, set(self.names))
+            self._names_cache = cache
+        return cache[1]
 
     def search_ids(self, queries, k: int) -> Tuple[np.ndarray, np.ndarray]:
         """Top-k scores (Q, k') float32 and indices (Q, k') int64, k' = min(k, len(index)).

@@ -2,10 +2,13 @@
 relocalize when lost, grow the map where the camera goes (see ``tracker``)."""
 from .frames import Frame, load_frames
 from .growth import image_novelty, insert_keyframe
+from .local_map import LocalMap, LocalMapBuilder, search_by_projection
+from .mapping_thread import KeyframeJob, MappingThread
 from .motion import MotionModel
 from .tracker import LOST, RELOCALIZED, TRACKED, FrameResult, SequenceLocalizer
 from .trajectory import plot_trajectory, read_tum_trajectory, trajectory_errors, write_tum_trajectory
 
 __all__ = ["SequenceLocalizer", "FrameResult", "MotionModel", "insert_keyframe", "image_novelty",
            "TRACKED", "RELOCALIZED", "LOST", "Frame", "load_frames", "write_tum_trajectory",
-           "read_tum_trajectory", "trajectory_errors", "plot_trajectory"]
+           "read_tum_trajectory", "trajectory_errors", "plot_trajectory", "MappingThread", "KeyframeJob",
+           "LocalMap", "LocalMapBuilder", "search_by_projection"]

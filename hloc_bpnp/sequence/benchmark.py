@@ -48,8 +48,16 @@ def run_independent(map_, frames: Sequence[FrameInput], cameras: Mapping[str, Ca
 def run_sequence_benchmark(map_dir: Union[str, Path], frames: Sequence[FrameInput], cameras: Mapping[str, Camera],
                            gt: Mapping[str, Pose], output: Union[str, Path], loc_conf=None,
                            seq_conf: Optional[Dict] = None, unit_to_cm: float = 100.0, title: str = "",
-                           progress: bool = True, extra: Optional[Dict] = None) -> Dict:
-    """Run both modes on the map saved in ``map_dir``; write and return the results dict."""
+                           progress: bool = True, extra: Optional[Dict] = None,
+                           independent_every: int = 1) -> Dict:
+    """Run both modes on the map saved in ``map_dir``; write and return the results dict.
+
+    ``independent_every``: localize only every K-th frame on its own (the comparison);
+    ``summary["sequence_on_independent_frames"]`` is the sequence's ``M`` on those frames.
+    ``seconds_per_frame`` is the wall time of the whole run over the frames (reading,
+    tracking, relocalization and the map growth drained at the end included);
+    ``summary["timing"]`` breaks a frame's time down by stage (means over the frames) and
+    compares the first and last 50 frames; ``summary["mapping_thread"]`` the keyframe work."""
     from ..io.json_io import write_json
     from ..mapping import Map
 
@@ -58,38 +66,64 @@ def run_sequence_benchmark(map_dir: Union[str, Path], frames: Sequence[FrameInpu
     names = [f[0] for f in frames]
     stamps = [float(f[2]) for f in frames]
 
-    indep = run_independent(Map.load(map_dir), frames, cameras, loc_conf, progress)
+    ind_frames = list(frames)[::max(1, int(independent_every))]
+    ind_names = [f[0] for f in ind_frames]
+    t0 = time.perf_counter()
+    indep = run_independent(Map.load(map_dir), ind_frames, cameras, loc_conf, progress)
+    wall_ind = time.perf_counter() - t0
 
     map_ = Map.load(map_dir)
-    n_map = len(map_.image_names)
-    sl = SequenceLocalizer(Localizer(map_, loc_conf), seq_conf)
-    seq_frames = sl.run(frames, cameras, progress)  # image reading timed, as in run_independent
+    n_map, n_points = len(map_.image_names), int(len(map_.points3D))
+    map_centers = np.stack([map_.pose(n).center.numpy() for n in map_.image_names])
+    sl = SequenceLocalizer(Localizer(map_, loc_conf), seq_conf)  # grows map_ in place
+    t0 = time.perf_counter()
+    try:
+        seq_frames = sl.run(frames, cameras, progress)  # image reading timed, as in run_independent
+    finally:
+        sl.close()
+    wall = time.perf_counter() - t0  # tracking, relocalization and map growth (drained) included
     by_name = {f.name: f for f in seq_frames}
 
     s_seq = report.summarize(names, {f.name: f.pose for f in seq_frames},
                              {f.name: f.seconds for f in seq_frames}, gt, unit_to_cm,
                              n_relocalized=sum(f.status == RELOCALIZED for f in seq_frames), timestamps=stamps)
-    s_ind = report.summarize(names, {n: (r.pose if r.success else None) for n, r in indep.items()},
+    s_seq["seconds_per_frame"] = wall / max(len(names), 1)
+    s_seq["frames_per_second"] = len(names) / wall if wall > 0 else None
+    ind_stamps = [float(f[2]) for f in ind_frames]
+    s_ind = report.summarize(ind_names, {n: (r.pose if r.success else None) for n, r in indep.items()},
                              {n: float(r.timings.get("total", 0.0)) for n, r in indep.items()}, gt, unit_to_cm,
-                             n_relocalized=sum(r.success for r in indep.values()), timestamps=stamps)
+                             n_relocalized=sum(r.success for r in indep.values()), timestamps=ind_stamps)
+    s_ind["seconds_per_frame"] = wall_ind / max(len(ind_names), 1)
+    s_same = report.summarize(ind_names, {n: by_name[n].pose for n in ind_names},
+                              {n: by_name[n].seconds for n in ind_names}, gt, unit_to_cm,
+                              n_relocalized=sum(by_name[n].status == RELOCALIZED for n in ind_names),
+                              timestamps=ind_stamps)
+    s_time = report.timing_breakdown(seq_frames)
+    s_map = sl.mapper.stats() if sl.mapper is not None else {}
     rows = []
     for name, ts in zip(names, stamps):
-        f, r = by_name[name], indep[name]
+        f = by_name[name]
         rs, ps = report.frame_errors(f.pose, gt.get(name))
-        ri, pi = report.frame_errors(r.pose if r.success else None, gt.get(name))
-        rows.append({
+        row = {
             "name": name, "timestamp": ts, "status": f.status, "reason": f.reason, "keyframe": f.keyframe,
             "num_inliers": int(f.result.num_inliers), "seconds": f.seconds,
+            "timings": {k: float(v) for k, v in f.result.timings.items()},
             "rot_err_deg": rs, "pos_err_cm": None if ps is None else ps * unit_to_cm,
-            "ransac": f.info.get("ransac"),
-            "independent": {"success": bool(r.success), "reason": r.failure_reason or "",
-                            "num_inliers": int(r.num_inliers), "seconds": float(r.timings.get("total", 0.0)),
-                            "rot_err_deg": ri, "pos_err_cm": None if pi is None else pi * unit_to_cm},
-        })
-    results = {"summary": {"sequence": s_seq, "independent": s_ind},
+            "ransac": f.info.get("ransac"), "fallback": bool(f.info.get("fallback", False)),
+        }
+        if name in indep:
+            r = indep[name]
+            ri, pi = report.frame_errors(r.pose if r.success else None, gt.get(name))
+            row["independent"] = {"success": bool(r.success), "reason": r.failure_reason or "",
+                                  "num_inliers": int(r.num_inliers), "seconds": float(r.timings.get("total", 0.0)),
+                                  "rot_err_deg": ri, "pos_err_cm": None if pi is None else pi * unit_to_cm}
+        rows.append(row)
+    results = {"summary": {"sequence": s_seq, "independent": s_ind, "sequence_on_independent_frames": s_same,
+                           "timing": s_time, "mapping_thread": s_map,
+                           "n_keyframes_added": len(sl.keyframes)},
                "frames": rows,
                "map": {"prebuilt_images": n_map, "grown_images": len(sl.map.image_names),
-                       "prebuilt_points": int(len(map_.points3D)),
+                       "prebuilt_points": n_points,
                        "grown_points": int(len(sl.map.points3D)), "keyframes_added": list(sl.keyframes)},
                "conf": {"sequence": sl.conf, "unit_to_cm": unit_to_cm}}
     if extra:
@@ -106,7 +140,7 @@ def run_sequence_benchmark(map_dir: Union[str, Path], frames: Sequence[FrameInpu
                              [gt[n] for n in gnames])
     sl.map.save(output / "grown_map")
     try:
-        _plot(output / "trajectory.png", names, seq_frames, indep, gt, map_, title)
+        _plot(output / "trajectory.png", names, seq_frames, indep, gt, map_centers, title)
     except Exception as e:  # a plot must never lose the results
         logger.warning("Trajectory plot failed: %s", e)
     write_json(output / "results.json", results, indent=1)
@@ -114,7 +148,7 @@ def run_sequence_benchmark(map_dir: Union[str, Path], frames: Sequence[FrameInpu
     return results
 
 
-def _plot(path, names, seq_frames, indep, gt, map_, title):
+def _plot(path, names, seq_frames, indep, gt, mc, title):
     from .trajectory import plot_trajectory
 
     def centers(poses):
@@ -122,7 +156,6 @@ def _plot(path, names, seq_frames, indep, gt, map_, title):
 
     est = centers([f.pose for f in seq_frames])
     g = centers([gt.get(n) for n in names]) if gt else None
-    mc = centers([map_.pose(n) for n in map_.image_names])
     plot_trajectory(path, est, g, [f.status for f in seq_frames], map_centers=mc, title=title)
 
 

@@ -13,8 +13,10 @@ pycolmap reconstruction:
    angle of at least ``min_triangulation_angle_deg``;
 3. optionally (``local_ba``) a pycolmap bundle adjustment of the new keyframe's pose and its
    new points only: every other pose, every other point and all intrinsics are held fixed;
-4. the :class:`~hloc_bpnp.mapping.Map` lookups and the global retrieval index are rebuilt, so
-   retrieval (relocalization) and covisibility see the new keyframe.
+4. the keyframe, its observations and new points are appended to the
+   :class:`~hloc_bpnp.mapping.Map` in place (reconstruction, lookups, covisibility and the
+   global retrieval index), at a cost independent of the map's size, so retrieval
+   (relocalization) and covisibility see the new keyframe.
 
 The prebuilt part of the map is never moved.
 """
@@ -41,6 +43,23 @@ default_conf = {
     "min_triangulation_angle_deg": 1.5,
     "max_reprojection_px": 4.0,
     "local_ba": False,            # pycolmap BA of the new keyframe and its new points
+    # the mapping thread (sequence/mapping_thread.py)
+    "threaded": True,             # False: insert inline (deterministic; tests, debugging)
+    "max_queue": 2,               # keyframes waiting; a busy mapper makes the tracker skip one
+    "torch_threads": 1,           # the mapping thread's torch threads (2 cores: one each)
+    # a keyframe this new (share of its textured cells without a tracked point) makes the
+    # tracker wait for its insertion: the camera outruns the map (a video at a low frame rate,
+    # fast turns) and the next frame needs its points; at video rate views change slowly
+    "wait_novelty": 0.5,
+    # ... as does a keyframe after a turn of this share of the image side per frame (rotation
+    # x focal / side: 10 deg per frame at f = 250 px and 320 px is 0.14; 30-Hz hand-held
+    # video turns ~0.01)
+    "wait_flow": 0.05,
+    # keyframes of frames tracked with lighter features (tracking.features) are extracted again
+    # with the map's extractor on the mapping thread; tracking inliers move to the nearest new
+    # keypoint within reextract_max_px (false: keyframes keep the tracking features)
+    "reextract": True,
+    "reextract_max_px": 2.0,
 }
 
 
@@ -60,29 +79,6 @@ def image_novelty(keypoints: np.ndarray, tracked: np.ndarray, image_size: Tuple[
     textured = np.unique(cell)
     covered = np.unique(cell[tracked])
     return float(1.0 - len(covered) / max(len(textured), 1))
-
-
-class GlobalVectors:
-    """Cache of global descriptors of map images, to rebuild the retrieval index on growth."""
-
-    def __init__(self, global_model):
-        self.global_model = global_model
-        self._vecs: Dict[str, np.ndarray] = {}
-
-    def get(self, name: str, feats: Mapping) -> np.ndarray:
-        if name not in self._vecs:
-            self._vecs[name] = np.asarray(self.global_model.encode(feats), np.float32).reshape(-1)
-        return self._vecs[name]
-
-    def index_for(self, features: Mapping[str, Mapping], map_conf: Mapping, names: Sequence[str]):
-        """A :class:`~hloc_bpnp.retrieval.index.GlobalIndex` over ``names`` (in that order)."""
-        from ..mapping.map import _index_conf
-        from ..retrieval.index import GlobalIndex
-
-        vecs = np.stack([self.get(n, features[n]) for n in names])
-        index = GlobalIndex(vecs.shape[1], _index_conf(map_conf))
-        index.add(list(names), vecs)
-        return index
 
 
 def _project(camera: Camera, pose: Pose, X: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
@@ -150,12 +146,16 @@ def _triangulate(tracks: List[List[Tuple[int, int]]], kpts: Sequence[np.ndarray]
 
 def insert_keyframe(map_, name: str, camera: Camera, pose: Pose, feats: Mapping[str, np.ndarray],
                     inlier_kp: np.ndarray, inlier_rows: np.ndarray, neighbours: Sequence[str], matcher,
-                    conf: Mapping, vectors: Optional[GlobalVectors] = None):
-    """Add a tracked frame to the map as a keyframe; returns ``(new Map, info)``.
+                    conf: Mapping, global_vector: Optional[np.ndarray] = None) -> Dict:
+    """Add a tracked frame to the map as a keyframe, in place; returns the insertion info.
+
+    The work is proportional to the frame and its ``neighbours`` only, never to the map's
+    size: matching and triangulation read the map, then one
+    :meth:`~hloc_bpnp.mapping.Map.add_keyframe` call appends the keyframe, its observations
+    and its new points (under the map's lock).
 
     Args:
-        map_: the current :class:`~hloc_bpnp.mapping.Map` (left unchanged: a copy of its
-            reconstruction is extended).
+        map_: the :class:`~hloc_bpnp.mapping.Map` to grow.
         name: the frame's image name (must not be in the map).
         camera, pose: its Camera and tracked cam_from_world (held fixed).
         feats: its features (numpy, hloc keys).
@@ -163,76 +163,71 @@ def insert_keyframe(map_, name: str, camera: Camera, pose: Pose, feats: Mapping[
         neighbours: keyframes to match for triangulation.
         matcher: a matcher with ``match_many`` (the map's).
         conf: :data:`default_conf`-like dict.
-        vectors: global-descriptor cache (created when None).
+        global_vector: its global descriptor (default: encoded with the map's model).
     Returns:
-        (Map, info) with ``num_observations`` (tracked points), ``num_new_points``,
+        info with ``num_observations`` (tracked points), ``num_new_points``,
         ``num_extra_observations`` (matches to existing points), ``neighbours``.
     """
-    import pycolmap
-
-    from ..mapping.map import Map
+    from ..localization.feature_dict import select_keypoints, to_torch
 
     if name in map_.features:
         raise ValueError(f"Frame {name!r} is already a map image")
-    rec = pycolmap.Reconstruction(map_.reconstruction)  # the given Map is left unchanged
     kpts = np.asarray(feats["keypoints"], np.float64)
     n = len(kpts)
-    assigned = np.full(n, -1, np.int64)  # keypoint -> point3D id
-    used_points = set()
+    assigned = np.full(n, -1, np.int64)  # keypoint -> points3D row
+    used_rows = set()
+    with map_.lock:  # a consistent read of the points and the neighbours' tables
+        points3D = map_.points3D
+        neighbours = [nb for nb in neighbours if nb in map_.features][: max(int(conf["num_neighbours"]), 0)]
+        nb_tables = [map_.kp_to_point[nb] for nb in neighbours]
+        nb_feats = [map_.features[nb] for nb in neighbours]
+        nb_cams = [map_.camera(nb) for nb in neighbours]
+        nb_poses = [map_.pose(nb) for nb in neighbours]
 
     # 1. tracking inliers -> observations (one keypoint per 3D point, the best reprojection)
     inlier_kp = np.asarray(inlier_kp, np.int64)
     inlier_rows = np.asarray(inlier_rows, np.int64)
     if len(inlier_kp):
-        uv, _ = _project(camera, pose, map_.points3D[inlier_rows])
+        uv, _ = _project(camera, pose, points3D[inlier_rows])
         err = np.linalg.norm(uv - kpts[inlier_kp], axis=1)
         for j in np.argsort(err):
-            pid = int(map_.point3D_ids[inlier_rows[j]])
-            k = int(inlier_kp[j])
-            if pid in used_points or assigned[k] >= 0:
+            r, k = int(inlier_rows[j]), int(inlier_kp[j])
+            if r in used_rows or assigned[k] >= 0:
                 continue
-            assigned[k] = pid
-            used_points.add(pid)
+            assigned[k] = r
+            used_rows.add(r)
     n_obs = int((assigned >= 0).sum())
 
     # 2. match the free keypoints to the neighbours
-    from ..localization.localizer import _as_torch, _np
-
-    neighbours = [nb for nb in neighbours if nb in map_.features][: max(int(conf["num_neighbours"]), 0)]
     free = np.flatnonzero(assigned < 0)
     tracks: Dict[int, List[Tuple[int, int]]] = {}
     extra = 0
-    nb_cams = [map_.camera(nb) for nb in neighbours]
-    nb_poses = [map_.pose(nb) for nb in neighbours]
     if neighbours and len(free):
-        sub = {k: (v[free] if isinstance(v, np.ndarray) and v.ndim >= 1 and len(v) == n and k != "image_size"
-                   else v) for k, v in feats.items()}
-        matches = matcher.match_many(_as_torch(sub), [_as_torch(map_.features[nb]) for nb in neighbours])
+        matches = matcher.match_many(to_torch(select_keypoints(feats, free)), [to_torch(f) for f in nb_feats])
         taken = [set() for _ in neighbours]
-        for v, (nb, m) in enumerate(zip(neighbours, matches), start=1):
-            m0 = np.asarray(_np(m["matches0"]))
-            rows_nb = map_.kp_to_point[nb]
+        for v, (rows_nb, m) in enumerate(zip(nb_tables, matches), start=1):
+            m0 = np.asarray(m["matches0"].numpy() if hasattr(m["matches0"], "numpy") else m["matches0"])
             q_all = np.flatnonzero(m0 >= 0)
             # reprojection error in this frame of the neighbour's matched points (one batch)
             with_pt = q_all[rows_nb[m0[q_all]] >= 0]
             consistent = {}
             if len(with_pt):
-                uv, z = _project(camera, pose, map_.points3D[rows_nb[m0[with_pt]]])
+                uv, z = _project(camera, pose, points3D[rows_nb[m0[with_pt]]])
                 ok = (z > 0) & (np.linalg.norm(uv - kpts[free[with_pt]], axis=1) <= conf["max_reprojection_px"])
                 consistent = dict(zip(with_pt.tolist(), ok.tolist()))
-            for qi in q_all:
+            for qi in q_all.tolist():
                 k, j = int(free[qi]), int(m0[qi])
                 if j in taken[v - 1]:
                     continue
                 if rows_nb[j] >= 0:  # the neighbour's keypoint has a point: observe it if consistent
                     if assigned[k] >= 0 or k in tracks:
                         continue
-                    pid = int(map_.point3D_ids[rows_nb[j]])
-                    if pid in used_points:
+                    r = int(rows_nb[j])
+                    if r in used_rows:
                         continue
-                    if consistent[int(qi)]:
-                        assigned[k] = pid
-                        used_points.add(pid)
+                    if consistent[qi]:
+                        assigned[k] = r
+                        used_rows.add(r)
                         taken[v - 1].add(j)
                         extra += 1
                     continue
@@ -240,62 +235,51 @@ def insert_keyframe(map_, name: str, camera: Camera, pose: Pose, feats: Mapping[
                     continue
                 tracks.setdefault(k, [(0, k)]).append((v, j))
                 taken[v - 1].add(j)
-    views_kpts = [kpts] + [np.asarray(map_.features[nb]["keypoints"], np.float64) for nb in neighbours]
+    views_kpts = [kpts] + [np.asarray(f["keypoints"], np.float64) for f in nb_feats]
     tri = _triangulate(list(tracks.values()), views_kpts, [camera] + nb_cams, [pose] + nb_poses, conf)
 
-    # 3. write into the reconstruction
-    cam = camera.to_pycolmap()
-    cam.camera_id = max(rec.cameras.keys(), default=0) + 1
-    rec.add_camera_with_trivial_rig(cam)
-    image_id = max(rec.images.keys(), default=0) + 1
-    img = pycolmap.Image(name=name, keypoints=kpts, camera_id=cam.camera_id, image_id=image_id)
-    rec.add_image_with_trivial_frame(img, pose.to_pycolmap())
-    for k in np.flatnonzero(assigned >= 0):
-        rec.add_observation(int(assigned[k]), pycolmap.TrackElement(image_id, int(k)))
-    nb_ids = [map_._image(nb).image_id for nb in neighbours]
-    new_ids = []
-    for xyz, track in tri:
-        elems = [pycolmap.TrackElement(image_id if v == 0 else nb_ids[v - 1], int(k)) for v, k in track]
-        new_ids.append(rec.add_point3D(xyz, pycolmap.Track(elems)))
-    if conf.get("local_ba") and new_ids:
-        local_bundle_adjustment(rec, image_id, new_ids)
-
-    # 4. rebuild the lookups and the retrieval index
-    features = dict(map_.features)
-    features[name] = {k: np.asarray(v) for k, v in feats.items()}
-    names = sorted(list(map_.image_names) + [name])
-    vectors = vectors or GlobalVectors(map_.global_model)
-    conf_map = dict(map_.conf)
-    conf_map["sequence_keyframes"] = list(conf_map.get("sequence_keyframes", [])) + [name]
-    new_map = Map.from_reconstruction(rec, features, conf_map, global_model=map_.global_model,
-                                      global_index=vectors.index_for(features, conf_map, names))
-    info = {"num_observations": n_obs, "num_extra_observations": extra, "num_new_points": len(new_ids),
+    # 3. one in-place insertion into the map
+    view_names = [name] + list(neighbours)
+    obs_kp = np.flatnonzero(assigned >= 0)
+    new_xyz = np.array([xyz for xyz, _ in tri], np.float64).reshape(-1, 3)
+    new_tracks = [[(view_names[v], int(k)) for v, k in track] for _, track in tri]
+    new_rows = map_.add_keyframe(name, camera, pose, feats, obs_kp, assigned[obs_kp], new_xyz, new_tracks,
+                                 global_vector=global_vector)
+    if conf.get("local_ba") and len(new_rows):
+        local_bundle_adjustment(map_, name, new_rows)
+    return {"num_observations": n_obs, "num_extra_observations": extra, "num_new_points": len(new_rows),
             "num_candidate_tracks": len(tracks), "neighbours": list(neighbours)}
-    return new_map, info
 
 
-def local_bundle_adjustment(rec, image_id: int, point_ids: Sequence[int]) -> None:
-    """pycolmap BA of one keyframe's pose and the given new points; every other pose, every
-    other 3D point and all intrinsics are held constant."""
+def local_bundle_adjustment(map_, name: str, rows: Sequence[int]) -> None:
+    """pycolmap BA of one keyframe's pose and the given new points (``points3D`` rows); every
+    other pose, every other 3D point and all intrinsics are held constant. Updates the map in
+    place (under its lock)."""
     import pycolmap
 
-    new = set(int(p) for p in point_ids)
-    cfg = pycolmap.BundleAdjustmentConfig()
-    images = {image_id}
-    for pid in new:
-        for el in rec.points3D[pid].track.elements:
-            images.add(int(el.image_id))
-    for iid in images:
-        cfg.add_image(iid)
-        cfg.set_constant_cam_intrinsics(rec.images[iid].camera_id)
-        if iid != image_id:
-            cfg.set_constant_rig_from_world_pose(rec.images[iid].frame_id)
-        for p2 in rec.images[iid].points2D:
-            if p2.has_point3D() and int(p2.point3D_id) not in new:
-                cfg.add_constant_point(int(p2.point3D_id))
-    opts = pycolmap.BundleAdjustmentOptions()
-    opts.refine_focal_length = False
-    opts.refine_principal_point = False
-    opts.refine_extra_params = False
-    adjuster = pycolmap.create_default_bundle_adjuster(opts, cfg, rec)
-    adjuster.solve()
+    with map_.lock:
+        rec = map_.reconstruction
+        image_id = map_._image(name).image_id
+        point_ids = [int(map_.point3D_ids[r]) for r in rows]
+        new = set(point_ids)
+        cfg = pycolmap.BundleAdjustmentConfig()
+        images = {image_id}
+        for pid in new:
+            for el in rec.points3D[pid].track.elements:
+                images.add(int(el.image_id))
+        for iid in images:
+            cfg.add_image(iid)
+            cfg.set_constant_cam_intrinsics(rec.images[iid].camera_id)
+            if iid != image_id:
+                cfg.set_constant_rig_from_world_pose(rec.images[iid].frame_id)
+            for p2 in rec.images[iid].points2D:
+                if p2.has_point3D() and int(p2.point3D_id) not in new:
+                    cfg.add_constant_point(int(p2.point3D_id))
+        opts = pycolmap.BundleAdjustmentOptions()
+        opts.refine_focal_length = False
+        opts.refine_principal_point = False
+        opts.refine_extra_params = False
+        adjuster = pycolmap.create_default_bundle_adjuster(opts, cfg, rec)
+        adjuster.solve()
+        map_.update_points(np.asarray(rows, np.int64), np.stack([rec.points3D[p].xyz for p in point_ids]))
+        map_.set_pose(name, Pose.from_pycolmap(rec.images[image_id].cam_from_world()))

@@ -71,6 +71,13 @@ class MotionModel:
             self._errors.append(tangent_error(pose, predicted))
         self._poses.append((timestamp, pose))
 
+    def last_rotation_rad(self) -> Optional[float]:
+        """Rotation angle (rad) between the last two recorded poses, None with fewer."""
+        if len(self._poses) < 2:
+            return None
+        R = self._poses[1][1].R.to(torch.float64) @ self._poses[0][1].R.to(torch.float64).T
+        return float(so3_log(R).norm())
+
     @property
     def ready(self) -> bool:
         return len(self._poses) >= 1

@@ -66,6 +66,29 @@ def summarize(names: Sequence[str], poses: Mapping[str, Optional[Pose]], seconds
     return out
 
 
+#: stages of a frame's time (``FrameResult.result.timings`` keys), in pipeline order
+TIMING_STAGES = ("read", "features", "projection", "track_pose", "mapping_wait", "tracking_fallback",
+                 "relocalization", "features_full")
+
+
+def timing_breakdown(frames: Sequence, window: int = 50) -> Dict:
+    """Mean seconds per frame of each stage over all frames (a stage a frame skipped counts
+    0), the rest (``other``: bookkeeping, keyframe hand-off), and the mean total of the first
+    and last ``window`` frames with their ratio (``last_over_first``)."""
+    if not frames:
+        return {}
+    totals = np.array([float(f.result.timings.get("total", 0.0)) for f in frames])
+    out = {k: float(np.mean([float(f.result.timings.get(k, 0.0)) for f in frames])) for k in TIMING_STAGES}
+    out["other"] = float(totals.mean() - sum(out.values()))
+    out["total"] = float(totals.mean())
+    w = min(window, len(frames))
+    out["first_window_s"] = float(totals[:w].mean())
+    out["last_window_s"] = float(totals[-w:].mean())
+    out["last_over_first"] = out["last_window_s"] / out["first_window_s"] if out["first_window_s"] > 0 else None
+    out["window"] = w
+    return out
+
+
 def write_outputs(output, frames: List, prefix: str = "") -> Dict[str, Path]:
     """Write a tracked sequence: ``{prefix}trajectory.txt`` (TUM format, localized frames),
     ``{prefix}results.txt`` (hloc results format) and ``{prefix}frames.json`` (every frame:

@@ -1,19 +1,24 @@
-"""``SequenceLocalizer``: frame-to-map tracking with a motion prior, relocalization, map growth.
+"""``SequenceLocalizer``: real-time frame-to-map tracking (ORB-SLAM's split), relocalization,
+map growth on a background thread.
 
 Per frame (poses are ``cam_from_world``, pixels COLMAP's)::
 
-    features ─► previous frame tracked? ──no──► full Localizer (retrieval, matching, RANSAC,
-                    │ yes                        BPnP): "relocalized", or "lost" with the reasons
-                    ▼
+    light features (the tracking extractor) ─► previous frame localized? ──no──► relocalization
+        │ yes
+        ▼
     predict the pose (constant velocity, covariance from past prediction errors)
-    keyframes by covisibility with the previous frame's inlier 3D points (no retrieval)
-    guided matching: only map keypoints whose 3D point projects into the frame at the
-        predicted pose are matched; 2D-3D pairs far (> gate_px) from the prediction are gated out
-    prior check: enough gated pairs ─► BPnP from the predicted pose (robust loss + the motion
-        prior as a weighted prior term in the solve); otherwise (or when that is rejected)
-        pycolmap LO-RANSAC on all pairs, then BPnP ─► "tracked" (``info["ransac"]`` says which)
-    tracking failed ─► full Localizer as above
-    a tracked frame that sees new area (see ``growth.image_novelty``) becomes a keyframe.
+    local map: points of the keyframes observing the previous frame's inliers + the newest
+        keyframes (``local_map.LocalMapBuilder``, cached per keyframe)
+    search by projection: each local point projected at the prediction is matched only to the
+        frame keypoints within a radius (KD-tree, vectorised; a wider radius when too few)
+    BPnP from the prediction with the motion prior as a prior term, re-selecting inliers; then
+        a second search at the refined pose (small radius) and a final BPnP ─► "tracked"
+    fallback when that fails: the covisible keyframes are matched by the map's matcher
+        (public ``Localizer.match_2d3d``), gated BPnP or pycolmap LO-RANSAC + BPnP
+    tracking failed ─► relocalization (the full ``Localizer``: retrieval, matching, RANSAC,
+        BPnP), first with the tracking features, then with the full extractor's
+    a tracked frame that sees new area (``growth.image_novelty``), when the mapping thread is
+    not saturated, becomes a keyframe: queued to ``MappingThread`` (the tracker never waits).
 
 No frame is ever given the previous (or predicted) pose as its result: a frame is either
 localized by a pose estimate that passed the acceptance test, or lost with a reason.
@@ -23,7 +28,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Callable, Dict, Iterable, List, Optional, Union
 
 import numpy as np
 import torch
@@ -32,11 +37,14 @@ from tqdm import tqdm
 from ..config import merge
 from ..geometry import Camera, Pose
 from ..localization import results as R
-from ..localization.correspondences import gather_2d3d
-from ..localization.localizer import Localizer, _as_torch, _np, _to_keyframe_indices
+from ..localization.feature_dict import to_numpy
+from ..localization.localizer import Localizer
 from ..localization.pose_estimation import estimate_pose
 from ..localization.results import LocalizationResult
 from . import growth as G
+from .fast_pose import PINHOLE_MODELS, refine_pose
+from .local_map import LocalMapBuilder, project, search_by_projection
+from .mapping_thread import KeyframeJob, MappingThread
 from .motion import MotionModel, pose_log
 
 logger = logging.getLogger(__name__)
@@ -58,14 +66,32 @@ default_conf = {
         # Measured (README, Strecha, map from every 2nd image): tracked at 800 px, the ATE is
         # within 1.05x of per-frame localization at 1600 px, at about half the extraction time.
         "features": "auto",
-        "num_keyframes": 3,        # covisible keyframes matched per frame
-        "guided": True,            # match only map points projecting into the predicted view
-        "guided_margin_px": 80.0,  # ... within this margin around the image
+        "num_keyframes": 5,        # local map: keyframes observing the previous frame's inliers
+        "num_recent": 2,           # ... plus the most recently inserted keyframes
+        # search by projection; radii as a fraction of the longer image side (0.025 = 16 px at 640)
+        "projection": True,
+        "search_radius": 0.025,
+        "search_radius_wide": 0.08,   # retried with this when the first search finds too few
+        "search_radius_final": 0.01,  # second search at the refined pose
+        "max_descriptor_distance": 0.7,  # L2, unit descriptors (XFeat: 99% of random pairs above)
+        "descriptor_ratio": 0.9,
+        # a pose from a search by projection needs inliers / matches >= 0.5, or >= 0.3 with at
+        # least 100 inliers (a wrong consensus that large is rare; real maps from sensor poses
+        # have reprojection errors of a few pixels, which lowers the ratio of right poses)
+        "min_inlier_ratio_projection": 0.5,
+        "min_inlier_ratio_projection_many": 0.3,
+        "many_inliers": 100,
+        # when the search by projection fails while keyframes wait on the mapping thread, wait
+        # for them and search again (the only wait of the tracker; counted in the frame info)
+        "wait_for_mapping_on_failure": True,
+        # fallback: whole covisible keyframes matched by the map's matcher
+        "num_fallback_keyframes": 3,
+        "guided_margin_px": 80.0,  # ... only map points projecting within this margin
         "gate_px": 40.0,           # prior check: pairs within this distance of the prediction
         "max_error_px": 4.0,       # inlier threshold of the tracked pose
         "min_inliers": 30,
         "min_inlier_ratio": 0.1,   # inliers / 2D-3D pairs
-        "refine_rounds": 3,        # BPnP rounds, re-selecting inliers between them
+        "refine_rounds": 2,        # BPnP rounds, re-selecting inliers between them
         "loss": "cauchy",
         "loss_scale_px": 1.0,
     },
@@ -88,8 +114,10 @@ class FrameResult:
         status: ``tracked`` | ``relocalized`` | ``lost``.
         reason: why a frame is lost (or why tracking failed before a relocalization), else "".
         result: the :class:`LocalizationResult` (pose, camera, inliers, timings, info).
-        keyframe: the frame was added to the map as a keyframe.
-        info: tracking diagnostics (keyframes used, gated pairs, ransac used, growth stats).
+        keyframe: the frame was handed to the mapping thread as a keyframe.
+        info: tracking diagnostics (keyframes used, matches, ransac used, novelty).
+        inlier_points2d: (N, 2) COLMAP pixels of the final inliers, or None (lost).
+        inlier_points3d: (N, 3) their world points, or None.
     """
 
     name: str
@@ -99,6 +127,8 @@ class FrameResult:
     result: LocalizationResult
     keyframe: bool = False
     info: Dict = field(default_factory=dict)
+    inlier_points2d: Optional[np.ndarray] = None
+    inlier_points3d: Optional[np.ndarray] = None
 
     @property
     def pose(self) -> Optional[Pose]:
@@ -131,18 +161,18 @@ def read_frame(img) -> "tuple[Optional[np.ndarray], Optional[str]]":
 
 
 def _extract(extractor, image: np.ndarray) -> Dict[str, np.ndarray]:
-    feats = extractor.extract(image)
-    return {k: (v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)) for k, v in feats.items()}
+    return to_numpy(extractor.extract(image))
 
 
 def _keyframe_spacing(map_) -> float:
-    """Median distance from each map image's centre to its nearest other map image."""
+    """Median distance from each map image's centre to its nearest other map image (KD-tree)."""
+    from scipy.spatial import cKDTree
+
     if len(map_.image_names) < 2:
         return 1.0
     C = np.stack([map_.pose(n).center.numpy() for n in map_.image_names])
-    d = np.linalg.norm(C[:, None] - C[None], axis=-1)
-    np.fill_diagonal(d, np.inf)
-    s = float(np.median(d.min(1)))
+    d, _ = cKDTree(C).query(C, k=2)
+    s = float(np.median(d[:, 1]))
     return s if np.isfinite(s) and s > 0 else 1.0
 
 
@@ -151,10 +181,11 @@ class SequenceLocalizer:
 
     Args:
         localizer: a :class:`~hloc_bpnp.localization.Localizer` on the map (its extractor,
-            matcher and conf are used; its map is replaced when the map grows).
+            matcher and conf are used for relocalization; the map grows in place).
         conf: overrides of :data:`default_conf`.
 
-    Use :meth:`track` per frame (in order) or :meth:`run` over a list of frames.
+    Use :meth:`track` per frame (in order) or :meth:`run` over a list of frames; :meth:`close`
+    (or ``with SequenceLocalizer(...) as sl:``) drains and stops the mapping thread.
     """
 
     def __init__(self, localizer: Localizer, conf: Optional[Dict] = None):
@@ -165,20 +196,20 @@ class SequenceLocalizer:
         self.motion = MotionModel(np.deg2rad(mp["sigma_rot_deg"]), mp["sigma_pos_rel"] * self.spacing)
         self._last_rows: Optional[np.ndarray] = None  # inlier point rows of the last localized frame
         self._frames_since_keyframe = 0
-        self._recent_keyframes: List[str] = []
-        self._vectors = G.GlobalVectors(localizer.map.global_model)
-        self.keyframes: List[str] = []
+        self.keyframes: List[str] = []  # frames handed to the mapping thread, in order
         self._counter = 0  # frames seen (the timestamp of frames given without one)
         self._pending_cov: Optional[np.ndarray] = None  # covariance of the last refined pose
-        self._track_pairs = (np.zeros(0, np.int64), np.zeros(0, np.int64))  # last tracked 2D-3D pairs
+        self._local = LocalMapBuilder()
+        self._tracked_kp: Optional[np.ndarray] = None
+        gc = self.conf["growth"]
         self.track_extractor = localizer.extractor
         overrides = self.conf["tracking"]["features"]
-        if overrides:
-            from ..config import load_config
-            from ..features import build_extractor
+        from ..config import load_config
+        from ..features import build_extractor
 
-            fconf = localizer.conf["features"] or localizer.map.conf.get("features")
-            fconf = merge(load_config("features", fconf), localizer.conf["query_features"] or {})
+        fconf = localizer.conf["features"] or localizer.map.conf.get("features")
+        fconf = merge(load_config("features", fconf), localizer.conf["query_features"] or {})
+        if overrides:
             if overrides == "auto":
                 overrides = {"resize_max": 800} if fconf.get("model") == "sift" else {}
             if not isinstance(overrides, dict):
@@ -189,10 +220,30 @@ class SequenceLocalizer:
                 tconf["resize_max"] = min(int(tconf["resize_max"]), int(fconf["resize_max"]))
             if tconf != fconf:
                 self.track_extractor = build_extractor(tconf)
+        # keyframes tracked with lighter features are re-extracted at the map's settings on the
+        # mapping thread (its own extractor instance), so the map keeps one kind of features
+        self._reextract = bool(gc["reextract"]) and self.track_extractor is not localizer.extractor
+        self.mapper: Optional[MappingThread] = None
+        if gc["enabled"]:
+            extractor = build_extractor(fconf) if self._reextract else None
+            self.mapper = MappingThread(localizer.map, localizer.matcher, gc, extractor=extractor)
 
     @property
     def map(self):
+        """The current :class:`~hloc_bpnp.mapping.Map` (grown in place by the mapping thread;
+        hold ``map.lock`` for a consistent view across several reads)."""
         return self.localizer.map
+
+    def close(self) -> None:
+        """Insert the queued keyframes, then stop the mapping thread."""
+        if self.mapper is not None:
+            self.mapper.close()
+
+    def __enter__(self) -> "SequenceLocalizer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # ------------------------------------------------------------------ one frame
     def track(self, image: Optional[np.ndarray], camera: Camera, name: str, timestamp: Optional[float] = None,
@@ -218,7 +269,8 @@ class SequenceLocalizer:
         feats = _extract(self.track_extractor if lighter else full, image)
         res.timings["features"] = time.perf_counter() - t0
         out = self.track_features(feats, camera, name, ts, res,
-                                  relocalization_features=(lambda: _extract(full, image)) if lighter else None)
+                                  relocalization_features=(lambda: _extract(full, image)) if lighter else None,
+                                  image=image)
         out.result.timings["total"] = time.perf_counter() - t0
         return out
 
@@ -229,33 +281,36 @@ class SequenceLocalizer:
 
     def track_features(self, feats: Dict[str, np.ndarray], camera: Camera, name: str, timestamp: float,
                        res: Optional[LocalizationResult] = None,
-                       relocalization_features: Optional[Callable[[], Dict[str, np.ndarray]]] = None) -> FrameResult:
+                       relocalization_features: Optional[Callable[[], Dict[str, np.ndarray]]] = None,
+                       image: Optional[np.ndarray] = None) -> FrameResult:
         """:meth:`track` from already extracted features (numpy dict, hloc keys).
 
         ``relocalization_features``: returns the features for the full localizer when tracking
-        fails (when ``feats`` came from the lighter tracking extractor); None: ``feats``."""
+        fails (when ``feats`` came from the lighter tracking extractor); None: ``feats``.
+        ``image``: the frame, for keyframes re-extracted at the map's settings."""
         res = res or LocalizationResult(name=name, camera=camera)
         info: Dict = {}
+        self._tracked_kp = None  # keypoint index of each 2D-3D pair of a tracked frame
         track_reason = NO_PREVIOUS
         frame = None
         if self.can_track:
-            t = time.perf_counter()
             pred, cov = self.motion.predict(timestamp)
             ok, track_reason = self._track(feats, camera, pred, cov, res, info)
-            res.timings["tracking"] = time.perf_counter() - t
             if ok:
                 self.motion.update(res.pose, timestamp, predicted=pred)
                 frame = FrameResult(name, timestamp, TRACKED, "", res, info=info)
         if frame is None:
+            t = time.perf_counter()
             relo = self._relocalize(feats, camera, name, res)
             if not relo.success and relocalization_features is not None:
                 # the lighter tracking features did not do: the full extractor's
-                t = time.perf_counter()
+                tf = time.perf_counter()
                 feats = relocalization_features()
-                res.timings["features_full"] = time.perf_counter() - t
+                res.timings["features_full"] = time.perf_counter() - tf
                 first = relo.failure_reason
                 relo = self._relocalize(feats, camera, name, res)
                 relo.info["light_features_failure"] = first
+            relo.timings["relocalization"] = time.perf_counter() - t - res.timings.get("features_full", 0.0)
             info["tracking_failure"] = track_reason
             res = relo
             self.motion.reset()
@@ -269,58 +324,55 @@ class SequenceLocalizer:
                     reason = f"tracking: {track_reason}; {reason}"
                 self._last_rows = None
                 return FrameResult(name, timestamp, LOST, reason, res, info=info)
-        rows = self._inlier_rows(frame.result)
+        rows, kp = self._inliers(frame.result)
         self._last_rows = rows
+        if len(rows):
+            frame.inlier_points2d = np.asarray(frame.result.points2D)[np.asarray(frame.result.inlier_mask, bool)]
+            frame.inlier_points3d = self.map.points3D[rows] if len(rows) == len(frame.inlier_points2d) else \
+                self._points_of(frame.result)
         self._frames_since_keyframe += 1
         if frame.status == TRACKED:
-            self._maybe_grow(frame, feats, camera)
+            self._maybe_keyframe(frame, feats, camera, rows, kp, image)
         return frame
 
     def _relocalize(self, feats, camera: Camera, name: str, res: LocalizationResult) -> LocalizationResult:
         """The full Localizer on ``feats``; the timings of ``res`` so far are carried over."""
-        t = time.perf_counter()
         relo = LocalizationResult(name=name, camera=camera)
-        relo = self.localizer.localize_features(feats, camera, relo)
+        with self.map.lock:  # a consistent map while the mapping thread may write
+            relo = self.localizer.localize_features(feats, camera, relo)
         relo.timings.pop("total", None)
         relo.timings.update(res.timings)
-        relo.timings["relocalization"] = time.perf_counter() - t
         return relo
 
-    def _inlier_rows(self, res: LocalizationResult) -> np.ndarray:
-        """points3D rows of a localized frame's inliers (from its COLMAP point ids)."""
-        if res.point3D_ids is None or res.inlier_mask is None:
-            return np.zeros(0, np.int64)
+    def _points_of(self, res: LocalizationResult) -> np.ndarray:
+        """(N, 3) world points of a localized frame's inliers, from their COLMAP ids."""
         ids = np.asarray(res.point3D_ids)[np.asarray(res.inlier_mask, bool)]
-        pos = np.searchsorted(self.map.point3D_ids, ids)
-        pos = np.clip(pos, 0, max(len(self.map.point3D_ids) - 1, 0))
-        ok = self.map.point3D_ids[pos] == ids
-        return pos[ok]
+        with self.map.lock:
+            pos = np.clip(np.searchsorted(self.map.point3D_ids, ids), 0, max(len(self.map.point3D_ids) - 1, 0))
+            return self.map.points3D[pos]
+
+    def _inliers(self, res: LocalizationResult):
+        """(points3D rows, keypoint indices) of a localized frame's inliers (rows from the
+        COLMAP point ids; keypoints from ``info['query_idx']`` when known)."""
+        if res.point3D_ids is None or res.inlier_mask is None:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        inl = np.asarray(res.inlier_mask, bool)
+        ids = np.asarray(res.point3D_ids)[inl]
+        with self.map.lock:
+            pid = self.map.point3D_ids
+            pos = np.clip(np.searchsorted(pid, ids), 0, max(len(pid) - 1, 0))
+            ok = pid[pos] == ids
+        q = self._tracked_kp
+        kp = np.asarray(q)[inl][ok] if q is not None and len(q) == len(inl) else np.zeros(0, np.int64)
+        return pos[ok], kp
 
     # ------------------------------------------------------------------ tracking
-    def _references(self, names: Sequence[str], camera: Camera, pred: Pose):
-        """Per keyframe: (torch features of the keypoints to match, rows -> keypoint index)."""
+    def _local_keyframes(self) -> List[str]:
         tc = self.conf["tracking"]
-        out = []
-        for n in names:
-            feats_t, keep = self.localizer._reference(n)
-            if not tc["guided"]:
-                out.append((feats_t, keep))
-                continue
-            kp_idx = keep if keep is not None else np.arange(len(self.map.kp_to_point[n]))
-            rows = self.map.kp_to_point[n][kp_idx]
-            vis = np.zeros(len(kp_idx), bool)
-            has = rows >= 0
-            if has.any():
-                uv, z = G._project(camera, pred, self.map.points3D[rows[has]])
-                m = tc["guided_margin_px"]
-                vis[has] = ((z > 0) & (uv[:, 0] > -m) & (uv[:, 0] < camera.width + m)
-                            & (uv[:, 1] > -m) & (uv[:, 1] < camera.height + m))
-            sel = np.flatnonzero(vis)
-            nk = len(kp_idx)
-            sub = {k: (v[torch.as_tensor(sel)] if isinstance(v, torch.Tensor) and v.dim() >= 1 and len(v) == nk
-                       and k != "image_size" else v) for k, v in feats_t.items()}
-            out.append((sub, kp_idx[sel]))
-        return out
+        with self.map.lock:
+            cands = [n for n, _ in self.map.images_observing(self._last_rows)][: int(tc["num_keyframes"])]
+            recent = [n for n in reversed(self.keyframes) if n in self.map.features][: int(tc["num_recent"])]
+        return list(dict.fromkeys(cands + recent))
 
     def _track(self, feats, camera: Camera, pred: Pose, cov: np.ndarray, res: LocalizationResult, info: Dict):
         tc = self.conf["tracking"]
@@ -328,34 +380,164 @@ class SequenceLocalizer:
         res.num_keypoints = len(kpts)
         if len(kpts) == 0:
             return False, R.NO_FEATURES
-        cands = self.map.images_observing(self._last_rows)
-        names = [n for n, _ in cands[: int(tc["num_keyframes"])]]
-        info["keyframes"] = names
-        if not names:
-            return False, NO_COVISIBLE
-        refs = self._references(names, camera, pred)
-        keep_names = [(n, r) for n, r in zip(names, refs) if len(r[1])]
-        if not keep_names:
-            return False, NO_COVISIBLE
-        names, refs = [n for n, _ in keep_names], [r for _, r in keep_names]
-        matches = self.localizer.matcher.match_many(_as_torch(feats), [r[0] for r in refs])
-        m0 = [_to_keyframe_indices(np.asarray(_np(m["matches0"])), keep) for m, (_, keep) in zip(matches, refs)]
-        s0 = [np.asarray(_np(m["matching_scores0"]), dtype=np.float64) for m in matches]
-        res.num_matches = int(sum((m >= 0).sum() for m in m0))
-        corr = gather_2d3d(m0, s0, [self.map.kp_to_point[n] for n in names])
-        info["num_correspondences"] = len(corr)
-        if len(corr) < tc["min_inliers"]:
-            return False, R.TOO_FEW_CORRESPONDENCES
-        x = kpts[corr.query_idx]
-        X = self.map.points3D[corr.point_idx]
-        err = self._errors(x, X, camera, pred)
-        gated = err <= tc["gate_px"]
-        info["num_gated"] = int(gated.sum())
         prior = None
         if self.conf["motion_prior"]["enabled"]:
             w = float(self.conf["motion_prior"]["weight"]) * float(tc["loss_scale_px"]) ** 2
-            prior = (pose_log(pred), torch.as_tensor(w * np.linalg.inv(cov)))
-        pose = None
+            prior = (pred, w * np.linalg.inv(cov))  # (pose, (6, 6) information)
+        names = self._local_keyframes()
+        info["keyframes"] = names
+        if not names:
+            return False, NO_COVISIBLE
+        reason = ""
+        out = None
+        if tc["projection"]:
+            out, reason = self._track_by_projection(feats, kpts, camera, pred, prior, names, res, info)
+            if out is None and tc["wait_for_mapping_on_failure"] and self.mapper is not None \
+                    and self.mapper.pending:
+                # the keyframes still queued may hold the points this view needs: the one case
+                # where the tracker waits for the mapping thread (cheaper than relocalizing)
+                t = time.perf_counter()
+                self.mapper.drain()
+                res.timings["mapping_wait"] = time.perf_counter() - t
+                info["waited_for_mapping"] = True
+                names = self._local_keyframes()
+                info["keyframes"] = names
+                out, reason = self._track_by_projection(feats, kpts, camera, pred, prior, names, res, info)
+        if out is None:
+            t = time.perf_counter()
+            out, reason2 = self._track_by_keyframes(kpts, feats, camera, pred, prior, names, info)
+            res.timings["tracking_fallback"] = time.perf_counter() - t
+            reason = f"{reason}; {reason2}" if reason else reason2
+            info["fallback"] = True
+        if out is None:
+            return False, reason
+        pose, q_idx, rows, inl = out
+        ids = self.map.point3D_ids[rows]
+        res.success, res.failure_reason = True, None
+        res.pose = pose
+        res.camera = camera
+        res.points2D = kpts[q_idx]
+        res.point3D_ids = ids
+        res.inlier_mask = inl
+        res.num_inliers = int(inl.sum())
+        res.num_matches = len(q_idx)
+        res.retrieved = names
+        res.covariance = self._pending_cov
+        self._tracked_kp = q_idx
+        return True, ""
+
+    def _track_by_projection(self, feats, kpts, camera: Camera, pred: Pose, prior, names, res, info):
+        """Search by projection at the prediction, BPnP with the prior from it; if too few
+        matches or inliers, again with the wide radius, with LO-RANSAC on those matches as
+        the last resort; then a second search at the refined pose (small radius) and a final
+        BPnP. Returns ((pose, query_idx, rows, inlier mask), "") or (None, reason)."""
+        from scipy.spatial import cKDTree
+
+        tc = self.conf["tracking"]
+        t = time.perf_counter()
+        local = self._local.build(self.map, names)
+        info["local_map_points"] = len(local)
+        if len(local) == 0:
+            return None, NO_COVISIBLE
+        desc = np.asarray(feats["descriptors"], np.float32)
+        tree = cKDTree(kpts)
+        size = (camera.width, camera.height)
+        side = float(max(size))
+        points3D = self.map.points3D  # rows are stable and their points never move while tracking
+        res.timings["projection"] = time.perf_counter() - t
+        res.timings["track_pose"] = 0.0
+
+        def search(pose, radius):
+            t = time.perf_counter()
+            uv, z = project(camera, pose, local.xyz)
+            q, rows, _ = search_by_projection(kpts, desc, tree, local, uv, z, size, radius * side,
+                                              float(tc["max_descriptor_distance"]), float(tc["descriptor_ratio"]))
+            res.timings["projection"] += time.perf_counter() - t
+            return q, rows
+
+        def refine(q, rows, pose0, sel, rounds=None):
+            t = time.perf_counter()
+            out = self._refine(kpts[q], points3D[rows], camera, pose0, sel, prior, rounds)
+            res.timings["track_pose"] += time.perf_counter() - t
+            return out
+
+        def good(inl, n):
+            if not self._accept(inl, n):
+                return False
+            k = int(inl.sum())
+            return k >= float(tc["min_inlier_ratio_projection"]) * n or (
+                k >= int(tc["many_inliers"]) and k >= float(tc["min_inlier_ratio_projection_many"]) * n)
+
+        found = None
+        for radius in (tc["search_radius"], tc["search_radius_wide"]):
+            q, rows = search(pred, radius)
+            info["num_projection_matches"] = len(q)
+            if len(q) < tc["min_inliers"]:
+                info["wide_search"] = True
+                continue
+            pose, inl = refine(q, rows, pred, np.ones(len(q), bool))
+            info["projection_inliers"] = 0 if inl is None else int(inl.sum())
+            if pose is not None and good(inl, len(q)):
+                found = (pose, q, rows, inl)
+                break
+            info["wide_search"] = True
+        if found is None and len(q) >= tc["min_inliers"]:  # LO-RANSAC on the wide search's matches
+            t = time.perf_counter()
+            est = estimate_pose(kpts[q], points3D[rows], camera, self._ransac_conf())
+            res.timings["track_pose"] += time.perf_counter() - t
+            info["ransac"] = True
+            if est.success:
+                pose, inl = refine(q, rows, est.pose, est.inlier_mask)
+                if pose is not None and good(inl, len(q)):
+                    found = (pose, q, rows, inl)
+        if found is None:
+            return None, FEW_GATED if len(q) < tc["min_inliers"] else TRACK_REJECTED
+        pose, q, rows, inl = found
+        if tc["search_radius_final"]:
+            q2, rows2 = search(pose, tc["search_radius_final"])
+            if len(q2) >= len(q):
+                sel = self._errors(kpts[q2], points3D[rows2], camera, pose) <= tc["max_error_px"]
+                pose2, inl2 = refine(q2, rows2, pose, sel, rounds=1)
+                if pose2 is not None and self._accept(inl2, len(q2)) and inl2.sum() >= inl.sum():
+                    pose, q, rows, inl = pose2, q2, rows2, inl2
+        info["num_correspondences"] = len(q)
+        info.setdefault("ransac", False)
+        return (pose, q, rows, inl), ""
+
+    def _ransac_conf(self) -> Dict:
+        """The localizer's RANSAC settings with BPnP refinement off (the tracker refines)."""
+        conf = dict(self.localizer.conf)
+        conf["refinement"] = {**conf["refinement"], "method": "none", "refine_intrinsics": False}
+        return conf
+
+    def _track_by_keyframes(self, kpts, feats, camera: Camera, pred: Pose, prior, names, info):
+        """Fallback: match the covisible keyframes (only their points projecting near the
+        predicted view) with the map's matcher; gated BPnP, else LO-RANSAC + BPnP."""
+        tc = self.conf["tracking"]
+        names = names[: int(tc["num_fallback_keyframes"])]
+        subsets = []
+        with self.map.lock:
+            for n in names:
+                rows = self.map.kp_to_point[n]
+                kp = np.flatnonzero(rows >= 0)
+                uv, z = project(camera, pred, self.map.points3D[rows[kp]])
+                m = tc["guided_margin_px"]
+                vis = ((z > 0) & (uv[:, 0] > -m) & (uv[:, 0] < camera.width + m)
+                       & (uv[:, 1] > -m) & (uv[:, 1] < camera.height + m))
+                subsets.append(kp[vis])
+            keep = [j for j, sub in enumerate(subsets) if len(sub)]
+            if not keep:
+                return None, NO_COVISIBLE
+            names, subsets = [names[j] for j in keep], [subsets[j] for j in keep]
+            corr = self.localizer.match_2d3d(feats, names, subsets)
+            X = self.map.points3D[corr.point_idx]
+        info["num_correspondences"] = len(corr)
+        if len(corr) < tc["min_inliers"]:
+            return None, R.TOO_FEW_CORRESPONDENCES
+        x = kpts[corr.query_idx]
+        gated = self._errors(x, X, camera, pred) <= tc["gate_px"]
+        info["num_gated"] = int(gated.sum())
+        pose = inl = None
         if gated.sum() >= tc["min_inliers"]:
             pose, inl = self._refine(x, X, camera, pred, gated, prior)
             info["ransac"] = False
@@ -363,22 +545,11 @@ class SequenceLocalizer:
             est = estimate_pose(x, X, camera, self.localizer.conf, corr.weight)
             info["ransac"] = True
             if not est.success:
-                return False, f"{TRACK_REJECTED} (ransac: {est.failure_reason})"
+                return None, f"{TRACK_REJECTED} (ransac: {est.failure_reason})"
             pose, inl = self._refine(x, X, camera, est.pose, est.inlier_mask, prior)
             if pose is None or not self._accept(inl, len(corr)):
-                return False, TRACK_REJECTED
-        res.success, res.failure_reason = True, None
-        res.pose = pose
-        res.camera = camera
-        res.points2D = x
-        res.point3D_ids = self.map.point3D_ids[corr.point_idx]
-        res.weights = corr.weight
-        res.inlier_mask = inl
-        res.num_inliers = int(inl.sum())
-        res.retrieved = names
-        res.covariance = self._pending_cov
-        self._track_pairs = (corr.query_idx, corr.point_idx)
-        return True, ""
+                return None, TRACK_REJECTED
+        return (pose, corr.query_idx, corr.point_idx, inl), ""
 
     def _accept(self, inl: Optional[np.ndarray], n_corr: int) -> bool:
         tc = self.conf["tracking"]
@@ -389,75 +560,95 @@ class SequenceLocalizer:
 
     @staticmethod
     def _errors(x: np.ndarray, X: np.ndarray, camera: Camera, pose: Pose) -> np.ndarray:
-        uv, z = G._project(camera, pose, X)
+        uv, z = project(camera, pose, X)
         e = np.linalg.norm(uv - x, axis=1)
         e[~(z > 0) | ~np.isfinite(e)] = np.inf
         return e
 
-    def _refine(self, x, X, camera: Camera, pose0: Pose, sel: np.ndarray, prior):
+    def _refine(self, x, X, camera: Camera, pose0: Pose, sel: np.ndarray, prior, rounds: Optional[int] = None):
         """BPnP rounds from ``pose0`` on ``sel``, re-selecting inliers (max_error_px) between
-        rounds; returns (pose, inlier mask at it) or (None, None) when a solve is invalid."""
+        rounds; returns (pose, inlier mask at it) or (None, None) when a solve is invalid.
+
+        ``prior``: None or (predicted Pose, (6, 6) information). Pinhole cameras use the numpy
+        solver of the same objective (:func:`~hloc_bpnp.sequence.fast_pose.refine_pose`),
+        the others :func:`~hloc_bpnp.bpnp.solve_pnp`."""
         from ..bpnp import solve_pnp
 
         tc = self.conf["tracking"]
         pose = pose0
         sel = np.asarray(sel, bool)
         cov = None
-        for _ in range(int(tc["refine_rounds"])):
+        fast = camera.model in PINHOLE_MODELS
+        if fast:
+            p = camera.params.double().numpy()
+            fx, fy, cx, cy = (p[0], p[0], p[1], p[2]) if camera.model == "SIMPLE_PINHOLE" else tuple(p[:4])
+            fprior = None
+            if prior is not None:
+                fprior = (prior[0].R.double().numpy(), prior[0].t.double().numpy(), np.asarray(prior[1], np.float64))
+        else:
+            tprior = None if prior is None else (pose_log(prior[0]), torch.as_tensor(prior[1]))
+            cam = camera.to(torch.float64)
+        for _ in range(int(tc["refine_rounds"] if rounds is None else rounds)):
             if sel.sum() < max(4, tc["min_inliers"]):
                 return None, None
-            with torch.no_grad():
-                out = solve_pnp(torch.as_tensor(x[sel]), torch.as_tensor(X[sel]), camera.to(torch.float64),
-                                pose_init=pose.aa_t().to(torch.float64), loss=tc["loss"],
-                                loss_scale=float(tc["loss_scale_px"]), pose_prior=prior)
-            if not bool(out.valid):
-                return None, None
-            pose = Pose.from_aa(out.pose.to(torch.float64))
-            cov = out.covariance.numpy()
+            if fast:
+                R, t, cov, valid = refine_pose(x[sel], X[sel], fx, fy, cx, cy, pose.R.double().numpy(),
+                                               pose.t.double().numpy(), tc["loss"], float(tc["loss_scale_px"]),
+                                               fprior)
+                if not valid:
+                    return None, None
+                pose = Pose(torch.from_numpy(R), torch.from_numpy(t))
+            else:
+                with torch.no_grad():
+                    out = solve_pnp(torch.as_tensor(x[sel]), torch.as_tensor(X[sel]), cam,
+                                    pose_init=pose.aa_t().to(torch.float64), loss=tc["loss"],
+                                    loss_scale=float(tc["loss_scale_px"]), pose_prior=tprior)
+                if not bool(out.valid):
+                    return None, None
+                pose = Pose.from_aa(out.pose.to(torch.float64))
+                cov = out.covariance.numpy()
             sel = self._errors(x, X, camera, pose) <= tc["max_error_px"]
         self._pending_cov = cov if cov is not None and np.all(np.isfinite(cov)) else None
         return pose, sel
 
     # ------------------------------------------------------------------ growth
-    def _maybe_grow(self, frame: FrameResult, feats, camera: Camera) -> None:
+    def _maybe_keyframe(self, frame: FrameResult, feats, camera: Camera, rows: np.ndarray, kp: np.ndarray,
+                        image: Optional[np.ndarray] = None) -> None:
+        """Hand a tracked frame that sees new area to the mapping thread; wait for it only when
+        the camera outruns the map (``growth.wait_novelty`` / ``growth.wait_flow``)."""
         gc = self.conf["growth"]
-        if not gc["enabled"] or frame.name in self.map.features:
+        if self.mapper is None or frame.name in self.map.features or len(kp) != len(rows):
             return
-        res = frame.result
         kpts = np.asarray(feats["keypoints"], np.float64)
-        q_idx, p_idx = self._track_pairs
-        inl = np.asarray(res.inlier_mask, bool)
         tracked = np.zeros(len(kpts), bool)
-        tracked[q_idx[inl]] = True
+        tracked[kp] = True
         size = feats.get("image_size")
         W, H = (int(size[0]), int(size[1])) if size is not None else (camera.width, camera.height)
         novelty = G.image_novelty(kpts, tracked, (W, H))
         frame.info["novelty"] = novelty
         if novelty < gc["min_novelty"] or self._frames_since_keyframe < gc["min_frames_between"]:
             return
-        t = time.perf_counter()
-        rows, kp_inl = p_idx[inl], q_idx[inl]
-        covis = [n for n, _ in self.map.images_observing(rows)]
-        recent = [n for n in reversed(self._recent_keyframes) if n in self.map.features][: gc["num_recent"]]
-        neighbours = list(dict.fromkeys(recent + covis))[: gc["num_neighbours"]]
-        new_map, ginfo = G.insert_keyframe(self.map, frame.name, camera, res.pose, feats, kp_inl, rows,
-                                           neighbours, self.localizer.matcher, gc, self._vectors)
-        self._set_map(new_map)
-        self._recent_keyframes.append(frame.name)
+        if self.mapper.busy():
+            frame.info["mapping_busy"] = True
+            return
+        self.mapper.submit(KeyframeJob(frame.name, camera, frame.result.pose, feats, kp, rows,
+                                       list(self.keyframes[-int(gc["num_recent"]):]),
+                                       image=image if self._reextract else None))
         self.keyframes.append(frame.name)
         self._frames_since_keyframe = 0
         frame.keyframe = True
-        ginfo["seconds"] = time.perf_counter() - t
-        frame.info["growth"] = ginfo
-        res.timings["growth"] = ginfo["seconds"]
-        # the inlier rows refer to the old map's rows: recompute them in the new map
-        self._last_rows = self._inlier_rows(res)
-        logger.info("Keyframe %s: %d new points, %d observations (novelty %.2f)", frame.name,
-                    ginfo["num_new_points"], ginfo["num_observations"] + ginfo["num_extra_observations"], novelty)
-
-    def _set_map(self, new_map) -> None:
-        self.localizer.map = new_map
-        self.localizer._ref_cache.clear()
+        rot = self.motion.last_rotation_rad()
+        flow = None if rot is None else rot * float(camera.f.mean()) / max(W, H)
+        frame.info["flow"] = flow
+        if novelty >= float(gc["wait_novelty"]) or (flow is not None and flow >= float(gc["wait_flow"])):
+            # the camera outruns the map (half of this view is new, or the image turned by more
+            # than wait_flow of its side since the last frame): the next frame needs this
+            # keyframe's points, so wait for it (the tracker's only wait besides a failed search)
+            t = time.perf_counter()
+            self.mapper.drain()
+            frame.result.timings["mapping_wait"] = (frame.result.timings.get("mapping_wait", 0.0)
+                                                    + time.perf_counter() - t)
+            frame.info["waited_for_mapping"] = True
 
     # ------------------------------------------------------------------ sequences
     def run(self, frames: Iterable, cameras: Union[Camera, Dict[str, Camera]], progress: bool = True,
@@ -465,7 +656,10 @@ class SequenceLocalizer:
         """Track ``frames`` in order: :class:`~hloc_bpnp.sequence.frames.Frame` objects or
         (name, image array or path, timestamp) triples. An unreadable image is a lost frame
         naming the file; the sequence goes on. Each frame's ``timings["total"]`` includes
-        reading its image. ``on_frame(frame_result)`` is called after each frame (a viewer)."""
+        reading its image (``timings["read"]``). ``on_frame(frame_result)`` is called after each
+        frame, on this (the tracking) thread. Before returning, the mapping thread's queue is
+        drained, so :attr:`map` holds every keyframe (the thread keeps running for more
+        :meth:`track` calls until :meth:`close`)."""
         out: List[FrameResult] = []
         frames = list(frames)
         bar = tqdm(frames, desc="track", disable=not progress)
@@ -474,13 +668,17 @@ class SequenceLocalizer:
             cam = cameras[name] if isinstance(cameras, dict) else cameras
             t0 = time.perf_counter()
             image, err = read_frame(img)
+            t_read = time.perf_counter() - t0
             if err:
                 logger.warning("Frame %s: cannot read %s", name, err)
             out.append(self.track(image, cam, name, ts, image_error=err))
+            out[-1].result.timings["read"] = t_read
             out[-1].result.timings["total"] = time.perf_counter() - t0
             if on_frame is not None:
                 on_frame(out[-1])
             bar.set_postfix_str(f"{out[-1].status}")
+        if self.mapper is not None:
+            self.mapper.drain()
         counts = {s: sum(f.status == s for f in out) for s in (TRACKED, RELOCALIZED, LOST)}
         logger.info("Sequence: %s, %d keyframes added", counts, len(self.keyframes))
         return out

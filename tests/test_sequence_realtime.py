@@ -1,0 +1,333 @@
+"""The real-time pieces of sequence mode: the numpy tracking solver, search by projection,
+in-place keyframe insertion (Map.add_keyframe), the mapping thread, the public localization
+API the tracker is built on."""
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from hloc_bpnp.bpnp import solve_pnp
+from hloc_bpnp.geometry import Pose
+from hloc_bpnp.localization import Localizer
+from hloc_bpnp.mapping import Map
+from hloc_bpnp.sequence.fast_pose import refine_pose
+from hloc_bpnp.sequence.local_map import LocalMap, LocalMapBuilder, search_by_projection
+from test_localization import PINHOLE, ExactScene
+
+
+# ---------------------------------------------------------------------------- numpy solver
+def _pnp_problem(seed=0, n=200, noise=0.7, outliers=0.2):
+    g = np.random.default_rng(seed)
+    X = g.normal(size=(n, 3)) + [0, 0, 6.0]
+    y = np.array([0.1, -0.05, 0.02, 0.2, -0.1, 0.3])
+    pose = Pose.from_aa(torch.tensor(y))
+    uv = PINHOLE.project(pose.transform(torch.tensor(X))).numpy()
+    x = uv + g.normal(scale=noise, size=uv.shape)
+    bad = g.random(n) < outliers
+    x[bad] += g.uniform(-30, 30, size=(bad.sum(), 2))
+    return x, X, y
+
+
+@pytest.mark.parametrize("with_prior", [False, True])
+def test_numpy_solver_reaches_the_bpnp_optimum(with_prior):
+    x, X, y = _pnp_problem()
+    y0 = torch.tensor(y) + torch.tensor([0.02, -0.01, 0.015, 0.1, 0.05, -0.1])
+    yp = torch.tensor(y) + torch.tensor([0.01, 0.0, -0.01, 0.05, 0.0, 0.02])
+    info = torch.diag(torch.tensor([1e5, 1e5, 1e5, 1e3, 1e3, 1e3], dtype=torch.float64))
+    prior = (yp, info) if with_prior else None
+    with torch.no_grad():
+        ref = solve_pnp(torch.tensor(x), torch.tensor(X), PINHOLE, pose_init=y0, loss="cauchy",
+                        loss_scale=1.0, pose_prior=prior)
+    p0 = Pose.from_aa(y0)
+    fprior = None
+    if with_prior:
+        pp = Pose.from_aa(yp)
+        fprior = (pp.R.numpy(), pp.t.numpy(), info.numpy())
+    fx, fy, cx, cy = PINHOLE.params.numpy()
+    R, t, cov, valid = refine_pose(x, X, fx, fy, cx, cy, p0.R.numpy(), p0.t.numpy(), "cauchy", 1.0, fprior,
+                                   max_iters=300, tol=1e-16)
+    assert valid and cov is not None and np.all(np.linalg.eigvalsh(cov) > 0)
+    ref_pose = Pose.from_aa(ref.pose)
+    assert np.abs(R - ref_pose.R.numpy()).max() < 1e-8
+    assert np.abs(t - ref_pose.t.numpy()).max() < 1e-7
+    # and the prior moved the optimum (the comparison is not vacuous)
+    if with_prior:
+        R2, t2, _, _ = refine_pose(x, X, fx, fy, cx, cy, p0.R.numpy(), p0.t.numpy(), "cauchy", 1.0, None)
+        assert np.abs(t2 - t).max() > 1e-4
+
+
+def test_numpy_solver_rejects_degenerate_input():
+    x, X, y = _pnp_problem(n=30, outliers=0)
+    p = Pose.from_aa(torch.tensor(y))
+    fx, fy, cx, cy = PINHOLE.params.numpy()
+    Xdeg = np.repeat(X[:1], 30, axis=0)  # one point repeated: no pose
+    _, _, _, valid = refine_pose(x, Xdeg, fx, fy, cx, cy, p.R.numpy(), p.t.numpy())
+    assert not valid
+
+
+# ---------------------------------------------------------------------------- search by projection
+def test_search_by_projection_matches_near_the_projection_only():
+    from scipy.spatial import cKDTree
+
+    g = np.random.default_rng(0)
+    M, D = 300, 32
+    desc = g.normal(size=(M, D)).astype(np.float32)
+    desc /= np.linalg.norm(desc, axis=1, keepdims=True)
+    uv = g.uniform([10, 10], [630, 470], size=(M, 2))
+    # keypoints: the true ones shifted by 3 px, plus distractors with random descriptors
+    kp = np.concatenate([uv + [3.0, 0.0], g.uniform([0, 0], [640, 480], size=(300, 2))])
+    dk = np.concatenate([desc + 0.05 * g.normal(size=(M, D)).astype(np.float32),
+                         g.normal(size=(300, D)).astype(np.float32)])
+    dk /= np.linalg.norm(dk, axis=1, keepdims=True)
+    local = LocalMap(np.arange(M) + 1000, np.zeros((M, 3)), desc, ["kf"])
+    depth = np.ones(M)
+    depth[:10] = -1  # behind the camera: never matched
+    q, rows, dist = search_by_projection(kp, dk, cKDTree(kp), local, uv, depth, (640, 480), radius=8.0,
+                                         max_distance=0.7, ratio=0.9)
+    assert len(q) > 0.9 * (M - 10)
+    assert np.all(q == rows - 1000)  # every match is the right keypoint
+    assert not np.any(np.isin(rows, np.arange(10) + 1000))
+    assert len(np.unique(q)) == len(q) and len(np.unique(rows)) == len(rows)
+    # a radius smaller than the 3-px shift finds nothing; far descriptors find nothing
+    q2, _, _ = search_by_projection(kp, dk, cKDTree(kp), local, uv, depth, (640, 480), 2.0, 0.7, 0.9)
+    assert len(q2) == 0
+    q3, _, _ = search_by_projection(kp, dk, cKDTree(kp), local, uv, depth, (640, 480), 8.0, 0.01, 0.9)
+    assert len(q3) == 0
+
+
+# ---------------------------------------------------------------------------- in-place growth
+@pytest.fixture()
+def exact():
+    scene = ExactScene(seed=3, num_points=600, num_map=4, num_query=2)
+    return scene, scene.build_map()
+
+
+def _new_keyframe(scene, map_, name="query/0.png"):
+    """A query view with its observations of existing points and two-view new points."""
+    feats, idx = scene.observe(PINHOLE, scene.query_poses[name])
+    # map rows of the scene points (the map holds the points seen at least twice)
+    lookup = {tuple(np.round(x, 9)): r for r, x in enumerate(map_.points3D)}
+    obs_kp, obs_rows, free = [], [], []
+    for k, p in enumerate(idx):
+        r = lookup.get(tuple(np.round(scene.points[p], 9)))
+        if r is None:
+            free.append(k)
+        else:
+            obs_kp.append(k)
+            obs_rows.append(r)
+    return feats, np.array(obs_kp), np.array(obs_rows), free
+
+
+def test_add_keyframe_grows_every_lookup_in_place(exact, tmp_path):
+    scene, map_ = exact
+    name = "query/0.png"
+    feats, obs_kp, obs_rows, _ = _new_keyframe(scene, map_)
+    assert len(obs_kp) > 50
+    rec_before = map_.reconstruction
+    tables_before = {n: map_.kp_to_point[n] for n in map_.image_names}
+    n_points, n_images = len(map_.points3D), len(map_.image_names)
+    # one new point observed by the new image (keypoint 0 made free) and by a map image's free keypoint
+    nb = map_.image_names[0]
+    free_nb = int(np.flatnonzero(map_.kp_to_point[nb] < 0)[0]) if (map_.kp_to_point[nb] < 0).any() else None
+    k_new = int(obs_kp[0])
+    keep = obs_kp != k_new
+    tracks, new_xyz = [], np.zeros((0, 3))
+    if free_nb is not None:
+        tracks = [[(name, k_new), (nb, free_nb)]]
+        new_xyz = np.array([[0.1, 0.2, 0.3]])
+    rows = map_.add_keyframe(name, PINHOLE, scene.query_poses[name], feats, obs_kp[keep], obs_rows[keep],
+                             new_xyz, tracks)
+    assert map_.reconstruction is rec_before  # extended, never copied
+    assert name in map_.image_names and map_.image_names == sorted(map_.image_names)
+    assert len(map_.image_names) == n_images + 1 and len(map_.points3D) == n_points + len(rows)
+    assert np.all(map_.kp_to_point[name][obs_kp[keep]] == obs_rows[keep])
+    untouched = [n for n in tables_before if n != nb or free_nb is None]
+    assert all(map_.kp_to_point[n] is tables_before[n] for n in untouched)  # no copies of other images
+    # covisibility and point -> image lookups see the new image
+    assert name in map_.covisible_images(map_.image_names[1])
+    assert (name, len(obs_rows[keep])) in map_.images_observing(obs_rows[keep])
+    if free_nb is not None:
+        assert map_.kp_to_point[nb][free_nb] == rows[0] and map_.kp_to_point[name][k_new] == rows[0]
+        assert map_.image_version(nb) == 1
+        assert {n for n, _ in map_.images_observing(rows)} == {name, nb}
+    # retrieval finds it; the reconstruction holds its observations
+    assert name in map_.global_index.names
+    img = map_.reconstruction.find_image_with_name(name)
+    assert img.num_points3D == len(obs_rows[keep]) + len(rows)
+    # save / load: the same map
+    m2 = Map.load(map_.save(tmp_path / "m"))
+    assert m2.image_names == map_.image_names and np.allclose(m2.points3D, map_.points3D)
+    assert all(np.array_equal(m2.kp_to_point[n], map_.kp_to_point[n]) for n in m2.image_names)
+    assert m2.images_observing(obs_rows[keep])[0] == map_.images_observing(obs_rows[keep])[0]
+    with pytest.raises(ValueError, match="already a map image"):
+        map_.add_keyframe(name, PINHOLE, scene.query_poses[name], feats, [], [])
+
+
+def test_localizer_public_api_sees_the_grown_map(exact):
+    scene, map_ = exact
+    loc = Localizer(map_, {"retrieval": {"num_keyframes": 4}})
+    name = "query/1.png"
+    feats, obs_kp, obs_rows, _ = _new_keyframe(scene, map_, name)
+    names = list(map_.image_names)
+    corr = loc.match_2d3d(feats, names)
+    assert len(corr) > 50
+    # the 2D-3D pairs are right: keypoint k of the query sees the point of its map row
+    right = {int(k): int(r) for k, r in zip(obs_kp, obs_rows)}
+    assert np.mean([right.get(int(q)) == int(p) for q, p in zip(corr.query_idx, corr.point_idx)]) > 0.95
+    # subsets restrict the match to those map keypoints
+    sub = [np.flatnonzero(map_.kp_to_point[n] >= 0)[:10] for n in names]
+    c_sub = loc.match_2d3d(feats, names, sub)
+    allowed = set(np.concatenate([map_.kp_to_point[n][s] for n, s in zip(names, sub)]).tolist())
+    assert len(c_sub) > 0 and set(c_sub.point_idx.tolist()) <= allowed
+    # the cache follows an in-place change of an image's points
+    ref0, keep0 = loc.reference_features(names[0])
+    map_.add_keyframe(name, PINHOLE, scene.query_poses[name], feats, obs_kp, obs_rows)
+    ref1, _ = loc.reference_features(names[0])
+    assert ref1 is ref0  # names[0] did not change: same cached tensors
+    assert loc.localize_features(feats, PINHOLE).success
+    other = Map.from_reconstruction(map_.reconstruction, map_.features, map_.conf, global_model=map_.global_model)
+    loc.set_map(other)
+    assert loc.map is other and loc.reference_features(names[0])[0] is not ref0
+
+
+# ---------------------------------------------------------------------------- mapping thread
+class _GateMatcher:
+    """A matcher that blocks until released (to hold the mapping thread mid-insertion)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+
+    def match_many(self, q, refs):
+        self.entered.set()
+        assert self.gate.wait(timeout=60), "test gate never released"
+        return self.inner.match_many(q, refs)
+
+
+def _jobs(scene, map_):
+    from hloc_bpnp.sequence import KeyframeJob
+
+    jobs = []
+    for name in scene.query_poses:
+        feats, obs_kp, obs_rows, _ = _new_keyframe(scene, map_, name)
+        # half of the tracked points: the other keypoints are matched to neighbours on the worker
+        jobs.append(KeyframeJob(name, PINHOLE, scene.query_poses[name], feats, obs_kp[::2], obs_rows[::2]))
+    return jobs
+
+
+def test_mapping_thread_never_blocks_the_submitter_and_drains(exact):
+    from hloc_bpnp.matching import build_matcher
+    from hloc_bpnp.sequence import MappingThread
+    from hloc_bpnp.sequence.growth import default_conf
+
+    scene, map_ = exact
+    gate = _GateMatcher(build_matcher("mnn"))
+    mt = MappingThread(map_, gate, {**default_conf, "max_queue": 2})
+    jobs = _jobs(scene, map_)
+    n_images = len(map_.image_names)
+    mt.submit(jobs[0])
+    assert gate.entered.wait(timeout=60)  # the worker is inside the first insertion, held there
+    mt.submit(jobs[1])  # returns although the worker is blocked: the tracker never waits
+    assert mt.pending == 2 and mt.busy()
+    assert len(map_.image_names) == n_images  # nothing inserted yet
+    gate.gate.set()
+    mt.drain()
+    assert mt.pending == 0 and not mt.busy()
+    assert mt.inserted == [j.name for j in jobs]
+    assert all(j.name in map_.image_names for j in jobs)
+    assert sum(i["num_extra_observations"] for i in mt.infos) > 0  # the matching did add observations
+    mt.close()
+    assert not mt._thread.is_alive()
+    with pytest.raises(RuntimeError, match="closed"):
+        mt.submit(jobs[0])
+
+
+def test_mapping_thread_reports_a_failed_insertion(exact):
+    from hloc_bpnp.matching import build_matcher
+    from hloc_bpnp.sequence import MappingThread
+    from hloc_bpnp.sequence.growth import default_conf
+
+    scene, map_ = exact
+    job = _jobs(scene, map_)[0]
+    job.name = map_.image_names[0]  # already a map image: the insertion raises on the worker
+    mt = MappingThread(map_, build_matcher("mnn"), default_conf)
+    mt.submit(job)
+    with pytest.raises(RuntimeError, match="mapping thread"):
+        mt.drain()
+    mt.close()
+
+
+def test_inline_and_threaded_mapping_build_the_same_map(exact):
+    from hloc_bpnp.matching import build_matcher
+    from hloc_bpnp.sequence import MappingThread
+    from hloc_bpnp.sequence.growth import default_conf
+
+    scene, _ = exact
+    maps = []
+    for threaded in (False, True):
+        m = scene.build_map()
+        with MappingThread(m, build_matcher("mnn"), {**default_conf, "threaded": threaded}) as mt:
+            for j in _jobs(scene, m):
+                mt.submit(j)
+        maps.append(m)
+    a, b = maps
+    assert a.image_names == b.image_names and np.allclose(a.points3D, b.points3D)
+    assert all(np.array_equal(a.kp_to_point[n], b.kp_to_point[n]) for n in a.image_names)
+
+
+def test_local_map_cache_follows_the_map(exact):
+    scene, map_ = exact
+    lm = LocalMapBuilder()
+    names = map_.image_names[:2]
+    a = lm.build(map_, names)
+    rows = np.concatenate([map_.kp_to_point[n][map_.kp_to_point[n] >= 0] for n in names])
+    assert len(a) == len(np.unique(rows)) and len(np.unique(a.rows)) == len(a)  # one entry per point
+    assert np.allclose(a.xyz, map_.points3D[a.rows])
+    nb = names[0]
+    free = np.flatnonzero(map_.kp_to_point[nb] < 0)
+    feats, obs_kp, obs_rows, _ = _new_keyframe(scene, map_)
+    k_new = int(obs_kp[0])
+    keep = obs_kp != k_new
+    if len(free):
+        map_.add_keyframe("query/0.png", PINHOLE, scene.query_poses["query/0.png"], feats, obs_kp[keep],
+                          obs_rows[keep], np.array([[0.0, 0.0, 0.0]]), [[("query/0.png", k_new), (nb, int(free[0]))]])
+        b = lm.build(map_, names)
+        assert len(b) == len(a) + 1
+
+
+def test_transfer_keypoints_keeps_the_nearest_one_to_one():
+    from hloc_bpnp.sequence.mapping_thread import transfer_keypoints
+
+    pts = np.array([[10.0, 10.0], [10.5, 10.0], [50.0, 50.0], [90.0, 90.0]])
+    rows = np.array([7, 8, 9, 10])
+    new = np.array([[10.2, 10.0], [50.0, 51.5], [200.0, 200.0]])
+    kp, r = transfer_keypoints(pts, rows, new, max_px=2.0)
+    # new keypoint 0 is nearest to both first points: the nearer (0.2 px vs 0.3 px) keeps it; 90,90 is too far
+    assert dict(zip(kp.tolist(), r.tolist())) == {0: 7, 1: 9}
+
+
+def test_keyframes_tracked_with_lighter_features_join_the_map_at_its_resolution(tmp_path):
+    """A SIFT map at 320 px, frames tracked at 160 px: keyframes are re-extracted at 320 px."""
+    from hloc_bpnp.mapping import build_map_from_poses
+    from hloc_bpnp.sequence import SequenceLocalizer
+    from hloc_bpnp.sequence.synthetic import generate_sequence
+    from test_sequence import SMALL_SEQ
+
+    seq = generate_sequence(SMALL_SEQ, seed=0)
+    map_ = build_map_from_poses(seq.scene.map_scene, seq.scene.images, "default", progress=False)
+    sl = SequenceLocalizer(Localizer(map_, "default"), {"tracking": {"features": {"resize_max": 240}},
+                                                        "growth": {"threaded": False}})
+    assert sl.track_extractor is not sl.localizer.extractor
+    frames = seq.frames()[:5]
+    out = sl.run(frames, seq.camera, progress=False)
+    sl.close()
+    assert all(f.status != "lost" for f in out) and sl.keyframes
+    light = sl.track_extractor.extract(np.asarray(frames[1][1]))
+    for kf in sl.keyframes:
+        info = next(i for i in sl.mapper.infos if i["name"] == kf)
+        assert info["reextracted"]
+        full = sl.localizer.extractor.extract(np.asarray(dict((n, im) for n, im, _ in frames)[kf]))
+        assert len(map_.features[kf]["keypoints"]) == len(full["keypoints"]) != len(light["keypoints"])
+        assert (map_.kp_to_point[kf] >= 0).sum() > 30  # the tracking inliers were carried over
