@@ -50,7 +50,8 @@ def merge(default: Dict[str, Any], override: Optional[Dict[str, Any]], strict: b
     """Recursively merge ``override`` into a copy of ``default``."""
     out = copy.deepcopy(default)
     for k, v in (override or {}).items():
-        if strict and k not in default:
+        # an empty dict default is an open mapping (e.g. ``query_features: {}``): any keys
+        if strict and k not in default and default:
             raise KeyError(f"Unknown config key {_path + k!r}; known keys: {sorted(default)}")
         if isinstance(v, dict) and isinstance(out.get(k), dict):
             out[k] = merge(out[k], v, strict, _path + k + ".")

@@ -68,3 +68,36 @@ def test_result_json_roundtrip():
     assert np.allclose(Pose.from_qt(torch.tensor(d["qvec"]), torch.tensor(d["tvec"])).R.double(), r.pose.R, atol=1e-6)
     f = LocalizationResult(name="x").fail(R.NO_MATCHES, "detail")
     assert f.to_dict()["failure_reason"] == "no_matches" and "qvec" not in f.to_dict()
+
+
+def test_misspelt_config_keys_are_errors_naming_them():
+    """Localizer and SequenceLocalizer merge their config strictly (issue 18): a typo such as
+    ``gate_pix`` is an error naming it and the known keys, never silently ignored."""
+    from hloc_bpnp.localization import Localizer
+    from hloc_bpnp.sequence import SequenceLocalizer
+
+    with pytest.raises(KeyError, match=r"gate_pix.*known keys"):
+        Localizer(None, {"gate_pix": 3.0})
+    with pytest.raises(KeyError, match=r"retrieval\.num_keyframe.*known keys"):
+        Localizer(None, {"retrieval": {"num_keyframe": 3}})
+    with pytest.raises(KeyError, match=r"motion_prior\.sigma_rot.*known keys"):
+        SequenceLocalizer(None, {"motion_prior": {"sigma_rot": 1.0}})
+
+
+def test_pycolmap_refinement_failure_is_reported_as_such(monkeypatch):
+    """A refinement that returns nothing is ``refinement_failed`` (was reported as RANSAC's)."""
+    import pycolmap
+
+    from hloc_bpnp.localization.localizer import default_conf
+    from hloc_bpnp.localization.pose_estimation import estimate_pose
+    from hloc_bpnp.config import merge
+
+    rng = np.random.default_rng(0)
+    cam = Camera("PINHOLE", 640, 480, torch.tensor([500.0, 500.0, 320.0, 240.0], dtype=torch.float64))
+    X = rng.uniform([-2, -2, 4], [2, 2, 8], (200, 3))
+    x = cam.project(torch.from_numpy(X)).numpy()
+    conf = merge(default_conf, {"refinement": {"method": "pycolmap"}})
+    assert estimate_pose(x, X, cam, conf).success
+    monkeypatch.setattr(pycolmap, "refine_absolute_pose", lambda *a, **k: None)
+    est = estimate_pose(x, X, cam, conf)
+    assert not est.success and est.failure_reason == R.REFINEMENT_FAILED and est.num_inliers == 200

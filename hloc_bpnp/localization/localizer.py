@@ -61,7 +61,8 @@ class Localizer:
         from ..matching import build_matcher
 
         self.map = map
-        self.conf = merge(default_conf, load_config("localization", conf) if conf else {})
+        # strict: a misspelt key (``gate_pix``) is an error naming it and the known keys
+        self.conf = merge(default_conf, load_config("localization", conf) if conf else {}, strict=True)
         fconf = self.conf["features"] or map.conf.get("features")
         mconf = self.conf["matcher"] or map.conf.get("matcher")
         if fconf is None or mconf is None:

@@ -128,7 +128,8 @@ def estimate_pose(
         cam_ref = camera.to_pycolmap()
         out = pycolmap.refine_absolute_pose(rigid, p2, p3, inliers, cam_ref, ropts)
         if out is None:
-            return PoseEstimate(False, R.RANSAC_FAILED, info={**info, "detail": "pycolmap refinement failed"})
+            return PoseEstimate(False, R.REFINEMENT_FAILED, num_inliers=n_in, inlier_mask=inliers,
+                                info={**info, "detail": "pycolmap refine_absolute_pose returned no pose"})
         rigid = out["cam_from_world"]
         if ref["refine_intrinsics"]:
             f0 = float(camera.f.mean())

@@ -29,6 +29,7 @@ NO_MATCHES = "no_matches"
 NO_2D3D = "no_2d3d_correspondences"
 TOO_FEW_CORRESPONDENCES = "too_few_correspondences"
 RANSAC_FAILED = "ransac_failed"
+REFINEMENT_FAILED = "refinement_failed"  # pycolmap's pose (and intrinsics) refinement returned nothing
 TOO_FEW_INLIERS = "too_few_inliers"
 LOW_INLIER_RATIO = "low_inlier_ratio"
 BAD_INTRINSICS = "implausible_refined_intrinsics"

@@ -190,7 +190,7 @@ class SequenceLocalizer:
 
     def __init__(self, localizer: Localizer, conf: Optional[Dict] = None):
         self.localizer = localizer
-        self.conf = merge(default_conf, conf or {})
+        self.conf = merge(default_conf, conf or {}, strict=True)  # a misspelt key is an error
         self.spacing = _keyframe_spacing(localizer.map)
         mp = self.conf["motion_prior"]
         self.motion = MotionModel(np.deg2rad(mp["sigma_rot_deg"]), mp["sigma_pos_rel"] * self.spacing)
