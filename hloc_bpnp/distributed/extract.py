@@ -32,9 +32,10 @@ class ExtractionWorker:
 
     def extract(self, names: Sequence[str]):
         """name list -> list of numpy feature dicts (as the map stores them)."""
-        from ..mapping.build import _get_image, _to_numpy_feats
+        from ..features.feature_dict import to_numpy
+        from ..mapping.build import read_map_image
 
-        return [_to_numpy_feats({n: self.extractor.extract(_get_image(self.image_dir, n))})[n] for n in names]
+        return [to_numpy(self.extractor.extract(read_map_image(self.image_dir, n)), float32=True) for n in names]
 
 
 def extract_features_distributed(

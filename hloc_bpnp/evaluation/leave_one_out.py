@@ -48,10 +48,10 @@ def leave_one_out(
     from ..config import load_config
     from ..localization import LocalizationResult, Localizer
     from ..mapping import Map, extract_features, make_pairs, match_pairs, mapping_config, verify_pairs
-    from ..mapping.build import _resolve, _to_numpy_feats
+    from ..mapping.build import features_to_numpy, resolve_presets
     from ..mapping.reconstruction import triangulate_known_poses
 
-    conf = _resolve(mapping_config(mapping_conf))
+    conf = resolve_presets(mapping_config(mapping_conf))
     images = scene.image_dir if images is None else images
     names = scene.names
     queries = list(queries) if queries is not None else list(names)
@@ -71,7 +71,7 @@ def leave_one_out(
         t = time.perf_counter()
         feats_t.update(extract_features(extractor, [n], images, progress=False))
         feat_time[n] = time.perf_counter() - t
-    feats = _to_numpy_feats(feats_t)
+    feats = features_to_numpy(feats_t)
     timings["extraction_per_image"] = (time.time() - t0) / len(names)
     qfeats = feats
     if base_loc.get("query_features"):  # queries extracted differently (e.g. smaller) than the map
@@ -79,7 +79,7 @@ def leave_one_out(
         qfeats = {}
         for n in tqdm(queries, desc="query extraction", disable=not progress):
             t = time.perf_counter()
-            qfeats.update(_to_numpy_feats(extract_features(qextractor, [n], images, progress=False)))
+            qfeats.update(features_to_numpy(extract_features(qextractor, [n], images, progress=False)))
             feat_time[n] = time.perf_counter() - t
 
     t0 = time.time()

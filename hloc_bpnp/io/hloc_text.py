@@ -125,7 +125,9 @@ def _prepare_output(path: PathLike) -> Path:
     return p
 
 
-def _check_name(name: str, what: str) -> str:
+def check_name(name: str, what: str) -> str:
+    """``name`` if it can be written in an hloc text file (non-empty, no whitespace), else a
+    ValueError naming ``what`` and the name."""
     if not isinstance(name, str) or not name or any(c.isspace() for c in name):
         raise ValueError(f"{what}: image name {name!r} must be a non-empty string without whitespace")
     return name
@@ -185,7 +187,7 @@ def write_query_list(path: PathLike, queries: Dict[str, Camera]) -> Path:
     p = _prepare_output(path)
     lines = []
     for name, cam in queries.items():
-        _check_name(name, "write_query_list")
+        check_name(name, "write_query_list")
         if not isinstance(cam, Camera):
             raise TypeError(f"write_query_list: value for {name!r} must be a Camera, got {type(cam).__name__}")
         lines.append(" ".join([name] + camera_to_fields(cam)))
@@ -213,7 +215,7 @@ def write_pairs(path: PathLike, pairs: Iterable[Tuple[str, str]]) -> Path:
     for i, pair in enumerate(pairs):
         if len(pair) != 2:
             raise ValueError(f"write_pairs: pair #{i} must have 2 names, got {pair!r}")
-        a, b = (_check_name(n, f"write_pairs pair #{i}") for n in pair)
+        a, b = (check_name(n, f"write_pairs pair #{i}") for n in pair)
         lines.append(f"{a} {b}\n")
     p.write_text("".join(lines), encoding="utf-8")
     return p
@@ -273,7 +275,7 @@ def write_results(path: PathLike, results: Dict[str, Pose]) -> Path:
     p = _prepare_output(path)
     lines = []
     for name, pose in results.items():
-        _check_name(name, "write_results")
+        check_name(name, "write_results")
         if not isinstance(pose, Pose):
             raise TypeError(f"write_results: value for {name!r} must be a Pose, got {type(pose).__name__}")
         lines.append(" ".join([name] + pose_to_fields(pose)) + "\n")

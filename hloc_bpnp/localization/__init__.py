@@ -1,7 +1,7 @@
 """Localization: the in-memory Localizer, 2D-3D aggregation, RANSAC + BPnP refinement."""
 from .camera_prior import guess_camera
 from .correspondences import Correspondences, covisibility_clusters, gather_2d3d
-from .feature_dict import select_keypoints, to_numpy, to_torch
+from ..features.feature_dict import select_keypoints, to_numpy, to_torch
 from .localizer import Localizer, default_conf
 from .pose_estimation import estimate_pose, refine_bpnp
 from .results import LocalizationResult, ResultsWriter, summarize_failures, write_results

@@ -25,7 +25,7 @@ from ..geometry import Camera
 from . import results as R
 from .camera_prior import guess_camera
 from .correspondences import Correspondences, covisibility_clusters, gather_2d3d
-from .feature_dict import select_keypoints, to_numpy, to_torch
+from ..features.feature_dict import as_numpy, select_keypoints, to_numpy, to_torch
 from .pose_estimation import default_conf as pose_default_conf
 from .pose_estimation import estimate_pose
 from .results import LocalizationResult
@@ -128,8 +128,8 @@ class Localizer:
         if not refs:
             return [], []
         matches = self.matcher.match_many(to_torch(feats), [r[0] for r in refs])
-        m0 = [_to_keyframe_indices(np.asarray(_np(m["matches0"])), keep) for m, (_, keep) in zip(matches, refs)]
-        s0 = [np.asarray(_np(m["matching_scores0"]), dtype=np.float64) for m in matches]
+        m0 = [_to_keyframe_indices(as_numpy(m["matches0"]), keep) for m, (_, keep) in zip(matches, refs)]
+        s0 = [as_numpy(m["matching_scores0"]).astype(np.float64) for m in matches]
         return m0, s0
 
     def match_2d3d(self, feats: Dict[str, np.ndarray], names: Sequence[str],
@@ -252,13 +252,6 @@ def _to_keyframe_indices(m0: np.ndarray, keep: Optional[np.ndarray]) -> np.ndarr
     ok = m0 >= 0
     out[ok] = keep[m0[ok]]
     return out
-
-
-_as_torch = to_torch  # kept for callers of the former private name
-
-
-def _np(x):
-    return x.detach().cpu().numpy() if hasattr(x, "detach") else x
 
 
 def localize_from_matches(kpts: np.ndarray, names, matches0, scores0, lookup, camera: Camera,

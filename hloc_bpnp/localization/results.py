@@ -238,9 +238,9 @@ class ResultsWriter:
 
     def add(self, result: LocalizationResult) -> None:
         """Record one result (a name already present is replaced in place)."""
-        from ..io.hloc_text import _check_name, pose_to_fields
+        from ..io.hloc_text import check_name, pose_to_fields
 
-        name = _check_name(result.name, "ResultsWriter")
+        name = check_name(result.name, "ResultsWriter")
         self._entries[name] = dumps_json(result.to_dict())
         self._success[name] = bool(result.success and result.pose is not None)
         self._lines.pop(name, None)

@@ -20,6 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..config import load_config, merge
+from ..features.feature_dict import as_numpy, to_numpy
 from ..io.scene import Scene
 
 logger = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ def resolved_mapping_config(conf: Union[str, Path, Mapping, None] = None, **over
     """The config that a build with ``conf`` records as ``Map.conf`` (``map.json``): the
     merged :func:`mapping_config` with the features / matcher / retrieval presets resolved
     to their dicts. Compare it with a saved map's (see ``map.check_saved_map_config``)."""
-    return _resolve(mapping_config(conf, **overrides))
+    return resolve_presets(mapping_config(conf, **overrides))
 
 
 def list_images(image_dir) -> List[str]:
@@ -100,7 +101,7 @@ def list_images(image_dir) -> List[str]:
     return names
 
 
-def _get_image(images: ImagesLike, name: str) -> np.ndarray:
+def read_map_image(images: ImagesLike, name: str) -> np.ndarray:
     if isinstance(images, Mapping):
         if name not in images:
             raise KeyError(f"No image array for {name!r}")
@@ -134,7 +135,7 @@ def extract_features(extractor, names: Sequence[str], images: ImagesLike, progre
     """
     if isinstance(extractor, (str, Mapping)):
         extractor = build_extractor_from_conf(extractor)
-    return {n: extractor.extract(_get_image(images, n)) for n in tqdm(names, desc="extraction", disable=not progress)}
+    return {n: extractor.extract(read_map_image(images, n)) for n in tqdm(names, desc="extraction", disable=not progress)}
 
 
 def extract_features_cached(extractor_conf, names: Sequence[str], images: ImagesLike, cache_dir,
@@ -151,7 +152,7 @@ def extract_features_cached(extractor_conf, names: Sequence[str], images: Images
     out, todo = cache.load(names)
     extractor = build_extractor_from_conf(cache.conf) if todo else None
     for n in tqdm(todo, desc="extraction", disable=not progress):
-        out[n] = cache.put(n, _to_numpy_feats({n: extractor.extract(_get_image(images, n))})[n])
+        out[n] = cache.put(n, features_to_numpy({n: extractor.extract(read_map_image(images, n))})[n])
     return {n: out[n] for n in names}
 
 
@@ -262,17 +263,16 @@ def match_pairs(matcher, pairs: Sequence[Pair], features: Mapping[str, dict], pr
     for n0, n1 in tqdm(pairs, desc="matching", disable=not progress):
         res = matcher.match(features[n0], features[n1])
         m0 = res["matches0"]
-        m0 = m0.detach().cpu().numpy() if hasattr(m0, "detach") else np.asarray(m0)
+        m0 = as_numpy(m0)
         m0 = m0.reshape(-1).astype(np.int64)
         valid = np.flatnonzero(m0 >= 0)
         out[(n0, n1)] = np.stack([valid, m0[valid]], 1)
     return out
 
 
-def _to_numpy_feats(features: Mapping[str, dict]) -> Dict[str, dict]:
-    from .map import _numpy_feats
-
-    return {n: _numpy_feats(f) for n, f in features.items()}
+def features_to_numpy(features: Mapping[str, dict]) -> Dict[str, dict]:
+    """``{name: feature dict}`` as the map stores them (numpy, float32 keypoints/descriptors)."""
+    return {n: to_numpy(f, float32=True) for n, f in features.items()}
 
 
 def _to_torch_feats(feats: Mapping) -> Dict:
@@ -281,7 +281,7 @@ def _to_torch_feats(feats: Mapping) -> Dict:
     return {k: v if isinstance(v, torch.Tensor) else torch.as_tensor(np.asarray(v)) for k, v in feats.items()}
 
 
-def _resolve(conf: Mapping) -> Dict:
+def resolve_presets(conf: Mapping) -> Dict:
     """Replace preset names by their config dicts (features/matcher keep the name as ``preset``)."""
     conf = dict(conf)
     for key, section in (("features", "features"), ("matcher", "matchers"), ("retrieval", "retrieval")):
@@ -308,7 +308,7 @@ def _front_end(names, images, conf, poses=None, features=None, progress=True):
                **(extract_features(conf["features"], todo, images, progress) if todo else {})}
     feats_t = {n: feats_t[n] for n in names}
     timings["extraction"] = time.time() - t0
-    feats = _to_numpy_feats(feats_t)
+    feats = features_to_numpy(feats_t)
     global_model = build_global_model(conf["retrieval"], feats)
     pairs = make_pairs(names, conf["pairs"], poses=poses, features=feats, global_model=global_model)
     t0 = time.time()
@@ -337,7 +337,7 @@ def build_map_from_poses(scene: Scene, images: Optional[ImagesLike] = None, conf
     from .reconstruction import triangulate_known_poses
     from .verification import verify_pairs
 
-    conf = _resolve(mapping_config(conf))
+    conf = resolve_presets(mapping_config(conf))
     images = scene.image_dir if images is None else images
     if images is None and not (features and all(n in features for n in scene.names)):
         raise ValueError("No images: pass an image folder / dict or set scene.image_dir")
@@ -431,7 +431,7 @@ def build_map_sfm(images: ImagesLike, conf=None, camera_mode: Optional[str] = No
     from .reconstruction import incremental_sfm
     from .verification import verify_pairs
 
-    conf = _resolve(mapping_config("sfm" if conf is None else conf))
+    conf = resolve_presets(mapping_config("sfm" if conf is None else conf))
     if camera_mode is not None:
         conf["sfm"] = {**conf["sfm"], "camera_mode": camera_mode}
     if conf["pairs"]["method"] == "poses":

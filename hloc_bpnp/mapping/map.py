@@ -27,6 +27,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from ..features.feature_dict import to_numpy
 from ..geometry import Camera, Pose
 
 logger = logging.getLogger(__name__)
@@ -41,19 +42,7 @@ MAP_FILES = {
 }
 
 
-def _numpy_feats(feats: Mapping) -> Dict[str, np.ndarray]:
-    out = {}
-    for k, v in feats.items():
-        if hasattr(v, "detach"):
-            v = v.detach().cpu().numpy()
-        out[k] = np.asarray(v)
-    out["keypoints"] = out["keypoints"].astype(np.float32)
-    if "descriptors" in out:
-        out["descriptors"] = out["descriptors"].astype(np.float32)
-    return out
-
-
-def _index_conf(conf: Mapping) -> Dict:
+def index_conf(conf: Mapping) -> Dict:
     retrieval = conf.get("retrieval") or {}
     return dict(retrieval.get("index", {"type": "flat"})) if isinstance(retrieval, Mapping) else {"type": "flat"}
 
@@ -220,7 +209,7 @@ class Map:
 
                 raise KeyError(f"No features for map image {n!r}; close: "
                                f"{difflib.get_close_matches(n, list(features), n=3)}")
-            feats[n] = _numpy_feats(features[n])
+            feats[n] = to_numpy(features[n], float32=True)
 
         mp = points_and_observations(rec)
         point3D_ids = mp.point3D_ids.astype(np.int64)
@@ -246,7 +235,7 @@ class Map:
             global_model = build_global_model(conf["retrieval"], feats)
         if global_index is None:
             vecs = np.stack([np.asarray(global_model.encode(feats[n]), np.float32) for n in names])
-            global_index = GlobalIndex(vecs.shape[1], _index_conf(conf))
+            global_index = GlobalIndex(vecs.shape[1], index_conf(conf))
             global_index.add(names, vecs)
         elif sorted(global_index.names) != names:
             raise ValueError("global_index names differ from the registered images of the reconstruction")
@@ -299,7 +288,7 @@ class Map:
         """
         import pycolmap
 
-        feats = _numpy_feats(features)
+        feats = to_numpy(features, float32=True)
         kpts = np.asarray(feats["keypoints"], np.float64)
         obs_keypoints = np.asarray(obs_keypoints, np.int64).reshape(-1)
         obs_rows = np.asarray(obs_rows, np.int64).reshape(-1)

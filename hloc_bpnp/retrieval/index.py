@@ -15,6 +15,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import faiss
 import numpy as np
 
+from ..features.feature_dict import as_numpy
 from ..config import merge
 
 logger = logging.getLogger(__name__)
@@ -102,7 +103,7 @@ class GlobalIndex:
         self._apply_nprobe()
 
     def _check(self, x, what: str) -> np.ndarray:
-        x = np.asarray(x.detach().cpu().numpy() if hasattr(x, "detach") else x)
+        x = as_numpy(x)
         if x.ndim == 1:
             x = x[None]
         if x.ndim != 2 or x.shape[1] != self.dim:

@@ -15,6 +15,7 @@ import faiss
 import numpy as np
 from tqdm import tqdm
 
+from ..features.feature_dict import as_numpy
 from ..config import merge
 
 logger = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ class VLAD:
             raise RuntimeError("VLAD is not fitted: call fit() or VLAD.load()")
 
     def _prep(self, desc, where: str = "descriptors") -> np.ndarray:
-        d = np.asarray(desc.detach().cpu().numpy() if hasattr(desc, "detach") else desc)
+        d = as_numpy(desc)
         if d.ndim != 2:
             raise ValueError(f"{where} must be (N, D), got shape {d.shape}")
         if self.centroids is not None and d.shape[1] != self.centroids.shape[1]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -27,6 +26,7 @@ import torch
 
 from ..geometry import Pose
 from ..io.hloc_text import FormatError, format_error, iter_fields, parse_floats
+from .frame import Frame
 
 logger = logging.getLogger(__name__)
 
@@ -40,28 +40,6 @@ QUATERNION_NORM_TOL = 1e-2
 PathLike = Union[str, Path]
 
 
-@dataclass
-class Frame:
-    """One frame of a sequence.
-
-    Attributes:
-        name: image name (path relative to the sequence root, ``/`` separators).
-        path: the image file (None for frames that come from memory).
-        timestamp: seconds (TUM, video, 7-Scenes) or the frame index / number (image folders).
-        gt_pose: ground-truth ``cam_from_world`` (unbatched, float64) or None.
-        image: the decoded (H, W, 3) uint8 RGB image for frames that are not files (video),
-            else None (read from ``path`` when tracked).
-        error: why the frame could not be decoded (a video frame that failed), else None.
-        read_seconds: time spent decoding ``image`` (video), 0 for file frames.
-    """
-
-    name: str
-    path: Optional[Path]
-    timestamp: float
-    gt_pose: Optional[Pose] = None
-    image: Optional[np.ndarray] = None
-    error: Optional[str] = None
-    read_seconds: float = 0.0
 
 
 def _number(tok: str) -> Optional[float]:

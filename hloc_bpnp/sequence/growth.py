@@ -168,7 +168,7 @@ def insert_keyframe(map_, name: str, camera: Camera, pose: Pose, feats: Mapping[
         info with ``num_observations`` (tracked points), ``num_new_points``,
         ``num_extra_observations`` (matches to existing points), ``neighbours``.
     """
-    from ..localization.feature_dict import select_keypoints, to_torch
+    from ..features.feature_dict import select_keypoints, to_torch
 
     if name in map_.features:
         raise ValueError(f"Frame {name!r} is already a map image")

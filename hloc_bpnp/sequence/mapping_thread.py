@@ -176,7 +176,7 @@ class MappingThread:
         t = time.perf_counter()
         feats, kp, rows = job.features, job.inlier_kp, job.inlier_rows
         if job.image is not None and self.extractor is not None:
-            from ..localization.feature_dict import to_numpy
+            from ..features.feature_dict import to_numpy
 
             feats = to_numpy(self.extractor.extract(job.image))
             kp, rows = transfer_keypoints(np.asarray(job.features["keypoints"], np.float64)[kp], rows,

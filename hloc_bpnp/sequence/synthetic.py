@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from ..config import merge
 from ..geometry import Camera, Pose
-from ..synthetic.cameras import _view
+from ..synthetic.cameras import orbit_view
 from ..synthetic.generator import SyntheticScene, generate_scene, make_cameras, resolve_conf
 
 logger = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ def generate_sequence(conf: Optional[Union[Dict, str]] = None, seed: int = 0,
     margin = 0.5 * float(syn.conf["camera"]["hfov_deg"])
     for i, th in enumerate(tqdm(angles, desc="render sequence", disable=not progress)):
         s = 1 + u(j["radius"])
-        pose = _view(center, rx * s, ry * s, np.deg2rad(th), float(path["height"]) + u(j["height"]),
+        pose = orbit_view(center, rx * s, ry * s, np.deg2rad(th), float(path["height"]) + u(j["height"]),
                      np.deg2rad(float(path["yaw_offset_deg"]) + u(j["yaw_deg"])),
                      np.deg2rad(float(path["pitch_deg"]) + u(j["pitch_deg"])), 0.0)
         name = f"seq/{i:04d}.png"

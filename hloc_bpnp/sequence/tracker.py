@@ -37,7 +37,7 @@ from tqdm import tqdm
 from ..config import merge
 from ..geometry import Camera, Pose
 from ..localization import results as R
-from ..localization.feature_dict import to_numpy
+from ..features.feature_dict import to_numpy
 from ..localization.localizer import Localizer
 from ..localization.pose_estimation import estimate_pose
 from ..localization.results import LocalizationResult

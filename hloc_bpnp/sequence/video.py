@@ -22,7 +22,7 @@ from typing import Iterator, Optional, Union
 
 import numpy as np
 
-from .frames import Frame
+from .frame import Frame
 
 logger = logging.getLogger(__name__)
 

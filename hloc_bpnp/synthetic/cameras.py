@@ -65,8 +65,10 @@ def camera_from_fov(model: str, width: int, height: int, hfov_deg: float,
     return Camera(model, width, height, torch.tensor(params, dtype=torch.float64))
 
 
-def _view(center: np.ndarray, rx: float, ry: float, theta: float, height: float,
-          yaw: float, pitch: float, roll: float) -> Pose:
+def orbit_view(center: np.ndarray, rx: float, ry: float, theta: float, height: float,
+               yaw: float, pitch: float, roll: float) -> Pose:
+    """cam_from_world of a camera on the ellipse (radii rx, ry, angle theta) around ``center`` at
+    ``height``, looking along the path direction turned by yaw, pitched and rolled (radians)."""
     eye = center + np.array([rx * np.cos(theta), ry * np.sin(theta), height])
     a = theta + yaw
     d = np.array([np.cos(a) * np.cos(pitch), np.sin(a) * np.cos(pitch), np.sin(pitch)])
@@ -103,7 +105,7 @@ def map_and_query_poses(conf: Dict, rng: np.random.Generator,
     maps = []
     for th in thetas:
         s = 1 + u(mj["radius"])
-        maps.append(_view(center, rx * s, ry * s, th + u(0.1 * step), conf["height"] + u(mj["height"]),
+        maps.append(orbit_view(center, rx * s, ry * s, th + u(0.1 * step), conf["height"] + u(mj["height"]),
                           yaw0 + np.deg2rad(u(mj["yaw_deg"])), pitch0 + np.deg2rad(u(mj["pitch_deg"])), 0.0))
     queries = []
     n_seg = n_map if full else n_map - 1
@@ -111,7 +113,7 @@ def map_and_query_poses(conf: Dict, rng: np.random.Generator,
     for k in range(n_query):
         th = thetas[0] + (segs[k] + rng.uniform(0.3, 0.7)) * step
         s = 1 + u(qj["radius"])
-        queries.append(_view(center, rx * s, ry * s, th, conf["height"] + u(qj["height"]),
+        queries.append(orbit_view(center, rx * s, ry * s, th, conf["height"] + u(qj["height"]),
                              yaw0 + np.deg2rad(u(qj["yaw_deg"])), pitch0 + np.deg2rad(u(qj["pitch_deg"])),
                              np.deg2rad(u(qj["roll_deg"]))))
     return maps, queries

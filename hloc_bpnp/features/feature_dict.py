@@ -10,9 +10,22 @@ from typing import Dict, Mapping
 import numpy as np
 
 
-def to_numpy(feats: Mapping) -> Dict[str, np.ndarray]:
-    """A feature dict with every tensor as a numpy array (detached, on the CPU)."""
-    return {k: (v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)) for k, v in feats.items()}
+def as_numpy(x) -> np.ndarray:
+    """A tensor (detached, moved to the CPU) or array-like as a numpy array."""
+    return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+
+
+def to_numpy(feats: Mapping, float32: bool = False) -> Dict[str, np.ndarray]:
+    """A feature dict with every tensor as a numpy array (detached, on the CPU).
+
+    ``float32``: keypoints and descriptors as float32, the map's storage (float16 keypoints
+    lose up to a pixel on large images; see the pitfalls)."""
+    out = {k: as_numpy(v) for k, v in feats.items()}
+    if float32:
+        for k in ("keypoints", "descriptors"):
+            if k in out:
+                out[k] = out[k].astype(np.float32)
+    return out
 
 
 def to_torch(feats: Mapping) -> Dict:
