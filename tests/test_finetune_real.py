@@ -154,3 +154,42 @@ def test_lighterglue_trains_with_the_network(shared_data, tmp_path):
     pre = build_matcher("xfeat_lighterglue").net.state_dict()
     changed = [k for k in pre if not torch.equal(pre[k], trained[k])]
     assert changed and any(k.startswith("transformers") for k in changed)
+
+
+@need_xf
+def test_training_map_records_the_network_that_made_its_features(shared_data, monkeypatch):
+    """Issue 18: the training map's config names the network that made its features (not 'sift');
+    (next test) a scene whose triangulation fails is an error naming it, not a silent empty map."""
+    import hloc_bpnp.mapping.build as build
+    from hloc_bpnp.features.networks import build_network
+    from hloc_bpnp.training.real import load_real_scenes, triangulated_map_views
+
+    net = build_network({"name": "xfeat", "max_keypoints": 256})
+    (scene,) = load_real_scenes([shared_data / "strecha_herzjesu_P8"], resize_max=256)
+    seen = {}
+    real = build.build_map_from_poses
+
+    def spy(posed, conf=None, **kw):
+        seen["features"] = conf["features"]
+        return real(posed, conf=conf, **kw)
+
+    monkeypatch.setattr(build, "build_map_from_poses", spy)
+    triangulated_map_views(net, scene)
+    assert seen["features"]["model"] == "xfeat"
+
+
+@need_xf
+def test_a_failed_training_triangulation_is_an_error_naming_the_scene(shared_data, monkeypatch):
+    import hloc_bpnp.mapping.build as build
+    from hloc_bpnp.features.networks import build_network
+    from hloc_bpnp.training.real import load_real_scenes, triangulated_map_views
+
+    net = build_network({"name": "xfeat", "max_keypoints": 256})
+    (scene,) = load_real_scenes([shared_data / "strecha_herzjesu_P8"], resize_max=256)
+
+    def fail(*a, **k):
+        raise RuntimeError("no points")
+
+    monkeypatch.setattr(build, "build_map_from_poses", fail)
+    with pytest.raises(ValueError, match="strecha_herzjesu_P8.*no points"):
+        triangulated_map_views(net, scene)
