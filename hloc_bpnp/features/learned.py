@@ -118,6 +118,32 @@ class XFeat(Extractor):
     def _extract(self, images: torch.Tensor) -> List[Features]:
         return unpad_batch(self.net(images))
 
+    @torch.inference_mode()
+    def extract_with_patches(self, image, patch_size: int) -> Features:
+        """:meth:`extract` without the refiner, plus what a refiner needs, per keypoint in the
+        same order: ``patches`` (N, 2, S, S) [gray image, heatmap] around the integer maxima of
+        the network input, and ``scale`` (2,) original pixels per network-input pixel."""
+        from .refiner import extract_patches
+
+        t, (w, h) = self._prepare(image, 0)
+        out = _without_refiner(self.net, t.to(self.device))
+        patches = extract_patches(torch.cat([out["gray"], out["heatmap"]], 1), out["centers"], patch_size)
+        v = out["valid"][0]
+        order = torch.argsort(out["scores"][0][v], descending=True, stable=True)  # as unpad_batch
+        res = {k: out[k][0][v][order] for k in ("keypoints", "descriptors", "scores")}
+        feats = self._postprocess(res, (w, h), tuple(t.shape[-2:]))
+        feats["patches"] = patches[0][v][order].float().cpu()
+        feats["scale"] = torch.tensor([w / t.shape[-1], h / t.shape[-2]], dtype=torch.float32)
+        return feats
+
+
+def _without_refiner(net: XFeatNet, t: torch.Tensor) -> Dict[str, torch.Tensor]:
+    ref, net.refiner = net.refiner, None
+    try:
+        return net(t, return_maps=True)
+    finally:
+        net.refiner = ref
+
 
 @register_extractor("dedode")
 class DeDoDe(Extractor):

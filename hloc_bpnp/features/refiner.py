@@ -74,7 +74,7 @@ class KeypointRefiner(nn.Module):
         max_offset: bound of the offset, working-scale pixels.
     """
 
-    default_conf: Dict[str, Any] = {"patch_size": 11, "channels": 32, "max_offset": 1.5}
+    default_conf: Dict[str, Any] = {"patch_size": 9, "channels": 16, "max_offset": 1.5}
 
     def __init__(self, conf: Optional[Dict[str, Any]] = None) -> None:
         super().__init__()
