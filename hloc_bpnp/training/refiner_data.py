@@ -142,7 +142,9 @@ def mutual_nn(d0: torch.Tensor, d1: torch.Tensor) -> torch.Tensor:
 
 def build_refiner_scene(scene: Scene, name: str, features: Union[str, Dict], patch_size: int,
                         max_error: float = 3.0, min_matches: int = 30, pose_problems: bool = True,
-                        mapping: Union[str, Dict] = "xfeat", progress: bool = False) -> RefinerScene:
+                        mapping: Union[str, Dict] = "xfeat", pairs: Optional[Sequence[tuple]] = None,
+                        max_pose_problems: Optional[int] = None, fold_neighbors: int = 10,
+                        progress: bool = False) -> RefinerScene:
     """Extract (frozen detector, no refiner), match, verify and (optionally) build pose problems.
 
     Args:
@@ -153,11 +155,17 @@ def build_refiner_scene(scene: Scene, name: str, features: Union[str, Dict], pat
         min_matches: pairs with fewer inliers are dropped.
         pose_problems: build the leave-query-out 2D-3D problems (one fold map per image).
         mapping: mapping preset of the fold maps (its features are replaced by these ones).
+        pairs: image pairs to match (default: all pairs; for large maps: covisible pairs).
+        max_pose_problems: at most this many queries (evenly spaced in name order).
+        fold_neighbors: a query's fold map holds the (up to) this many other images sharing
+            the most verified matches with it.
     Raises:
         ValueError: the scene yields no verified pair (names the scene).
     """
     from ..config import load_config, merge
     from ..features import build_extractor
+    from tqdm import tqdm
+
     from ..io.image import read_image
 
     if scene.image_dir is None:
@@ -169,7 +177,7 @@ def build_refiner_scene(scene: Scene, name: str, features: Union[str, Dict], pat
         raise ValueError(f"features {fconf.get('model')!r} have no refiner support (XFeat has)")
     names = list(scene.names)
     feats = {}
-    for n in names:
+    for n in tqdm(names, desc=f"{name}: extraction", disable=not progress):
         im = scene[n]
         if im.pose is None:
             raise ValueError(f"scene {name!r}: image {n!r} has no pose")
@@ -190,25 +198,28 @@ def build_refiner_scene(scene: Scene, name: str, features: Union[str, Dict], pat
                        for i, n in enumerate(names)])
     patches = torch.cat([feats[n]["patches"] for n in names])
     Es, focals, pair_list, matches, match_pair = [], [], [], [], []
-    for i, a in enumerate(names):
-        for b in names[i + 1:]:
-            mm = mutual_nn(feats[a]["descriptors"], feats[b]["descriptors"])
-            if mm.shape[0] == 0:
-                continue
-            E = essential(scene[a].pose, scene[b].pose)
-            fa, fb = scene[a].camera.f.double().mean(), scene[b].camera.f.double().mean()
-            f = torch.sqrt(fa * fb)
-            ga, gb = mm[:, 0] + offsets[a], mm[:, 1] + offsets[b]
-            e = sampson_normalized(E, norm0[ga], norm0[gb]) * f
-            s = torch.sqrt(scale[ga].mean(-1) * scale[gb].mean(-1))
-            ok = e < max_error * s
-            if int(ok.sum()) < min_matches:
-                continue
-            matches.append(torch.stack([ga[ok], gb[ok]], -1))
-            match_pair.append(torch.full((int(ok.sum()),), len(pair_list), dtype=torch.long))
-            Es.append(E)
-            focals.append(f)
-            pair_list.append((a, b))
+    if pairs is None:
+        pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
+    for a, b in tqdm(pairs, desc=f"{name}: matching", disable=not progress):
+        if a not in feats or b not in feats or a == b:
+            raise ValueError(f"scene {name!r}: pair ({a!r}, {b!r}) names an image that is not in the scene")
+        mm = mutual_nn(feats[a]["descriptors"], feats[b]["descriptors"])
+        if mm.shape[0] == 0:
+            continue
+        E = essential(scene[a].pose, scene[b].pose)
+        fa, fb = scene[a].camera.f.double().mean(), scene[b].camera.f.double().mean()
+        f = torch.sqrt(fa * fb)
+        ga, gb = mm[:, 0] + offsets[a], mm[:, 1] + offsets[b]
+        e = sampson_normalized(E, norm0[ga], norm0[gb]) * f
+        s = torch.sqrt(scale[ga].mean(-1) * scale[gb].mean(-1))
+        ok = e < max_error * s
+        if int(ok.sum()) < min_matches:
+            continue
+        matches.append(torch.stack([ga[ok], gb[ok]], -1))
+        match_pair.append(torch.full((int(ok.sum()),), len(pair_list), dtype=torch.long))
+        Es.append(E)
+        focals.append(f)
+        pair_list.append((a, b))
     if not pair_list:
         raise ValueError(f"scene {name!r}: no image pair has {min_matches} matches consistent with the known poses "
                          f"(wrong poses or intrinsics?)")
@@ -216,24 +227,36 @@ def build_refiner_scene(scene: Scene, name: str, features: Union[str, Dict], pat
                       torch.stack(Es), torch.stack(focals), pair_list)
     if pose_problems:
         mconf = load_config("mapping", mapping) if isinstance(mapping, str) else dict(mapping)
-        rs.poses = _pose_problems(scene, rs, feats, offsets, merge(mconf, {"features": fconf}), max_error)
+        queries = names
+        if max_pose_problems and len(names) > max_pose_problems:
+            queries = [names[int(i)] for i in torch.linspace(0, len(names) - 1, max_pose_problems).round().long()]
+        rs.poses = _pose_problems(scene, rs, feats, offsets, merge(mconf, {"features": fconf}), max_error,
+                                  queries, fold_neighbors, progress)
     logger.info("refiner data %s: %d keypoints, %d pairs, %d matches, %d pose problems", name, base.shape[0],
                 len(pair_list), rs.matches.shape[0], len(rs.poses))
     return rs
 
 
 def _pose_problems(scene: Scene, rs: RefinerScene, feats: Dict, offsets: Dict, mconf: Dict,
-                   max_error: float) -> List[PoseProblem]:
+                   max_error: float, queries: Sequence[str], fold_neighbors: int,
+                   progress: bool = False) -> List[PoseProblem]:
+    from tqdm import tqdm
+
     from ..mapping import build_map_from_poses
 
     names = rs.image_names
     plain = {n: {k: feats[n][k] for k in ("keypoints", "descriptors", "scores", "image_size")} for n in names}
     pair_of = {p: i for i, p in enumerate(rs.pairs)}
+    counts = torch.bincount(rs.match_pair, minlength=len(rs.pairs))
     out = []
-    for q in names:
-        others = [n for n in names if n != q]
+    for q in tqdm(queries, desc=f"{rs.name}: leave-query-out maps", disable=not progress):
+        shared = sorted(((int(counts[i]), b if a == q else a) for (a, b), i in pair_of.items() if q in (a, b)),
+                        reverse=True)
+        others = [n for _, n in shared[:fold_neighbors]]
         if len(others) < 3:
-            break
+            logger.warning("scene %s: query %s has %d verified neighbours (< 3); no pose problem", rs.name, q,
+                           len(others))
+            continue
         try:
             m = build_map_from_poses(scene.subset(others), conf=mconf, features={n: plain[n] for n in others},
                                      progress=False)
