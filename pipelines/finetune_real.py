@@ -206,8 +206,10 @@ def main(argv=None):
             train, val = split_validation(train)
         results["data_seconds"] = time.time() - t0
         runs = {"refined": tconf.get("losses", {})}
-        if args.ablation:
-            runs.update({f"loss_{k}": v for k, v in ABLATIONS.items()})
+        if args.ablation:  # one run per other loss combination (the default's is "refined")
+            default = merge(merge({}, load_config("finetune", preset)).get("losses", {}), {})
+            full = lambda d: {k: bool(d.get(k, False)) for k in ("sampson", "nll", "pose")}  # noqa: E731
+            runs.update({f"loss_{k}": v for k, v in ABLATIONS.items() if full(v) != full(default)})
         for label, losses in runs.items():
             c = merge(tconf, {"losses": losses})
             out = train_refiner(train, val, c, progress=False)
@@ -255,7 +257,7 @@ def main(argv=None):
                 m["sampson_ratio_ci"] = bootstrap_ratio(errs[label], errs["pretrained"])
             if not args.no_loo:
                 vconf = merge(fconf, {"refiner": None if path is None else str(path),
-                                      "refiner_conf": {} if ref is None else dict(ref.conf)})
+                                      "refiner_conf": dict(KeypointRefiner.default_conf if ref is None else ref.conf)})
                 t = time.time()
                 feats = None
                 if label.startswith("noise_"):

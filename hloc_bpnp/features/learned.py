@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Extractor, Features, check_weights_path, load_weights, register_extractor, unpad_batch
+from .refiner import KeypointRefiner
 from .xfeat_net import XFeatNet
 
 
@@ -99,7 +100,8 @@ class XFeat(Extractor):
 
     #: the network's options (minus training-only ones) + the weights file
     _NET_KEYS = [k for k in XFeatNet.default_conf if k != "detach_descriptor_keypoints"]
-    default_conf: Dict[str, Any] = {"weights": None, "grayscale": False, "refiner": None, "refiner_conf": {},
+    default_conf: Dict[str, Any] = {"weights": None, "grayscale": False, "refiner": None,
+                                    "refiner_conf": dict(KeypointRefiner.default_conf),
                                     **{k: XFeatNet.default_conf[k] for k in _NET_KEYS}}
     size_multiple = 32
 
@@ -112,7 +114,7 @@ class XFeat(Extractor):
         self.net = XFeatNet({k: conf[k] for k in self._NET_KEYS})
         load_weights(self.net.weights_module(), conf["weights"], conf["preset"], "weights", default_key="xfeat")
         if ref_path is not None:
-            self.net.refiner = load_refiner(ref_path, conf["refiner_conf"] or None,
+            self.net.refiner = load_refiner(ref_path, conf["refiner_conf"],
                                             source=f"Feature preset {conf['preset']!r}")
 
     def _extract(self, images: torch.Tensor) -> List[Features]:
