@@ -32,6 +32,7 @@ variant per loss combination. Per evaluation scene and variant ``DIR/results.jso
   (20 seeded draws; :mod:`hloc_bpnp.evaluation.limited`).
 """
 import argparse
+import json
 import logging
 import sys
 import time
@@ -47,11 +48,13 @@ from hloc_bpnp.io.json_io import write_json  # noqa: E402
 
 logger = logging.getLogger("finetune_real")
 
+#: loss ablation: variant -> overrides of the training config
 ABLATIONS = {
-    "sampson": {"sampson": True, "nll": False, "pose": False},
-    "nll": {"sampson": False, "nll": True, "pose": False},
-    "sampson_nll": {"sampson": True, "nll": True, "pose": False},
-    "sampson_pose": {"sampson": True, "nll": False, "pose": True},
+    "sampson": {"losses": {"sampson": True, "nll": False, "pose": False}},
+    "nll": {"losses": {"sampson": False, "nll": True, "pose": False}},
+    "sampson_nll": {"losses": {"sampson": True, "nll": True, "pose": False}, "bpnp": {"offsets_grad": True}},
+    "sampson_nll_weights": {"losses": {"sampson": True, "nll": True, "pose": False}, "bpnp": {"offsets_grad": False}},
+    "sampson_pose": {"losses": {"sampson": True, "nll": False, "pose": True}},
 }
 
 
@@ -205,13 +208,14 @@ def main(argv=None):
         else:
             train, val = split_validation(train)
         results["data_seconds"] = time.time() - t0
-        runs = {"refined": tconf.get("losses", {})}
+        runs = {"refined": {}}
         if args.ablation:  # one run per other loss combination (the default's is "refined")
-            default = merge(merge({}, load_config("finetune", preset)).get("losses", {}), {})
-            full = lambda d: {k: bool(d.get(k, False)) for k in ("sampson", "nll", "pose")}  # noqa: E731
-            runs.update({f"loss_{k}": v for k, v in ABLATIONS.items() if full(v) != full(default)})
-        for label, losses in runs.items():
-            c = merge(tconf, {"losses": losses})
+            def key(c):
+                c = merge(tconf, c)
+                return json.dumps([c["losses"], c.get("bpnp", {}).get("offsets_grad", True)], sort_keys=True)
+            runs.update({f"loss_{k}": v for k, v in ABLATIONS.items() if key(v) != key({})})
+        for label, override in runs.items():
+            c = merge(tconf, override)
             out = train_refiner(train, val, c, progress=False)
             results["train_seconds"] += out["seconds"] + (results["data_seconds"] if label == "refined" else 0.0)
             path = args.output / ("refiner.pt" if label == "refined" else f"refiner_{label}.pt")

@@ -20,6 +20,10 @@ match sets, so thousands of steps take minutes on a CPU. Losses (switches in ``l
     The pose error of that BPnP solve (rotation in degrees + translation / scene scale in
     percent of the map extent, unweighted): a pose-only loss as the original pipeline had.
 
+``bpnp.offsets_grad: false`` stops the BPnP terms' gradients at the keypoint offsets: they then
+train the correspondence weights (log-variances) only, through the solver and ``A``, while the
+Sampson term trains the positions.
+
 Validation: median Sampson error (original pixels) of the validation matches with refined
 keypoints; the best state is kept (early stopping after ``patience`` evaluations without gain).
 """
@@ -52,7 +56,7 @@ DEFAULT_CONF: Dict[str, Any] = {
     "losses": {"sampson": True, "nll": False, "pose": False},
     "weights": {"sampson": 1.0, "nll": 0.02, "pose": 0.1},
     "sampson": {"truncation": 1.5, "uncertainty": True},
-    "bpnp": {"problems_per_step": 4, "subset_size": 100},
+    "bpnp": {"problems_per_step": 4, "subset_size": 100, "offsets_grad": True},
 }
 
 
@@ -125,9 +129,10 @@ def _tangent_error(pose_est: torch.Tensor, pose_gt: torch.Tensor) -> torch.Tenso
 
 
 def pose_losses(refiner, scene: RefinerScene, problems: Sequence[PoseProblem], subset: int,
-                gen: torch.Generator) -> Dict[str, torch.Tensor]:
+                gen: torch.Generator, offsets_grad: bool = True) -> Dict[str, torch.Tensor]:
     """BPnP solves of ``problems`` (each on a random subset of ``subset`` correspondences) from
-    refined keypoints with learned weights -> mean posterior NLL and mean pose error."""
+    refined keypoints with learned weights -> mean posterior NLL and mean pose error.
+    ``offsets_grad`` False: the keypoints are fixed inputs (the losses train the weights only)."""
     from ..bpnp import solve_pnp
     from ..bpnp.implicit import make_projector
     from ..bpnp.residuals import residuals_and_jacobian
@@ -140,6 +145,8 @@ def pose_losses(refiner, scene: RefinerScene, problems: Sequence[PoseProblem], s
         kp = pp.kp[idx]
         X = pp.points3d[idx]
         o, lv = refiner_outputs(refiner, scene, kp)
+        if not offsets_grad:
+            o = o.detach()
         s = scene.scale[kp]
         x = scene.base[kp] + o * s
         w = torch.exp(-lv) / (s * s).mean(-1)
@@ -216,7 +223,8 @@ def train_refiner(train: Sequence[RefinerScene], val: Sequence[RefinerScene], co
                 by_scene.setdefault(id(problems[i][0]), []).append(problems[i])
             nl, pe = [], []
             for items in by_scene.values():
-                out = pose_losses(ref, items[0][0], [p for _, p in items], int(conf["bpnp"]["subset_size"]), gen)
+                out = pose_losses(ref, items[0][0], [p for _, p in items], int(conf["bpnp"]["subset_size"]), gen,
+                                  bool(conf["bpnp"]["offsets_grad"]))
                 nl.append(out["nll"])
                 pe.append(out["pose"])
             if conf["losses"]["nll"]:
