@@ -197,16 +197,28 @@ def main(argv=None):
         if args.steps is not None:
             tconf["steps"] = args.steps
         results["config"]["finetune"] = preset
-        dconf = tconf.pop("data", {})
+        dconf = dict(tconf.pop("data", {}))
+        # scales: the extractor's resize_max values the training data is extracted at (the
+        # refiner sees network pixels: a 640 px image at full size and a 3072 px one shrunk to
+        # 1600 px look different per pixel); "preset" = the feature preset's own
+        scales = dconf.pop("resize_max", ["preset"])
+        scales = scales if isinstance(scales, list) else [scales]
         S = int(merge(KeypointRefiner.default_conf, tconf.get("refiner", {}))["patch_size"])
         t0 = time.time()
-        need_pose = True
-        train = [cached_refiner_scene(d, fconf, S, args.cache_dir, pose_problems=need_pose, **dconf)
-                 for d in train_dirs]
-        if val_dirs:
-            val = [cached_refiner_scene(d, fconf, S, args.cache_dir, pose_problems=False, **dconf) for d in val_dirs]
-        else:
-            train, val = split_validation(train)
+        losses = tconf.get("losses", {})
+        need_pose = bool(losses.get("nll") or losses.get("pose") or args.ablation)
+        train, val = [], []
+        for rm in scales:
+            fc = fconf if rm == "preset" else merge(fconf, {"resize_max": rm})
+            tr = [cached_refiner_scene(d, fc, S, args.cache_dir, pose_problems=need_pose, **dconf) for d in train_dirs]
+            if val_dirs:
+                train += tr
+                val += [cached_refiner_scene(d, fc, S, args.cache_dir, pose_problems=False, **dconf) for d in val_dirs]
+            else:
+                tr, va = split_validation(tr)
+                train += tr
+                val += va
+        results["config"]["train_resize_max"] = scales
         results["data_seconds"] = time.time() - t0
         runs = {"refined": {}}
         if args.ablation:  # one run per other loss combination (the default's is "refined")
