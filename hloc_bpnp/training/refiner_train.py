@@ -7,7 +7,8 @@ match sets, so thousands of steps take minutes on a CPU. Losses (switches in ``l
     Truncated symmetric Sampson error of each verified match under the known poses, in network
     pixels, with both keypoints refined: ``min(e, tau)`` (``sampson.truncation`` = tau). With
     ``sampson.uncertainty`` the per-match NLL ``0.5 min(e, tau)^2 / v + 0.5 log v``,
-    ``v = exp(s_a) + exp(s_b)``, also trains the log-variances.
+    ``v = exp(s_a) + exp(s_b)``, with ``e`` detached, also trains the log-variances (a 1/v
+    factor on the position gradients made training oscillate once the BPnP term moved v).
 ``nll``
     The negative log-likelihood of the known pose under BPnP's Gauss-Newton posterior, per
     query (2D-3D from a map WITHOUT the query): BPnP (``hloc_bpnp.bpnp.solve_pnp``, implicit
@@ -91,9 +92,10 @@ def sampson_loss(refiner, scene: RefinerScene, sel: torch.Tensor, conf: Dict) ->
     e = match_errors(scene, sel, {0: off[0], 1: off[1]}) / s  # network pixels
     tau = float(conf["truncation"])
     et = e.clamp(max=tau)
-    if conf["uncertainty"]:
+    if conf["uncertainty"]:  # the variances fit the errors; the positions get the plain loss
         v = lv[0].exp() + lv[1].exp()
-        return (0.5 * et * et / v + 0.5 * v.log()).mean()
+        ed = et.detach()
+        return et.mean() + (0.5 * ed * ed / v + 0.5 * v.log()).mean()
     return et.mean()
 
 
