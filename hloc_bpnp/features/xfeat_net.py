@@ -12,6 +12,15 @@ so positions are a differentiable function of the keypoint head (the in-cell log
 the pose loss trains. ``subpixel: false`` gives XFeat's own integer keypoints (checked equal to
 the reference implementation in the tests).
 
+Cell borders: the heatmap is 64 separate softmaxes (one per 8x8 cell); values of neighbouring
+cells have different normalisers, so a window that crosses a cell border (44% of maxima with
+r = 1) mixes incomparable numbers. With ``subpixel_in_cell`` (default) the window entries
+outside the maximum's cell get zero weight: every soft-argmax reads one softmax.
+
+An optional :class:`~hloc_bpnp.features.refiner.KeypointRefiner` (``self.refiner``) adds a
+learned sub-pixel offset per keypoint from patches of the input image and the heatmap around
+the integer maximum, and a log-variance (``log_var``); zero-initialised it changes nothing.
+
 Descriptors: the 64-D map (1/8 resolution), L2-normalised, sampled bicubically at the
 keypoints with XFeat's own sampling convention (``InterpolateSparse2d``), then L2-normalised.
 Scores: heatmap value at the NMS maximum times the bilinear reliability, as in XFeat.
@@ -51,6 +60,7 @@ class XFeatNet(nn.Module):
         subpixel: soft-argmax refinement (else XFeat's integer keypoints).
         subpixel_radius: r of the (2r+1)^2 soft-argmax window.
         subpixel_temperature: T of the soft-argmax over log-heatmap values.
+        subpixel_in_cell: the soft-argmax window only reads the maximum's own 8x8 cell.
         detach_descriptor_keypoints: sample descriptors at detached positions (then only the
             geometry, i.e. the pose loss, moves keypoints).
     """
@@ -64,6 +74,7 @@ class XFeatNet(nn.Module):
         "subpixel": True,
         "subpixel_radius": 1,
         "subpixel_temperature": 1.0,
+        "subpixel_in_cell": True,
         "detach_descriptor_keypoints": False,
     }
 
@@ -75,6 +86,8 @@ class XFeatNet(nn.Module):
         ij = torch.arange(-r, r + 1, dtype=torch.float32)
         yy, xx = torch.meshgrid(ij, ij, indexing="ij")
         self.register_buffer("window", torch.stack([xx.reshape(-1), yy.reshape(-1)], -1), persistent=False)
+        #: optional learned sub-pixel refiner (not part of :meth:`weights_module`)
+        self.refiner = None
 
     def weights_module(self) -> nn.Module:
         """The module whose state dict is a weights file (XFeatModel, the layout of ``xfeat.pt``)."""
@@ -97,7 +110,8 @@ class XFeatNet(nn.Module):
         B, _, h, w = p.shape
         return p.permute(0, 2, 3, 1).reshape(B, h, w, 8, 8).permute(0, 1, 3, 2, 4).reshape(B, 1, h * 8, w * 8)
 
-    def forward(self, image: torch.Tensor, max_keypoints: Optional[int] = None) -> Dict[str, torch.Tensor]:
+    def forward(self, image: torch.Tensor, max_keypoints: Optional[int] = None,
+                return_maps: bool = False) -> Dict[str, torch.Tensor]:
         """Detect and describe.
 
         Args:
@@ -105,7 +119,10 @@ class XFeatNet(nn.Module):
             max_keypoints: overrides ``conf["max_keypoints"]``.
         Returns:
             ``keypoints`` (B, K, 2) kornia frame (differentiable), ``scores`` (B, K),
-            ``descriptors`` (B, K, 64) unit, ``valid`` (B, K) bool (padding False), sorted by score.
+            ``descriptors`` (B, K, 64) unit, ``valid`` (B, K) bool (padding False), sorted by score;
+            ``centers`` (B, K, 2) long: the integer maxima; with a refiner ``log_var`` (B, K);
+            with ``return_maps`` also ``heatmap`` (B, 1, H, W) and ``gray`` (B, 1, H, W) (the
+            refiner's inputs).
         """
         if image.ndim != 4:
             raise ValueError(f"image must be (B, C, H, W), got {tuple(image.shape)}")
@@ -139,11 +156,30 @@ class XFeatNet(nn.Module):
             r = int(self.conf["subpixel_radius"])
             patches = F.unfold(F.pad(heat, (r, r, r, r), value=0.0), 2 * r + 1)  # (B, (2r+1)^2, H*W)
             p = patches.gather(2, idx[:, None].expand(-1, patches.shape[1], -1))  # (B, win, K)
-            wts = torch.softmax(torch.log(p.clamp_min(1e-12)) / float(self.conf["subpixel_temperature"]), dim=1)
+            logp = torch.log(p.clamp_min(1e-12)) / float(self.conf["subpixel_temperature"])
+            if self.conf["subpixel_in_cell"]:
+                win = self.window.to(idx.device).long()  # (win, 2)
+                cx, cy = idx % W, torch.div(idx, W, rounding_mode="floor")  # (B, K)
+                same_x = torch.div(cx[:, None] + win[None, :, 0, None], 8, rounding_mode="floor") == \
+                    torch.div(cx, 8, rounding_mode="floor")[:, None]
+                same_y = torch.div(cy[:, None] + win[None, :, 1, None], 8, rounding_mode="floor") == \
+                    torch.div(cy, 8, rounding_mode="floor")[:, None]
+                logp = logp.masked_fill(~(same_x & same_y), float("-inf"))
+            wts = torch.softmax(logp, dim=1)
             xy = xy + torch.einsum("bwk,wd->bkd", wts, self.window.to(heat.dtype))
         heat_at = heat.reshape(B, -1).gather(1, idx)
         rel_at = sample_map(rel, xy.detach(), H, W, "bilinear")[..., 0]
         scores = heat_at * rel_at
         at = xy.detach() if self.conf["detach_descriptor_keypoints"] else xy
         desc = F.normalize(sample_map(dense, at, H, W, "bicubic"), dim=-1)
-        return {"keypoints": xy, "scores": scores, "descriptors": desc, "valid": valid}
+        # the refiner moves positions only: scores, order and descriptors stay the detector's
+        centers = torch.stack([idx % W, torch.div(idx, W, rounding_mode="floor")], -1)
+        extra: Dict[str, torch.Tensor] = {"centers": centers}
+        gray = image.mean(1, keepdim=True)
+        if self.refiner is not None:
+            ref = self.refiner.refine(gray, heat.detach(), centers)
+            xy = xy + ref["offset"].to(xy.dtype)
+            extra["log_var"] = ref["log_var"]
+        if return_maps:
+            extra["heatmap"], extra["gray"] = heat, gray
+        return {"keypoints": xy, "scores": scores, "descriptors": desc, "valid": valid, **extra}

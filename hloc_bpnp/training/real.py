@@ -98,12 +98,13 @@ def triangulated_map_views(net: torch.nn.Module, scene: TrainScene, names: Optio
     finally:
         net.train(was)
     posed = Scene([SceneImage(n, scene.views[n].camera, scene.views[n].pose) for n in names])
-    mconf = merge(TRAIN_MAP_CONF, conf or {}) | {"features": {"model": "sift"}}  # features are given
+    # the features are given (every image): the config records the network that made them
+    mconf = merge(TRAIN_MAP_CONF, conf or {}) | {"features": network_features_conf(net)}
     try:
         m = build_map_from_poses(posed, conf=mconf, features=feats, progress=False)
     except (RuntimeError, ValueError) as e:
-        logger.warning("scene %s: triangulation of the training map failed: %s", scene.name, e)
-        return {n: _empty(n, feats[n]) for n in names}
+        raise ValueError(f"training scene {scene.name!r}: triangulating its map from the known poses failed "
+                         f"({e}); it would train on nothing: check its poses/intrinsics or drop it") from e
     out: Dict[str, MapView] = {}
     for n in names:
         f = feats[n]
@@ -120,6 +121,14 @@ def triangulated_map_views(net: torch.nn.Module, scene: TrainScene, names: Optio
     logger.info("scene %s: training map with %d points, %s keypoints with 3D per view", scene.name,
                 len(m.points3D), [int(v.keypoints.shape[0]) for v in out.values()])
     return out
+
+
+def network_features_conf(net: torch.nn.Module) -> Dict:
+    """The features section recorded in a training map: the trained network's extractor."""
+    from ..features.networks import network_name
+
+    name = network_name(net)
+    return {"model": name, "preset": f"{name} (network being trained)"}
 
 
 def _empty(name: str, f: Dict) -> MapView:

@@ -1,0 +1,90 @@
+"""The ``limited`` protocol: poses refined from a fixed small number of a query's inliers.
+
+With hundreds of inliers a pose averages keypoint noise away, so a more precise detector
+barely changes it (../shared/PITFALLS.md, "A metric that cannot move"). Here each localized
+query's pose is re-solved by BPnP (Cauchy loss, 2 px, as the localizer's refinement) from
+``n`` of its RANSAC inliers drawn at random (``draws`` seeded draws), started at the
+localizer's pose, and compared with the ground truth: keypoint precision, not the count of
+matches, limits these poses. Use it as a ``fold_hook`` of
+:func:`hloc_bpnp.evaluation.leave_one_out.leave_one_out` (the 3D points come from the fold's map).
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+
+
+def limited_pose_errors(result, fold_map, gt_pose, n: int = 50, draws: int = 20, seed: int = 0,
+                        scale_to_cm: float = 100.0) -> Optional[Dict[str, np.ndarray]]:
+    """Rotation (deg) and position (cm) errors of ``draws`` poses, each from ``n`` inliers.
+
+    Args:
+        result: a :class:`~hloc_bpnp.localization.LocalizationResult` (success, pose, camera,
+            points2D, point3D_ids, inlier_mask).
+        fold_map: the :class:`~hloc_bpnp.mapping.Map` it was localized against.
+        gt_pose: the query's cam_from_world :class:`~hloc_bpnp.geometry.pose.Pose`.
+    Returns:
+        ``{"rot_deg": (draws,), "pos_cm": (draws,)}``, or None when the query was not localized
+        or has fewer than ``n`` inliers.
+    """
+    from ..bpnp import solve_pnp
+    from ..geometry.pose import Pose
+
+    if not result.success or result.inlier_mask is None or result.points2D is None:
+        return None
+    inl = np.flatnonzero(np.asarray(result.inlier_mask))
+    if inl.size < n:
+        return None
+    ids = np.asarray(result.point3D_ids)[inl]
+    rows = np.searchsorted(fold_map.point3D_ids, ids)
+    if np.any(rows >= len(fold_map.point3D_ids)) or np.any(fold_map.point3D_ids[rows] != ids):
+        raise ValueError(f"query {result.name!r}: inlier 3D point ids not in the fold map")
+    p2 = torch.as_tensor(np.asarray(result.points2D)[inl], dtype=torch.float64)
+    X = torch.as_tensor(fold_map.points3D[rows], dtype=torch.float64)
+    rng = np.random.default_rng(seed)
+    sel = torch.as_tensor(np.stack([rng.choice(inl.size, n, replace=False) for _ in range(draws)]))
+    init = result.pose.to(torch.float64).aa_t().reshape(1, 6).expand(draws, 6).contiguous()
+    cam = result.camera if result.camera is not None else None
+    if cam is None:
+        raise ValueError(f"query {result.name!r}: result has no camera")
+    res = solve_pnp(p2[sel], X[sel], cam.to(torch.float64), pose_init=init, loss="cauchy", loss_scale=2.0)
+    est = Pose.from_aa(res.pose.detach().to(torch.float64))
+    gt = gt_pose.to(torch.float64)
+    dR = est.R @ gt.R.transpose(-1, -2)
+    cos = ((dR.diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2).clamp(-1, 1)
+    rot = torch.rad2deg(torch.arccos(cos))
+    pos = (est.center - gt.center).norm(dim=-1) * scale_to_cm
+    ok = res.valid
+    rot = torch.where(ok, rot, torch.full_like(rot, math.inf))
+    pos = torch.where(ok, pos, torch.full_like(pos, math.inf))
+    return {"rot_deg": rot.numpy(), "pos_cm": pos.numpy()}
+
+
+class LimitedCollector:
+    """``fold_hook`` gathering :func:`limited_pose_errors` of one localization variant."""
+
+    def __init__(self, scene, label: Optional[str] = None, n: int = 50, draws: int = 20, seed: int = 0,
+                 scale_to_cm: float = 100.0) -> None:
+        self.scene, self.label, self.n, self.draws, self.seed, self.scale = scene, label, n, draws, seed, scale_to_cm
+        self.per_query: Dict[str, Dict[str, np.ndarray]] = {}
+        self.skipped: List[str] = []
+
+    def __call__(self, query, fold_map, results) -> None:
+        res = results[self.label] if self.label else next(iter(results.values()))
+        e = limited_pose_errors(res, fold_map, self.scene[query].pose, self.n, self.draws, self.seed, self.scale)
+        if e is None:
+            self.skipped.append(query)
+        else:
+            self.per_query[query] = e
+
+    def summary(self) -> Dict[str, object]:
+        """Medians over all draws of all evaluated queries (None when none), counts."""
+        if not self.per_query:
+            return {"median_rot_deg": None, "median_pos_cm": None, "n_queries": 0, "n_skipped": len(self.skipped)}
+        rot = np.concatenate([v["rot_deg"] for v in self.per_query.values()])
+        pos = np.concatenate([v["pos_cm"] for v in self.per_query.values()])
+        return {"median_rot_deg": float(np.median(rot)), "median_pos_cm": float(np.median(pos)),
+                "n_queries": len(self.per_query), "n_skipped": len(self.skipped)}

