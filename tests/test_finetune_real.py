@@ -97,7 +97,7 @@ def test_triangulated_training_map_agrees_with_the_poses(shared_data):
 @need_xf
 def test_train_groups_freeze_the_rest(shared_data, tmp_path):
     from hloc_bpnp.training import Trainer
-    from hloc_bpnp.training.data import scenes_from_config
+    from hloc_bpnp.training.scenes import scenes_from_config
 
     conf = yaml.safe_load(_small_conf(tmp_path, train_groups=["detector"], steps=1).read_text())
     conf["data"]["scenes"] = [str(shared_data / "strecha_herzjesu_P8")]
@@ -118,7 +118,7 @@ def test_train_groups_freeze_the_rest(shared_data, tmp_path):
 @need_xf
 def test_group_learning_rates(shared_data, tmp_path):
     from hloc_bpnp.training import Trainer
-    from hloc_bpnp.training.data import scenes_from_config
+    from hloc_bpnp.training.scenes import scenes_from_config
 
     conf = yaml.safe_load(_small_conf(tmp_path, optim={"lr": 1e-5, "group_lr_scale": {"detector": 10.0}}).read_text())
     conf["data"]["scenes"] = [str(shared_data / "strecha_herzjesu_P8")]

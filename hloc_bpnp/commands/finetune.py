@@ -154,7 +154,7 @@ def run(args) -> int:
         return run_refiner_on_map(args)
     from ..features.networks import build_network
     from ..training import Trainer, init_distributed
-    from ..training.data import scenes_from_config
+    from ..training.scenes import scenes_from_config
 
     conf = build_conf(args)
     init_distributed(conf["device"])

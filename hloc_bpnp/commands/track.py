@@ -222,7 +222,7 @@ def run(args) -> int:
         from ..sequence.trajectory import plot_trajectory
 
         def centers(poses):
-            return np.stack([p.center.numpy() if p is not None else np.full(3, np.nan) for p in poses])
+            return np.stack([p.center.cpu().numpy() if p is not None else np.full(3, np.nan) for p in poses])
 
         plot_trajectory(args.output / "trajectory.png", centers([f.pose for f in out]),
                         centers([gt.get(n) for n in names]) if gt else None, [f.status for f in out],

@@ -60,7 +60,7 @@ def limited_pose_errors(result, fold_map, gt_pose, n: int = 50, draws: int = 20,
     ok = res.valid
     rot = torch.where(ok, rot, torch.full_like(rot, math.inf))
     pos = torch.where(ok, pos, torch.full_like(pos, math.inf))
-    return {"rot_deg": rot.numpy(), "pos_cm": pos.numpy()}
+    return {"rot_deg": rot.cpu().numpy(), "pos_cm": pos.cpu().numpy()}
 
 
 class LimitedCollector:

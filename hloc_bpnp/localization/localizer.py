@@ -171,7 +171,7 @@ class Localizer:
         """Localize from already extracted query features (numpy dict, hloc keys).
 
         ``res.timings["total"]`` is the sum of every stage recorded (``"features"`` included
-        when ``res`` came from :meth:`localize_image`), also for failed queries."""
+        when ``res`` came from :meth:`localize`), also for failed queries."""
         res = res or LocalizationResult(name="query", camera=camera)
         try:
             return self._localize_features(feats, camera, res)

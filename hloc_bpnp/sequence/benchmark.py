@@ -74,7 +74,7 @@ def run_sequence_benchmark(map_dir: Union[str, Path], frames: Sequence[FrameInpu
 
     map_ = Map.load(map_dir)
     n_map, n_points = len(map_.image_names), int(len(map_.points3D))
-    map_centers = np.stack([map_.pose(n).center.numpy() for n in map_.image_names])
+    map_centers = np.stack([map_.pose(n).center.cpu().numpy() for n in map_.image_names])
     sl = SequenceLocalizer(Localizer(map_, loc_conf), seq_conf)  # grows map_ in place
     t0 = time.perf_counter()
     try:
@@ -152,7 +152,7 @@ def _plot(path, names, seq_frames, indep, gt, mc, title):
     from .trajectory import plot_trajectory
 
     def centers(poses):
-        return np.stack([p.center.numpy() if p is not None else np.full(3, np.nan) for p in poses])
+        return np.stack([p.center.cpu().numpy() if p is not None else np.full(3, np.nan) for p in poses])
 
     est = centers([f.pose for f in seq_frames])
     g = centers([gt.get(n) for n in names]) if gt else None

@@ -28,6 +28,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from ..features.feature_dict import as_numpy
 from ..geometry import Camera, Pose
 
 logger = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ def _project(camera: Camera, pose: Pose, X: np.ndarray) -> Tuple[np.ndarray, np.
     """(M, 2) pixels and (M,) depths of world points."""
     pc = pose.transform(torch.as_tensor(X, dtype=torch.float64))
     uv = camera.to(torch.float64).project(pc)
-    return uv.numpy(), pc[:, 2].numpy()
+    return uv.cpu().numpy(), pc[:, 2].cpu().numpy()
 
 
 def _triangulate(tracks: List[List[Tuple[int, int]]], kpts: Sequence[np.ndarray], cameras: Sequence[Camera],
@@ -130,7 +131,7 @@ def _triangulate(tracks: List[List[Tuple[int, int]]], kpts: Sequence[np.ndarray]
         for i, k, o in zip(idx, kk, ok):
             if o:
                 good[i].append((v, int(k)))
-    centers = np.stack([p.center.numpy() for p in poses])
+    centers = np.stack([p.center.cpu().numpy() for p in poses])
     min_angle = np.cos(np.deg2rad(conf["min_triangulation_angle_deg"]))
     out = []
     for xyz, obs in zip(X, good):
@@ -206,7 +207,7 @@ def insert_keyframe(map_, name: str, camera: Camera, pose: Pose, feats: Mapping[
         matches = matcher.match_many(to_torch(select_keypoints(feats, free)), [to_torch(f) for f in nb_feats])
         taken = [set() for _ in neighbours]
         for v, (rows_nb, m) in enumerate(zip(nb_tables, matches), start=1):
-            m0 = np.asarray(m["matches0"].numpy() if hasattr(m["matches0"], "numpy") else m["matches0"])
+            m0 = as_numpy(m["matches0"])
             q_all = np.flatnonzero(m0 >= 0)
             # reprojection error in this frame of the neighbour's matched points (one batch)
             with_pt = q_all[rows_nb[m0[q_all]] >= 0]

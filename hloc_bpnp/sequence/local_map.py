@@ -85,16 +85,16 @@ def project(camera: Camera, pose: Pose, xyz: np.ndarray) -> Tuple[np.ndarray, np
     pinhole cameras, the Camera model otherwise)."""
     xyz = np.asarray(xyz, np.float64)
     if camera.model in ("SIMPLE_PINHOLE", "PINHOLE"):
-        p = camera.params.double().numpy()
+        p = camera.params.double().cpu().numpy()
         fx, fy, cx, cy = (p[0], p[0], p[1], p[2]) if camera.model == "SIMPLE_PINHOLE" else p[:4]
-        pc = xyz @ pose.R.double().numpy().T + pose.t.double().numpy()
+        pc = xyz @ pose.R.double().cpu().numpy().T + pose.t.double().cpu().numpy()
         z = pc[:, 2]
         with np.errstate(divide="ignore", invalid="ignore"):
             uv = np.stack([fx * pc[:, 0] / z + cx, fy * pc[:, 1] / z + cy], 1)
         return uv, z
     pc = pose.to(torch.float64).transform(torch.from_numpy(xyz))
     uv = camera.to(torch.float64).project(pc)
-    return uv.numpy(), pc[:, 2].numpy()
+    return uv.cpu().numpy(), pc[:, 2].cpu().numpy()
 
 
 def search_by_projection(keypoints: np.ndarray, descriptors: np.ndarray, tree, local: LocalMap,

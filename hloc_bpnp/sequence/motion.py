@@ -29,7 +29,7 @@ def pose_log(pose: Pose) -> torch.Tensor:
 def tangent_error(est: Pose, ref: Pose) -> np.ndarray:
     """(6,) ``[log(R_est R_ref^T), t_est - t_ref]``: the tangent of the solver's prior term."""
     R = est.R.to(torch.float64) @ ref.R.to(torch.float64).T
-    return torch.cat([so3_log(R), est.t.to(torch.float64) - ref.t.to(torch.float64)]).numpy()
+    return torch.cat([so3_log(R), est.t.to(torch.float64) - ref.t.to(torch.float64)]).cpu().numpy()
 
 
 def scaled_motion(V: Pose, s: float) -> Pose:

@@ -170,7 +170,7 @@ def _keyframe_spacing(map_) -> float:
 
     if len(map_.image_names) < 2:
         return 1.0
-    C = np.stack([map_.pose(n).center.numpy() for n in map_.image_names])
+    C = np.stack([map_.pose(n).center.cpu().numpy() for n in map_.image_names])
     d, _ = cKDTree(C).query(C, k=2)
     s = float(np.median(d[:, 1]))
     return s if np.isfinite(s) and s > 0 else 1.0
@@ -580,11 +580,11 @@ class SequenceLocalizer:
         cov = None
         fast = camera.model in PINHOLE_MODELS
         if fast:
-            p = camera.params.double().numpy()
+            p = camera.params.double().cpu().numpy()
             fx, fy, cx, cy = (p[0], p[0], p[1], p[2]) if camera.model == "SIMPLE_PINHOLE" else tuple(p[:4])
             fprior = None
             if prior is not None:
-                fprior = (prior[0].R.double().numpy(), prior[0].t.double().numpy(), np.asarray(prior[1], np.float64))
+                fprior = (prior[0].R.double().cpu().numpy(), prior[0].t.double().cpu().numpy(), np.asarray(prior[1], np.float64))
         else:
             tprior = None if prior is None else (pose_log(prior[0]), torch.as_tensor(prior[1]))
             cam = camera.to(torch.float64)
@@ -592,8 +592,8 @@ class SequenceLocalizer:
             if sel.sum() < max(4, tc["min_inliers"]):
                 return None, None
             if fast:
-                R, t, cov, valid = refine_pose(x[sel], X[sel], fx, fy, cx, cy, pose.R.double().numpy(),
-                                               pose.t.double().numpy(), tc["loss"], float(tc["loss_scale_px"]),
+                R, t, cov, valid = refine_pose(x[sel], X[sel], fx, fy, cx, cy, pose.R.double().cpu().numpy(),
+                                               pose.t.double().cpu().numpy(), tc["loss"], float(tc["loss_scale_px"]),
                                                fprior)
                 if not valid:
                     return None, None
@@ -606,7 +606,7 @@ class SequenceLocalizer:
                 if not bool(out.valid):
                     return None, None
                 pose = Pose.from_aa(out.pose.to(torch.float64))
-                cov = out.covariance.numpy()
+                cov = out.covariance.cpu().numpy()
             sel = self._errors(x, X, camera, pose) <= tc["max_error_px"]
         self._pending_cov = cov if cov is not None and np.all(np.isfinite(cov)) else None
         return pose, sel

@@ -7,8 +7,8 @@ training plays the part of retrieval).
 
 3D points of map keypoints come from depth (exact, synthetic) via :func:`points_from_depth`;
 for a map without depth (Strecha, a user's COLMAP model) the caller supplies a function that
-returns 3D points for map keypoints (e.g. by triangulation with known poses, see
-``training/evaluate.py``).
+returns 3D points for map keypoints (by triangulation with the known poses:
+:func:`hloc_bpnp.training.real.triangulated_map_views`).
 """
 from __future__ import annotations
 
@@ -232,38 +232,3 @@ def load_synthetic_scenes(preset: str, seeds: Sequence[int], num_refs: int = 3,
         logger.info("synthetic scene %s seed %d: %d map, %d query views", preset, s,
                     len(out[-1].map_names), len(out[-1].query_names))
     return out
-
-
-def scenes_from_config(data_conf: Dict, multiple: int = 8, channels: int = 1,
-                       exclude: Sequence[str] = ()) -> List[TrainScene]:
-    """Training scenes from a finetune config's ``data`` section.
-
-    * ``source: synthetic``: ``preset``, ``seeds``, ``num_refs``, ``resize_max``, optional
-      ``overrides`` of the synthetic preset (map points from exact depth);
-    * ``source: real``: ``scenes`` (Strecha-layout or Middlebury folders), ``num_refs``,
-      ``resize_max`` (map points triangulated with the known poses, :mod:`.real`), and
-      optionally ``synthetic: {preset, seeds, overrides}``: extra synthetic scenes whose map
-      points are exact (depth).
-
-    ``multiple`` / ``channels``: the network's ``size_multiple`` / ``in_channels``;
-    ``exclude``: scene folder names that must not train (evaluation scenes).
-    """
-    src = data_conf.get("source", "synthetic")
-    if src == "real":
-        from .real import load_real_scenes
-
-        scenes = data_conf.get("scenes") or []
-        if not scenes:
-            raise ValueError("data.source 'real' needs data.scenes: a list of scene folders")
-        out = load_real_scenes(scenes, int(data_conf.get("num_refs", 3)), data_conf.get("resize_max"),
-                               multiple=max(multiple, 8), channels=channels, exclude=exclude)
-        extra = data_conf.get("synthetic") or None  # extra synthetic scenes with exact depth
-        if extra:
-            out += load_synthetic_scenes(extra.get("preset", "facades"), extra.get("seeds", [101]),
-                                         int(data_conf.get("num_refs", 3)), None, extra.get("overrides"),
-                                         multiple=max(multiple, 8))
-        return out
-    if src != "synthetic":
-        raise ValueError(f"data.source {src!r} is not supported (use 'synthetic' or 'real')")
-    return load_synthetic_scenes(data_conf["preset"], data_conf["seeds"], int(data_conf.get("num_refs", 3)),
-                                 data_conf.get("resize_max"), data_conf.get("overrides"), multiple=max(multiple, 8))

@@ -91,9 +91,9 @@ def triangulated_map_views(net: torch.nn.Module, scene: TrainScene, names: Optio
                 out = net(v.image[None])
                 ok = out["valid"][0]
                 H, W = v.image.shape[-2:]
-                feats[n] = {"keypoints": (out["keypoints"][0][ok] + 0.5).float().numpy(),
-                            "descriptors": out["descriptors"][0][ok].float().numpy(),
-                            "scores": out["scores"][0][ok].float().numpy(),
+                feats[n] = {"keypoints": (out["keypoints"][0][ok] + 0.5).float().cpu().numpy(),
+                            "descriptors": out["descriptors"][0][ok].float().cpu().numpy(),
+                            "scores": out["scores"][0][ok].float().cpu().numpy(),
                             "image_size": np.array([W, H], dtype=np.int64)}
     finally:
         net.train(was)
