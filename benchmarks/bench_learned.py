@@ -63,7 +63,7 @@ def main(argv=None):
     p.add_argument("--output", type=Path, required=True)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    from hloc_bpnp.evaluation.leave_one_out import run_leave_one_out_benchmark
+    from hloc_bpnp.protocols.leave_one_out import run_leave_one_out_benchmark
 
     args.output.mkdir(parents=True, exist_ok=True)
     table_path = args.output / "table.json"

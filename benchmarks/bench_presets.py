@@ -62,7 +62,7 @@ def _write_atomic(path: Path, rows: dict) -> None:
 
 
 def run_leave_one_out(scene_dir: Path, conf: dict, out: Path) -> dict:
-    from hloc_bpnp.evaluation.leave_one_out import run_leave_one_out_benchmark
+    from hloc_bpnp.protocols.leave_one_out import run_leave_one_out_benchmark
     from hloc_bpnp.io.datasets import read_strecha
     from hloc_bpnp.io.datasets.middlebury import read_middlebury
 
@@ -87,7 +87,7 @@ def _sacre_coeur_map(data: Path, cache: Path):
 
 def run_sacre_coeur(data: Path, conf: dict, out: Path) -> dict:
     from hloc_bpnp.config import merge
-    from hloc_bpnp.evaluation.dataset_protocol import localize_query_list
+    from hloc_bpnp.protocols.datasets import localize_query_list
     from hloc_bpnp.localization import Localizer
     from hloc_bpnp.localization.results import query_seconds
     from hloc_bpnp.mapping import list_images
@@ -117,7 +117,7 @@ _SYN = {}
 
 
 def run_synthetic(conf: dict, out: Path) -> dict:
-    from hloc_bpnp.evaluation.benchmark import summarize
+    from hloc_bpnp.protocols.summary import summarize
     from hloc_bpnp.localization import Localizer
     from hloc_bpnp.mapping import build_map_from_poses
     from hloc_bpnp.synthetic import generate_scene

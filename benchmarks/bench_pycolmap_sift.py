@@ -113,8 +113,8 @@ def _paired(a: list, b: list) -> dict:
 
 
 def bench_localization(data: Path, scene_name: str, variants) -> dict:
-    from hloc_bpnp.evaluation.benchmark import summarize
-    from hloc_bpnp.evaluation.leave_one_out import leave_one_out
+    from hloc_bpnp.protocols.summary import summarize
+    from hloc_bpnp.protocols.leave_one_out import leave_one_out
     from hloc_bpnp.io.datasets import read_strecha
     from hloc_bpnp.io.datasets.middlebury import read_middlebury
 

@@ -12,8 +12,8 @@ import logging
 from pathlib import Path
 
 from hloc_bpnp.evaluation import format_table
-from hloc_bpnp.evaluation.benchmark import summarize
-from hloc_bpnp.evaluation.leave_one_out import leave_one_out
+from hloc_bpnp.protocols.summary import summarize
+from hloc_bpnp.protocols.leave_one_out import leave_one_out
 from hloc_bpnp.io.datasets import read_strecha
 
 

@@ -11,7 +11,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from hloc_bpnp.evaluation.dataset_protocol import run_dataset_benchmark
+from hloc_bpnp.protocols.datasets import run_dataset_benchmark
 from hloc_bpnp.io.datasets import read_aachen
 from hloc_bpnp.io.hloc_text import read_results, write_results
 

@@ -13,7 +13,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from hloc_bpnp.evaluation.dataset_protocol import resolve_scenes, run_scenes, run_train_test_benchmark
+from hloc_bpnp.protocols.datasets import resolve_scenes, run_scenes, run_train_test_benchmark
 from hloc_bpnp.io.datasets import read_cambridge
 from hloc_bpnp.io.datasets.cambridge import SCENES
 

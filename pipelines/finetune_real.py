@@ -29,7 +29,7 @@ variant per loss combination. Per evaluation scene and variant ``DIR/results.jso
 * ``loo``: leave-one-out as ``pipelines/strecha.py`` (map re-extracted and re-triangulated
   from the other images' known poses with the variant's keypoints).
 * ``limited``: the same folds, each localized query's pose re-solved from 50 of its inliers
-  (20 seeded draws; :mod:`hloc_bpnp.evaluation.limited`).
+  (20 seeded draws; :mod:`hloc_bpnp.protocols.limited`).
 """
 import argparse
 import json
@@ -120,9 +120,9 @@ def noisy_features(scene, fconf, sigma, seed=0):
 
 
 def loo_and_limited(scene, fconf, mapping, loc_config, progress=False, features=None):
-    from hloc_bpnp.evaluation.benchmark import summarize
-    from hloc_bpnp.evaluation.leave_one_out import leave_one_out
-    from hloc_bpnp.evaluation.limited import LimitedCollector
+    from hloc_bpnp.protocols.summary import summarize
+    from hloc_bpnp.protocols.leave_one_out import leave_one_out
+    from hloc_bpnp.protocols.limited import LimitedCollector
 
     mconf = merge(load_config("mapping", mapping), {"features": fconf})
     lim = LimitedCollector(scene, "bpnp")

@@ -9,7 +9,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from hloc_bpnp.evaluation.leave_one_out import run_leave_one_out_benchmark
+from hloc_bpnp.protocols.leave_one_out import run_leave_one_out_benchmark
 from hloc_bpnp.io.datasets import read_middlebury
 
 

@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 
 from hloc_bpnp.config import load_config, merge
-from hloc_bpnp.evaluation.benchmark import write_summary
-from hloc_bpnp.evaluation.dataset_protocol import format_outcomes, localize_query_list, summarize_outcomes
-from hloc_bpnp.evaluation.leave_one_out import run_leave_one_out_benchmark
+from hloc_bpnp.protocols.summary import write_summary
+from hloc_bpnp.protocols.datasets import format_outcomes, localize_query_list, summarize_outcomes
+from hloc_bpnp.protocols.leave_one_out import run_leave_one_out_benchmark
 from hloc_bpnp.io.scene import Scene
 from hloc_bpnp.localization import Localizer, write_results
 from hloc_bpnp.mapping import build_map_sfm, list_images

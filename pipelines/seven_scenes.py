@@ -13,7 +13,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from hloc_bpnp.evaluation.dataset_protocol import resolve_scenes, run_scenes, run_train_test_benchmark
+from hloc_bpnp.protocols.datasets import resolve_scenes, run_scenes, run_train_test_benchmark
 from hloc_bpnp.io.datasets import read_7scenes
 from hloc_bpnp.io.datasets.seven_scenes import SCENES
 from hloc_bpnp.io.hloc_text import parse_camera_fields

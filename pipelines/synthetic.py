@@ -21,7 +21,7 @@ from pathlib import Path
 
 from hloc_bpnp.config import load_config, merge
 from hloc_bpnp.evaluation import format_table, plot_cumulative
-from hloc_bpnp.evaluation.benchmark import summarize, write_summary
+from hloc_bpnp.protocols.summary import summarize, write_summary
 from hloc_bpnp.localization import LocalizationResult, Localizer, write_results
 from hloc_bpnp.mapping import build_map_from_poses
 from hloc_bpnp.synthetic import generate_scene
@@ -33,7 +33,7 @@ ABLATIONS = {"bpnp": "bpnp", "ransac only": "none", "pycolmap refine": "pycolmap
 
 def run(output: Path, preset: str = "facades", seed: int = 0, mapping_conf="default",
         loc_conf="default", ablation: bool = True, progress: bool = True):
-    """Run the demo; returns {method: summary dict} (see hloc_bpnp.evaluation.benchmark)."""
+    """Run the demo; returns {method: summary dict} (see hloc_bpnp.protocols.summary)."""
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     t0 = time.time()

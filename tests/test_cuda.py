@@ -48,7 +48,7 @@ def test_strecha_query_with_xfeat_and_lighterglue_on_cuda(shared_data):
     """Extraction, LighterGlue matching and localization of held-out Herz-Jesu queries with
     the networks on the GPU: localized within a tenth of a degree, as on the CPU."""
     from hloc_bpnp.config import load_config, merge
-    from hloc_bpnp.evaluation.leave_one_out import leave_one_out
+    from hloc_bpnp.protocols.leave_one_out import leave_one_out
     from hloc_bpnp.geometry import pose_error
     from hloc_bpnp.io.datasets import read_strecha
 

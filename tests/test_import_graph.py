@@ -125,3 +125,20 @@ def test_numpy_conversions_go_through_cpu():
                 if not ok:
                     bad.append(f"{p.relative_to(PKG.parent)}:{node.lineno}")
     assert not bad, "tensor.numpy() without .cpu(): " + ", ".join(bad)
+
+
+def test_evaluation_is_metrics_only():
+    """``evaluation`` holds metrics and plots; the protocols that build maps and localize live
+    in ``protocols``: no evaluation module imports mapping, features, matching, retrieval,
+    training, sequence or the protocols, and the metrics depend on geometry (and config) only."""
+    heavy = ("mapping", "features", "matching", "retrieval", "training", "sequence", "protocols")
+    bad = []
+    for p in (PKG / "evaluation").glob("*.py"):
+        for target, _ in _imports(p):
+            parts = target.split(".")
+            if parts[0] == "hloc_bpnp" and len(parts) > 1 and parts[1] in heavy:
+                bad.append(f"{p.name} imports {target}")
+            if p.name == "metrics.py" and parts[0] == "hloc_bpnp" and len(parts) > 1 \
+                    and parts[1] not in ("geometry", "config"):
+                bad.append(f"metrics.py imports {target}")
+    assert not bad, bad

@@ -244,7 +244,7 @@ def test_learned_presets_localize_real_queries(shared_data, preset):
     """The mapping presets end to end (leave-one-out on Herz-Jesu-P8, reduced size): every
     held-out query localized within a tenth of a degree."""
     from hloc_bpnp.config import load_config, merge
-    from hloc_bpnp.evaluation.leave_one_out import leave_one_out
+    from hloc_bpnp.protocols.leave_one_out import leave_one_out
     from hloc_bpnp.geometry import pose_error
     from hloc_bpnp.io.datasets import read_strecha
 

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from hloc_bpnp.evaluation.leave_one_out import leave_one_out
-from hloc_bpnp.evaluation.benchmark import summarize
+from hloc_bpnp.protocols.leave_one_out import leave_one_out
+from hloc_bpnp.protocols.summary import summarize
 
 FAST_MAPPING = {
     "features": {"model": "sift", "max_keypoints": 2048, "resize_max": 1024},

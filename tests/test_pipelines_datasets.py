@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from hloc_bpnp.evaluation.dataset_protocol import (
+from hloc_bpnp.protocols.datasets import (
     merge_scene_summaries, resolve_scenes, run_dataset_benchmark, run_scenes, select_queries, summarize_outcomes,
 )
 from hloc_bpnp.geometry import center_error, rotation_error_deg

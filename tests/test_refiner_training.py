@@ -1,5 +1,5 @@
 """Refiner training on cached data (training/refiner_data.py, refiner_train.py) and the
-``limited`` protocol (evaluation/limited.py), on synthetic geometry."""
+``limited`` protocol (protocols/limited.py), on synthetic geometry."""
 import numpy as np
 import pytest
 import torch
@@ -126,7 +126,7 @@ def test_subset_images_keeps_only_their_matches():
 def test_limited_protocol_sees_keypoint_noise():
     from types import SimpleNamespace
 
-    from hloc_bpnp.evaluation.limited import limited_pose_errors
+    from hloc_bpnp.protocols.limited import limited_pose_errors
 
     g = torch.Generator().manual_seed(0)
     X = torch.rand(200, 3, generator=g, dtype=torch.float64) * 2 + torch.tensor([-1, -1, 5.0], dtype=torch.float64)

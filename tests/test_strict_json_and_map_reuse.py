@@ -40,7 +40,7 @@ def _result(name, success, info=None):
 
 
 def test_benchmark_and_log_json_are_strict(tmp_path):
-    from hloc_bpnp.evaluation.benchmark import summarize, write_summary
+    from hloc_bpnp.protocols.summary import summarize, write_summary
     from hloc_bpnp.localization import write_results
 
     gt = {"q0": Pose.from_aa(torch.tensor([0.0, 0, 0, 0, 0, 1.0], dtype=torch.float64)),
@@ -87,7 +87,7 @@ def test_check_saved_map_config_names_differing_keys(tmp_path):
 
 
 def test_reuse_map_with_other_config_raises(tmp_path):
-    from hloc_bpnp.evaluation.dataset_protocol import run_dataset_benchmark
+    from hloc_bpnp.protocols.datasets import run_dataset_benchmark
     from hloc_bpnp.io import Scene, SceneImage
     from hloc_bpnp.mapping import MapConfigMismatch, resolved_mapping_config
 
@@ -102,8 +102,8 @@ def test_reuse_map_with_other_config_raises(tmp_path):
 
 def test_seconds_per_query_counts_extraction_once():
     """Issue 12.10: timings["total"] already includes "features"; summaries added it again."""
-    from hloc_bpnp.evaluation.benchmark import summarize
-    from hloc_bpnp.evaluation.dataset_protocol import summarize_outcomes
+    from hloc_bpnp.protocols.summary import summarize
+    from hloc_bpnp.protocols.datasets import summarize_outcomes
     from hloc_bpnp.localization.results import query_seconds
 
     ok = _result("q0", True)

@@ -4,6 +4,8 @@ In memory: :func:`evaluate` (estimates + ground truth -> :class:`EvalResult`),
 :func:`format_table`, :func:`plot_cumulative`. Files: :func:`read_poses`,
 :func:`load_ground_truth`, :func:`read_query_names`, :func:`read_query_logs`.
 Threshold presets live in ``configs/evaluation/`` (:func:`load_evaluation_config`).
+Metrics and plots only: the experiment protocols that build maps and localize (leave-one-out,
+datasets, the keypoint-limited pose) are in :mod:`hloc_bpnp.protocols`.
 """
 from .inputs import (
     default_log_path,

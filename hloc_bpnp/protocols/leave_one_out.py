@@ -147,9 +147,9 @@ def run_leave_one_out_benchmark(scene: Scene, output, title: str, mapping_conf="
     from pathlib import Path
 
     from ..localization import write_results
-    from .benchmark import summarize, write_summary
-    from .plot import plot_cumulative
-    from .report import format_table
+    from .summary import summarize, write_summary
+    from ..evaluation.plot import plot_cumulative
+    from ..evaluation.report import format_table
 
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)

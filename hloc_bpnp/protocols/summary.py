@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Dict, Mapping, Optional
 
 from ..geometry import Pose
-from .metrics import EvalResult, evaluate
+from ..evaluation.metrics import EvalResult, evaluate
 
 
 def _finite_or_none(x: float) -> Optional[float]:

@@ -5,7 +5,7 @@
 2. localize every query of a query list (name -> Camera) against that map;
 3. write ``results.txt`` (hloc format, names as in the query list) + ``results_log.json``,
    and ``results.json`` = ``{"summary": {...}, "queries": [...]}``: evaluated against the
-   ground truth where it exists (:func:`~hloc_bpnp.evaluation.benchmark.summarize`), else
+   ground truth where it exists (:func:`~hloc_bpnp.protocols.summary.summarize`), else
    outcomes only (:func:`summarize_outcomes`: success, inliers, failure reasons).
 
 Everything is in memory; the pipeline scripts only read the dataset and call
@@ -130,7 +130,7 @@ def run_dataset_benchmark(
     """
     from ..localization import Localizer, write_results
     from ..mapping import MAP_FILES, Map, build_map_from_poses, check_saved_map_config, resolved_mapping_config
-    from .benchmark import summarize, write_summary
+    from .summary import summarize, write_summary
 
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
@@ -169,8 +169,8 @@ def run_dataset_benchmark(
              "n_map_images": len(reference), "n_queries_total": len(queries)}
     write_results(results, output / "results.txt")
     if ground_truth is not None:
-        from .plot import plot_cumulative
-        from .report import format_table
+        from ..evaluation.plot import plot_cumulative
+        from ..evaluation.report import format_table
 
         summary = summarize(results, {n: ground_truth[n] for n in names}, scale_to_cm=scale_to_cm, extra=extra)
         plot_cumulative({"bpnp": summary["_eval"]}, output / "cumulative.png")
@@ -232,7 +232,7 @@ def resolve_scenes(dataset: Optional[PathLike], scene: Optional[PathLike], names
 def run_scenes(scenes: Mapping[str, Path], output: PathLike, run_one) -> Dict:
     """Run ``run_one(scene_dir, scene_output) -> results dict`` per scene; with several
     scenes, each writes under ``output/<scene>`` and ``output/results.json`` merges them."""
-    from .benchmark import write_summary
+    from .summary import write_summary
 
     output = Path(output)
     if len(scenes) == 1:

@@ -6,7 +6,7 @@ query's pose is re-solved by BPnP (Cauchy loss, 2 px, as the localizer's refinem
 ``n`` of its RANSAC inliers drawn at random (``draws`` seeded draws), started at the
 localizer's pose, and compared with the ground truth: keypoint precision, not the count of
 matches, limits these poses. Use it as a ``fold_hook`` of
-:func:`hloc_bpnp.evaluation.leave_one_out.leave_one_out` (the 3D points come from the fold's map).
+:func:`hloc_bpnp.protocols.leave_one_out.leave_one_out` (the 3D points come from the fold's map).
 """
 from __future__ import annotations
 
