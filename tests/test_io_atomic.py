@@ -32,3 +32,15 @@ def test_atomic_open_refuses_read_modes(tmp_path):
     with pytest.raises(ValueError, match="mode must be"):
         with atomic_open(tmp_path / "a.txt", "r"):
             pass
+
+
+def test_no_hand_written_temp_then_rename_blocks():
+    """Outputs go through hloc_bpnp.io.atomic (the HDF5 store's resumable partial file aside)."""
+    import re
+    from pathlib import Path
+
+    pkg = Path(__file__).resolve().parents[1] / "hloc_bpnp"
+    pattern = re.compile(r"os\.replace\(|\btmp\.replace\(|\.tmp\b[\"']")
+    bad = [f"{p.relative_to(pkg)}:{i}" for p in pkg.rglob("*.py") if p.name not in ("atomic.py", "h5store.py")
+           for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if pattern.search(line)]
+    assert not bad, bad

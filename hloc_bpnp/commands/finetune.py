@@ -178,9 +178,9 @@ def run(args) -> int:
 def _write_yaml(conf: dict, path: Path, comment: str) -> Path:
     import yaml
 
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(f"# {comment}\n" + yaml.safe_dump(conf, sort_keys=False))
-    tmp.replace(path)
+    from ..io.atomic import atomic_write_text
+
+    atomic_write_text(path, f"# {comment}\n" + yaml.safe_dump(conf, sort_keys=False))
     return path
 
 

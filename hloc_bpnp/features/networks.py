@@ -76,11 +76,11 @@ def network_name(net: nn.Module) -> str:
 
 def save_weights(net: nn.Module, path: Union[str, Path]) -> Path:
     """Write the network's weights file (tensors only), atomically."""
+    from ..io.atomic import atomic_path
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({k: v.detach().cpu() for k, v in net.weights_module().state_dict().items()}, str(tmp))
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        torch.save({k: v.detach().cpu() for k, v in net.weights_module().state_dict().items()}, tmp)
     return path
 
 

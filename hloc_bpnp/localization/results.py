@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from ..geometry import Camera, Pose
+from ..io.atomic import atomic_path, atomic_write_text
 from ..io.json_io import dumps_json, write_json
 
 logger = logging.getLogger(__name__)
@@ -151,9 +151,8 @@ def write_results(results: Dict[str, LocalizationResult], results_path, log_path
     results_path = Path(results_path)
     results_path.parent.mkdir(parents=True, exist_ok=True)
     poses = {n: r.pose for n, r in results.items() if r.success and r.pose is not None}
-    tmp = results_path.with_name(results_path.name + ".tmp")
-    write_hloc_results(tmp, poses)
-    os.replace(tmp, results_path)
+    with atomic_path(results_path) as tmp:
+        write_hloc_results(tmp, poses)
     log_path = Path(log_path) if log_path else results_path.with_name(results_path.stem + "_log.json")
     write_json(log_path, {"queries": [r.to_dict() for r in results.values()]}, indent=None)
     n_fail = len(results) - len(poses)
@@ -256,9 +255,9 @@ class ResultsWriter:
         if not self._dirty or (not force and now - self._last_flush < wait):
             return False
         self.results_path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(self.results_path, "".join(self._lines[n] for n in self._entries if n in self._lines))
+        atomic_write_text(self.results_path, "".join(self._lines[n] for n in self._entries if n in self._lines))
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(self.log_path, '{"queries": [' + ", ".join(self._entries.values()) + "]}\n")
+        atomic_write_text(self.log_path, '{"queries": [' + ", ".join(self._entries.values()) + "]}\n")
         self._dirty = False
         self._last_flush = time.perf_counter()
         self._last_write_seconds = self._last_flush - now
@@ -276,17 +275,6 @@ class ResultsWriter:
     def __exit__(self, *exc):
         self.close()
         return False
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def query_seconds(timings: Dict[str, float]) -> float:

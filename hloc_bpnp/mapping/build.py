@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from ..config import load_config, merge
 from ..features.feature_dict import as_numpy, to_numpy
+from ..io.atomic import atomic_open, atomic_write_text
 from ..io.scene import Scene
 
 logger = logging.getLogger(__name__)
@@ -175,9 +176,7 @@ class FeatureCache:
                 raise ValueError(f"{self.dir}: its cached features come from another extractor config "
                                  f"({stamp.read_text()[:200]}); use another --workdir or delete the folder")
         else:
-            tmp = stamp.with_name(stamp.name + ".tmp")
-            tmp.write_text(key)
-            tmp.replace(stamp)
+            atomic_write_text(stamp, key)
 
     def load(self, names: Sequence[str]) -> Tuple[Dict[str, dict], List[str]]:
         """(name -> cached features, names still to extract); unreadable entries are redone."""
@@ -199,10 +198,8 @@ class FeatureCache:
     def put(self, name: str, feats: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
         """Write one image's numpy features atomically; returns them."""
         f = self.dir / f"{name}.npz"
-        f.parent.mkdir(parents=True, exist_ok=True)
-        tmp = f.with_name(f.name + ".tmp.npz")
-        np.savez(tmp, **feats)
-        tmp.replace(f)
+        with atomic_open(f, "wb") as fh:  # a file object: np.savez would append .npz to a name
+            np.savez(fh, **feats)
         return dict(feats)
 
 

@@ -32,6 +32,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
 
+from ..io.atomic import atomic_path
 from ..io.scene import Scene
 
 logger = logging.getLogger(__name__)
@@ -324,8 +325,6 @@ def cached_refiner_scene(scene_dir: Union[str, Path], features: Union[str, Dict]
         return RefinerScene.from_dict(torch.load(path, map_location="cpu", weights_only=True))
     scene = scene if scene is not None else load_real_scene(scene_dir)
     rs = build_refiner_scene(scene, scene_dir.name, fconf, patch_size, **kwargs)
-    cdir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(rs.to_dict(), tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(rs.to_dict(), tmp)
     return rs

@@ -261,11 +261,10 @@ def train_refiner(train: Sequence[RefinerScene], val: Sequence[RefinerScene], co
 
 def save_refiner(refiner: KeypointRefiner, path) -> None:
     """Write the refiner's state dict (plain tensors, loadable with ``weights_only=True``), atomically."""
-    import os
     from pathlib import Path
 
+    from ..io.atomic import atomic_path
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save({k: v.detach().clone().contiguous() for k, v in refiner.state_dict().items()}, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save({k: v.detach().cpu().clone().contiguous() for k, v in refiner.state_dict().items()}, tmp)

@@ -32,7 +32,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..config import merge
-from ..io.atomic import atomic_open
+from ..io.atomic import atomic_open, atomic_path
 from . import distributed as D
 from .data import TrainScene, TrainView, points_from_depth
 from .localization import MapView, lightglue_pairs, localize_differentiable, match_pairs
@@ -393,15 +393,12 @@ class Trainer:
         if self.rank != 0 or (path is None and self.output_dir is None):
             return None
         path = Path(path) if path is not None else self.output_dir / "checkpoint_last.pt"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(self.state_dict(), tmp)
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            torch.save(self.state_dict(), tmp)
         save_weights(self.model.net, path.parent / "weights.pt")  # the extractor preset's layout
         if self.model.matcher is not None:  # the matcher preset's layout (weights: DIR/matcher.pt)
-            tmp = path.parent / "matcher.pt.tmp"
-            torch.save({k: v.detach().cpu() for k, v in self.model.matcher.state_dict().items()}, str(tmp))
-            tmp.replace(path.parent / "matcher.pt")
+            with atomic_path(path.parent / "matcher.pt") as tmp:
+                torch.save({k: v.detach().cpu() for k, v in self.model.matcher.state_dict().items()}, tmp)
         return path
 
     def load_checkpoint(self, path: Path) -> None:
