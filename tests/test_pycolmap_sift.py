@@ -17,9 +17,7 @@ def blobs():
 @pytest.mark.parametrize("resize_max", [None, 180])
 def test_keypoints_agree_with_kornia_sift_in_colmap_pixels(blobs, resize_max):
     img, pts = blobs
-    # at half size the smallest blobs (sigma 1-1.25 px) need COLMAP's upsampled first octave
-    ours = build_extractor("sift_pycolmap", max_keypoints=1000, resize_max=resize_max,
-                           first_octave=0 if resize_max is None else -1).extract(torch.from_numpy(img))
+    ours = build_extractor("sift_pycolmap", max_keypoints=1000, resize_max=resize_max).extract(torch.from_numpy(img))
     ref = build_extractor("sift", max_keypoints=1000, resize_max=resize_max).extract(torch.from_numpy(img))
     k = ours["keypoints"].numpy()
     err = nearest_errors(k, pts)
@@ -64,9 +62,9 @@ def test_preset_builds_a_map_and_localizes():
     from hloc_bpnp.synthetic import generate_scene
 
     syn = generate_scene("small", seed=0)
-    # 320x240 images: COLMAP's upsampled first octave (at first_octave 0 only ~200 points
-    # triangulate here and the queries land at 0.2-0.5 deg / 2-5 cm)
-    conf = {**SMALL_MAP_CONF, "features": {"model": "sift_pycolmap", "max_keypoints": 1024, "first_octave": -1}}
+    # the preset's upsampled first octave (first_octave 0 triangulates only ~200 points from
+    # these 320x240 images and the queries land at 0.2-0.5 deg / 2-5 cm)
+    conf = {**SMALL_MAP_CONF, "features": {"model": "sift_pycolmap", "max_keypoints": 1024}}
     m = build_map_from_poses(syn.map_scene, syn.images, conf, progress=False)
     assert len(m.points3D) > 200 and m.conf["features"]["model"] == "sift_pycolmap"
     loc = Localizer(m, "default")
