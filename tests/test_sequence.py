@@ -280,3 +280,20 @@ def test_run_calls_on_frame_on_the_tracking_thread_and_drains_the_mapper(sequenc
     sl.close()
     assert not sl.mapper._thread.is_alive()
     sl.close()  # idempotent
+
+
+def test_run_takes_decoded_frames_and_their_decode_errors(sequence_setup):
+    """Frames decoded in memory (a video's) are tracked from ``Frame.image``, not re-read from
+    ``Frame.path``; one whose decoding failed is a lost frame with that reason."""
+    from hloc_bpnp.localization import Localizer
+    from hloc_bpnp.sequence import Frame, SequenceLocalizer
+
+    seq, map_dir = sequence_setup
+    raw = seq.frames()[:4]
+    frames = [Frame(n, None, ts, image=img, read_seconds=0.01) for n, img, ts in raw]
+    frames[2] = Frame(raw[2][0], None, raw[2][2], error="clip.mp4: frame 2 failed to decode")
+    with SequenceLocalizer(Localizer(_load(map_dir), "default"), {"growth": {"threaded": False}}) as sl:
+        out = sl.run(frames, seq.camera, progress=False)
+    assert [f.status for f in out][:2] != ["lost", "lost"] and out[0].status != "lost"
+    assert out[2].status == "lost" and "failed to decode" in out[2].reason
+    assert out[0].result.timings["read"] >= 0.01

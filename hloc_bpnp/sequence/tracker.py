@@ -211,7 +211,7 @@ class SequenceLocalizer:
         fconf = merge(load_config("features", fconf), localizer.conf["query_features"] or {})
         if overrides:
             if overrides == "auto":
-                overrides = {"resize_max": 800} if fconf.get("model") == "sift" else {}
+                overrides = {"resize_max": 800} if fconf.get("model") in ("sift", "sift_pycolmap") else {}
             if not isinstance(overrides, dict):
                 raise ValueError(f"tracking.features must be 'auto' or a dict of extractor overrides, "
                                  f"got {overrides!r}")
@@ -664,11 +664,21 @@ class SequenceLocalizer:
         frames = list(frames)
         bar = tqdm(frames, desc="track", disable=not progress)
         for fr in bar:
-            name, img, ts = fr if isinstance(fr, tuple) else (fr.name, fr.path, fr.timestamp)
+            decoded, err0, t_dec = None, None, 0.0
+            if isinstance(fr, tuple):
+                name, img, ts = fr
+            else:  # a Frame: decoded in memory (video) or a file
+                name, img, ts = fr.name, fr.path, fr.timestamp
+                decoded, err0, t_dec = fr.image, fr.error, float(getattr(fr, "read_seconds", 0.0) or 0.0)
             cam = cameras[name] if isinstance(cameras, dict) else cameras
             t0 = time.perf_counter()
-            image, err = read_frame(img)
-            t_read = time.perf_counter() - t0
+            if err0 is not None:  # a video frame that failed to decode: a lost frame with its reason
+                image, err = None, err0
+            elif decoded is not None:
+                image, err = decoded, None
+            else:
+                image, err = read_frame(img)
+            t_read = time.perf_counter() - t0 + t_dec
             if err:
                 logger.warning("Frame %s: cannot read %s", name, err)
             out.append(self.track(image, cam, name, ts, image_error=err))
