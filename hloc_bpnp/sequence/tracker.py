@@ -68,6 +68,8 @@ default_conf = {
         "features": "auto",
         "num_keyframes": 5,        # local map: keyframes observing the previous frame's inliers
         "num_recent": 2,           # ... plus the most recently inserted keyframes
+        "num_nearest_prebuilt": 3,  # ... plus the prebuilt map images nearest to the prediction
+        "anchor_min_inliers": 0,   # > 0: with this many inliers on prebuilt points, the pose from them only
         # search by projection; radii as a fraction of the longer image side (0.025 = 16 px at 640)
         "projection": True,
         "search_radius": 0.025,
@@ -200,6 +202,14 @@ class SequenceLocalizer:
         self._counter = 0  # frames seen (the timestamp of frames given without one)
         self._pending_cov: Optional[np.ndarray] = None  # covariance of the last refined pose
         self._local = LocalMapBuilder()
+        # the prebuilt map (never moved by growth): its camera centres for the local map, and
+        # its point rows (grown points are appended after them)
+        from scipy.spatial import cKDTree
+
+        self._prebuilt_names = list(localizer.map.image_names)
+        self._prebuilt_tree = cKDTree(np.stack([localizer.map.pose(n).center.double().numpy()
+                                                for n in self._prebuilt_names]))
+        self._n_prebuilt_points = len(localizer.map.points3D)
         self._tracked_kp: Optional[np.ndarray] = None
         gc = self.conf["growth"]
         self.track_extractor = localizer.extractor
@@ -367,12 +377,17 @@ class SequenceLocalizer:
         return pos[ok], kp
 
     # ------------------------------------------------------------------ tracking
-    def _local_keyframes(self) -> List[str]:
+    def _local_keyframes(self, pred: Optional[Pose] = None) -> List[str]:
         tc = self.conf["tracking"]
         with self.map.lock:
             cands = [n for n, _ in self.map.images_observing(self._last_rows)][: int(tc["num_keyframes"])]
             recent = [n for n in reversed(self.keyframes) if n in self.map.features][: int(tc["num_recent"])]
-        return list(dict.fromkeys(cands + recent))
+        near = []
+        k = min(int(tc["num_nearest_prebuilt"]), len(self._prebuilt_names))
+        if pred is not None and k > 0:  # the prebuilt map around the predicted camera: an anchor
+            _, idx = self._prebuilt_tree.query(pred.center.double().numpy(), k=k)
+            near = [self._prebuilt_names[i] for i in np.atleast_1d(idx)]
+        return list(dict.fromkeys(cands + recent + near))
 
     def _track(self, feats, camera: Camera, pred: Pose, cov: np.ndarray, res: LocalizationResult, info: Dict):
         tc = self.conf["tracking"]
@@ -384,7 +399,7 @@ class SequenceLocalizer:
         if self.conf["motion_prior"]["enabled"]:
             w = float(self.conf["motion_prior"]["weight"]) * float(tc["loss_scale_px"]) ** 2
             prior = (pred, w * np.linalg.inv(cov))  # (pose, (6, 6) information)
-        names = self._local_keyframes()
+        names = self._local_keyframes(pred)
         info["keyframes"] = names
         if not names:
             return False, NO_COVISIBLE
@@ -400,7 +415,7 @@ class SequenceLocalizer:
                 self.mapper.drain()
                 res.timings["mapping_wait"] = time.perf_counter() - t
                 info["waited_for_mapping"] = True
-                names = self._local_keyframes()
+                names = self._local_keyframes(pred)
                 info["keyframes"] = names
                 out, reason = self._track_by_projection(feats, kpts, camera, pred, prior, names, res, info)
         if out is None:
@@ -500,6 +515,18 @@ class SequenceLocalizer:
                 pose2, inl2 = refine(q2, rows2, pose, sel, rounds=1)
                 if pose2 is not None and self._accept(inl2, len(q2)) and inl2.sum() >= inl.sum():
                     pose, q, rows, inl = pose2, q2, rows2, inl2
+        # anchor: with enough inliers on the prebuilt map's points, the pose is theirs (points
+        # triangulated from tracked poses carry the tracking's errors: drift)
+        pre = inl & (rows < self._n_prebuilt_points)
+        info["prebuilt_inliers"] = int(pre.sum())
+        if tc["anchor_min_inliers"] and pre.sum() >= int(tc["anchor_min_inliers"]) and pre.sum() < inl.sum():
+            pose3, inl3 = refine(q, rows, pose, pre, rounds=1)
+            if pose3 is not None:
+                inl3 = inl3 & (rows < self._n_prebuilt_points)
+                if inl3.sum() >= int(tc["anchor_min_inliers"]):
+                    pose = pose3
+                    inl = self._errors(kpts[q], points3D[rows], camera, pose) <= tc["max_error_px"]
+                    info["anchored"] = True
         info["num_correspondences"] = len(q)
         info.setdefault("ransac", False)
         return (pose, q, rows, inl), ""
