@@ -71,7 +71,7 @@ def split_validation(scenes, fraction=0.25):
 
 def sampson_per_variant(rs, refiners):
     """Sampson errors (original px) of ``rs``'s fixed matches for each {label: refiner or None}."""
-    from hloc_bpnp.training.refiner_train import _side_outputs, match_errors
+    from hloc_bpnp.training.refiner_train import refined_match_errors
 
     out = {}
     sel = torch.arange(rs.matches.shape[0])
@@ -79,13 +79,7 @@ def sampson_per_variant(rs, refiners):
         errs = []
         with torch.no_grad():
             for i in range(0, sel.numel(), 16384):
-                s = sel[i:i + 16384]
-                if ref is None:
-                    z = torch.zeros(s.numel(), 2, dtype=torch.float64)
-                    off = (z, z)
-                else:
-                    off, _ = _side_outputs(ref, rs, s)
-                errs.append(match_errors(rs, s, {0: off[0], 1: off[1]}))
+                errs.append(refined_match_errors(ref, rs, sel[i:i + 16384]))
         out[label] = torch.cat(errs).numpy()
     return out
 

@@ -55,8 +55,6 @@ def register(subparsers, help_text: str) -> None:
 
 def run_refiner_on_map(args) -> int:
     """``finetune --map MODEL --images DIR``: train the refiner on a user's COLMAP model."""
-    import yaml
-
     from ..config import load_config, merge
     from ..features.refiner import KeypointRefiner
     from ..io.colmap import covisibility, read_model, scene_from_model

@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from .ray_options import add_ray_options
+
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".tif", ".tiff", ".webp"}
@@ -26,19 +28,7 @@ def register(sub, help_text):
     p.add_argument("--log", type=Path, help="per-query JSON log (default: <output>_log.json)")
     p.add_argument("--resume", action="store_true",
                    help="keep the queries already in the existing log (and results file) and localize the rest")
-    d = p.add_argument_group("distributed (Ray; pip install 'hloc_bpnp[distributed]')")
-    d.add_argument("--workers", type=int, default=0,
-                   help="localize on N Ray actors, each loading the map once (0: in this process)")
-    d.add_argument("--ray-address", default=None,
-                   help="existing Ray cluster (e.g. auto, ray://host:10001); default: a local one")
-    d.add_argument("--threads-per-worker", type=int, default=None,
-                   help="torch/OpenMP threads per actor (default: the cluster's CPUs / workers)")
-    d.add_argument("--gpus-per-worker", type=float, default=None,
-                   help="GPUs reserved per actor, fractions allowed (default: 0 for a CPU preset, the "
-                        "cluster's GPUs shared evenly for a device: cuda preset)")
-    d.add_argument("--ray-num-cpus", type=int, default=None,
-                   help="CPUs of the local Ray cluster started here (default: workers x threads-per-worker "
-                        "when given, else all)")
+    d = add_ray_options(p, "distributed", "localize on N Ray actors, each loading the map once (0: in this process)")
     d.add_argument("--chunk-size", type=int, default=None, help="queries per actor call (default: automatic)")
     g = p.add_argument_group("plugin mode (hloc artefacts, no re-extraction)")
     g.add_argument("--hloc-reference", type=Path, help="hloc reference SfM model folder")

@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 
 from ..io.json_io import dumps_json
+from .ray_options import add_ray_options
 
 logger = logging.getLogger("hloc_bpnp.map")
 
@@ -37,18 +38,8 @@ def register(subparsers, help_text: str) -> None:
                    help="SfM only: which images share intrinsics")
     p.add_argument("--workdir", type=Path, default=None,
                    help="keep the COLMAP database and the per-image features here (a killed run resumes)")
-    d = p.add_argument_group("distributed extraction (Ray; pip install 'hloc_bpnp[distributed]')")
-    d.add_argument("--workers", type=int, default=0,
-                   help="extract features on N Ray actors (0: in this process); this process alone writes files")
-    d.add_argument("--ray-address", default=None, help="existing Ray cluster (e.g. auto); default: a local one")
-    d.add_argument("--threads-per-worker", type=int, default=None,
-                   help="torch/OpenMP threads per actor (default: the cluster's CPUs / workers)")
-    d.add_argument("--gpus-per-worker", type=float, default=None,
-                   help="GPUs reserved per actor, fractions allowed (default: 0 for a CPU preset, the "
-                        "cluster's GPUs shared evenly for a device: cuda preset)")
-    d.add_argument("--ray-num-cpus", type=int, default=None,
-                   help="CPUs of the local Ray cluster started here (default: workers x threads-per-worker "
-                        "when given, else all)")
+    add_ray_options(p, "distributed extraction",
+                    "extract features on N Ray actors (0: in this process); this process alone writes files")
     p.set_defaults(func=run)
 
 

@@ -85,6 +85,16 @@ def _side_outputs(refiner, scene, sel):
     return (o[inv[:, 0]], o[inv[:, 1]]), (lv[inv[:, 0]], lv[inv[:, 1]])
 
 
+def refined_match_errors(refiner, scene: RefinerScene, sel: torch.Tensor) -> torch.Tensor:
+    """Sampson errors (original px) of matches ``sel`` with ``refiner``'s keypoints (None: the
+    unrefined ones)."""
+    if refiner is None:
+        z = torch.zeros(sel.numel(), 2, dtype=torch.float64)
+        return match_errors(scene, sel, {0: z, 1: z})
+    off, _ = _side_outputs(refiner, scene, sel)
+    return match_errors(scene, sel, {0: off[0], 1: off[1]})
+
+
 def sampson_loss(refiner, scene: RefinerScene, sel: torch.Tensor, conf: Dict) -> torch.Tensor:
     off, lv = _side_outputs(refiner, scene, sel)
     m = scene.matches[sel]
@@ -111,13 +121,7 @@ def median_sampson(refiner: Optional[KeypointRefiner], scenes: Sequence[RefinerS
         if max_matches and M > max_matches:
             rows = torch.linspace(0, M - 1, max_matches).round().long()
         for i in range(0, rows.numel(), chunk):
-            sel = rows[i:i + chunk]
-            if refiner is None:
-                z = torch.zeros(sel.numel(), 2, dtype=torch.float64)
-                off = (z, z)
-            else:
-                off, _ = _side_outputs(refiner, sc, sel)
-            errs.append(match_errors(sc, sel, {0: off[0], 1: off[1]}))
+            errs.append(refined_match_errors(refiner, sc, rows[i:i + chunk]))
     return float(torch.cat(errs).median()) if errs else math.nan
 
 
