@@ -47,6 +47,8 @@ def test_viewer_records_a_tracked_run(tmp_path):
     m = build_map_from_poses(seq.scene.map_scene, seq.scene.images, "default", progress=False)
     frames = [Frame(n, None, float(i), seq.poses[n], image=seq.images[n]) for i, n in enumerate(seq.names)]
     sl = SequenceLocalizer(Localizer(m, "default"))
+    # sequence mode grows the map in place: keep the prebuilt map as first logged
+    points0, names0 = m.points3D.copy(), list(m.image_names)
     rrd = tmp_path / "run.rrd"
     with SequenceViewer(rrd, image_max_size=160) as viewer:
         viewer.log_map(sl.map)
@@ -57,11 +59,11 @@ def test_viewer_records_a_tracked_run(tmp_path):
     rec = read_recording(rrd)
     # the map: its points (first log) and one frustum + centre per map image
     pts = _column(rec["/world/map/points"], "Points3D:positions")
-    assert len(pts[0]) == len(m.points3D)
-    assert np.allclose(np.array(pts[0]), m.points3D, atol=1e-4)
+    assert len(pts[0]) == len(points0)
+    assert np.allclose(np.array(pts[0]), points0, atol=1e-4)
     centers = _column(rec["/world/map/keyframes/centers"], "Points3D:positions")
-    assert len(centers[0]) == len(m.image_names)
-    assert len(_column(rec["/world/map/keyframes"], "LineStrips3D:strips")[0]) == 5 * len(m.image_names)
+    assert len(centers[0]) == len(names0)
+    assert len(_column(rec["/world/map/keyframes"], "LineStrips3D:strips")[0]) == 5 * len(names0)
     # one pose per frame: the camera centre of the estimated pose (world from camera)
     tr = np.array(_column(rec["/world/camera"], "Transform3D:translation")).reshape(-1, 3)
     assert tr.shape == (n, 3)

@@ -207,7 +207,7 @@ class SequenceLocalizer:
         from scipy.spatial import cKDTree
 
         self._prebuilt_names = list(localizer.map.image_names)
-        self._prebuilt_tree = cKDTree(np.stack([localizer.map.pose(n).center.double().numpy()
+        self._prebuilt_tree = cKDTree(np.stack([localizer.map.pose(n).center.double().cpu().numpy()
                                                 for n in self._prebuilt_names]))
         self._n_prebuilt_points = len(localizer.map.points3D)
         self._tracked_kp: Optional[np.ndarray] = None
@@ -385,7 +385,7 @@ class SequenceLocalizer:
         near = []
         k = min(int(tc["num_nearest_prebuilt"]), len(self._prebuilt_names))
         if pred is not None and k > 0:  # the prebuilt map around the predicted camera: an anchor
-            _, idx = self._prebuilt_tree.query(pred.center.double().numpy(), k=k)
+            _, idx = self._prebuilt_tree.query(pred.center.double().cpu().numpy(), k=k)
             near = [self._prebuilt_names[i] for i in np.atleast_1d(idx)]
         return list(dict.fromkeys(cands + recent + near))
 
