@@ -31,3 +31,24 @@ def reconstruction_from_observations(camera: Camera, map_poses: Mapping[str, Pos
         if len(els) >= 2:
             rec.add_point3D(points[p], pycolmap.Track(els))
     return rec, feats
+
+
+def assert_herzjesu_queries_localized(shared_data, mapping_conf, features_override: Mapping) -> None:
+    """Leave-one-out on Herz-Jesu-P8 (queries 2 and 3) with ``mapping_conf``'s features merged
+    with ``features_override``: every query localized within 0.1 deg and 3 cm."""
+    from hloc_bpnp.config import load_config, merge
+    from hloc_bpnp.geometry import pose_error
+    from hloc_bpnp.io.datasets import read_strecha
+    from hloc_bpnp.protocols.leave_one_out import leave_one_out
+
+    scene = read_strecha(shared_data / "strecha_herzjesu_P8")
+    conf = dict(mapping_conf)
+    f = conf["features"]
+    conf["features"] = merge(load_config("features", f) if isinstance(f, str) else f, dict(features_override))
+    queries = scene.names[2:4]
+    results, _ = leave_one_out(scene, mapping_conf=conf, loc_conf="fast_learned", queries=queries, progress=False)
+    for q in queries:
+        r = results["default"][q]
+        assert r.success, (q, r.failure_reason)
+        dr, dt = pose_error(r.pose, scene[q].pose)
+        assert float(dr) < 0.1 and float(dt) < 0.03, (q, float(dr), float(dt))

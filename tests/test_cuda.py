@@ -48,22 +48,11 @@ def test_strecha_query_with_xfeat_and_lighterglue_on_cuda(shared_data):
     """Extraction, LighterGlue matching and localization of held-out Herz-Jesu queries with
     the networks on the GPU: localized within a tenth of a degree, as on the CPU."""
     from hloc_bpnp.config import load_config, merge
-    from hloc_bpnp.protocols.leave_one_out import leave_one_out
-    from hloc_bpnp.geometry import pose_error
-    from hloc_bpnp.io.datasets import read_strecha
+    from map_fixtures import assert_herzjesu_queries_localized
 
-    scene = read_strecha(shared_data / "strecha_herzjesu_P8")
     conf = load_config("mapping", "xfeat_lighterglue")
-    conf["features"] = merge(load_config("features", conf["features"]) if isinstance(conf["features"], str)
-                             else conf["features"], {"resize_max": 800, "max_keypoints": 1024, "device": "cuda"})
     conf["matcher"] = merge(load_config("matchers", conf["matcher"]), {"device": "cuda"})
-    queries = scene.names[2:4]
-    results, _ = leave_one_out(scene, mapping_conf=conf, loc_conf="fast_learned", queries=queries, progress=False)
-    for q in queries:
-        r = results["default"][q]
-        assert r.success, (q, r.failure_reason)
-        dr, dt = pose_error(r.pose, scene[q].pose)
-        assert float(dr) < 0.1 and float(dt) < 0.03, (q, float(dr), float(dt))
+    assert_herzjesu_queries_localized(shared_data, conf, {"resize_max": 800, "max_keypoints": 1024, "device": "cuda"})
 
 
 def _nccl_worker(rank, world, init_file, out_dir):

@@ -243,19 +243,8 @@ def test_lighterglue_matches_the_reference(shared_data):
 def test_learned_presets_localize_real_queries(shared_data, preset):
     """The mapping presets end to end (leave-one-out on Herz-Jesu-P8, reduced size): every
     held-out query localized within a tenth of a degree."""
-    from hloc_bpnp.config import load_config, merge
-    from hloc_bpnp.protocols.leave_one_out import leave_one_out
-    from hloc_bpnp.geometry import pose_error
-    from hloc_bpnp.io.datasets import read_strecha
+    from hloc_bpnp.config import load_config
+    from map_fixtures import assert_herzjesu_queries_localized
 
-    scene = read_strecha(shared_data / "strecha_herzjesu_P8")
-    conf = load_config("mapping", preset)
-    fconf = load_config("features", conf["features"]) if isinstance(conf["features"], str) else conf["features"]
-    conf["features"] = merge(fconf, {"resize_max": 800, "max_keypoints": 1024})
-    queries = scene.names[2:4]
-    results, _ = leave_one_out(scene, mapping_conf=conf, loc_conf="fast_learned", queries=queries, progress=False)
-    for q in queries:
-        r = results["default"][q]
-        assert r.success, (q, r.failure_reason)
-        dr, dt = pose_error(r.pose, scene[q].pose)
-        assert float(dr) < 0.1 and float(dt) < 0.03, (q, float(dr), float(dt))
+    assert_herzjesu_queries_localized(shared_data, load_config("mapping", preset),
+                                      {"resize_max": 800, "max_keypoints": 1024})
