@@ -113,20 +113,92 @@ def noisy_features(scene, fconf, sigma, seed=0):
     return out
 
 
-def loo_and_limited(scene, fconf, mapping, loc_config, progress=False, features=None):
-    from hloc_bpnp.protocols.summary import summarize
+def loo_runs(scene, fconf, mapping, loc_config, progress=False, features=None, queries=None):
+    """Leave-one-out results ``{query: LocalizationResult}`` and the limited protocol's
+    per-query errors of ``queries`` (default: all images) with features ``fconf``."""
     from hloc_bpnp.protocols.leave_one_out import leave_one_out
     from hloc_bpnp.protocols.limited import LimitedCollector
 
     mconf = merge(load_config("mapping", mapping), {"features": fconf})
-    lim = LimitedCollector(scene, "bpnp")
+    lconf = load_config("localization", loc_config) if isinstance(loc_config, str) else dict(loc_config or {})
+    # the limited poses weigh correspondences as the localizer's refinement does
+    lim = LimitedCollector(scene, "bpnp", use_weights=bool((lconf.get("refinement") or {}).get("use_weights")))
     res, _ = leave_one_out(scene, None, mconf, loc_config, loc_variants={"bpnp": {"refinement": {"method": "bpnp"}}},
-                           progress=progress, fold_hook=lim, features=features)
-    s = summarize(res["bpnp"], {n: scene[n].pose for n in res["bpnp"]}, scale_to_cm=100.0)["summary"]
+                           progress=progress, fold_hook=lim, features=features, queries=queries)
+    return res["bpnp"], lim
+
+
+def summarize_loo(scene, results, limited):
+    """(loo, limited) summaries of merged :func:`loo_runs` outputs (``limited``: a list of collectors)."""
+    from hloc_bpnp.protocols.summary import summarize
+
+    s = summarize(results, {n: scene[n].pose for n in results}, scale_to_cm=100.0)["summary"]
     loo = {k: s.get(k) for k in ("n_localized", "n_queries", "median_rot_deg", "median_pos_cm")}
-    ls = lim.summary()
-    return loo, {"median_rot_deg": ls["median_rot_deg"], "median_pos_cm": ls["median_pos_cm"],
-                 "n_queries": ls["n_queries"]}
+    per = {q: e for c in limited for q, e in c.per_query.items()}
+    if per:
+        rot = np.concatenate([v["rot_deg"] for v in per.values()])
+        pos = np.concatenate([v["pos_cm"] for v in per.values()])
+        lim = {"median_rot_deg": float(np.median(rot)), "median_pos_cm": float(np.median(pos)), "n_queries": len(per)}
+    else:
+        lim = {"median_rot_deg": None, "median_pos_cm": None, "n_queries": 0}
+    return loo, lim
+
+
+def loo_and_limited(scene, fconf, mapping, loc_config, progress=False, features=None):
+    res, lim = loo_runs(scene, fconf, mapping, loc_config, progress, features)
+    return summarize_loo(scene, res, [lim])
+
+
+def interleaved_folds(names, k):
+    """``k`` folds of the sorted names, image i in fold i mod k (each fold spread over the scene)."""
+    names = sorted(names)
+    return [names[i::k] for i in range(k)]
+
+
+def adapted_variant(d, scene, fconf, tconf, dconf, S, k, args, need_pose):
+    """Map adaptation, as a user of ``hloc-bpnp finetune --map`` would run it: the eval scene's
+    images in ``k`` interleaved folds; per fold a refiner trained on the OTHER folds' images only
+    (their matches and leave-one-out 2D-3D problems), then the fold's images evaluated with it:
+    Sampson on the matches among the fold's images (paired with pretrained on the same
+    matches), loo / limited of the fold's images as queries (maps from all the other images,
+    extracted with the fold's refiner). No evaluated image ever trains its refiner."""
+    from hloc_bpnp.training.refiner_data import cached_refiner_scene
+    from hloc_bpnp.training.refiner_train import save_refiner, train_refiner
+
+    folds = interleaved_folds(scene.names, k)
+    full = cached_refiner_scene(d, fconf, S, args.cache_dir, scene=scene, pose_problems=False)
+    e_ad, e_pre, runs, lims, hist, t_train = [], [], {}, [], [], 0.0
+    for i, fold in enumerate(folds):
+        others = [n for n in scene.names if n not in set(fold)]
+        t0 = time.time()
+        rs = cached_refiner_scene(d, fconf, S, args.cache_dir, scene=scene, images=others,
+                                  pose_problems=need_pose, **dconf)
+        tr, va = split_validation([rs])
+        out = train_refiner(tr, va, tconf, progress=False)
+        t_train += time.time() - t0
+        path = args.output / f"refiner_adapted_{d.name}_fold{i}.pt"
+        save_refiner(out["refiner"], path)
+        hist.append({"fold": fold, "best_step": out["best_step"], "history": out["history"]})
+        sub = full.subset_images(fold)
+        if sub.matches.shape[0]:
+            e = sampson_per_variant(sub, {"pre": None, "ad": out["refiner"]})
+            e_ad.append(e["ad"])
+            e_pre.append(e["pre"])
+        if not args.no_loo:
+            vconf = merge(fconf, {"refiner": str(path), "refiner_conf": dict(out["refiner"].conf)})
+            res, lim = loo_runs(scene, vconf, args.features, args.loc_config, queries=fold)
+            runs.update(res)
+            lims.append(lim)
+        logger.info("%s adapted fold %d/%d: best step %d", d.name, i + 1, k, out["best_step"])
+    m = {"n_folds": k, "train_seconds": t_train, "training": hist}
+    if e_ad:
+        ea, ep = np.concatenate(e_ad), np.concatenate(e_pre)
+        m.update({"sampson_px": float(np.median(ea)), "n_matches": int(ea.shape[0]),
+                  "sampson_px_pretrained_same_matches": float(np.median(ep)),
+                  "sampson_ratio_ci": bootstrap_ratio(ea, ep)})
+    if runs:
+        m["loo"], m["limited"] = summarize_loo(scene, runs, lims)
+    return m
 
 
 def main(argv=None):
@@ -147,9 +219,14 @@ def main(argv=None):
     p.add_argument("--sensitivity", type=float, nargs="*", default=[],
                    help="also evaluate pretrained keypoints with this Gaussian noise (network px)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--adapt-folds", type=int, default=0,
+                   help="also the 'adapted' variant: per eval scene, K interleaved folds, each evaluated with a "
+                        "refiner trained on the other folds' images only (hloc-bpnp finetune --map on a user's map)")
     args = p.parse_args(argv)
     if not args.no_train and not args.train:
         raise SystemExit("--train SCENE... is required unless --no-train")
+    if args.adapt_folds == 1 or args.adapt_folds < 0:
+        raise SystemExit("--adapt-folds needs K >= 2 (each fold is evaluated with a refiner trained on the others)")
     train_dirs = [d.resolve() for d in args.train]
     eval_dirs = [d.resolve() for d in args.eval]
     val_dirs = [d.resolve() for d in args.val]
@@ -185,7 +262,7 @@ def main(argv=None):
     except (FileNotFoundError, KeyError) as e:
         logger.warning("no shipped refiner: %s", e)
     histories = {}
-    if not args.no_train:
+    if not args.no_train or args.adapt_folds:
         preset = args.config or f"refiner_{fpreset}" + ("_quick" if args.quick else "")
         tconf = load_config("finetune", preset)
         if args.steps is not None:
@@ -198,9 +275,10 @@ def main(argv=None):
         scales = dconf.pop("resize_max", ["preset"])
         scales = scales if isinstance(scales, list) else [scales]
         S = int(merge(KeypointRefiner.default_conf, tconf.get("refiner", {}))["patch_size"])
-        t0 = time.time()
         losses = tconf.get("losses", {})
         need_pose = bool(losses.get("nll") or losses.get("pose") or args.ablation)
+    if not args.no_train:
+        t0 = time.time()
         train, val = [], []
         for rm in scales:
             fc = fconf if rm == "preset" else merge(fconf, {"resize_max": rm})
@@ -276,6 +354,16 @@ def main(argv=None):
                 logger.info("%s %s: loo %s limited %s (%.0f s)", d.name, label, m["loo"], m["limited"], time.time() - t)
             results["variants"].setdefault(label, {})[d.name] = m
             write_json(args.output / "results.json", results)
+        if args.adapt_folds:
+            t = time.time()
+            m = adapted_variant(d, scene, fconf, tconf, dconf, S, args.adapt_folds, args, need_pose)
+            histories.setdefault("adapted", {})[d.name] = m.pop("training")
+            results["train_seconds"] += m["train_seconds"]
+            results["variants"].setdefault("adapted", {})[d.name] = m
+            results["training"] = histories
+            logger.info("%s adapted: %s (%.0f s)", d.name, {k: v for k, v in m.items() if k != "train_seconds"},
+                        time.time() - t)
+            write_json(args.output / "results.json", results)
     f = lambda x: "   n/a" if x is None else f"{x:8.4f}"  # noqa: E731
     print(f"\n{'variant':20s} {'scene':32s} {'sampson px':>10s} {'ratio 95% CI':>15s} {'loc':>6s} "
           f"{'rot deg':>8s} {'pos cm':>8s} | limited {'rot deg':>8s} {'pos cm':>8s}")
@@ -285,7 +373,7 @@ def main(argv=None):
             cis = f"[{ci[0]:.3f},{ci[1]:.3f}]" if ci else ""
             loo, lim = m.get("loo") or {}, m.get("limited") or {}
             loc = f"{loo.get('n_localized', 0)}/{loo.get('n_queries', 0)}" if loo else ""
-            print(f"{label:20s} {scene_name:32s} {m['sampson_px']:10.4f} {cis:>15s} {loc:>6s} "
+            print(f"{label:20s} {scene_name:32s} {m.get('sampson_px', float('nan')):10.4f} {cis:>15s} {loc:>6s} "
                   f"{f(loo.get('median_rot_deg'))} {f(loo.get('median_pos_cm'))} | limited "
                   f"{f(lim.get('median_rot_deg'))} {f(lim.get('median_pos_cm'))}")
     print(f"train seconds: {results['train_seconds']:.0f}")

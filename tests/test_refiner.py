@@ -43,6 +43,15 @@ def test_untrained_refiner_reproduces_the_keypoints_exactly(tmp_path):
     assert torch.equal(a["descriptors"], c["descriptors"]) and torch.equal(a["scores"], c["scores"])
     d = (c["keypoints"] - a["keypoints"]) / (torch.tensor([128, 96]) / torch.tensor([128, 96]))
     assert torch.allclose(d, torch.tanh(torch.tensor([0.3, -0.2]) / 1.5) * 1.5, atol=1e-5)
+    # the log-variance becomes the keypoints' sigmas (std in original pixels): exp(0.5 s) * scale
+    assert "sigmas" not in a and torch.allclose(b["sigmas"], torch.ones(len(b["keypoints"])))
+    with torch.no_grad():
+        ref.head[-1].bias.copy_(torch.tensor([0.0, 0.0, 2 * float(torch.log(torch.tensor(3.0)))]))
+    torch.save(ref.state_dict(), rp)
+    big = torch.nn.functional.interpolate(img.permute(2, 0, 1)[None], size=(192, 256))[0].permute(1, 2, 0)
+    e = build_extractor("xfeat", weights=w, max_keypoints=200, detection_threshold=0.0, refiner=str(rp),
+                        resize_max=128).extract(big)
+    assert torch.allclose(e["sigmas"], torch.full((len(e["keypoints"]),), 6.0), atol=1e-4)  # 3 px x 2
 
 
 def test_refiner_loading_is_strict(tmp_path):

@@ -147,3 +147,23 @@ def test_limited_protocol_sees_keypoint_noise():
     few = res(0.0)
     few.inlier_mask = np.arange(200) < 30
     assert limited_pose_errors(few, fmap, pose) is None
+
+    # with the localizer's weights (use_weights), precise correspondences dominate
+    r = res(0.0)
+    sig = np.where(np.arange(200) % 2 == 0, 0.05, 3.0)
+    r.points2D = (x.numpy() + np.random.default_rng(1).normal(size=(200, 2)) * sig[:, None])
+    r.weights = 1.0 / sig ** 2
+    ew = limited_pose_errors(r, fmap, pose, use_weights=True)
+    eu = limited_pose_errors(r, fmap, pose)
+    assert np.median(ew["pos_cm"]) < 0.5 * np.median(eu["pos_cm"])
+    r.weights = None
+    with pytest.raises(ValueError, match="no correspondence weights"):
+        limited_pose_errors(r, fmap, pose, use_weights=True)
+
+
+def test_refiner_data_of_some_images_only_refuses_unknown_names(tmp_path):
+    from hloc_bpnp.io.scene import Scene
+    from hloc_bpnp.training.refiner_data import build_refiner_scene
+
+    with pytest.raises(ValueError, match=r"images \['nope.png'\] are not in the scene"):
+        build_refiner_scene(Scene([], tmp_path), "s", "xfeat", 9, images=["nope.png"])

@@ -191,6 +191,8 @@ class Extractor(ConfiguredModule):
             out["scales"] = res["scales"].detach().float().cpu().reshape(-1) * mean_s
         if "oris" in res:
             out["oris"] = res["oris"].detach().float().cpu().reshape(-1)
+        if "log_var" in res:  # a refiner's keypoint uncertainty: std in original pixels
+            out["sigmas"] = (0.5 * res["log_var"].detach().float().cpu().reshape(-1)).exp() * mean_s
         if "lafs" in res:
             lafs = res["lafs"].detach().float().cpu().clone()
             lafs[..., 0, :] *= sx
@@ -207,7 +209,8 @@ def unpad_batch(out: Dict[str, torch.Tensor]) -> List[Features]:
     for b in range(out["keypoints"].shape[0]):
         v = out["valid"][b]
         order = torch.argsort(out["scores"][b][v], descending=True, stable=True)
-        res.append({k: out[k][b][v][order] for k in ("keypoints", "descriptors", "scores")})
+        keys = ("keypoints", "descriptors", "scores") + (("log_var",) if "log_var" in out else ())
+        res.append({k: out[k][b][v][order] for k in keys})
     return res
 
 

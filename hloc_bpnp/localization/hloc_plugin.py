@@ -85,7 +85,9 @@ def localize_from_hloc(
             if q not in fs:
                 results[q] = res.fail(R.NO_FEATURES, f"{q!r} not in {features_path}")
                 continue
-            kpts = np.asarray(fs.get(q, keys=["keypoints"])["keypoints"], dtype=np.float64)
+            unc = conf["refinement"]["use_weights"] == "uncertainty"
+            qf = fs.get(q, keys=["keypoints", "sigmas"] if unc else ["keypoints"])
+            kpts = np.asarray(qf["keypoints"], dtype=np.float64)
             res.num_keypoints = len(kpts)
             refs = list(dict.fromkeys(refs_of[q]))
             res.retrieved = refs
@@ -108,7 +110,7 @@ def localize_from_hloc(
                 continue
             if len(used) < len(refs):  # ``retrieved`` lists every paired reference
                 res.info["pairs_without_matches"] = [r for r in refs if r not in set(used)]
-            results[q] = localize_from_matches(kpts, used, m0, s0, lookup, cam, conf, res)
+            results[q] = localize_from_matches(kpts, used, m0, s0, lookup, cam, conf, res, sigmas=qf.get("sigmas"))
             res.timings["total"] = sum(v for k, v in res.timings.items() if k != "total")
     n_ok = sum(r.success for r in results.values())
     logger.info("hloc plugin: localized %d / %d queries", n_ok, len(results))

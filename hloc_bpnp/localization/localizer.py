@@ -199,7 +199,8 @@ class Localizer:
         if res.num_matches == 0:
             return res.fail(R.NO_MATCHES)
 
-        return localize_from_matches(kpts, names, m0, s0, self.map, camera, self.conf, res)
+        return localize_from_matches(kpts, names, m0, s0, self.map, camera, self.conf, res,
+                                     sigmas=feats.get("sigmas"))
 
     def retrieve(self, feats) -> Tuple[list, np.ndarray]:
         """Top-k map keyframes for a query's features: (names, global scores)."""
@@ -254,8 +255,19 @@ def _to_keyframe_indices(m0: np.ndarray, keep: Optional[np.ndarray]) -> np.ndarr
     return out
 
 
+def correspondence_weights(sigmas) -> np.ndarray:
+    """Inverse variances ``1 / sigma^2`` of (N,) keypoint standard deviations (pixels), divided
+    by their median, so that weight 1 is a typical keypoint and the robust loss scale keeps its
+    meaning in pixels; non-finite or non-positive sigmas are an error."""
+    s = np.asarray(sigmas.cpu() if hasattr(sigmas, "cpu") else sigmas, dtype=np.float64).reshape(-1)
+    if s.size and (not np.all(np.isfinite(s)) or np.any(s <= 0)):
+        raise ValueError(f"keypoint sigmas must be finite and > 0, got range [{s.min()}, {s.max()}]")
+    w = 1.0 / s ** 2
+    return w / np.median(w) if w.size else w
+
+
 def localize_from_matches(kpts: np.ndarray, names, matches0, scores0, lookup, camera: Camera,
-                          conf: Dict, res: LocalizationResult) -> LocalizationResult:
+                          conf: Dict, res: LocalizationResult, sigmas=None) -> LocalizationResult:
     """The stages after matching, shared by :class:`Localizer` and the hloc plugin.
 
     Args:
@@ -268,8 +280,17 @@ def localize_from_matches(kpts: np.ndarray, names, matches0, scores0, lookup, ca
         camera: the query's Camera.
         conf: merged localization conf.
         res: the result to fill (also returned).
+        sigmas: (Nq,) optional keypoint standard deviations (pixels; a refiner's
+            ``sigmas``), the correspondence weights ``1 / sigma^2`` of the BPnP refinement
+            with ``refinement.use_weights: uncertainty``.
     """
     t = time.perf_counter()
+    kp_weights = None
+    if conf["refinement"]["use_weights"] == "uncertainty":
+        if sigmas is None:
+            raise ValueError(f"query {res.name!r}: refinement.use_weights is 'uncertainty' but its features have "
+                             f"no keypoint 'sigmas' (use a feature preset with a refiner, e.g. xfeat_refined)")
+        kp_weights = correspondence_weights(sigmas)
     clustering = bool(conf["covisibility_clustering"]) and len(names) > 1
     corr = gather_2d3d(matches0, scores0, [lookup.kp_to_point[n] for n in names], with_frames=clustering)
     res.timings["correspondences"] = time.perf_counter() - t
@@ -286,13 +307,14 @@ def localize_from_matches(kpts: np.ndarray, names, matches0, scores0, lookup, ca
                 candidates.append((cl, sub))
     best = best_corr = best_cluster = None
     for cl, c in candidates:
-        est = estimate_pose(kpts[c.query_idx], lookup.points3D[c.point_idx], camera, conf, c.weight)
+        w = c.weight if kp_weights is None else kp_weights[c.query_idx]
+        est = estimate_pose(kpts[c.query_idx], lookup.points3D[c.point_idx], camera, conf, w)
         if best is None or (est.success, est.num_inliers) > (best.success, best.num_inliers):
             best, best_corr, best_cluster = est, c, cl
     res.timings["pose"] = time.perf_counter() - t
     res.points2D = kpts[best_corr.query_idx]
     res.point3D_ids = lookup.point3D_ids[best_corr.point_idx]
-    res.weights = best_corr.weight
+    res.weights = best_corr.weight if kp_weights is None else kp_weights[best_corr.query_idx]
     res.inlier_mask = best.inlier_mask
     res.num_inliers = best.num_inliers
     res.info.update(best.info)

@@ -47,7 +47,9 @@ default_conf = {
         "method": "bpnp",  # bpnp | pycolmap | none
         "loss": "cauchy",  # l2 | huber | cauchy -- measured: see configs/localization/default.yaml
         "loss_scale_px": 1.0,
-        "use_weights": False,  # match scores as BPnP weights
+        # BPnP correspondence weights: false | true (match scores) | uncertainty (1 / sigma^2 of a
+        # refiner's keypoint sigmas, features xfeat_refined)
+        "use_weights": False,
         "refine_intrinsics": False,  # focal (and distortion) via pycolmap before BPnP
     },
 }
@@ -143,6 +145,9 @@ def estimate_pose(
     pose = _rigid_to_pose(rigid)
     covariance = None
     if ref["method"] == "bpnp":
+        if ref["use_weights"] not in (False, True, "scores", "uncertainty"):
+            raise ValueError(f"refinement.use_weights must be false, true (match scores) or 'uncertainty', "
+                             f"got {ref['use_weights']!r}")
         w = weights[inliers] if (weights is not None and ref["use_weights"]) else None
         pose, covariance, rinfo = refine_bpnp(p2[inliers], p3[inliers], cam_used, pose, ref, w)
         info.update(rinfo)

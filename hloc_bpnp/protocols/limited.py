@@ -18,7 +18,7 @@ import torch
 
 
 def limited_pose_errors(result, fold_map, gt_pose, n: int = 50, draws: int = 20, seed: int = 0,
-                        scale_to_cm: float = 100.0) -> Optional[Dict[str, np.ndarray]]:
+                        scale_to_cm: float = 100.0, use_weights: bool = False) -> Optional[Dict[str, np.ndarray]]:
     """Rotation (deg) and position (cm) errors of ``draws`` poses, each from ``n`` inliers.
 
     Args:
@@ -26,6 +26,8 @@ def limited_pose_errors(result, fold_map, gt_pose, n: int = 50, draws: int = 20,
             points2D, point3D_ids, inlier_mask).
         fold_map: the :class:`~hloc_bpnp.mapping.Map` it was localized against.
         gt_pose: the query's cam_from_world :class:`~hloc_bpnp.geometry.pose.Pose`.
+        use_weights: weigh the correspondences with ``result.weights`` as the localizer's
+            refinement did (``refinement.use_weights``).
     Returns:
         ``{"rot_deg": (draws,), "pos_cm": (draws,)}``, or None when the query was not localized
         or has fewer than ``n`` inliers.
@@ -50,7 +52,12 @@ def limited_pose_errors(result, fold_map, gt_pose, n: int = 50, draws: int = 20,
     cam = result.camera if result.camera is not None else None
     if cam is None:
         raise ValueError(f"query {result.name!r}: result has no camera")
-    res = solve_pnp(p2[sel], X[sel], cam.to(torch.float64), pose_init=init, loss="cauchy", loss_scale=2.0)
+    w = None
+    if use_weights:
+        if result.weights is None:
+            raise ValueError(f"query {result.name!r}: use_weights but the result has no correspondence weights")
+        w = torch.as_tensor(np.asarray(result.weights)[inl], dtype=torch.float64)[sel]
+    res = solve_pnp(p2[sel], X[sel], cam.to(torch.float64), weights=w, pose_init=init, loss="cauchy", loss_scale=2.0)
     est = Pose.from_aa(res.pose.detach().to(torch.float64))
     gt = gt_pose.to(torch.float64)
     dR = est.R @ gt.R.transpose(-1, -2)
@@ -67,14 +74,16 @@ class LimitedCollector:
     """``fold_hook`` gathering :func:`limited_pose_errors` of one localization variant."""
 
     def __init__(self, scene, label: Optional[str] = None, n: int = 50, draws: int = 20, seed: int = 0,
-                 scale_to_cm: float = 100.0) -> None:
+                 scale_to_cm: float = 100.0, use_weights: bool = False) -> None:
         self.scene, self.label, self.n, self.draws, self.seed, self.scale = scene, label, n, draws, seed, scale_to_cm
+        self.use_weights = use_weights
         self.per_query: Dict[str, Dict[str, np.ndarray]] = {}
         self.skipped: List[str] = []
 
     def __call__(self, query, fold_map, results) -> None:
         res = results[self.label] if self.label else next(iter(results.values()))
-        e = limited_pose_errors(res, fold_map, self.scene[query].pose, self.n, self.draws, self.seed, self.scale)
+        e = limited_pose_errors(res, fold_map, self.scene[query].pose, self.n, self.draws, self.seed, self.scale,
+                                self.use_weights)
         if e is None:
             self.skipped.append(query)
         else:

@@ -145,7 +145,7 @@ def build_refiner_scene(scene: Scene, name: str, features: Union[str, Dict], pat
                         max_error: float = 3.0, min_matches: int = 30, pose_problems: bool = True,
                         mapping: Union[str, Dict] = "xfeat", pairs: Optional[Sequence[tuple]] = None,
                         max_pose_problems: Optional[int] = None, fold_neighbors: int = 10,
-                        progress: bool = False) -> RefinerScene:
+                        images: Optional[Sequence[str]] = None, progress: bool = False) -> RefinerScene:
     """Extract (frozen detector, no refiner), match, verify and (optionally) build pose problems.
 
     Args:
@@ -160,8 +160,11 @@ def build_refiner_scene(scene: Scene, name: str, features: Union[str, Dict], pat
         max_pose_problems: at most this many queries (evenly spaced in name order).
         fold_neighbors: a query's fold map holds the (up to) this many other images sharing
             the most verified matches with it.
+        images: use only these images of the scene (e.g. a user's map without the images a
+            refiner will be evaluated on): keypoints, matches and pose problems among them only.
     Raises:
-        ValueError: the scene yields no verified pair (names the scene).
+        ValueError: the scene yields no verified pair (names the scene), or ``images`` names an
+            image the scene does not have.
     """
     from ..config import load_config, merge
     from ..features import build_extractor
@@ -171,6 +174,11 @@ def build_refiner_scene(scene: Scene, name: str, features: Union[str, Dict], pat
 
     if scene.image_dir is None:
         raise ValueError(f"scene {name!r}: no image folder")
+    if images is not None:
+        missing = sorted(set(images) - set(scene.names))
+        if missing:
+            raise ValueError(f"scene {name!r}: images {missing[:3]} are not in the scene")
+        scene = scene.subset(images)
     fconf = load_config("features", features) if isinstance(features, str) else dict(features)
     fconf = merge(fconf, {"refiner": None})
     ext = build_extractor(fconf)
@@ -318,6 +326,8 @@ def cached_refiner_scene(scene_dir: Union[str, Path], features: Union[str, Dict]
     fconf = {k: v for k, v in fconf.items() if k not in ("refiner", "refiner_conf", "preset")}
     opts = {"patch_size": patch_size, **kwargs}
     opts.pop("progress", None)
+    if opts.get("images") is not None:
+        opts["images"] = sorted(opts["images"])
     cdir = Path(cache_dir) if cache_dir else default_cache_dir()
     path = cdir / f"{scene_dir.name}_{_cache_key(scene_dir, fconf, opts)}.pt"
     if path.is_file():
