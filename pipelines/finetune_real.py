@@ -30,6 +30,16 @@ variant per loss combination. Per evaluation scene and variant ``DIR/results.jso
   from the other images' known poses with the variant's keypoints).
 * ``limited``: the same folds, each localized query's pose re-solved from 50 of its inliers
   (20 seeded draws; :mod:`hloc_bpnp.protocols.limited`).
+* ``loo_weighted`` / ``limited_weighted`` (variants with a refiner): the same fold maps and
+  matches, the BPnP refinement weighing each correspondence by the refiner's keypoint
+  uncertainty (``refinement.use_weights: uncertainty``, 1 / sigma^2).
+
+``--adapt-folds K`` adds the variant ``adapted``: what ``hloc-bpnp finetune --map`` gives a
+user on their own map. Each eval scene's images go into K interleaved folds; each fold is
+evaluated with a refiner trained on the OTHER folds' images only (no evaluated image ever
+trains its refiner): Sampson on the matches among the fold's images (``sampson_px``, with
+``sampson_px_pretrained_same_matches`` and the paired ratio), loo / limited of the fold's
+images as queries.
 """
 import argparse
 import json
@@ -114,22 +124,35 @@ def noisy_features(scene, fconf, sigma, seed=0):
 
 
 def loo_runs(scene, fconf, mapping, loc_config, progress=False, features=None, queries=None):
-    """Leave-one-out results ``{query: LocalizationResult}`` and the limited protocol's
-    per-query errors of ``queries`` (default: all images) with features ``fconf``."""
+    """Leave-one-out of ``queries`` (default: all images) with features ``fconf``:
+    ``{label: (results {query: LocalizationResult}, LimitedCollector)}`` for the label ``loo``
+    (BPnP refinement as ``loc_config``) and, when the features have a refiner, ``weighted``
+    (the same fold maps and matches, BPnP weighing correspondences by the refiner's keypoint
+    uncertainties, ``refinement.use_weights: uncertainty``)."""
     from hloc_bpnp.protocols.leave_one_out import leave_one_out
     from hloc_bpnp.protocols.limited import LimitedCollector
 
     mconf = merge(load_config("mapping", mapping), {"features": fconf})
     lconf = load_config("localization", loc_config) if isinstance(loc_config, str) else dict(loc_config or {})
+    variants = {"loo": {"refinement": {"method": "bpnp"}}}
+    if fconf.get("refiner"):
+        variants["weighted"] = {"refinement": {"method": "bpnp", "use_weights": "uncertainty"}}
     # the limited poses weigh correspondences as the localizer's refinement does
-    lim = LimitedCollector(scene, "bpnp", use_weights=bool((lconf.get("refinement") or {}).get("use_weights")))
-    res, _ = leave_one_out(scene, None, mconf, loc_config, loc_variants={"bpnp": {"refinement": {"method": "bpnp"}}},
-                           progress=progress, fold_hook=lim, features=features, queries=queries)
-    return res["bpnp"], lim
+    uses = {"loo": bool((lconf.get("refinement") or {}).get("use_weights")), "weighted": True}
+    lims = {k: LimitedCollector(scene, k, use_weights=uses[k]) for k in variants}
+
+    def hook(query, fold_map, results):
+        for c in lims.values():
+            c(query, fold_map, results)
+
+    res, _ = leave_one_out(scene, None, mconf, loc_config, loc_variants=variants, progress=progress,
+                           fold_hook=hook, features=features, queries=queries)
+    return {k: (res[k], lims[k]) for k in variants}
 
 
 def summarize_loo(scene, results, limited):
-    """(loo, limited) summaries of merged :func:`loo_runs` outputs (``limited``: a list of collectors)."""
+    """(loo, limited) summaries of merged :func:`loo_runs` outputs of one label (``limited``: a
+    list of collectors)."""
     from hloc_bpnp.protocols.summary import summarize
 
     s = summarize(results, {n: scene[n].pose for n in results}, scale_to_cm=100.0)["summary"]
@@ -144,9 +167,14 @@ def summarize_loo(scene, results, limited):
     return loo, lim
 
 
-def loo_and_limited(scene, fconf, mapping, loc_config, progress=False, features=None):
-    res, lim = loo_runs(scene, fconf, mapping, loc_config, progress, features)
-    return summarize_loo(scene, res, [lim])
+def loo_metrics(scene, runs):
+    """``{label: (results, [collectors])}`` -> ``loo``/``limited`` (+ ``loo_weighted``/
+    ``limited_weighted``) entries of a variant's metrics."""
+    m = {}
+    for label, (res, lims) in runs.items():
+        suffix = "" if label == "loo" else f"_{label}"
+        m["loo" + suffix], m["limited" + suffix] = summarize_loo(scene, res, lims)
+    return m
 
 
 def interleaved_folds(names, k):
@@ -167,7 +195,7 @@ def adapted_variant(d, scene, fconf, tconf, dconf, S, k, args, need_pose):
 
     folds = interleaved_folds(scene.names, k)
     full = cached_refiner_scene(d, fconf, S, args.cache_dir, scene=scene, pose_problems=False)
-    e_ad, e_pre, runs, lims, hist, t_train = [], [], {}, [], [], 0.0
+    e_ad, e_pre, runs, hist, t_train = [], [], {}, [], 0.0
     for i, fold in enumerate(folds):
         others = [n for n in scene.names if n not in set(fold)]
         t0 = time.time()
@@ -186,9 +214,10 @@ def adapted_variant(d, scene, fconf, tconf, dconf, S, k, args, need_pose):
             e_pre.append(e["pre"])
         if not args.no_loo:
             vconf = merge(fconf, {"refiner": str(path), "refiner_conf": dict(out["refiner"].conf)})
-            res, lim = loo_runs(scene, vconf, args.features, args.loc_config, queries=fold)
-            runs.update(res)
-            lims.append(lim)
+            for label, (res, lim) in loo_runs(scene, vconf, args.features, args.loc_config, queries=fold).items():
+                runs.setdefault(label, ({}, []))
+                runs[label][0].update(res)
+                runs[label][1].append(lim)
         logger.info("%s adapted fold %d/%d: best step %d", d.name, i + 1, k, out["best_step"])
     m = {"n_folds": k, "train_seconds": t_train, "training": hist}
     if e_ad:
@@ -197,7 +226,7 @@ def adapted_variant(d, scene, fconf, tconf, dconf, S, k, args, need_pose):
                   "sampson_px_pretrained_same_matches": float(np.median(ep)),
                   "sampson_ratio_ci": bootstrap_ratio(ea, ep)})
     if runs:
-        m["loo"], m["limited"] = summarize_loo(scene, runs, lims)
+        m.update(loo_metrics(scene, runs))
     return m
 
 
@@ -350,8 +379,10 @@ def main(argv=None):
                 feats = None
                 if label.startswith("noise_"):
                     feats = noisy_features(scene, fconf, float(label[6:-2]))
-                m["loo"], m["limited"] = loo_and_limited(scene, vconf, fpreset, args.loc_config, features=feats)
-                logger.info("%s %s: loo %s limited %s (%.0f s)", d.name, label, m["loo"], m["limited"], time.time() - t)
+                runs = loo_runs(scene, vconf, fpreset, args.loc_config, features=feats)
+                m.update(loo_metrics(scene, {k: (r, [c]) for k, (r, c) in runs.items()}))
+                logger.info("%s %s: %s (%.0f s)", d.name, label,
+                            {k: v for k, v in m.items() if k.startswith(("loo", "limited"))}, time.time() - t)
             results["variants"].setdefault(label, {})[d.name] = m
             write_json(args.output / "results.json", results)
         if args.adapt_folds:
@@ -371,11 +402,15 @@ def main(argv=None):
         for scene_name, m in per.items():
             ci = m.get("sampson_ratio_ci")
             cis = f"[{ci[0]:.3f},{ci[1]:.3f}]" if ci else ""
-            loo, lim = m.get("loo") or {}, m.get("limited") or {}
-            loc = f"{loo.get('n_localized', 0)}/{loo.get('n_queries', 0)}" if loo else ""
-            print(f"{label:20s} {scene_name:32s} {m.get('sampson_px', float('nan')):10.4f} {cis:>15s} {loc:>6s} "
-                  f"{f(loo.get('median_rot_deg'))} {f(loo.get('median_pos_cm'))} | limited "
-                  f"{f(lim.get('median_rot_deg'))} {f(lim.get('median_pos_cm'))}")
+            for suffix in ("", "_weighted"):
+                if suffix and f"loo{suffix}" not in m:
+                    continue
+                loo, lim = m.get(f"loo{suffix}") or {}, m.get(f"limited{suffix}") or {}
+                loc = f"{loo.get('n_localized', 0)}/{loo.get('n_queries', 0)}" if loo else ""
+                name = label + (" +weights" if suffix else "")
+                print(f"{name:20s} {scene_name:32s} {m.get('sampson_px', float('nan')):10.4f} {cis:>15s} {loc:>6s} "
+                      f"{f(loo.get('median_rot_deg'))} {f(loo.get('median_pos_cm'))} | limited "
+                      f"{f(lim.get('median_rot_deg'))} {f(lim.get('median_pos_cm'))}")
     print(f"train seconds: {results['train_seconds']:.0f}")
     write_json(args.output / "results.json", results)
     return results

@@ -243,3 +243,51 @@ def test_finetune_map_trains_a_refiner_usable_as_features(shared_data, tmp_path)
     img = torch.rand(240, 320, 3)
     a, b = ext.extract(img), plain.extract(img)
     assert torch.equal(a["descriptors"], b["descriptors"]) and not torch.equal(a["keypoints"], b["keypoints"])
+
+
+@need_xf
+def test_adapted_variant_never_trains_on_the_images_it_evaluates(shared_data, tmp_path, monkeypatch):
+    """``--adapt-folds``: each fold is evaluated (Sampson, loo, limited, with and without the
+    refiner's uncertainty weights) with a refiner whose data holds only the other folds' images."""
+    import json
+
+    sys.path.insert(0, str(ROOT / "pipelines"))
+    try:
+        import finetune_real
+    finally:
+        sys.path.pop(0)
+    from hloc_bpnp.training import refiner_data
+
+    src = shared_data / "middlebury_templeRing_partial"
+    scene_dir = tmp_path / "temple8"
+    scene_dir.mkdir()
+    for p in sorted(src.glob("*.png"))[:8] + sorted(src.glob("*_par.txt")):
+        (scene_dir / p.name).symlink_to(p)
+    seen = []
+    real = refiner_data.cached_refiner_scene
+
+    def spy(*a, **k):
+        seen.append(k.get("images"))
+        return real(*a, **k)
+
+    monkeypatch.setattr(refiner_data, "cached_refiner_scene", spy)
+    conf = tmp_path / "ft.yaml"
+    conf.write_text(yaml.safe_dump({"steps": 3, "eval_every": 1, "losses": {"sampson": True, "nll": False},
+                                    "data": {"max_error": 3.0, "min_matches": 30}}))
+    out = tmp_path / "out"
+    finetune_real.main(["--eval", str(scene_dir), "--no-train", "--adapt-folds", "2", "--config", str(conf),
+                        "--output", str(out), "--cache-dir", str(tmp_path / "cache"), "--threads", "1"])
+    res = json.loads((out / "results.json").read_text())
+    m = res["variants"]["adapted"]["temple8"]
+    folds = [h["fold"] for h in res["training"]["adapted"]["temple8"]]
+    names = sorted(p.name for p in scene_dir.glob("*.png"))
+    assert sorted(sum(folds, [])) == names and folds[0] == names[0::2]
+    trained_on = [set(s) for s in seen if s is not None]
+    assert len(trained_on) == 2 and all(not (t & set(f)) and t | set(f) == set(names)
+                                        for t, f in zip(trained_on, folds))
+    assert m["n_matches"] > 0 and m["sampson_px"] > 0 and m["sampson_px_pretrained_same_matches"] > 0
+    assert len(m["sampson_ratio_ci"]) == 2
+    for key in ("loo", "loo_weighted"):
+        assert m[key]["n_queries"] == 8, key
+    assert "limited_weighted" in m and "loo_weighted" not in res["variants"]["pretrained"]["temple8"]
+    assert (out / "refiner_adapted_temple8_fold1.pt").is_file()

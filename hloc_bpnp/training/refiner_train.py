@@ -51,6 +51,7 @@ DEFAULT_CONF: Dict[str, Any] = {
     "batch_matches": 2048,
     "lr": 1e-3,
     "weight_decay": 0.0,
+    "clip_grad_norm": None,  # max global gradient norm (None: no clipping)
     "eval_every": 100,
     "eval_matches": 20000,
     "patience": 6,
@@ -241,6 +242,8 @@ def train_refiner(train: Sequence[RefinerScene], val: Sequence[RefinerScene], co
                 row["pose"] = float(torch.stack(pe).mean().detach())
         opt.zero_grad()
         loss.backward()
+        if conf["clip_grad_norm"]:
+            row["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(ref.parameters(), float(conf["clip_grad_norm"])))
         opt.step()
         if step % int(conf["eval_every"]) == 0 or step == int(conf["steps"]):
             ref.eval()
