@@ -107,3 +107,33 @@ def test_shipped_refiner_preset_loads_strictly_and_is_trained():
     assert float(ex.net.refiner.head[-1].weight.abs().sum()) > 0  # not the zero initialisation
     with pytest.raises(KeyError, match="nope"):
         W.bundled_weights("nope")
+
+
+def test_refiner_activation_option():
+    p = torch.rand(5, 2, 9, 9)
+    out = KeypointRefiner({"activation": "leaky_relu"})(p)  # zero-initialised whatever the activation
+    assert torch.equal(out["offset"], torch.zeros(5, 2)) and torch.equal(out["log_var"], torch.zeros(5))
+    assert isinstance(KeypointRefiner({"activation": "leaky_relu"}).features[1], torch.nn.LeakyReLU)
+    with pytest.raises(ValueError, match="activation must be one of"):
+        KeypointRefiner({"activation": "tanh"})
+
+
+def test_dihedral_augmentation_maps_offsets_back():
+    """A patch's peak seen through each of the 8 grid symmetries maps back to the original offset."""
+    from hloc_bpnp.features.refiner import DIHEDRAL, dihedral_offsets_back, dihedral_patches
+
+    S, r, N = 9, 4, 50
+    p = torch.rand(N, 2, S, S, generator=torch.Generator().manual_seed(0))
+
+    def peak(pp):
+        f = pp[:, 1].reshape(len(pp), -1).argmax(1)
+        return torch.stack([f % S - r, f // S - r], -1).float()
+
+    assert len({tuple(D.reshape(-1).tolist()) for D in DIHEDRAL}) == 8
+    for k in range(8):
+        kk = torch.full((N,), k)
+        q = dihedral_patches(p, kk)
+        assert torch.equal(peak(q), torch.einsum("ij,nj->ni", DIHEDRAL[k].float(), peak(p))), k
+        assert torch.equal(dihedral_offsets_back(peak(q), kk), peak(p)), k
+    mixed = torch.randint(0, 8, (N,), generator=torch.Generator().manual_seed(1))
+    assert torch.equal(dihedral_offsets_back(peak(dihedral_patches(p, mixed)), mixed), peak(p))

@@ -65,6 +65,40 @@ def normalize_patches(patches: torch.Tensor) -> torch.Tensor:
     return torch.cat([img, heat], dim=-3)
 
 
+#: the 8 symmetries of the square patch grid as 2x2 integer matrices T acting on (x, y) patch
+#: coordinates about the centre: rotations by 0, 90, 180, 270 degrees, then the same after a
+#: mirror x -> -x.
+DIHEDRAL = torch.tensor([[[1, 0], [0, 1]], [[0, -1], [1, 0]], [[-1, 0], [0, -1]], [[0, 1], [-1, 0]],
+                         [[-1, 0], [0, 1]], [[0, 1], [1, 0]], [[1, 0], [0, -1]], [[0, -1], [-1, 0]]])
+
+
+def dihedral_patches(patches: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Transformed patches: ``out[n]`` at ``T_k p`` is ``patches[n]`` at ``p`` (p about the centre).
+
+    Args:
+        patches: (N, C, S, S).
+        k: (N,) long in [0, 8): the transform of each patch (:data:`DIHEDRAL`).
+    Returns:
+        (N, C, S, S). A keypoint offset ``o`` in a patch is ``T_k o`` in the transformed one, so a
+        prediction ``o'`` on the transformed patch maps back with :func:`dihedral_offsets_back`.
+    """
+    N, C, S, _ = patches.shape
+    r = S // 2
+    ij = torch.arange(-r, r + 1, device=patches.device)
+    yy, xx = torch.meshgrid(ij, ij, indexing="ij")
+    q = torch.stack([xx.reshape(-1), yy.reshape(-1)], -1)  # (S*S, 2) output coordinates
+    Tinv = DIHEDRAL.to(patches.device)[k].transpose(-1, -2)  # orthogonal: T^-1 = T^T
+    p = torch.einsum("nij,qj->nqi", Tinv, q) + r  # (N, S*S, 2) source coordinates
+    lin = (p[..., 1] * S + p[..., 0]).long()
+    return patches.reshape(N, C, S * S).gather(2, lin[:, None].expand(-1, C, -1)).reshape(N, C, S, S)
+
+
+def dihedral_offsets_back(offsets: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """(N, 2) offsets predicted on :func:`dihedral_patches` output -> the original patches' frame."""
+    Tinv = DIHEDRAL.to(offsets.device, offsets.dtype)[k].transpose(-1, -2)
+    return torch.einsum("nij,nj->ni", Tinv, offsets)
+
+
 class KeypointRefiner(nn.Module):
     """Patch CNN: (N, 2, S, S) normalised patches -> offsets (N, 2) and log-variances (N,).
 
@@ -72,9 +106,11 @@ class KeypointRefiner(nn.Module):
         patch_size: S (odd).
         channels: width of the conv layers.
         max_offset: bound of the offset, working-scale pixels.
+        activation: ``relu`` (the first shipped refiner's) or ``leaky_relu`` (slope 0.1: no unit
+            can die; with ReLU, training collapsed to constant offsets after a few hundred steps).
     """
 
-    default_conf: Dict[str, Any] = {"patch_size": 9, "channels": 16, "max_offset": 1.5}
+    default_conf: Dict[str, Any] = {"patch_size": 9, "channels": 16, "max_offset": 1.5, "activation": "relu"}
 
     def __init__(self, conf: Optional[Dict[str, Any]] = None) -> None:
         super().__init__()
@@ -82,13 +118,17 @@ class KeypointRefiner(nn.Module):
         S, c = int(self.conf["patch_size"]), int(self.conf["channels"])
         if S < 7 or S % 2 != 1:
             raise ValueError(f"refiner patch_size must be odd and >= 7, got {S}")
+        acts = {"relu": lambda: nn.ReLU(inplace=True), "leaky_relu": lambda: nn.LeakyReLU(0.1, inplace=True)}
+        if self.conf["activation"] not in acts:
+            raise ValueError(f"refiner activation must be one of {sorted(acts)}, got {self.conf['activation']!r}")
+        act = acts[self.conf["activation"]]
         self.features = nn.Sequential(
-            nn.Conv2d(2, c, 3), nn.ReLU(inplace=True),
-            nn.Conv2d(c, c, 3), nn.ReLU(inplace=True),
-            nn.Conv2d(c, c, 3), nn.ReLU(inplace=True),
+            nn.Conv2d(2, c, 3), act(),
+            nn.Conv2d(c, c, 3), act(),
+            nn.Conv2d(c, c, 3), act(),
         )
         n = c * (S - 6) ** 2
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(n, 64), nn.ReLU(inplace=True), nn.Linear(64, 3))
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(n, 64), act(), nn.Linear(64, 3))
         nn.init.zeros_(self.head[-1].weight)
         nn.init.zeros_(self.head[-1].bias)
 
@@ -107,7 +147,13 @@ class KeypointRefiner(nn.Module):
         if patches.shape[0] == 0:
             z = patches.new_zeros(0, 3)
         else:
-            z = self.head(self.features(normalize_patches(patches)))
+            h = self.head[:-1](self.features(normalize_patches(patches)))
+            last = self.head[-1]
+            # the log-variance reads the features without training them: its losses (the
+            # uncertainty terms, BPnP's NLL) otherwise overwhelm the offsets' features and the
+            # offsets collapse to constants (measured). The same function at inference.
+            z = torch.cat([F.linear(h, last.weight[:2], last.bias[:2]),
+                           F.linear(h.detach(), last.weight[2:], last.bias[2:])], -1)
         m = float(self.conf["max_offset"])
         return {"offset": m * torch.tanh(z[:, :2] / m), "log_var": z[:, 2]}
 

@@ -52,6 +52,7 @@ DEFAULT_CONF: Dict[str, Any] = {
     "lr": 1e-3,
     "weight_decay": 0.0,
     "clip_grad_norm": None,  # max global gradient norm (None: no clipping)
+    "augment": False,  # Sampson term on patches under random symmetries of the square grid
     "eval_every": 100,
     "eval_matches": 20000,
     "patience": 6,
@@ -62,10 +63,20 @@ DEFAULT_CONF: Dict[str, Any] = {
 }
 
 
-def refiner_outputs(refiner: KeypointRefiner, scene: RefinerScene, kp: torch.Tensor):
-    """Offsets (n, 2) and log-variances (n,) for global keypoint indices ``kp``."""
-    out = refiner(scene.patches[kp])
-    return out["offset"].to(torch.float64), out["log_var"].to(torch.float64)
+def refiner_outputs(refiner: KeypointRefiner, scene: RefinerScene, kp: torch.Tensor,
+                    augment: Optional[torch.Generator] = None):
+    """Offsets (n, 2) and log-variances (n,) for global keypoint indices ``kp``; with
+    ``augment`` (a generator) each patch goes through a random symmetry of the square grid
+    and its offset is mapped back (training-time augmentation)."""
+    from ..features.refiner import dihedral_offsets_back, dihedral_patches
+
+    p = scene.patches[kp]
+    if augment is None:
+        out = refiner(p)
+        return out["offset"].to(torch.float64), out["log_var"].to(torch.float64)
+    k = torch.randint(0, 8, (p.shape[0],), generator=augment)
+    out = refiner(dihedral_patches(p, k))
+    return dihedral_offsets_back(out["offset"], k).to(torch.float64), out["log_var"].to(torch.float64)
 
 
 def match_errors(scene: RefinerScene, sel: torch.Tensor, off: Dict[int, torch.Tensor]):
@@ -78,10 +89,10 @@ def match_errors(scene: RefinerScene, sel: torch.Tensor, off: Dict[int, torch.Te
     return sampson_normalized(scene.E[pair], na, nb) * scene.focal[pair]
 
 
-def _side_outputs(refiner, scene, sel):
+def _side_outputs(refiner, scene, sel, augment=None):
     m = scene.matches[sel]
     kp, inv = torch.unique(m.reshape(-1), return_inverse=True)
-    o, lv = refiner_outputs(refiner, scene, kp)
+    o, lv = refiner_outputs(refiner, scene, kp, augment)
     inv = inv.reshape(-1, 2)
     return (o[inv[:, 0]], o[inv[:, 1]]), (lv[inv[:, 0]], lv[inv[:, 1]])
 
@@ -96,8 +107,9 @@ def refined_match_errors(refiner, scene: RefinerScene, sel: torch.Tensor) -> tor
     return match_errors(scene, sel, {0: off[0], 1: off[1]})
 
 
-def sampson_loss(refiner, scene: RefinerScene, sel: torch.Tensor, conf: Dict) -> torch.Tensor:
-    off, lv = _side_outputs(refiner, scene, sel)
+def sampson_loss(refiner, scene: RefinerScene, sel: torch.Tensor, conf: Dict,
+                 augment: Optional[torch.Generator] = None) -> torch.Tensor:
+    off, lv = _side_outputs(refiner, scene, sel, augment)
     m = scene.matches[sel]
     s = torch.sqrt(scene.scale[m[:, 0]].mean(-1) * scene.scale[m[:, 1]].mean(-1))
     e = match_errors(scene, sel, {0: off[0], 1: off[1]}) / s  # network pixels
@@ -219,7 +231,8 @@ def train_refiner(train: Sequence[RefinerScene], val: Sequence[RefinerScene], co
             ls = []
             for sc, k in zip(train, per.tolist()):
                 sel = torch.randint(0, sc.matches.shape[0], (k,), generator=gen)
-                ls.append(sampson_loss(ref, sc, sel, conf["sampson"]) * (k / float(per.sum())))
+                ls.append(sampson_loss(ref, sc, sel, conf["sampson"], gen if conf["augment"] else None)
+                          * (k / float(per.sum())))
             l_s = torch.stack(ls).sum()
             loss = loss + float(W["sampson"]) * l_s
             row["sampson"] = float(l_s.detach())
