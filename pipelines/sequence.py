@@ -8,7 +8,7 @@ Four sources of an ordered sequence:
   images, in name order, are the sequence.
 * ``--scene DIR`` (7-Scenes layout: TrainSplit.txt, TestSplit.txt, seq-XX/, metres): the map is
   triangulated from every K-th training frame (``--map-step``, default 10) with the KinectFusion
-  poses (XFeat at 512x384, ``configs/mapping/sequence_xfeat_512.yaml``); the test sequences' frames
+  poses (XFeat at 640x480, ``configs/mapping/sequence_xfeat.yaml``); the test sequences' frames
   in order (the first ``--max-frames``) are tracked with ``configs/sequence/realtime.yaml``;
   every ``--independent-every``-th frame is also localized on its own (``fast_learned``).
 * ``--synthetic``: a generated scene whose prebuilt map covers part of the camera ellipse; the
@@ -75,7 +75,7 @@ def run_scene(scene_dir: Path, output: Path, map_every: int = 2, mapping="defaul
 
 
 def run_seven_scenes(scene_dir: Path, output: Path, map_step: int = 10, max_frames=None, independent_every: int = 1,
-                     mapping="sequence_xfeat_512", loc_conf="fast_learned", seq_conf=None, progress=True):
+                     mapping="sequence_xfeat", loc_conf="fast_learned", seq_conf=None, progress=True):
     """7-Scenes layout: the map is triangulated from every ``map_step``-th frame of the
     ``TrainSplit`` sequences with their KinectFusion poses; the frames are the ``TestSplit``
     sequences in order (the first ``max_frames``); every ``independent_every``-th of them is
@@ -178,7 +178,7 @@ def main(argv=None):
     p.add_argument("--independent-every", type=int, default=1,
                    help="7-Scenes: localize every K-th frame on its own for comparison (default 1)")
     p.add_argument("--mapping", default=None, help="mapping preset (configs/mapping; default: 'default', "
-                   "'sequence_xfeat_512' for 7-Scenes)")
+                   "'sequence_xfeat' for 7-Scenes)")
     p.add_argument("--config", default=None, help="localization preset (configs/localization; default: "
                    "'default', 'fast_learned' for 7-Scenes)")
     p.add_argument("--sequence-config", default=None, help="sequence-mode preset (configs/sequence; default: "
@@ -194,7 +194,7 @@ def main(argv=None):
     if args.map_every < 2:
         p.error("--map-every must be >= 2 (the other images are the sequence)")
     seven = bool(args.scene) and (args.scene / "TrainSplit.txt").is_file()
-    mapping = args.mapping or ("sequence_xfeat_512" if seven else "default")
+    mapping = args.mapping or ("sequence_xfeat" if seven else "default")
     loc_conf = args.config or ("fast_learned" if seven else "default")
     from hloc_bpnp.config import load_config, merge
 
