@@ -587,13 +587,24 @@ class SequenceLocalizer:
         if gated.sum() >= tc["min_inliers"]:
             pose, inl = self._refine(x, X, camera, pred, gated, prior)
             info["ransac"] = False
-        if pose is None or not self._accept(inl, len(corr)):
+        gated_ok = pose is not None and self._accept(inl, len(corr))
+        # a gated pose that explains less than min_inlier_ratio_projection of the matches may
+        # be a local optimum near a poor prediction (large motion): LO-RANSAC decides
+        if not gated_ok or inl.sum() < float(tc["min_inlier_ratio_projection"]) * len(corr):
             est = estimate_pose(x, X, camera, self.localizer.conf, corr.weight)
             info["ransac"] = True
             if not est.success:
+                if gated_ok:
+                    return (pose, corr.query_idx, corr.point_idx, inl), ""
                 return None, f"{TRACK_REJECTED} (ransac: {est.failure_reason})"
-            pose, inl = self._refine(x, X, camera, est.pose, est.inlier_mask, prior)
-            if pose is None or not self._accept(inl, len(corr)):
+            cov_gated = self._pending_cov
+            pose_r, inl_r = self._refine(x, X, camera, est.pose, est.inlier_mask, prior)
+            if pose_r is not None and self._accept(inl_r, len(corr)) and (not gated_ok or inl_r.sum() > inl.sum()):
+                pose, inl = pose_r, inl_r
+                info["ransac_over_gated"] = gated_ok
+            elif gated_ok:
+                self._pending_cov = cov_gated  # the gated pose stays, with its covariance
+            else:
                 return None, TRACK_REJECTED
         return (pose, corr.query_idx, corr.point_idx, inl), ""
 
