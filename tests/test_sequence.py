@@ -296,4 +296,30 @@ def test_run_takes_decoded_frames_and_their_decode_errors(sequence_setup):
         out = sl.run(frames, seq.camera, progress=False)
     assert [f.status for f in out][:2] != ["lost", "lost"] and out[0].status != "lost"
     assert out[2].status == "lost" and "failed to decode" in out[2].reason
-    assert out[0].result.timings["read"] >= 0.01
+    tm = out[0].result.timings  # read on the tracking thread, or on the prefetch worker
+    assert tm.get("read", tm.get("prefetch_read")) >= 0.01
+
+
+def test_tracker_with_prefetch_gives_the_same_poses(sequence_setup):
+    """run() with tracking.prefetch on and off: same statuses and poses (inline mapping, so the
+    map grows identically); the prefetched frames carry the worker's timings."""
+    from hloc_bpnp.localization import Localizer
+    from hloc_bpnp.sequence import SequenceLocalizer
+
+    seq, map_dir = sequence_setup
+    frames = seq.frames()[:6]
+    outs = {}
+    for pre in (False, True):
+        conf = {"growth": {"threaded": False}, "tracking": {"prefetch": pre}}
+        with SequenceLocalizer(Localizer(_load(map_dir), "default"), conf) as sl:
+            outs[pre] = sl.run(frames, seq.camera, progress=False)
+    a, b = outs[False], outs[True]
+    assert [f.status for f in a] == [f.status for f in b]
+    assert any(f.status != "lost" for f in a)
+    for fa, fb in zip(a, b):
+        if fa.pose is not None:
+            assert np.allclose(fa.pose.R.numpy(), fb.pose.R.numpy(), atol=1e-9)
+            assert np.allclose(fa.pose.t.numpy(), fb.pose.t.numpy(), atol=1e-9)
+    tm = b[1].result.timings
+    assert tm["prefetch_features"] > 0 and "prefetch_wait" in tm and "features" not in tm
+    assert "read" in a[1].result.timings and "features" in a[1].result.timings

@@ -23,6 +23,7 @@ converts them with ``(k + 0.5) * s``, ``s = original / resized`` per axis.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from pathlib import Path
@@ -101,7 +102,7 @@ class Extractor(ConfiguredModule):
     # -- public API ---------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
-        for t in list(self.parameters()) + list(self.buffers()):
+        for t in itertools.chain(self.parameters(), self.buffers()):  # the first one (no lists)
             return t.device
         return torch.device(self.conf["device"])
 

@@ -23,6 +23,8 @@ PINHOLE_MODELS = ("SIMPLE_PINHOLE", "PINHOLE")
 
 def skew(v: np.ndarray) -> np.ndarray:
     """(..., 3) -> (..., 3, 3) cross-product matrices."""
+    if v.ndim == 1:  # the common case, without the stacking overhead
+        return np.array([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]])
     z = np.zeros(v.shape[:-1])
     return np.stack([np.stack([z, -v[..., 2], v[..., 1]], -1),
                      np.stack([v[..., 2], z, -v[..., 0]], -1),

@@ -67,19 +67,25 @@ def summarize(names: Sequence[str], poses: Mapping[str, Optional[Pose]], seconds
 
 
 #: stages of a frame's time (``FrameResult.result.timings`` keys), in pipeline order
-TIMING_STAGES = ("read", "features", "projection", "track_pose", "mapping_wait", "tracking_fallback",
-                 "relocalization", "features_full")
+TIMING_STAGES = ("read", "prefetch_wait", "features", "projection", "track_pose", "mapping_wait",
+                 "tracking_fallback", "relocalization", "features_full")
+#: stages run on the prefetch thread, overlapping the previous frame's tracking (not part of
+#: a frame's ``total`` on the tracking thread)
+OVERLAPPED_STAGES = ("prefetch_read", "prefetch_features")
 
 
 def timing_breakdown(frames: Sequence, window: int = 50) -> Dict:
     """Mean seconds per frame of each stage over all frames (a stage a frame skipped counts
-    0), the rest (``other``: bookkeeping, keyframe hand-off), and the mean total of the first
+    0), the rest (``other``: bookkeeping, keyframe hand-off), the prefetch thread's stages
+    (``OVERLAPPED_STAGES``, outside the totals), and the mean total of the first
     and last ``window`` frames with their ratio (``last_over_first``)."""
     if not frames:
         return {}
     totals = np.array([float(f.result.timings.get("total", 0.0)) for f in frames])
     out = {k: float(np.mean([float(f.result.timings.get(k, 0.0)) for f in frames])) for k in TIMING_STAGES}
     out["other"] = float(totals.mean() - sum(out.values()))
+    for k in OVERLAPPED_STAGES:
+        out[k] = float(np.mean([float(f.result.timings.get(k, 0.0)) for f in frames]))
     out["total"] = float(totals.mean())
     w = min(window, len(frames))
     out["first_window_s"] = float(totals[:w].mean())

@@ -46,6 +46,7 @@ from .fast_pose import PINHOLE_MODELS, refine_pose
 from .local_map import LocalMapBuilder, project, search_by_projection
 from .mapping_thread import KeyframeJob, MappingThread
 from .motion import MotionModel, pose_log
+from .prefetch import Prefetcher
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +67,10 @@ default_conf = {
         # Measured (README, Strecha, map from every 2nd image): tracked at 800 px, the ATE is
         # within 1.05x of per-frame localization at 1600 px, at about half the extraction time.
         "features": "auto",
+        # decode and extract frame k+1 on a worker thread while frame k is tracked (run()),
+        # the worker's torch running on prefetch_threads intra-op threads
+        "prefetch": True,
+        "prefetch_threads": 1,
         "num_keyframes": 5,        # local map: keyframes observing the previous frame's inliers
         "num_recent": 2,           # ... plus the most recently inserted keyframes
         "num_nearest_prebuilt": 3,  # ... plus the prebuilt map images nearest to the prediction
@@ -94,6 +99,10 @@ default_conf = {
         "min_inliers": 30,
         "min_inlier_ratio": 0.1,   # inliers / 2D-3D pairs
         "refine_rounds": 2,        # BPnP rounds, re-selecting inliers between them
+        # the numpy solver stops when a step changes the robust cost by less than this
+        # fraction, or when no step entry (rad / scene units) exceeds refine_step_tol
+        "refine_tol": 1e-8,
+        "refine_step_tol": 1e-8,
         "loss": "cauchy",
         "loss_scale_px": 1.0,
     },
@@ -257,7 +266,7 @@ class SequenceLocalizer:
 
     # ------------------------------------------------------------------ one frame
     def track(self, image: Optional[np.ndarray], camera: Camera, name: str, timestamp: Optional[float] = None,
-              image_error: Optional[str] = None) -> FrameResult:
+              image_error: Optional[str] = None, features: Optional[Dict[str, np.ndarray]] = None) -> FrameResult:
         """Localize the next frame of the sequence.
 
         Args:
@@ -265,6 +274,8 @@ class SequenceLocalizer:
                 (recorded as lost; the motion model keeps its state for the next frame).
             camera: the frame's Camera.
             name: image name; timestamp: seconds (None: the frame counter).
+            features: the frame's features from :meth:`tracking_features` when already
+                extracted (e.g. on a prefetch thread), else None (extracted here).
         """
         ts = float(timestamp) if timestamp is not None else float(self._counter)
         self._counter += 1
@@ -276,13 +287,21 @@ class SequenceLocalizer:
         t0 = time.perf_counter()
         full = self.localizer.extractor
         lighter = self.track_extractor is not full
-        feats = _extract(self.track_extractor if lighter else full, image)
-        res.timings["features"] = time.perf_counter() - t0
+        if features is None:
+            feats = self.tracking_features(image)
+            res.timings["features"] = time.perf_counter() - t0
+        else:
+            feats = features
         out = self.track_features(feats, camera, name, ts, res,
                                   relocalization_features=(lambda: _extract(full, image)) if lighter else None,
                                   image=image)
         out.result.timings["total"] = time.perf_counter() - t0
         return out
+
+    def tracking_features(self, image: np.ndarray) -> Dict[str, np.ndarray]:
+        """The tracking extractor's features of ``image`` (numpy, hloc keys); safe to call on
+        another thread while a frame is tracked."""
+        return _extract(self.track_extractor, image)
 
     @property
     def can_track(self) -> bool:
@@ -568,13 +587,24 @@ class SequenceLocalizer:
         if gated.sum() >= tc["min_inliers"]:
             pose, inl = self._refine(x, X, camera, pred, gated, prior)
             info["ransac"] = False
-        if pose is None or not self._accept(inl, len(corr)):
+        gated_ok = pose is not None and self._accept(inl, len(corr))
+        # a gated pose that explains less than min_inlier_ratio_projection of the matches may
+        # be a local optimum near a poor prediction (large motion): LO-RANSAC decides
+        if not gated_ok or inl.sum() < float(tc["min_inlier_ratio_projection"]) * len(corr):
             est = estimate_pose(x, X, camera, self.localizer.conf, corr.weight)
             info["ransac"] = True
             if not est.success:
+                if gated_ok:
+                    return (pose, corr.query_idx, corr.point_idx, inl), ""
                 return None, f"{TRACK_REJECTED} (ransac: {est.failure_reason})"
-            pose, inl = self._refine(x, X, camera, est.pose, est.inlier_mask, prior)
-            if pose is None or not self._accept(inl, len(corr)):
+            cov_gated = self._pending_cov
+            pose_r, inl_r = self._refine(x, X, camera, est.pose, est.inlier_mask, prior)
+            if pose_r is not None and self._accept(inl_r, len(corr)) and (not gated_ok or inl_r.sum() > inl.sum()):
+                pose, inl = pose_r, inl_r
+                info["ransac_over_gated"] = gated_ok
+            elif gated_ok:
+                self._pending_cov = cov_gated  # the gated pose stays, with its covariance
+            else:
                 return None, TRACK_REJECTED
         return (pose, corr.query_idx, corr.point_idx, inl), ""
 
@@ -621,7 +651,8 @@ class SequenceLocalizer:
             if fast:
                 R, t, cov, valid = refine_pose(x[sel], X[sel], fx, fy, cx, cy, pose.R.double().cpu().numpy(),
                                                pose.t.double().cpu().numpy(), tc["loss"], float(tc["loss_scale_px"]),
-                                               fprior)
+                                               fprior, tol=float(tc["refine_tol"]),
+                                               step_tol=float(tc["refine_step_tol"]))
                 if not valid:
                     return None, None
                 pose = Pose(torch.from_numpy(R), torch.from_numpy(t))
@@ -678,42 +709,78 @@ class SequenceLocalizer:
             frame.info["waited_for_mapping"] = True
 
     # ------------------------------------------------------------------ sequences
+    def _load(self, fr, extract: bool):
+        """(name, timestamp, image, error, timings, tracking features or None) of a frame
+        given to :meth:`run`; ``extract``: also the tracking features (prefetch worker)."""
+        decoded, err0, t_dec = None, None, 0.0
+        if isinstance(fr, tuple):
+            name, img, ts = fr
+        else:  # a Frame: decoded in memory (video) or a file
+            name, img, ts = fr.name, fr.path, fr.timestamp
+            decoded, err0, t_dec = fr.image, fr.error, float(getattr(fr, "read_seconds", 0.0) or 0.0)
+        t0 = time.perf_counter()
+        if err0 is not None:  # a video frame that failed to decode: a lost frame with its reason
+            image, err = None, err0
+        elif decoded is not None:
+            image, err = decoded, None
+        else:
+            image, err = read_frame(img)
+        timings = {"read": time.perf_counter() - t0 + t_dec}
+        feats = None
+        if extract and image is not None:
+            t1 = time.perf_counter()
+            feats = self.tracking_features(image)
+            timings["features"] = time.perf_counter() - t1
+        return name, ts, image, err, timings, feats
+
     def run(self, frames: Iterable, cameras: Union[Camera, Dict[str, Camera]], progress: bool = True,
             on_frame: Optional[Callable[[FrameResult], None]] = None) -> List[FrameResult]:
         """Track ``frames`` in order: :class:`~hloc_bpnp.sequence.frames.Frame` objects or
         (name, image array or path, timestamp) triples. An unreadable image is a lost frame
-        naming the file; the sequence goes on. Each frame's ``timings["total"]`` includes
-        reading its image (``timings["read"]``). ``on_frame(frame_result)`` is called after each
-        frame, on this (the tracking) thread. Before returning, the mapping thread's queue is
+        naming the file; the sequence goes on. Each frame's ``timings["total"]`` is its time on
+        this (the tracking) thread since the previous frame's: reading its image
+        (``timings["read"]``), or with ``tracking.prefetch`` waiting for the prefetch worker
+        (``prefetch_wait``; the worker's own ``prefetch_read`` and ``prefetch_features`` overlap
+        the previous frame's tracking), tracking, and ``on_frame(frame_result)``, called after
+        each frame on this thread; the totals add up to the run's wall time. Before returning, the mapping thread's queue is
         drained, so :attr:`map` holds every keyframe (the thread keeps running for more
         :meth:`track` calls until :meth:`close`)."""
         out: List[FrameResult] = []
         frames = list(frames)
-        bar = tqdm(frames, desc="track", disable=not progress)
-        for fr in bar:
-            decoded, err0, t_dec = None, None, 0.0
-            if isinstance(fr, tuple):
-                name, img, ts = fr
-            else:  # a Frame: decoded in memory (video) or a file
-                name, img, ts = fr.name, fr.path, fr.timestamp
-                decoded, err0, t_dec = fr.image, fr.error, float(getattr(fr, "read_seconds", 0.0) or 0.0)
-            cam = cameras[name] if isinstance(cameras, dict) else cameras
+        tc = self.conf["tracking"]
+        prefetch = bool(tc["prefetch"])
+        if prefetch:  # reading and extraction of the next frame overlap this frame's tracking
+            source = Prefetcher(frames, lambda fr: self._load(fr, extract=True),
+                                torch_threads=int(tc["prefetch_threads"]) or None)
+        else:
+            source = ((fr, None) for fr in frames)
+        bar = tqdm(source, total=len(frames), desc="track", disable=not progress)
+        try:
             t0 = time.perf_counter()
-            if err0 is not None:  # a video frame that failed to decode: a lost frame with its reason
-                image, err = None, err0
-            elif decoded is not None:
-                image, err = decoded, None
-            else:
-                image, err = read_frame(img)
-            t_read = time.perf_counter() - t0 + t_dec
-            if err:
-                logger.warning("Frame %s: cannot read %s", name, err)
-            out.append(self.track(image, cam, name, ts, image_error=err))
-            out[-1].result.timings["read"] = t_read
-            out[-1].result.timings["total"] = time.perf_counter() - t0
-            if on_frame is not None:
-                on_frame(out[-1])
-            bar.set_postfix_str(f"{out[-1].status}")
+            for fr, loaded in bar:
+                if loaded is None:
+                    loaded = self._load(fr, extract=False)
+                name, ts, image, err, timings, feats = loaded
+                waited = time.perf_counter() - t0  # the prefetch wait, or the reading
+                cam = cameras[name] if isinstance(cameras, dict) else cameras
+                if err:
+                    logger.warning("Frame %s: cannot read %s", name, err)
+                out.append(self.track(image, cam, name, ts, image_error=err, features=feats))
+                tm = out[-1].result.timings
+                if prefetch:  # time spent on the worker (overlapped), and waiting for it here
+                    tm["prefetch_read"], tm["prefetch_features"] = timings["read"], timings.get("features", 0.0)
+                    tm["prefetch_wait"] = waited
+                else:
+                    tm["read"] = timings["read"]
+                t1 = time.perf_counter()
+                tm["total"] = t1 - t0  # this frame's time on the tracking thread, waits included
+                if on_frame is not None:
+                    on_frame(out[-1])
+                bar.set_postfix_str(f"{out[-1].status}")
+                t0 = t1
+        finally:
+            if prefetch:
+                source.close()
         if self.mapper is not None:
             self.mapper.drain()
         counts = {s: sum(f.status == s for f in out) for s in (TRACKED, RELOCALIZED, LOST)}
