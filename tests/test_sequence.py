@@ -323,3 +323,22 @@ def test_tracker_with_prefetch_gives_the_same_poses(sequence_setup):
     tm = b[1].result.timings
     assert tm["prefetch_features"] > 0 and "prefetch_wait" in tm and "features" not in tm
     assert "read" in a[1].result.timings and "features" in a[1].result.timings
+
+
+def test_default_preset_tracks_every_frame_accurately(sequence_setup):
+    """configs/sequence/default.yaml (second search at the first search's radius, anchoring on
+    1000+ prebuilt inliers) is a valid tracker conf and keeps every frame within the accuracy
+    asked of the tracker's defaults."""
+    from hloc_bpnp.config import load_config, merge
+    from hloc_bpnp.localization import Localizer
+    from hloc_bpnp.sequence import SequenceLocalizer
+
+    seq, map_dir = sequence_setup
+    conf = merge(load_config("sequence", "default"), {"growth": {"threaded": False}})
+    with SequenceLocalizer(Localizer(_load(map_dir), "default"), conf) as sl:
+        out = [sl.track(img, seq.camera, n, ts) for n, img, ts in seq.frames()]
+    for f in out:
+        assert f.status in ("tracked", "relocalized"), (f.name, f.status, f.reason)
+        r, c = pose_error(f.pose, seq.poses[f.name])
+        assert float(r) < 1.0 and float(c) < 0.15, (f.name, float(r), float(c))
+    assert sum(f.status == "tracked" for f in out) >= len(out) - 4

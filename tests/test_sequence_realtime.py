@@ -331,3 +331,61 @@ def test_keyframes_tracked_with_lighter_features_join_the_map_at_its_resolution(
         full = sl.localizer.extractor.extract(np.asarray(dict((n, im) for n, im, _ in frames)[kf]))
         assert len(map_.features[kf]["keypoints"]) == len(full["keypoints"]) != len(light["keypoints"])
         assert (map_.kp_to_point[kf] >= 0).sum() > 30  # the tracking inliers were carried over
+
+
+# ---------------------------------------------------------------------------- tracker fallback
+def _fallback_tracker(X, conf=None):
+    """A SequenceLocalizer holding only what ``_track_by_keyframes`` reads: one keyframe
+    ``kf`` whose keypoint i observes points3D row i, matched one-to-one to the frame."""
+    from types import SimpleNamespace
+
+    from hloc_bpnp.config import merge
+    from hloc_bpnp.localization.correspondences import Correspondences
+    from hloc_bpnp.localization.localizer import default_conf as loc_conf
+    from hloc_bpnp.sequence.tracker import SequenceLocalizer, default_conf
+
+    n = len(X)
+    sl = object.__new__(SequenceLocalizer)
+    sl.conf = merge(default_conf, {"tracking": {"guided_margin_px": 1e4, **(conf or {})}})
+    sl._pending_cov = None
+    map_ = SimpleNamespace(lock=threading.Lock(), kp_to_point={"kf": np.arange(n)}, points3D=X)
+    sl.localizer = SimpleNamespace(
+        conf=loc_conf, map=map_,
+        match_2d3d=lambda feats, names, subsets: Correspondences(
+            np.arange(n), np.arange(n), np.ones(n, np.float32)))
+    return sl
+
+
+@pytest.mark.parametrize("ratio", [0.5, 0.2])
+def test_fallback_checks_a_gated_pose_explaining_few_pairs_with_ransac(ratio):
+    """200 pairs fit the true pose, 80 fit the (wrong) prediction: the gated BPnP from the
+    prediction converges there with 80 of 280 inliers; under tracking.min_inlier_ratio_projection
+    (0.5) LO-RANSAC finds the true pose with more inliers and it wins; with the check at 0.2 the
+    gated pose is kept (the check is what moves the pose)."""
+    rng = np.random.default_rng(0)
+    f, cx, cy = 500.0, 320.0, 240.0
+    truth = Pose(torch.eye(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64))
+    pred = Pose(torch.eye(3, dtype=torch.float64), torch.tensor([1.5, 0.0, 0.0], dtype=torch.float64))
+
+    def lift(uv, z, t):  # world points seen at pixels uv, depth z, by the camera R = I, t
+        return np.stack([(uv[:, 0] - cx) * z / f, (uv[:, 1] - cy) * z / f, z], 1) - t
+
+    uv_a = rng.uniform([40, 40], [600, 440], (200, 2))
+    uv_b = rng.uniform([40, 40], [600, 440], (80, 2))
+    X = np.concatenate([lift(uv_a, rng.uniform(4, 8, 200), np.zeros(3)),
+                        lift(uv_b, rng.uniform(4, 8, 80), np.array([1.5, 0.0, 0.0]))])
+    kpts = np.concatenate([uv_a, uv_b])
+    sl = _fallback_tracker(X, {"min_inlier_ratio_projection": ratio})
+    info = {}
+    out, reason = sl._track_by_keyframes(kpts, {}, PINHOLE, pred, None, ["kf"], info)
+    assert out is not None, reason
+    pose, _, _, inl = out
+    assert info["num_gated"] == 80
+    if ratio == 0.5:
+        assert info["ransac"] and info["ransac_over_gated"]
+        assert int(inl.sum()) == 200 and inl[:200].all()
+        assert float(torch.linalg.norm(pose.t - truth.t)) < 1e-3
+    else:
+        assert not info["ransac"]
+        assert int(inl.sum()) == 80 and inl[200:].all()
+        assert float(torch.linalg.norm(pose.t - pred.t)) < 1e-3
