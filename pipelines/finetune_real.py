@@ -153,18 +153,13 @@ def loo_runs(scene, fconf, mapping, loc_config, progress=False, features=None, q
 def summarize_loo(scene, results, limited):
     """(loo, limited) summaries of merged :func:`loo_runs` outputs of one label (``limited``: a
     list of collectors)."""
+    from hloc_bpnp.protocols.limited import summarize_limited
     from hloc_bpnp.protocols.summary import summarize
 
     s = summarize(results, {n: scene[n].pose for n in results}, scale_to_cm=100.0)["summary"]
     loo = {k: s.get(k) for k in ("n_localized", "n_queries", "median_rot_deg", "median_pos_cm")}
-    per = {q: e for c in limited for q, e in c.per_query.items()}
-    if per:
-        rot = np.concatenate([v["rot_deg"] for v in per.values()])
-        pos = np.concatenate([v["pos_cm"] for v in per.values()])
-        lim = {"median_rot_deg": float(np.median(rot)), "median_pos_cm": float(np.median(pos)), "n_queries": len(per)}
-    else:
-        lim = {"median_rot_deg": None, "median_pos_cm": None, "n_queries": 0}
-    return loo, lim
+    ls = summarize_limited(limited)
+    return loo, {k: ls[k] for k in ("median_rot_deg", "median_pos_cm", "n_queries")}
 
 
 def loo_metrics(scene, runs):

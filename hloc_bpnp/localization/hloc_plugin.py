@@ -78,6 +78,8 @@ def localize_from_hloc(
         elif b in refs_of and a in lookup.kp_to_point:
             refs_of[b].append(a)
     results: Dict[str, LocalizationResult] = {}
+    # the BPnP weights from a refiner's keypoint uncertainties need the query's sigmas
+    query_keys = ["keypoints", "sigmas"] if conf["refinement"]["use_weights"] == "uncertainty" else ["keypoints"]
     with FeatureStore(features_path, "r") as fs, MatchStore(matches_path, "r") as ms:
         for q, cam in tqdm(queries.items(), desc="localize (hloc plugin)", disable=not progress):
             res = LocalizationResult(name=q, camera=cam)
@@ -85,8 +87,7 @@ def localize_from_hloc(
             if q not in fs:
                 results[q] = res.fail(R.NO_FEATURES, f"{q!r} not in {features_path}")
                 continue
-            unc = conf["refinement"]["use_weights"] == "uncertainty"
-            qf = fs.get(q, keys=["keypoints", "sigmas"] if unc else ["keypoints"])
+            qf = fs.get(q, keys=query_keys)
             kpts = np.asarray(qf["keypoints"], dtype=np.float64)
             res.num_keypoints = len(kpts)
             refs = list(dict.fromkeys(refs_of[q]))

@@ -91,9 +91,17 @@ class LimitedCollector:
 
     def summary(self) -> Dict[str, object]:
         """Medians over all draws of all evaluated queries (None when none), counts."""
-        if not self.per_query:
-            return {"median_rot_deg": None, "median_pos_cm": None, "n_queries": 0, "n_skipped": len(self.skipped)}
-        rot = np.concatenate([v["rot_deg"] for v in self.per_query.values()])
-        pos = np.concatenate([v["pos_cm"] for v in self.per_query.values()])
-        return {"median_rot_deg": float(np.median(rot)), "median_pos_cm": float(np.median(pos)),
-                "n_queries": len(self.per_query), "n_skipped": len(self.skipped)}
+        return summarize_limited([self])
+
+
+def summarize_limited(collectors) -> Dict[str, object]:
+    """:meth:`LimitedCollector.summary` of several collectors together (e.g. one per fold of a
+    k-fold protocol): medians over all draws of all their queries, counts."""
+    per = {q: e for c in collectors for q, e in c.per_query.items()}
+    skipped = sum(len(c.skipped) for c in collectors)
+    if not per:
+        return {"median_rot_deg": None, "median_pos_cm": None, "n_queries": 0, "n_skipped": skipped}
+    rot = np.concatenate([v["rot_deg"] for v in per.values()])
+    pos = np.concatenate([v["pos_cm"] for v in per.values()])
+    return {"median_rot_deg": float(np.median(rot)), "median_pos_cm": float(np.median(pos)),
+            "n_queries": len(per), "n_skipped": skipped}
