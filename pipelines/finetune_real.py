@@ -65,6 +65,8 @@ ABLATIONS = {
     "sampson_nll": {"losses": {"sampson": True, "nll": True, "pose": False}, "bpnp": {"offsets_grad": True}},
     "sampson_nll_weights": {"losses": {"sampson": True, "nll": True, "pose": False}, "bpnp": {"offsets_grad": False}},
     "sampson_pose": {"losses": {"sampson": True, "nll": False, "pose": True}},
+    "reproj": {"losses": {"sampson": False, "nll": False, "pose": False, "reproj": True}, "select": "reproj"},
+    "sampson_reproj_nll": {"losses": {"sampson": True, "nll": True, "pose": False, "reproj": True}, "select": "both"},
 }
 
 
@@ -268,7 +270,7 @@ def main(argv=None):
     from hloc_bpnp.features.refiner import KeypointRefiner, load_refiner
     from hloc_bpnp.training.real import load_real_scene
     from hloc_bpnp.training.refiner_data import cached_refiner_scene
-    from hloc_bpnp.training.refiner_train import save_refiner, train_refiner
+    from hloc_bpnp.training.refiner_train import needs_pose_problems, save_refiner, train_refiner
     from hloc_bpnp.weights import bundled_weights
 
     fpreset = args.features
@@ -299,8 +301,7 @@ def main(argv=None):
         scales = dconf.pop("resize_max", ["preset"])
         scales = scales if isinstance(scales, list) else [scales]
         S = int(merge(KeypointRefiner.default_conf, tconf.get("refiner", {}))["patch_size"])
-        losses = tconf.get("losses", {})
-        need_pose = bool(losses.get("nll") or losses.get("pose") or args.ablation)
+        need_pose = needs_pose_problems(tconf) or bool(args.ablation)
     if not args.no_train:
         t0 = time.time()
         train, val = [], []
@@ -309,7 +310,8 @@ def main(argv=None):
             tr = [cached_refiner_scene(d, fc, S, args.cache_dir, pose_problems=need_pose, **dconf) for d in train_dirs]
             if val_dirs:
                 train += tr
-                val += [cached_refiner_scene(d, fc, S, args.cache_dir, pose_problems=False, **dconf) for d in val_dirs]
+                val += [cached_refiner_scene(d, fc, S, args.cache_dir, pose_problems=tconf.get("select", "sampson") != "sampson",
+                                             **dconf) for d in val_dirs]
             else:
                 tr, va = split_validation(tr)
                 train += tr

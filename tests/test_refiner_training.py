@@ -167,3 +167,36 @@ def test_refiner_data_of_some_images_only_refuses_unknown_names(tmp_path):
 
     with pytest.raises(ValueError, match=r"images \['nope.png'\] are not in the scene"):
         build_refiner_scene(Scene([], tmp_path), "s", "xfeat", 9, images=["nope.png"])
+
+
+def test_reprojection_loss_learns_both_offset_components():
+    """Sampson sees only the offset across the epipolar lines (y here, up to a shift); the
+    reprojection term at the known pose pins both components absolutely."""
+    from hloc_bpnp.training.refiner_train import ReprojectionTargets, median_reprojection
+
+    tr, va = synthetic_scene(seed=0), synthetic_scene(seed=1)
+    tg = ReprojectionTargets.of(va)
+    assert len(tg) == 4 * 300
+    before = median_reprojection(None, [va])
+    assert before == pytest.approx(2.0 * (0.6 ** 2 + 0.4 ** 2) ** 0.5, rel=1e-6)  # the bias, original px
+    out = train_refiner([tr], [va], {"steps": 150, "eval_every": 50, "lr": 0.01, "batch_matches": 512,
+                                     "losses": {"sampson": False, "reproj": True}, "select": "reproj",
+                                     "reproj": {"batch": 512}}, progress=False)
+    assert out["history"][0]["val_reproj_px"] == pytest.approx(before)
+    assert median_reprojection(out["refiner"], [va]) < 0.2 * before
+    pos = va.patches[:, 0, 4, 4] > 0.5
+    with torch.no_grad():
+        o = {k: out["refiner"](va.patches[m][:300])["offset"].mean(0) for k, m in (("+", pos), ("-", ~pos))}
+    assert o["+"].tolist() == pytest.approx([-0.6, 0.4], abs=0.12)
+    assert o["-"].tolist() == pytest.approx([0.6, -0.4], abs=0.12)
+
+
+def test_reprojection_selection_needs_correspondences():
+    sc = synthetic_scene()
+    sc.poses = []
+    with pytest.raises(ValueError, match="pose problems"):
+        train_refiner([sc], [], {"steps": 1, "losses": {"reproj": True}}, progress=False)
+    with pytest.raises(ValueError, match="select"):
+        train_refiner([synthetic_scene()], [], {"steps": 1, "select": "nope"}, progress=False)
+    with pytest.raises(ValueError, match="2D-3D"):
+        train_refiner([synthetic_scene()], [sc], {"steps": 1, "select": "both"}, progress=False)

@@ -17,6 +17,15 @@ match sets, so thousands of steps take minutes on a CPU. Losses (switches in ``l
     ``A = sum_i w_i J_i^T J_i`` at the solution and ``d`` the tangent error of the known pose,
     ``0.5 d^T A d - 0.5 log det A`` (the Laplace posterior, sigma^2 = 1). Gradients reach the
     offsets through the solver and the log-variances through the solver and ``A``.
+``reproj``
+    The reprojection error of each query keypoint that has a 2D-3D correspondence (the pose
+    problems: 3D points triangulated WITHOUT the query) at the query's known pose, in network
+    pixels, truncated at ``reproj.truncation``: the target is ``project(R X + t)``, a constant
+    per keypoint, so the term supervises both components of the offset (Sampson sees only the
+    one across the epipolar line: along it a refiner is free to drift). With
+    ``reproj.uncertainty`` the 2D NLL ``0.5 min(e, tau)^2 / v + log v`` (``v = exp(s)``, ``e``
+    detached) also trains the log-variance. Works in undistorted normalized coordinates through
+    the cached Jacobians, like the Sampson term.
 ``pose``
     The pose error of that BPnP solve (rotation in degrees + translation / scene scale in
     percent of the map extent, unweighted): a pose-only loss as the original pipeline had.
@@ -26,7 +35,10 @@ train the correspondence weights (log-variances) only, through the solver and ``
 Sampson term trains the positions.
 
 Validation: median Sampson error (original pixels) of the validation matches with refined
-keypoints; the best state is kept (early stopping after ``patience`` evaluations without gain).
+keypoints and, with the ``reproj`` term, the median reprojection error (original pixels) of the
+validation images' 2D-3D correspondences; ``select`` picks the score of the best state
+(``sampson``, ``reproj``, or ``both``: the geometric mean of the two ratios to their start
+values); the best state is kept (early stopping after ``patience`` evaluations without gain).
 """
 from __future__ import annotations
 
@@ -34,6 +46,7 @@ import copy
 import logging
 import math
 import time
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
@@ -56,11 +69,20 @@ DEFAULT_CONF: Dict[str, Any] = {
     "eval_every": 100,
     "eval_matches": 20000,
     "patience": 6,
-    "losses": {"sampson": True, "nll": False, "pose": False},
-    "weights": {"sampson": 1.0, "nll": 0.02, "pose": 0.1},
+    "losses": {"sampson": True, "nll": False, "pose": False, "reproj": False},
+    "weights": {"sampson": 1.0, "nll": 0.02, "pose": 0.1, "reproj": 1.0},
     "sampson": {"truncation": 1.5, "uncertainty": True},
+    "reproj": {"truncation": 1.5, "uncertainty": False, "batch": 2048},
+    "select": "sampson",  # validation score of the kept state: sampson | reproj | both
     "bpnp": {"problems_per_step": 4, "subset_size": 100, "offsets_grad": True},
 }
+
+
+def needs_pose_problems(conf: Dict) -> bool:
+    """Whether a training config (merged or partial) needs the scenes' 2D-3D pose problems."""
+    losses = conf.get("losses", {})
+    return bool(losses.get("nll") or losses.get("pose") or losses.get("reproj")
+                or conf.get("select", "sampson") != "sampson")
 
 
 def refiner_outputs(refiner: KeypointRefiner, scene: RefinerScene, kp: torch.Tensor,
@@ -138,6 +160,72 @@ def median_sampson(refiner: Optional[KeypointRefiner], scenes: Sequence[RefinerS
     return float(torch.cat(errs).median()) if errs else math.nan
 
 
+@dataclass
+class ReprojectionTargets:
+    """Every 2D-3D correspondence of a scene's pose problems, flattened: the keypoint and where
+    its 3D point projects at the known pose (undistorted normalized coordinates)."""
+
+    kp: torch.Tensor      # (n,) long global keypoint indices
+    target: torch.Tensor  # (n, 2) float64 normalized projection of the 3D point at the known pose
+    focal: torch.Tensor   # (n, 2) float64 (fx, fy): normalized -> original pixels
+
+    @classmethod
+    def of(cls, scene: RefinerScene) -> "ReprojectionTargets":
+        from ..geometry.pose import so3_exp
+
+        kp, tg, fo = [], [], []
+        for pp in scene.poses:
+            R = so3_exp(pp.pose[None, :3].to(torch.float64))[0]
+            Xc = pp.points3d.to(torch.float64) @ R.T + pp.pose[3:].to(torch.float64)
+            kp.append(pp.kp)
+            tg.append(Xc[:, :2] / Xc[:, 2:].clamp_min(1e-12))
+            fo.append(torch.stack([pp.K[0, 0], pp.K[1, 1]]).to(torch.float64).expand(pp.kp.numel(), 2))
+        if not kp:
+            z = torch.zeros(0, 2, dtype=torch.float64)
+            return cls(torch.zeros(0, dtype=torch.long), z, z.clone())
+        return cls(torch.cat(kp), torch.cat(tg), torch.cat(fo))
+
+    def __len__(self) -> int:
+        return int(self.kp.numel())
+
+
+def reprojection_residuals(scene: RefinerScene, tg: ReprojectionTargets, rows: torch.Tensor,
+                           offsets: torch.Tensor) -> torch.Tensor:
+    """(n, 2) residuals in ORIGINAL pixels of correspondences ``rows`` of ``tg`` with keypoint
+    offsets (n, 2) in network pixels: refined keypoint minus projected 3D point."""
+    kp = tg.kp[rows]
+    n = scene.norm0[kp] + torch.einsum("nij,nj->ni", scene.jac[kp], offsets * scene.scale[kp])
+    return (n - tg.target[rows]) * tg.focal[rows]
+
+
+def reprojection_loss(refiner, scene: RefinerScene, tg: ReprojectionTargets, rows: torch.Tensor, conf: Dict,
+                      augment: Optional[torch.Generator] = None) -> torch.Tensor:
+    kp = tg.kp[rows]
+    o, lv = refiner_outputs(refiner, scene, kp, augment)
+    e = reprojection_residuals(scene, tg, rows, o).norm(dim=-1) / scene.scale[kp].mean(-1)  # network px
+    et = e.clamp(max=float(conf["truncation"]))
+    if conf["uncertainty"]:
+        ed = et.detach()
+        return et.mean() + (0.5 * ed * ed / lv.exp() + lv).mean()
+    return et.mean()
+
+
+@torch.no_grad()
+def median_reprojection(refiner: Optional[KeypointRefiner], scenes: Sequence[RefinerScene],
+                        targets: Optional[Sequence[ReprojectionTargets]] = None, chunk: int = 16384) -> float:
+    """Median reprojection error (original px) of the 2D-3D correspondences of ``scenes``'
+    pose problems at the known poses (``None``: unrefined keypoints); nan without any."""
+    errs = []
+    for i, sc in enumerate(scenes):
+        tg = targets[i] if targets is not None else ReprojectionTargets.of(sc)
+        for j in range(0, len(tg), chunk):
+            rows = torch.arange(j, min(j + chunk, len(tg)))
+            o = (torch.zeros(rows.numel(), 2, dtype=torch.float64) if refiner is None
+                 else refiner_outputs(refiner, sc, tg.kp[rows])[0])
+            errs.append(reprojection_residuals(sc, tg, rows, o).norm(dim=-1))
+    return float(torch.cat(errs).median()) if errs else math.nan
+
+
 def _tangent_error(pose_est: torch.Tensor, pose_gt: torch.Tensor) -> torch.Tensor:
     """(B, 6) [d_w, d_t] with R_gt = exp(d_w) R_est, t_gt = t_est + d_t (BPnP's tangent)."""
     from ..geometry.pose import so3_exp, so3_log
@@ -194,9 +282,11 @@ def train_refiner(train: Sequence[RefinerScene], val: Sequence[RefinerScene], co
 
     Returns:
         ``refiner`` (best validation state, eval mode), ``history`` (rows of step, losses,
-        train/val median Sampson px), ``best_step``, ``seconds``, ``conf``.
+        train/val median Sampson px and, with ``reproj`` or ``select`` other than sampson,
+        reprojection px; ``score``: the selection score, 1 at the start), ``best_step``, ``seconds``, ``conf``.
     Raises:
-        ValueError: no training matches, or a BPnP loss without pose problems.
+        ValueError: no training matches, a BPnP / reprojection loss without pose problems, or
+            an unknown ``select``.
     """
     from tqdm import tqdm
 
@@ -205,9 +295,19 @@ def train_refiner(train: Sequence[RefinerScene], val: Sequence[RefinerScene], co
     if not train:
         raise ValueError("train_refiner: no training matches")
     use_pose = conf["losses"]["nll"] or conf["losses"]["pose"]
+    use_reproj = bool(conf["losses"].get("reproj"))
     problems = [(s, p) for s in train for p in s.poses]
-    if use_pose and not problems:
-        raise ValueError("train_refiner: the nll/pose losses need pose problems (build the data with pose_problems)")
+    if (use_pose or use_reproj) and not problems:
+        raise ValueError("train_refiner: the nll/pose/reproj losses need pose problems (build the data with "
+                         "pose_problems)")
+    select = str(conf["select"])
+    if select not in ("sampson", "reproj", "both"):
+        raise ValueError(f"train_refiner: select must be sampson, reproj or both, not {select!r}")
+    track_reproj = use_reproj or select != "sampson"
+    tg_train = [ReprojectionTargets.of(s) for s in train] if track_reproj else []
+    tg_val = [ReprojectionTargets.of(s) for s in val] if track_reproj else []
+    if select != "sampson" and not sum(len(t) for t in (tg_val if val else tg_train)):
+        raise ValueError(f"train_refiner: select={select!r} needs 2D-3D correspondences in the validation scenes")
     torch.manual_seed(int(conf["seed"]))
     gen = torch.Generator().manual_seed(int(conf["seed"]))
     ref = KeypointRefiner(conf["refiner"])
@@ -215,10 +315,28 @@ def train_refiner(train: Sequence[RefinerScene], val: Sequence[RefinerScene], co
     counts = torch.tensor([s.matches.shape[0] for s in train], dtype=torch.float64)
     hist: List[Dict[str, float]] = []
     em = int(conf["eval_matches"]) or None
-    v0 = median_sampson(None, val, max_matches=em) if val else math.nan
-    t0_tr = median_sampson(None, train, max_matches=em)
-    hist.append({"step": 0, "train_sampson_px": t0_tr, "val_sampson_px": v0})
-    best, best_state, best_step, bad = (v0 if val else t0_tr), copy.deepcopy(ref.state_dict()), 0, 0
+
+    def evaluate(model) -> Dict[str, float]:
+        r = {"train_sampson_px": median_sampson(model, train, max_matches=em),
+             "val_sampson_px": median_sampson(model, val, max_matches=em) if val else math.nan}
+        if track_reproj:
+            r["train_reproj_px"] = median_reprojection(model, train, tg_train)
+            r["val_reproj_px"] = median_reprojection(model, val, tg_val) if val else math.nan
+        return r
+
+    start = evaluate(None)
+    hist.append({"step": 0, **start})
+    part = "val" if val else "train"
+
+    def score(r: Dict[str, float]) -> float:
+        sa = r[f"{part}_sampson_px"] / start[f"{part}_sampson_px"]
+        if select == "sampson":
+            return sa
+        rp = r[f"{part}_reproj_px"] / start[f"{part}_reproj_px"]
+        return rp if select == "reproj" else math.sqrt(sa * rp)
+
+    best, best_state, best_step, bad = 1.0, copy.deepcopy(ref.state_dict()), 0, 0
+    tg_counts = torch.tensor([len(t) for t in tg_train], dtype=torch.float64) if use_reproj else None
     t0 = time.time()
     W = conf["weights"]
     bar = tqdm(range(1, int(conf["steps"]) + 1), desc="refiner", disable=not progress)
@@ -236,6 +354,18 @@ def train_refiner(train: Sequence[RefinerScene], val: Sequence[RefinerScene], co
             l_s = torch.stack(ls).sum()
             loss = loss + float(W["sampson"]) * l_s
             row["sampson"] = float(l_s.detach())
+        if use_reproj:
+            rc = conf["reproj"]
+            per = (tg_counts / tg_counts.sum() * int(rc["batch"])).round().long()
+            lr_ = []
+            for sc, tg, k in zip(train, tg_train, per.tolist()):
+                if k and len(tg):
+                    rows = torch.randint(0, len(tg), (k,), generator=gen)
+                    lr_.append(reprojection_loss(ref, sc, tg, rows, rc, gen if conf["augment"] else None)
+                               * (k / float(per.sum())))
+            l_r = torch.stack(lr_).sum()
+            loss = loss + float(W["reproj"]) * l_r
+            row["reproj"] = float(l_r.detach())
         if use_pose:
             pick = torch.randperm(len(problems), generator=gen)[:int(conf["bpnp"]["problems_per_step"])]
             by_scene: Dict[int, List] = {}
@@ -260,16 +390,20 @@ def train_refiner(train: Sequence[RefinerScene], val: Sequence[RefinerScene], co
         opt.step()
         if step % int(conf["eval_every"]) == 0 or step == int(conf["steps"]):
             ref.eval()
-            row["train_sampson_px"] = median_sampson(ref, train, max_matches=em)
-            row["val_sampson_px"] = median_sampson(ref, val, max_matches=em) if val else math.nan
-            score = row["val_sampson_px"] if val else row["train_sampson_px"]
-            if score < best:
-                best, best_state, best_step, bad = score, copy.deepcopy(ref.state_dict()), step, 0
+            row.update(evaluate(ref))
+            sc_ = score(row)
+            row["score"] = sc_
+            if sc_ < best:
+                best, best_state, best_step, bad = sc_, copy.deepcopy(ref.state_dict()), step, 0
             else:
                 bad += 1
-            bar.set_postfix(train=f"{row['train_sampson_px']:.3f}", val=f"{row['val_sampson_px']:.3f}")
-            logger.info("refiner step %d: train %.4f px, val %.4f px (start %.4f / %.4f)", step,
-                        row["train_sampson_px"], row["val_sampson_px"], t0_tr, v0)
+            bar.set_postfix(train=f"{row['train_sampson_px']:.3f}", val=f"{row['val_sampson_px']:.3f}",
+                            score=f"{sc_:.3f}")
+            logger.info("refiner step %d: Sampson train %.4f px, val %.4f px (start %.4f / %.4f)%s; score %.4f",
+                        step, row["train_sampson_px"], row["val_sampson_px"], start["train_sampson_px"],
+                        start["val_sampson_px"],
+                        (f"; reprojection train {row['train_reproj_px']:.4f}, val {row['val_reproj_px']:.4f} px"
+                         if track_reproj else ""), sc_)
             hist.append(row)
             if bad >= int(conf["patience"]):
                 logger.info("refiner: early stop at step %d (best %d)", step, best_step)
