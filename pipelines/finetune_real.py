@@ -180,14 +180,14 @@ def interleaved_folds(names, k):
     return [names[i::k] for i in range(k)]
 
 
-def adapted_variant(d, scene, fconf, tconf, dconf, S, k, args, need_pose):
+def adapted_variant(d, scene, fconf, tconf, dconf, S, k, args, need_pose, scales=("preset",)):
     """Map adaptation, as a user of ``hloc-bpnp finetune --map`` would run it: the eval scene's
     images in ``k`` interleaved folds; per fold a refiner trained on the OTHER folds' images only
     (their matches and leave-one-out 2D-3D problems), then the fold's images evaluated with it:
     Sampson on the matches among the fold's images (paired with pretrained on the same
     matches), loo / limited of the fold's images as queries (maps from all the other images,
     extracted with the fold's refiner). No evaluated image ever trains its refiner."""
-    from hloc_bpnp.training.refiner_data import cached_refiner_scene
+    from hloc_bpnp.training.refiner_data import cached_refiner_scene, cached_refiner_scenes
     from hloc_bpnp.training.refiner_train import save_refiner, train_refiner
 
     folds = interleaved_folds(scene.names, k)
@@ -196,9 +196,9 @@ def adapted_variant(d, scene, fconf, tconf, dconf, S, k, args, need_pose):
     for i, fold in enumerate(folds):
         others = [n for n in scene.names if n not in set(fold)]
         t0 = time.time()
-        rs = cached_refiner_scene(d, fconf, S, args.cache_dir, scene=scene, images=others,
-                                  pose_problems=need_pose, **dconf)
-        tr, va = split_validation([rs])
+        rs = cached_refiner_scenes(d, fconf, S, scales, args.cache_dir, scene=scene, images=others,
+                                   pose_problems=need_pose, **dconf)
+        tr, va = split_validation(rs)
         out = train_refiner(tr, va, tconf, progress=False)
         t_train += time.time() - t0
         path = args.output / f"refiner_adapted_{d.name}_fold{i}.pt"
@@ -269,7 +269,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     from hloc_bpnp.features.refiner import KeypointRefiner, load_refiner
     from hloc_bpnp.training.real import load_real_scene
-    from hloc_bpnp.training.refiner_data import cached_refiner_scene
+    from hloc_bpnp.training.refiner_data import cached_refiner_scene, cached_refiner_scenes, data_scales
     from hloc_bpnp.training.refiner_train import needs_pose_problems, save_refiner, train_refiner
     from hloc_bpnp.weights import bundled_weights
 
@@ -295,27 +295,23 @@ def main(argv=None):
             tconf["steps"] = args.steps
         results["config"]["finetune"] = preset
         dconf = dict(tconf.pop("data", {}))
-        # scales: the extractor's resize_max values the training data is extracted at (the
-        # refiner sees network pixels: a 640 px image at full size and a 3072 px one shrunk to
-        # 1600 px look different per pixel); "preset" = the feature preset's own
-        scales = dconf.pop("resize_max", ["preset"])
-        scales = scales if isinstance(scales, list) else [scales]
+        scales = data_scales(dconf)  # resize_max values the training data is extracted at
         S = int(merge(KeypointRefiner.default_conf, tconf.get("refiner", {}))["patch_size"])
         need_pose = needs_pose_problems(tconf) or bool(args.ablation)
     if not args.no_train:
         t0 = time.time()
         train, val = [], []
-        for rm in scales:
-            fc = fconf if rm == "preset" else merge(fconf, {"resize_max": rm})
-            tr = [cached_refiner_scene(d, fc, S, args.cache_dir, pose_problems=need_pose, **dconf) for d in train_dirs]
+        val_pose = tconf.get("select", "sampson") != "sampson"
+        for d in train_dirs:
+            tr = cached_refiner_scenes(d, fconf, S, scales, args.cache_dir, pose_problems=need_pose, **dconf)
             if val_dirs:
                 train += tr
-                val += [cached_refiner_scene(d, fc, S, args.cache_dir, pose_problems=tconf.get("select", "sampson") != "sampson",
-                                             **dconf) for d in val_dirs]
             else:
                 tr, va = split_validation(tr)
                 train += tr
                 val += va
+        for d in val_dirs:
+            val += cached_refiner_scenes(d, fconf, S, scales, args.cache_dir, pose_problems=val_pose, **dconf)
         results["config"]["train_resize_max"] = scales
         results["data_seconds"] = time.time() - t0
         runs = {"refined": {}}
@@ -384,7 +380,7 @@ def main(argv=None):
             write_json(args.output / "results.json", results)
         if args.adapt_folds:
             t = time.time()
-            m = adapted_variant(d, scene, fconf, tconf, dconf, S, args.adapt_folds, args, need_pose)
+            m = adapted_variant(d, scene, fconf, tconf, dconf, S, args.adapt_folds, args, need_pose, scales)
             histories.setdefault("adapted", {})[d.name] = m.pop("training")
             results["train_seconds"] += m["train_seconds"]
             results["variants"].setdefault("adapted", {})[d.name] = m

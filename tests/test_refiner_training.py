@@ -200,3 +200,16 @@ def test_reprojection_selection_needs_correspondences():
         train_refiner([synthetic_scene()], [], {"steps": 1, "select": "nope"}, progress=False)
     with pytest.raises(ValueError, match="2D-3D"):
         train_refiner([synthetic_scene()], [sc], {"steps": 1, "select": "both"}, progress=False)
+
+
+def test_data_scales_and_their_validation(tmp_path):
+    from hloc_bpnp.training.refiner_data import cached_refiner_scenes, data_scales
+
+    d = {"resize_max": 640, "max_error": 3.0}
+    assert data_scales(d) == [640] and d == {"max_error": 3.0}
+    assert data_scales({"resize_max": [640, "preset"]}) == [640, "preset"]
+    assert data_scales({}) == ["preset"]
+    with pytest.raises(ValueError, match="no scale"):
+        cached_refiner_scenes(tmp_path, "xfeat", 9, [])
+    with pytest.raises(ValueError, match="neither"):
+        cached_refiner_scenes(tmp_path, "xfeat", 9, [-5])

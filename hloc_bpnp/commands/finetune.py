@@ -59,7 +59,7 @@ def run_refiner_on_map(args) -> int:
     from ..features.refiner import KeypointRefiner
     from ..io.colmap import covisibility, read_model, scene_from_model
     from ..io.json_io import write_json
-    from ..training.refiner_data import cached_refiner_scene
+    from ..training.refiner_data import cached_refiner_scenes, data_scales
     from ..training.refiner_train import save_refiner, train_refiner
 
     features = args.features or "xfeat"
@@ -93,11 +93,13 @@ def run_refiner_on_map(args) -> int:
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     cache = args.cache_dir or output / "cache"
-    data = cached_refiner_scene(Path(args.map).resolve(), fconf, S, cache, scene=scene, pairs=pairs,
-                                max_pose_problems=40, **dconf)
-    names = list(data.image_names)
+    scales = data_scales(dconf)
+    data = cached_refiner_scenes(Path(args.map).resolve(), fconf, S, scales, cache, scene=scene, pairs=pairs,
+                                 max_pose_problems=40, **dconf)
+    names = list(data[0].image_names)
     k = max(2, len(names) // 4)
-    out = train_refiner([data.subset_images(names[:-k])], [data.subset_images(names[-k:])], tconf)
+    out = train_refiner([d.subset_images(names[:-k]) for d in data], [d.subset_images(names[-k:]) for d in data],
+                        tconf)
     save_refiner(out["refiner"], output / "refiner.pt")
     write_json(output / "history.json", {"history": out["history"], "best_step": out["best_step"],
                                          "seconds": out["seconds"], "conf": out["conf"]})
@@ -106,7 +108,7 @@ def run_refiner_on_map(args) -> int:
     _write_yaml(fy, output / "features.yaml", "written by hloc-bpnp finetune --map: XFeat with the trained refiner")
     h = out["history"]
     logger.info("refiner trained on %s (%d images, %d pairs): validation Sampson %.4f -> %.4f px (best step %d); "
-                "extractor preset %s", args.map, len(names), len(data.pairs), h[0]["val_sampson_px"],
+                "extractor preset %s", args.map, len(names), len(data[0].pairs), h[0]["val_sampson_px"],
                 min(r["val_sampson_px"] for r in h), out["best_step"], output / "features.yaml")
     return 0
 

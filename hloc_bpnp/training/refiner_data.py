@@ -338,3 +338,36 @@ def cached_refiner_scene(scene_dir: Union[str, Path], features: Union[str, Dict]
     with atomic_path(path) as tmp:
         torch.save(rs.to_dict(), tmp)
     return rs
+
+
+def cached_refiner_scenes(scene_dir: Union[str, Path], features: Union[str, Dict], patch_size: int,
+                          scales: Sequence = ("preset",), cache_dir: Optional[Union[str, Path]] = None,
+                          **kwargs) -> List[RefinerScene]:
+    """:func:`cached_refiner_scene` once per extraction scale: ``scales`` are ``resize_max``
+    values of the feature preset (``"preset"``: its own). The refiner sees network pixels, and
+    a 640 px image at full size and a 3072 px one shrunk to 1600 px look different per pixel,
+    so training data at several scales is what lets it transfer between such scenes.
+
+    Raises:
+        ValueError: an empty ``scales`` or a scale that is neither ``"preset"`` nor a positive
+            integer.
+    """
+    from ..config import load_config, merge
+
+    if not scales:
+        raise ValueError("cached_refiner_scenes: no scale given")
+    fconf = load_config("features", features) if isinstance(features, str) else dict(features)
+    out = []
+    for rm in scales:
+        if rm != "preset" and not (isinstance(rm, int) and rm > 0):
+            raise ValueError(f"refiner data scales: {rm!r} is neither 'preset' nor a positive resize_max in pixels")
+        fc = fconf if rm == "preset" else merge(fconf, {"resize_max": int(rm)})
+        out.append(cached_refiner_scene(scene_dir, fc, patch_size, cache_dir, **kwargs))
+    return out
+
+
+def data_scales(dconf: Dict) -> List:
+    """Pop the ``resize_max`` entry of a training preset's ``data`` section: a list of scales
+    for :func:`cached_refiner_scenes` (default: the feature preset's own)."""
+    scales = dconf.pop("resize_max", ["preset"])
+    return list(scales) if isinstance(scales, (list, tuple)) else [scales]
