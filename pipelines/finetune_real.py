@@ -39,7 +39,8 @@ user on their own map. Each eval scene's images go into K interleaved folds; eac
 evaluated with a refiner trained on the OTHER folds' images only (no evaluated image ever
 trains its refiner): Sampson on the matches among the fold's images (``sampson_px``, with
 ``sampson_px_pretrained_same_matches`` and the paired ratio), loo / limited of the fold's
-images as queries.
+images as queries. Its training preset is ``--adapt-config`` (default ``refiner_xfeat_map``,
+the one ``finetune --map`` uses).
 """
 import argparse
 import json
@@ -248,6 +249,8 @@ def main(argv=None):
     p.add_argument("--adapt-folds", type=int, default=0,
                    help="also the 'adapted' variant: per eval scene, K interleaved folds, each evaluated with a "
                         "refiner trained on the other folds' images only (hloc-bpnp finetune --map on a user's map)")
+    p.add_argument("--adapt-config", default=None,
+                   help="training preset of the 'adapted' variant (default refiner_<features>_map, as finetune --map)")
     args = p.parse_args(argv)
     if not args.no_train and not args.train:
         raise SystemExit("--train SCENE... is required unless --no-train")
@@ -288,7 +291,7 @@ def main(argv=None):
     except (FileNotFoundError, KeyError) as e:
         logger.warning("no shipped refiner: %s", e)
     histories = {}
-    if not args.no_train or args.adapt_folds:
+    if not args.no_train:
         preset = args.config or f"refiner_{fpreset}" + ("_quick" if args.quick else "")
         tconf = load_config("finetune", preset)
         if args.steps is not None:
@@ -298,6 +301,15 @@ def main(argv=None):
         scales = data_scales(dconf)  # resize_max values the training data is extracted at
         S = int(merge(KeypointRefiner.default_conf, tconf.get("refiner", {}))["patch_size"])
         need_pose = needs_pose_problems(tconf) or bool(args.ablation)
+    if args.adapt_folds:
+        apreset = args.adapt_config or f"refiner_{fpreset}_map"
+        aconf = load_config("finetune", apreset)
+        if args.steps is not None:
+            aconf["steps"] = args.steps
+        results["config"]["adapt_finetune"] = apreset
+        adconf = dict(aconf.pop("data", {}))
+        ascales = data_scales(adconf)
+        aS = int(merge(KeypointRefiner.default_conf, aconf.get("refiner", {}))["patch_size"])
     if not args.no_train:
         t0 = time.time()
         train, val = [], []
@@ -380,7 +392,8 @@ def main(argv=None):
             write_json(args.output / "results.json", results)
         if args.adapt_folds:
             t = time.time()
-            m = adapted_variant(d, scene, fconf, tconf, dconf, S, args.adapt_folds, args, need_pose, scales)
+            m = adapted_variant(d, scene, fconf, aconf, adconf, aS, args.adapt_folds, args, needs_pose_problems(aconf),
+                                ascales)
             histories.setdefault("adapted", {})[d.name] = m.pop("training")
             results["train_seconds"] += m["train_seconds"]
             results["variants"].setdefault("adapted", {})[d.name] = m

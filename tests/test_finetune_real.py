@@ -275,7 +275,7 @@ def test_adapted_variant_never_trains_on_the_images_it_evaluates(shared_data, tm
     conf.write_text(yaml.safe_dump({"steps": 3, "eval_every": 1, "losses": {"sampson": True, "nll": False},
                                     "data": {"max_error": 3.0, "min_matches": 30}}))
     out = tmp_path / "out"
-    finetune_real.main(["--eval", str(scene_dir), "--no-train", "--adapt-folds", "2", "--config", str(conf),
+    finetune_real.main(["--eval", str(scene_dir), "--no-train", "--adapt-folds", "2", "--adapt-config", str(conf),
                         "--output", str(out), "--cache-dir", str(tmp_path / "cache"), "--threads", "1"])
     res = json.loads((out / "results.json").read_text())
     m = res["variants"]["adapted"]["temple8"]

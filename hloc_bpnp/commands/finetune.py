@@ -10,7 +10,7 @@ Two ways to give training data:
 * ``--config PRESET`` alone: the preset's ``data`` section (e.g. synthetic scenes).
 * ``--map MODEL --images DIR``: a user's own COLMAP model (poses and intrinsics of its images
   are the truth). Trains the sub-pixel keypoint REFINER of a frozen pretrained XFeat
-  (``configs/finetune/refiner_xfeat.yaml``): pairs from the model's covisibility, matches
+  (``configs/finetune/refiner_xfeat_map.yaml``): pairs from the model's covisibility, matches
   verified against the known poses, each training query's 3D points triangulated WITHOUT that
   query; the last quarter of the images (name order) validates. Writes ``refiner.pt``,
   ``history.json`` and ``features.yaml`` (XFeat with that refiner:
@@ -76,7 +76,7 @@ def run_refiner_on_map(args) -> int:
         raise ValueError(f"--images {args.images}: images of the model are missing, e.g. {missing[:3]}")
     if len(scene) < 4:
         raise ValueError(f"--map {args.map}: {len(scene)} registered images; the refiner needs at least 4")
-    tconf = load_config("finetune", args.config or "refiner_xfeat")
+    tconf = load_config("finetune", args.config or "refiner_xfeat_map")
     if args.steps is not None:
         tconf["steps"] = int(args.steps)
     dconf = tconf.pop("data", {})
