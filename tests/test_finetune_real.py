@@ -228,7 +228,7 @@ def test_finetune_map_trains_a_refiner_usable_as_features(shared_data, tmp_path)
 
     scene, model = _herzjesu_model(shared_data, tmp_path)
     conf = tmp_path / "r.yaml"
-    c = yaml.safe_load((ROOT / "configs/finetune/refiner_xfeat.yaml").read_text())
+    c = yaml.safe_load((ROOT / "configs/finetune/refiner_xfeat_map.yaml").read_text())
     c.update(steps=30, eval_every=10, batch_matches=512)
     conf.write_text(yaml.safe_dump(c))
     out = tmp_path / "ft"
