@@ -481,8 +481,8 @@ def test_keyframes_already_at_the_map_resolution_are_not_extracted_again():
 
 # ---------------------------------------------------------------------------- mapping threads
 def test_mapping_thread_uses_the_waiting_submitters_threads(exact):
-    """A keyframe nobody waits for is inserted with torch_threads; an urgent one, or one
-    started while a drain() waits, with torch_threads_waited."""
+    """A keyframe nobody waits for is inserted with torch_threads, one started while a drain()
+    waits with torch_threads_waited; an urgent one on the submitter's thread."""
     from hloc_bpnp.matching import build_matcher
     from hloc_bpnp.sequence import MappingThread
     from hloc_bpnp.sequence.growth import default_conf
@@ -507,16 +507,17 @@ def test_mapping_thread_uses_the_waiting_submitters_threads(exact):
     threads = {i["name"]: i["torch_threads"] for i in mt.infos}
     assert threads[jobs[0].name] == [1, 1] and threads[jobs[1].name] == [2, 2]
     mt.close()
-    # an urgent job gets the waiting threads from its start, before any drain
+    # an urgent job (the submitter waits for it) is inserted on the submitter's thread, after
+    # the queued ones
     m2 = scene.build_map()
-    j = _jobs(scene, m2)[0]
-    j.urgent = True
-    with MappingThread(m2, _GateMatcher(build_matcher("mnn")), {**default_conf, "torch_threads": 1,
-                                                                  "torch_threads_waited": 2}) as mt2:
-        mt2.matcher.gate.set()
-        mt2.submit(j)
-        for _ in range(6000):
-            if not mt2.pending:
-                break
-            threading.Event().wait(0.01)
-        assert mt2.infos[0]["torch_threads"] == [2, 2]
+    j0, j1 = _jobs(scene, m2)
+    j1.urgent = True
+    gate2 = _GateMatcher(build_matcher("mnn"))
+    with MappingThread(m2, gate2, {**default_conf, "torch_threads": 1, "torch_threads_waited": 2}) as mt2:
+        mt2.submit(j0)
+        assert gate2.entered.wait(timeout=60)
+        threading.Timer(0.2, gate2.gate.set).start()
+        mt2.submit(j1)  # returns once both are in
+        assert mt2.pending == 0 and mt2.inserted == [j0.name, j1.name]
+        assert mt2.infos[0]["thread"] == "hloc_bpnp-mapping"
+        assert mt2.infos[1]["thread"] == threading.current_thread().name

@@ -719,8 +719,9 @@ class SequenceLocalizer:
         # the camera outruns the map (half of this view is new, or the image turned by more
         # than wait_flow of its side since the last frame): the next frame needs this
         # keyframe's points, so the tracker waits for it (its only wait besides a failed
-        # search), and the mapping thread inserts it with the tracker's cores (``urgent``)
+        # search): an ``urgent`` job, inserted on this thread with its cores
         wait = novelty >= float(gc["wait_novelty"]) or (flow is not None and flow >= float(gc["wait_flow"]))
+        t = time.perf_counter()
         self.mapper.submit(KeyframeJob(frame.name, camera, frame.result.pose, feats, kp, rows,
                                        list(self.keyframes[-int(gc["num_recent"]):]),
                                        image=image if reextract else None, urgent=wait))
@@ -728,8 +729,6 @@ class SequenceLocalizer:
         self._frames_since_keyframe = 0
         frame.keyframe = True
         if wait:
-            t = time.perf_counter()
-            self.mapper.drain()
             frame.result.timings["mapping_wait"] = (frame.result.timings.get("mapping_wait", 0.0)
                                                     + time.perf_counter() - t)
             frame.info["waited_for_mapping"] = True
