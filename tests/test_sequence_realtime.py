@@ -389,3 +389,135 @@ def test_fallback_checks_a_gated_pose_explaining_few_pairs_with_ransac(ratio):
         assert not info["ransac"]
         assert int(inl.sum()) == 80 and inl[200:].all()
         assert float(torch.linalg.norm(pose.t - pred.t)) < 1e-3
+
+
+# ---------------------------------------------------------------------------- final search rounds
+def _projection_tracker(X, D, rounds):
+    """A SequenceLocalizer holding only what ``_track_by_projection`` reads: a local map of
+    the points X (rows 0..n-1, descriptors D), all prebuilt."""
+    from types import SimpleNamespace
+
+    from hloc_bpnp.config import merge
+    from hloc_bpnp.localization.localizer import default_conf as loc_conf
+    from hloc_bpnp.sequence.tracker import SequenceLocalizer, default_conf
+
+    n = len(X)
+    sl = object.__new__(SequenceLocalizer)
+    sl.conf = merge(default_conf, {"tracking": {"search_radius_final": 0.025, "search_final_rounds": rounds}})
+    sl._pending_cov = None
+    sl._n_prebuilt_points = n
+    sl.localizer = SimpleNamespace(conf=loc_conf, map=SimpleNamespace(lock=threading.Lock(), points3D=X))
+    sl._local = SimpleNamespace(build=lambda map_, names: LocalMap(np.arange(n), X, D, list(names)))
+    return sl
+
+
+def test_final_search_repeats_while_it_finds_more():
+    """Points at 1.5-40 m, the prediction 0.6 m off sideways: the first search (16 px) finds
+    only the far points (parallax under the radius) and the pose refined on them, held by the
+    motion prior, is still off; one search at it finds more of the view, and repeating the
+    search at each refined pose (tracking.search_final_rounds) finds all of it."""
+    from hloc_bpnp.localization.results import LocalizationResult
+
+    rng = np.random.default_rng(0)
+    n = 1500
+    f, cx, cy = 500.0, 320.0, 240.0
+    uv = rng.uniform([10, 10], [630, 470], (n, 2))
+    z = np.exp(rng.uniform(np.log(1.5), np.log(40.0), n))
+    X = np.stack([(uv[:, 0] - cx) * z / f, (uv[:, 1] - cy) * z / f, z], 1)  # true pose: identity
+    D = rng.normal(size=(n, 64)).astype(np.float32)
+    D /= np.linalg.norm(D, axis=1, keepdims=True)
+    kpts = uv + rng.normal(0, 0.5, uv.shape)
+    pred = Pose(torch.eye(3, dtype=torch.float64), torch.tensor([0.6, 0.0, 0.0], dtype=torch.float64))
+    prior = (pred, np.diag([1e4] * 3 + [1 / 0.03 ** 2] * 3))
+    out = {}
+    for rounds in (1, 3, 5):
+        sl = _projection_tracker(X, D, rounds)
+        info = {}
+        res = LocalizationResult(name="f", camera=PINHOLE)
+        found, reason = sl._track_by_projection({"descriptors": D}, kpts, PINHOLE, pred, prior, ["kf"], res, info)
+        assert found is not None, reason
+        pose, q, rows, inl = found
+        out[rounds] = (float(torch.linalg.norm(pose.t)), int(inl.sum()), info)
+    assert out[1][2]["num_projection_matches"] < 0.5 * n  # the first search sees part of the view
+    assert out[1][2]["final_searches"] == 1 and out[1][1] < 0.8 * n and out[1][0] > 0.01
+    assert out[3][1] == n and out[3][0] < 1e-3 and out[3][2]["final_searches"] > 1
+    # the rounds stop once a search adds under search_final_min_gain of the inliers
+    assert out[5][2]["final_searches"] < 5 and out[5][1] == n
+
+
+# ---------------------------------------------------------------------------- keyframe re-extraction
+def test_same_extraction_compares_the_size_each_extractor_sees():
+    from hloc_bpnp.features import build_extractor
+    from hloc_bpnp.sequence.mapping_thread import same_extraction
+
+    full, track = build_extractor("sift", resize_max=1600), build_extractor("sift", resize_max=800)
+    assert same_extraction(track, full, (640, 480))       # neither resizes a VGA frame
+    assert not same_extraction(track, full, (3072, 2048))  # 800 vs 1600 px
+    assert not same_extraction(build_extractor("sift", resize_max=800, max_keypoints=1024), full, (640, 480))
+
+
+def test_keyframes_already_at_the_map_resolution_are_not_extracted_again():
+    """A 1600-px-capped SIFT map, frames tracked under a 400-px cap: the 320-px frames are the
+    same for both extractors, so keyframes keep the tracking features (no second extraction)."""
+    from hloc_bpnp.mapping import build_map_from_poses
+    from hloc_bpnp.sequence import SequenceLocalizer
+    from hloc_bpnp.sequence.synthetic import generate_sequence
+    from test_sequence import SMALL_SEQ
+
+    seq = generate_sequence(SMALL_SEQ, seed=0)
+    map_ = build_map_from_poses(seq.scene.map_scene, seq.scene.images, "default", progress=False)
+    sl = SequenceLocalizer(Localizer(map_, "default"), {"tracking": {"features": {"resize_max": 400}},
+                                                        "growth": {"threaded": False}})
+    assert sl.track_extractor is not sl.localizer.extractor and sl._reextract
+    out = sl.run(seq.frames()[:5], seq.camera, progress=False)
+    sl.close()
+    kfs = [f for f in out if f.keyframe]
+    assert kfs and all(f.info["reextract"] is False for f in kfs)
+    assert all(not i["reextracted"] for i in sl.mapper.infos)
+    for f in kfs:
+        full = sl.localizer.extractor.extract(np.asarray(seq.images[f.name]))
+        assert np.allclose(map_.features[f.name]["keypoints"], full["keypoints"].numpy())
+
+
+# ---------------------------------------------------------------------------- mapping threads
+def test_mapping_thread_uses_the_waiting_submitters_threads(exact):
+    """A keyframe nobody waits for is inserted with torch_threads, one started while a drain()
+    waits with torch_threads_waited; an urgent one on the submitter's thread."""
+    from hloc_bpnp.matching import build_matcher
+    from hloc_bpnp.sequence import MappingThread
+    from hloc_bpnp.sequence.growth import default_conf
+
+    scene, map_ = exact
+    jobs = _jobs(scene, map_)
+    gate = _GateMatcher(build_matcher("mnn"))
+    mt = MappingThread(map_, gate, {**default_conf, "torch_threads": 1, "torch_threads_waited": 2})
+    mt.submit(jobs[0])  # not waited for: held inside its matching by the gate
+    assert gate.entered.wait(timeout=60)
+    mt.submit(jobs[1])  # starts while the drain below waits
+    drainer = threading.Thread(target=mt.drain)
+    drainer.start()
+    for _ in range(200):  # until the drain is blocked
+        if mt._waiting:
+            break
+        threading.Event().wait(0.01)
+    assert mt._waiting == 1
+    gate.gate.set()
+    drainer.join(timeout=60)
+    assert not drainer.is_alive() and mt.pending == 0
+    threads = {i["name"]: i["torch_threads"] for i in mt.infos}
+    assert threads[jobs[0].name] == [1, 1] and threads[jobs[1].name] == [2, 2]
+    mt.close()
+    # an urgent job (the submitter waits for it) is inserted on the submitter's thread, after
+    # the queued ones
+    m2 = scene.build_map()
+    j0, j1 = _jobs(scene, m2)
+    j1.urgent = True
+    gate2 = _GateMatcher(build_matcher("mnn"))
+    with MappingThread(m2, gate2, {**default_conf, "torch_threads": 1, "torch_threads_waited": 2}) as mt2:
+        mt2.submit(j0)
+        assert gate2.entered.wait(timeout=60)
+        threading.Timer(0.2, gate2.gate.set).start()
+        mt2.submit(j1)  # returns once both are in
+        assert mt2.pending == 0 and mt2.inserted == [j0.name, j1.name]
+        assert mt2.infos[0]["thread"] == "hloc_bpnp-mapping"
+        assert mt2.infos[1]["thread"] == threading.current_thread().name

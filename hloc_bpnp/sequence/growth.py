@@ -48,6 +48,9 @@ default_conf = {
     "threaded": True,             # False: insert inline (deterministic; tests, debugging)
     "max_queue": 2,               # keyframes waiting; a busy mapper makes the tracker skip one
     "torch_threads": 1,           # the mapping thread's torch threads (2 cores: one each)
+    # ... while the tracker waits for it (drain, or a keyframe it waits for): the tracker's
+    # cores are idle; 0 = the tracker's own torch thread count
+    "torch_threads_waited": 0,
     # a keyframe this new (share of its textured cells without a tracked point) makes the
     # tracker wait for its insertion: the camera outruns the map (a video at a low frame rate,
     # fast turns) and the next frame needs its points; at video rate views change slowly

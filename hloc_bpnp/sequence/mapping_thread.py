@@ -8,7 +8,14 @@ size). The map is shared: the worker writes under ``map.lock``, readers that nee
 consistent view over several calls hold it too.
 
 On a 2-core CPU the worker runs torch with one intra-op thread (``torch_threads``; the
-setting is per thread), so it leaves the other core to the tracker.
+setting is per thread), so it leaves the other core to the tracker. A keyframe the tracker
+waits for (submitted ``urgent``) is inserted on the tracker's own thread, with its torch
+threads, once the keyframes queued before it are in (a blocked tracker's cores would
+otherwise idle: kornia SIFT at 1600 px took 2.3 s on a 1-thread worker, 1.9 s on a 2-thread
+worker and 1.3-1.7 s on the 2-thread main thread, Herz-Jesu 0007.jpg); while a :meth:`drain`
+waits, the worker runs with ``torch_threads_waited`` threads (0: as many as the thread that
+created the :class:`MappingThread`), set at the start of a job and again between its
+extraction and its insertion.
 
 ``threaded: false`` runs each insertion inline in :meth:`submit` (deterministic, for tests
 and debugging). :meth:`drain` waits until the queue is empty; :meth:`close` drains, then
@@ -42,6 +49,8 @@ class KeyframeJob:
         recent: recently inserted keyframes, matched first for triangulation.
         image: the frame's image, when the keyframe is to be re-extracted at the map's
             resolution on the mapping thread (see :class:`MappingThread`), else None.
+        urgent: the submitter waits for this keyframe: :meth:`MappingThread.submit` inserts it
+            on the submitter's thread (after the keyframes queued before it) and returns then.
     """
 
     name: str
@@ -52,6 +61,7 @@ class KeyframeJob:
     inlier_rows: np.ndarray
     recent: List[str] = field(default_factory=list)
     image: Optional[np.ndarray] = None
+    urgent: bool = False
 
 
 class MappingThread:
@@ -77,6 +87,12 @@ class MappingThread:
         self.conf = dict(conf)
         self.threaded = bool(self.conf.get("threaded", True))
         self.max_queue = int(self.conf.get("max_queue", 2))
+        import torch
+
+        self.torch_threads = max(1, int(self.conf.get("torch_threads", 1)))
+        # while the submitter waits, its cores are free: its own thread count by default
+        self.torch_threads_waited = int(self.conf.get("torch_threads_waited", 0) or 0) or torch.get_num_threads()
+        self._waiting = 0  # drain() calls blocked now
         self.on_inserted = on_inserted
         self.inserted: List[str] = []
         self.infos: List[Dict] = []
@@ -102,13 +118,16 @@ class MappingThread:
         return self._pending >= self.max_queue
 
     def submit(self, job: KeyframeJob) -> None:
-        """Queue a keyframe and return at once (inline mode: insert it now)."""
+        """Queue a keyframe and return at once (inline mode, or an ``urgent`` job: insert it
+        now on this thread, after the queued ones)."""
         self._raise_error()
         if self._closed:
             raise RuntimeError("MappingThread is closed")
+        if self.threaded and job.urgent:
+            self.drain()  # insertion order is submission order
         with self._lock:
             self._pending += 1
-        if not self.threaded:
+        if not self.threaded or job.urgent:
             self._insert(job)
             return
         self._queue.put(job)
@@ -116,7 +135,13 @@ class MappingThread:
     def drain(self) -> None:
         """Wait until every submitted keyframe is inserted."""
         if self.threaded and self._thread is not None and self._thread.is_alive():
-            self._queue.join()
+            with self._lock:
+                self._waiting += 1
+            try:
+                self._queue.join()
+            finally:
+                with self._lock:
+                    self._waiting -= 1
         self._raise_error()
 
     def close(self) -> None:
@@ -154,14 +179,14 @@ class MappingThread:
     def _worker(self) -> None:
         import torch
 
-        torch.set_num_threads(max(1, int(self.conf.get("torch_threads", 1))))  # this thread only
+        torch.set_num_threads(self.torch_threads)  # this thread only
         while True:
             job = self._queue.get()
             try:
                 if job is None:
                     return
                 if self._error is None:
-                    self._insert(job)
+                    self._insert(job, threads=lambda j=job: self._set_threads(j))
             except BaseException as e:  # re-raised on the tracker's side
                 logger.exception("Keyframe %s: insertion failed", getattr(job, "name", "?"))
                 self._error = e
@@ -170,10 +195,23 @@ class MappingThread:
             finally:
                 self._queue.task_done()
 
-    def _insert(self, job: KeyframeJob) -> None:
+    def _set_threads(self, job: KeyframeJob) -> int:
+        """On the worker: ``torch_threads_waited`` torch threads while the submitter waits
+        (an urgent job, or a :meth:`drain` in progress), else ``torch_threads``."""
+        import torch
+
+        n = self.torch_threads_waited if (job.urgent or self._waiting) else self.torch_threads
+        if torch.get_num_threads() != n:
+            torch.set_num_threads(n)
+        return n
+
+    def _insert(self, job: KeyframeJob, threads: Optional[Callable[[], int]] = None) -> None:
         from .growth import insert_keyframe
 
         t = time.perf_counter()
+        used = []  # torch threads at the start of each stage (worker only)
+        if threads is not None:
+            used.append(threads())
         feats, kp, rows = job.features, job.inlier_kp, job.inlier_rows
         if job.image is not None and self.extractor is not None:
             from ..features.feature_dict import to_numpy
@@ -182,6 +220,8 @@ class MappingThread:
             kp, rows = transfer_keypoints(np.asarray(job.features["keypoints"], np.float64)[kp], rows,
                                           np.asarray(feats["keypoints"], np.float64),
                                           float(self.conf.get("reextract_max_px", 2.0)))
+        if threads is not None:
+            used.append(threads())
         with self.map.lock:
             covis = [n for n, _ in self.map.images_observing(job.inlier_rows)]
         n_nb, n_recent = int(self.conf["num_neighbours"]), int(self.conf["num_recent"])
@@ -190,6 +230,8 @@ class MappingThread:
         info = insert_keyframe(self.map, job.name, job.camera, job.pose, feats, kp, rows, neighbours,
                                self.matcher, self.conf)
         info["reextracted"] = feats is not job.features
+        info["torch_threads"] = used
+        info["thread"] = threading.current_thread().name
         info["seconds"] = time.perf_counter() - t
         self.seconds.append(info["seconds"])
         self.inserted.append(job.name)
@@ -201,6 +243,20 @@ class MappingThread:
         if self.on_inserted is not None:
             self.on_inserted(job, info)
 
+
+
+def same_extraction(a, b, image_size) -> bool:
+    """Whether extractors ``a`` and ``b`` give the same features for an image of
+    ``image_size`` = (W, H): the same class and settings except the resizing, and the same
+    resized size for this image (e.g. 640x480 frames under an 800-px tracking cap and a
+    1600-px map cap: re-extracting such a keyframe with the map's extractor recomputes them)."""
+    if type(a) is not type(b):
+        return False
+    skip = ("preset", "resize_max", "resize_force")
+    ca = {k: v for k, v in a.conf.items() if k not in skip}
+    cb = {k: v for k, v in b.conf.items() if k not in skip}
+    W, H = int(image_size[0]), int(image_size[1])
+    return ca == cb and tuple(a.resized_size(W, H)) == tuple(b.resized_size(W, H))
 
 
 def transfer_keypoints(points: np.ndarray, rows: np.ndarray, keypoints: np.ndarray, max_px: float):

@@ -12,13 +12,17 @@ Per frame (poses are ``cam_from_world``, pixels COLMAP's)::
     search by projection: each local point projected at the prediction is matched only to the
         frame keypoints within a radius (KD-tree, vectorised; a wider radius when too few)
     BPnP from the prediction with the motion prior as a prior term, re-selecting inliers; then
-        a second search at the refined pose (small radius) and a final BPnP ─► "tracked"
+        a second search at the refined pose (small radius) and a final BPnP, repeated while
+        each round finds more inliers (``search_final_rounds``) ─► "tracked"
     fallback when that fails: the covisible keyframes are matched by the map's matcher
         (public ``Localizer.match_2d3d``), gated BPnP or pycolmap LO-RANSAC + BPnP
     tracking failed ─► relocalization (the full ``Localizer``: retrieval, matching, RANSAC,
         BPnP), first with the tracking features, then with the full extractor's
     a tracked frame that sees new area (``growth.image_novelty``), when the mapping thread is
-    not saturated, becomes a keyframe: queued to ``MappingThread`` (the tracker never waits).
+    not saturated, becomes a keyframe: queued to ``MappingThread`` (the tracker waits only
+    when the camera outruns the map; the thread then inserts it with the tracker's cores).
+    Keyframes tracked with lighter features are re-extracted with the map's extractor unless
+    both extractors see the frame alike (``mapping_thread.same_extraction``).
 
 No frame is ever given the previous (or predicted) pose as its result: a frame is either
 localized by a pose estimate that passed the acceptance test, or lost with a reason.
@@ -44,7 +48,7 @@ from ..localization.results import LocalizationResult
 from . import growth as G
 from .fast_pose import PINHOLE_MODELS, refine_pose
 from .local_map import LocalMapBuilder, project, search_by_projection
-from .mapping_thread import KeyframeJob, MappingThread
+from .mapping_thread import KeyframeJob, MappingThread, same_extraction
 from .motion import MotionModel, pose_log
 from .prefetch import Prefetcher
 
@@ -80,6 +84,12 @@ default_conf = {
         "search_radius": 0.025,
         "search_radius_wide": 0.08,   # retried with this when the first search finds too few
         "search_radius_final": 0.01,  # second search at the refined pose
+        # the search at the refined pose is repeated (at most this many searches) while each
+        # round adds at least search_final_min_gain of the inliers: a poor prediction (larger
+        # or jittery motion) finds only the part of the view near it, and each refined pose
+        # finds more of the rest (synthetic frame 10: 437 -> 873 -> ~2,900 pairs)
+        "search_final_rounds": 1,
+        "search_final_min_gain": 0.1,
         "max_descriptor_distance": 0.7,  # L2, unit descriptors (XFeat: 99% of random pairs above)
         "descriptor_ratio": 0.9,
         # a pose from a search by projection needs inliers / matches >= 0.5, or >= 0.3 with at
@@ -464,7 +474,9 @@ class SequenceLocalizer:
         """Search by projection at the prediction, BPnP with the prior from it; if too few
         matches or inliers, again with the wide radius, with LO-RANSAC on those matches as
         the last resort; then a second search at the refined pose (small radius) and a final
-        BPnP. Returns ((pose, query_idx, rows, inlier mask), "") or (None, reason)."""
+        BPnP, repeated (at most ``search_final_rounds`` searches) while a round adds at least
+        ``search_final_min_gain`` of the inliers.
+        Returns ((pose, query_idx, rows, inlier mask), "") or (None, reason)."""
         from scipy.spatial import cKDTree
 
         tc = self.conf["tracking"]
@@ -527,13 +539,20 @@ class SequenceLocalizer:
         if found is None:
             return None, FEW_GATED if len(q) < tc["min_inliers"] else TRACK_REJECTED
         pose, q, rows, inl = found
-        if tc["search_radius_final"]:
+        info["final_searches"] = 0
+        for _ in range(int(tc["search_final_rounds"]) if tc["search_radius_final"] else 0):
             q2, rows2 = search(pose, tc["search_radius_final"])
-            if len(q2) >= len(q):
-                sel = self._errors(kpts[q2], points3D[rows2], camera, pose) <= tc["max_error_px"]
-                pose2, inl2 = refine(q2, rows2, pose, sel, rounds=1)
-                if pose2 is not None and self._accept(inl2, len(q2)) and inl2.sum() >= inl.sum():
-                    pose, q, rows, inl = pose2, q2, rows2, inl2
+            info["final_searches"] += 1
+            if len(q2) < len(q):
+                break
+            sel = self._errors(kpts[q2], points3D[rows2], camera, pose) <= tc["max_error_px"]
+            pose2, inl2 = refine(q2, rows2, pose, sel, rounds=1)
+            if pose2 is None or not self._accept(inl2, len(q2)) or inl2.sum() < inl.sum():
+                break
+            gain = inl2.sum() / max(int(inl.sum()), 1) - 1.0
+            pose, q, rows, inl = pose2, q2, rows2, inl2
+            if gain < float(tc["search_final_min_gain"]):
+                break
         # anchor: with enough inliers on the prebuilt map's points, the pose is theirs (points
         # triangulated from tracked poses carry the tracking's errors: drift)
         pre = inl & (rows < self._n_prebuilt_points)
@@ -689,21 +708,27 @@ class SequenceLocalizer:
         if self.mapper.busy():
             frame.info["mapping_busy"] = True
             return
-        self.mapper.submit(KeyframeJob(frame.name, camera, frame.result.pose, feats, kp, rows,
-                                       list(self.keyframes[-int(gc["num_recent"]):]),
-                                       image=image if self._reextract else None))
-        self.keyframes.append(frame.name)
-        self._frames_since_keyframe = 0
-        frame.keyframe = True
+        # re-extract with the map's extractor only where that gives other features (not for
+        # frames the tracking extractor already sees at the map's size and settings)
+        reextract = self._reextract and image is not None and not same_extraction(
+            self.track_extractor, self.mapper.extractor, (W, H))
+        frame.info["reextract"] = reextract
         rot = self.motion.last_rotation_rad()
         flow = None if rot is None else rot * float(camera.f.mean()) / max(W, H)
         frame.info["flow"] = flow
-        if novelty >= float(gc["wait_novelty"]) or (flow is not None and flow >= float(gc["wait_flow"])):
-            # the camera outruns the map (half of this view is new, or the image turned by more
-            # than wait_flow of its side since the last frame): the next frame needs this
-            # keyframe's points, so wait for it (the tracker's only wait besides a failed search)
-            t = time.perf_counter()
-            self.mapper.drain()
+        # the camera outruns the map (half of this view is new, or the image turned by more
+        # than wait_flow of its side since the last frame): the next frame needs this
+        # keyframe's points, so the tracker waits for it (its only wait besides a failed
+        # search): an ``urgent`` job, inserted on this thread with its cores
+        wait = novelty >= float(gc["wait_novelty"]) or (flow is not None and flow >= float(gc["wait_flow"]))
+        t = time.perf_counter()
+        self.mapper.submit(KeyframeJob(frame.name, camera, frame.result.pose, feats, kp, rows,
+                                       list(self.keyframes[-int(gc["num_recent"]):]),
+                                       image=image if reextract else None, urgent=wait))
+        self.keyframes.append(frame.name)
+        self._frames_since_keyframe = 0
+        frame.keyframe = True
+        if wait:
             frame.result.timings["mapping_wait"] = (frame.result.timings.get("mapping_wait", 0.0)
                                                     + time.perf_counter() - t)
             frame.info["waited_for_mapping"] = True
