@@ -291,25 +291,25 @@ def main(argv=None):
     except (FileNotFoundError, KeyError) as e:
         logger.warning("no shipped refiner: %s", e)
     histories = {}
+
+    def training_preset(preset):
+        """(training config without its data section, data options, data scales, patch size)."""
+        c = load_config("finetune", preset)
+        if args.steps is not None:
+            c["steps"] = args.steps
+        d = dict(c.pop("data", {}))
+        scales = data_scales(d)  # resize_max values the training data is extracted at
+        return c, d, scales, int(merge(KeypointRefiner.default_conf, c.get("refiner", {}))["patch_size"])
+
     if not args.no_train:
         preset = args.config or f"refiner_{fpreset}" + ("_quick" if args.quick else "")
-        tconf = load_config("finetune", preset)
-        if args.steps is not None:
-            tconf["steps"] = args.steps
         results["config"]["finetune"] = preset
-        dconf = dict(tconf.pop("data", {}))
-        scales = data_scales(dconf)  # resize_max values the training data is extracted at
-        S = int(merge(KeypointRefiner.default_conf, tconf.get("refiner", {}))["patch_size"])
+        tconf, dconf, scales, S = training_preset(preset)
         need_pose = needs_pose_problems(tconf) or bool(args.ablation)
     if args.adapt_folds:
         apreset = args.adapt_config or f"refiner_{fpreset}_map"
-        aconf = load_config("finetune", apreset)
-        if args.steps is not None:
-            aconf["steps"] = args.steps
         results["config"]["adapt_finetune"] = apreset
-        adconf = dict(aconf.pop("data", {}))
-        ascales = data_scales(adconf)
-        aS = int(merge(KeypointRefiner.default_conf, aconf.get("refiner", {}))["patch_size"])
+        aconf, adconf, ascales, aS = training_preset(apreset)
     if not args.no_train:
         t0 = time.time()
         train, val = [], []

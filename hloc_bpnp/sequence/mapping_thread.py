@@ -186,7 +186,7 @@ class MappingThread:
                 if job is None:
                     return
                 if self._error is None:
-                    self._insert(job, threads=lambda j=job: self._set_threads(j))
+                    self._insert(job, on_worker=True)
             except BaseException as e:  # re-raised on the tracker's side
                 logger.exception("Keyframe %s: insertion failed", getattr(job, "name", "?"))
                 self._error = e
@@ -195,23 +195,21 @@ class MappingThread:
             finally:
                 self._queue.task_done()
 
-    def _set_threads(self, job: KeyframeJob) -> int:
-        """On the worker: ``torch_threads_waited`` torch threads while the submitter waits
-        (an urgent job, or a :meth:`drain` in progress), else ``torch_threads``."""
+    def _set_threads(self) -> int:
+        """On the worker: ``torch_threads_waited`` torch threads while a :meth:`drain` waits,
+        else ``torch_threads`` (urgent jobs never reach the worker: see :meth:`submit`)."""
         import torch
 
-        n = self.torch_threads_waited if (job.urgent or self._waiting) else self.torch_threads
+        n = self.torch_threads_waited if self._waiting else self.torch_threads
         if torch.get_num_threads() != n:
             torch.set_num_threads(n)
         return n
 
-    def _insert(self, job: KeyframeJob, threads: Optional[Callable[[], int]] = None) -> None:
+    def _insert(self, job: KeyframeJob, on_worker: bool = False) -> None:
         from .growth import insert_keyframe
 
         t = time.perf_counter()
-        used = []  # torch threads at the start of each stage (worker only)
-        if threads is not None:
-            used.append(threads())
+        used = [self._set_threads()] if on_worker else []  # torch threads at each stage's start
         feats, kp, rows = job.features, job.inlier_kp, job.inlier_rows
         if job.image is not None and self.extractor is not None:
             from ..features.feature_dict import to_numpy
@@ -220,8 +218,8 @@ class MappingThread:
             kp, rows = transfer_keypoints(np.asarray(job.features["keypoints"], np.float64)[kp], rows,
                                           np.asarray(feats["keypoints"], np.float64),
                                           float(self.conf.get("reextract_max_px", 2.0)))
-        if threads is not None:
-            used.append(threads())
+        if on_worker:
+            used.append(self._set_threads())
         with self.map.lock:
             covis = [n for n, _ in self.map.images_observing(job.inlier_rows)]
         n_nb, n_recent = int(self.conf["num_neighbours"]), int(self.conf["num_recent"])
