@@ -26,6 +26,12 @@ match sets, so thousands of steps take minutes on a CPU. Losses (switches in ``l
     ``reproj.uncertainty`` the 2D NLL ``0.5 min(e, tau)^2 / v + log v`` (``v = exp(s)``, ``e``
     detached) also trains the log-variance. Works in undistorted normalized coordinates through
     the cached Jacobians, like the Sampson term.
+``homography``
+    The transfer error of matches between two random homographic warps of one unposed image
+    (:mod:`hloc_bpnp.training.homography_data`), in network pixels, truncated at
+    ``homography.truncation``: ``|H(p_a + o_a) - (p_b + o_b)|``. It supervises both offset
+    components from any image, with no pose: the data that lets the refiner see more than the
+    few posed scenes.
 ``pose``
     The pose error of that BPnP solve (rotation in degrees + translation / scene scale in
     percent of the map extent, unweighted): a pose-only loss as the original pipeline had.
@@ -53,6 +59,7 @@ import torch
 
 from ..config import merge
 from ..features.refiner import KeypointRefiner
+from .homography_data import HomographyPairs, transfer_errors
 from .refiner_data import PoseProblem, RefinerScene, sampson_normalized
 
 logger = logging.getLogger(__name__)
@@ -69,20 +76,27 @@ DEFAULT_CONF: Dict[str, Any] = {
     "eval_every": 100,
     "eval_matches": 20000,
     "patience": 6,
-    "losses": {"sampson": True, "nll": False, "pose": False, "reproj": False},
-    "weights": {"sampson": 1.0, "nll": 0.02, "pose": 0.1, "reproj": 1.0},
+    "losses": {"sampson": True, "nll": False, "pose": False, "reproj": False, "homography": False},
+    "weights": {"sampson": 1.0, "nll": 0.02, "pose": 0.1, "reproj": 1.0, "homography": 1.0},
     "sampson": {"truncation": 1.5, "uncertainty": True},
     "reproj": {"truncation": 1.5, "uncertainty": False, "batch": 2048},
+    "homography": {"truncation": 1.5, "batch": 2048},
     "select": "sampson",  # validation score of the kept state: sampson | reproj | both
     "bpnp": {"problems_per_step": 4, "subset_size": 100, "offsets_grad": True},
 }
+
+
+#: ``select`` names -> the validation metrics whose ratios to their start values are averaged
+#: (geometric mean) into the score of a state
+SELECT = {"sampson": ("sampson",), "reproj": ("reproj",), "both": ("sampson", "reproj"),
+          "homography": ("homography",), "all": ("sampson", "reproj", "homography")}
 
 
 def needs_pose_problems(conf: Dict) -> bool:
     """Whether a training config (merged or partial) needs the scenes' 2D-3D pose problems."""
     losses = conf.get("losses", {})
     return bool(losses.get("nll") or losses.get("pose") or losses.get("reproj")
-                or conf.get("select", "sampson") != "sampson")
+                or "reproj" in SELECT.get(conf.get("select", "sampson"), ()))
 
 
 def refiner_outputs(refiner: KeypointRefiner, scene: RefinerScene, kp: torch.Tensor,
@@ -142,6 +156,35 @@ def sampson_loss(refiner, scene: RefinerScene, sel: torch.Tensor, conf: Dict,
         ed = et.detach()
         return et.mean() + (0.5 * ed * ed / v + 0.5 * v.log()).mean()
     return et.mean()
+
+
+def homography_loss(refiner, pairs: HomographyPairs, sel: torch.Tensor, conf: Dict,
+                    augment: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Mean truncated transfer error (network px) of homography matches ``sel``, both sides refined."""
+    off, _ = _side_outputs(refiner, pairs, sel, augment)
+    return transfer_errors(pairs, sel, off[0], off[1]).clamp(max=float(conf["truncation"])).mean()
+
+
+@torch.no_grad()
+def median_transfer(refiner: Optional[KeypointRefiner], sets: Sequence[HomographyPairs], chunk: int = 16384,
+                    max_matches: Optional[int] = None) -> float:
+    """Median homography transfer error (network px) over the matches of ``sets`` (``None``:
+    unrefined keypoints); ``max_matches``: an evenly spaced subset per set."""
+    errs = []
+    for hp in sets:
+        M = hp.matches.shape[0]
+        rows = torch.arange(M)
+        if max_matches and M > max_matches:
+            rows = torch.linspace(0, M - 1, max_matches).round().long()
+        for i in range(0, rows.numel(), chunk):
+            r = rows[i:i + chunk]
+            if refiner is None:
+                z = torch.zeros(r.numel(), 2, dtype=torch.float64)
+                off = (z, z)
+            else:
+                off, _ = _side_outputs(refiner, hp, r)
+            errs.append(transfer_errors(hp, r, off[0], off[1]))
+    return float(torch.cat(errs).median()) if errs else math.nan
 
 
 @torch.no_grad()
@@ -277,16 +320,21 @@ def pose_losses(refiner, scene: RefinerScene, problems: Sequence[PoseProblem], s
 
 
 def train_refiner(train: Sequence[RefinerScene], val: Sequence[RefinerScene], conf: Optional[Dict] = None,
-                  progress: bool = True) -> Dict[str, Any]:
+                  progress: bool = True, homographies: Sequence[HomographyPairs] = (),
+                  val_homographies: Sequence[HomographyPairs] = ()) -> Dict[str, Any]:
     """Train a refiner from zero initialisation.
+
+    ``homographies`` / ``val_homographies``: unposed warp pairs for the ``homography`` loss and
+    its validation (:mod:`hloc_bpnp.training.homography_data`).
 
     Returns:
         ``refiner`` (best validation state, eval mode), ``history`` (rows of step, losses,
-        train/val median Sampson px and, with ``reproj`` or ``select`` other than sampson,
-        reprojection px; ``score``: the selection score, 1 at the start), ``best_step``, ``seconds``, ``conf``.
+        train/val median Sampson px and, with ``reproj`` or a ``select`` that uses it,
+        reprojection px; with homographies train/val median transfer px; ``score``: the
+        selection score, 1 at the start), ``best_step``, ``seconds``, ``conf``.
     Raises:
-        ValueError: no training matches, a BPnP / reprojection loss without pose problems, or
-            an unknown ``select``.
+        ValueError: no training matches, a BPnP / reprojection loss without pose problems, a
+            homography loss without homography data, or an unknown ``select``.
     """
     from tqdm import tqdm
 
@@ -301,12 +349,19 @@ def train_refiner(train: Sequence[RefinerScene], val: Sequence[RefinerScene], co
         raise ValueError("train_refiner: the nll/pose/reproj losses need pose problems (build the data with "
                          "pose_problems)")
     select = str(conf["select"])
-    if select not in ("sampson", "reproj", "both"):
-        raise ValueError(f"train_refiner: select must be sampson, reproj or both, not {select!r}")
-    track_reproj = use_reproj or select != "sampson"
+    if select not in SELECT:
+        raise ValueError(f"train_refiner: select must be one of {sorted(SELECT)}, not {select!r}")
+    use_homog = bool(conf["losses"].get("homography"))
+    homographies = [h for h in homographies if h.matches.shape[0]]
+    if use_homog and not homographies:
+        raise ValueError("train_refiner: the homography loss needs homography pairs (homography_data)")
+    track_homog = bool(homographies)
+    if "homography" in SELECT[select] and not (val_homographies or homographies):
+        raise ValueError(f"train_refiner: select={select!r} needs homography pairs")
+    track_reproj = use_reproj or "reproj" in SELECT[select]
     tg_train = [ReprojectionTargets.of(s) for s in train] if track_reproj else []
     tg_val = [ReprojectionTargets.of(s) for s in val] if track_reproj else []
-    if select != "sampson" and not sum(len(t) for t in (tg_val if val else tg_train)):
+    if "reproj" in SELECT[select] and not sum(len(t) for t in (tg_val if val else tg_train)):
         raise ValueError(f"train_refiner: select={select!r} needs 2D-3D correspondences in the validation scenes")
     torch.manual_seed(int(conf["seed"]))
     gen = torch.Generator().manual_seed(int(conf["seed"]))
@@ -322,18 +377,22 @@ def train_refiner(train: Sequence[RefinerScene], val: Sequence[RefinerScene], co
         if track_reproj:
             r["train_reproj_px"] = median_reprojection(model, train, tg_train)
             r["val_reproj_px"] = median_reprojection(model, val, tg_val) if val else math.nan
+        if track_homog:
+            r["train_homography_px"] = median_transfer(model, homographies, max_matches=em)
+            r["val_homography_px"] = (median_transfer(model, val_homographies, max_matches=em) if val_homographies
+                                      else math.nan)
         return r
 
     start = evaluate(None)
     hist.append({"step": 0, **start})
     part = "val" if val else "train"
 
+    hpart = "val" if val_homographies else "train"
+
     def score(r: Dict[str, float]) -> float:
-        sa = r[f"{part}_sampson_px"] / start[f"{part}_sampson_px"]
-        if select == "sampson":
-            return sa
-        rp = r[f"{part}_reproj_px"] / start[f"{part}_reproj_px"]
-        return rp if select == "reproj" else math.sqrt(sa * rp)
+        ratios = [r[f"{hpart if m == 'homography' else part}_{m}_px"]
+                  / start[f"{hpart if m == 'homography' else part}_{m}_px"] for m in SELECT[select]]
+        return math.exp(sum(math.log(x) for x in ratios) / len(ratios))
 
     best, best_state, best_step, bad = 1.0, copy.deepcopy(ref.state_dict()), 0, 0
     tg_counts = torch.tensor([len(t) for t in tg_train], dtype=torch.float64) if use_reproj else None
@@ -366,6 +425,17 @@ def train_refiner(train: Sequence[RefinerScene], val: Sequence[RefinerScene], co
             l_r = torch.stack(lr_).sum()
             loss = loss + float(W["reproj"]) * l_r
             row["reproj"] = float(l_r.detach())
+        if use_homog:
+            hc = conf["homography"]
+            hcounts = torch.tensor([h.matches.shape[0] for h in homographies], dtype=torch.float64)
+            per = (hcounts / hcounts.sum() * int(hc["batch"])).round().long().clamp_min(1)
+            lh = []
+            for hp, k in zip(homographies, per.tolist()):
+                sel = torch.randint(0, hp.matches.shape[0], (k,), generator=gen)
+                lh.append(homography_loss(ref, hp, sel, hc, gen if conf["augment"] else None) * (k / float(per.sum())))
+            l_h = torch.stack(lh).sum()
+            loss = loss + float(W["homography"]) * l_h
+            row["homography"] = float(l_h.detach())
         if use_pose:
             pick = torch.randperm(len(problems), generator=gen)[:int(conf["bpnp"]["problems_per_step"])]
             by_scene: Dict[int, List] = {}
@@ -403,7 +473,9 @@ def train_refiner(train: Sequence[RefinerScene], val: Sequence[RefinerScene], co
                         step, row["train_sampson_px"], row["val_sampson_px"], start["train_sampson_px"],
                         start["val_sampson_px"],
                         (f"; reprojection train {row['train_reproj_px']:.4f}, val {row['val_reproj_px']:.4f} px"
-                         if track_reproj else ""), sc_)
+                         if track_reproj else "")
+                        + (f"; transfer train {row['train_homography_px']:.4f}, val {row['val_homography_px']:.4f} px"
+                           if track_homog else ""), sc_)
             hist.append(row)
             if bad >= int(conf["patience"]):
                 logger.info("refiner: early stop at step %d (best %d)", step, best_step)
