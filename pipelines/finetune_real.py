@@ -175,6 +175,11 @@ def loo_metrics(scene, runs):
     return m
 
 
+def scene_images(scene):
+    """Image files of a posed scene (for the homography term: used without their poses)."""
+    return [Path(scene.image_dir) / n for n in scene.names]
+
+
 def interleaved_folds(names, k):
     """``k`` folds of the sorted names, image i in fold i mod k (each fold spread over the scene)."""
     names = sorted(names)
@@ -188,9 +193,12 @@ def adapted_variant(d, scene, fconf, tconf, dconf, S, k, args, need_pose, scales
     Sampson on the matches among the fold's images (paired with pretrained on the same
     matches), loo / limited of the fold's images as queries (maps from all the other images,
     extracted with the fold's refiner). No evaluated image ever trains its refiner."""
+    from hloc_bpnp.training.homography_data import homography_training_sets as homography_sets
     from hloc_bpnp.training.refiner_data import cached_refiner_scene, cached_refiner_scenes
-    from hloc_bpnp.training.refiner_train import save_refiner, train_refiner
+    from hloc_bpnp.training.refiner_train import save_refiner, train_refiner, uses_homographies
 
+    tconf = dict(tconf)
+    hconf = tconf.pop("homography_data", None) or {}
     folds = interleaved_folds(scene.names, k)
     full = cached_refiner_scene(d, fconf, S, args.cache_dir, scene=scene, pose_problems=False)
     e_ad, e_pre, runs, hist, t_train = [], [], {}, [], 0.0
@@ -200,7 +208,11 @@ def adapted_variant(d, scene, fconf, tconf, dconf, S, k, args, need_pose, scales
         rs = cached_refiner_scenes(d, fconf, S, scales, args.cache_dir, scene=scene, images=others,
                                    pose_problems=need_pose, **dconf)
         tr, va = split_validation(rs)
-        out = train_refiner(tr, va, tconf, progress=False)
+        homog = ([], [])
+        if uses_homographies(tconf):  # the training folds' own images only
+            homog = homography_sets([Path(scene.image_dir) / n for n in others], fconf, S, hconf, args.cache_dir,
+                                    f"{d.name}_fold{i}")
+        out = train_refiner(tr, va, tconf, progress=False, homographies=homog[0], val_homographies=homog[1])
         t_train += time.time() - t0
         path = args.output / f"refiner_adapted_{d.name}_fold{i}.pt"
         save_refiner(out["refiner"], path)
@@ -249,6 +261,10 @@ def main(argv=None):
     p.add_argument("--adapt-folds", type=int, default=0,
                    help="also the 'adapted' variant: per eval scene, K interleaved folds, each evaluated with a "
                         "refiner trained on the other folds' images only (hloc-bpnp finetune --map on a user's map)")
+    p.add_argument("--homography-images", type=Path, nargs="*", default=[],
+                   help="more UNPOSED images (files or folders, searched recursively) for the homography term of "
+                        "presets that use it, besides the training scenes' own images; never an eval scene's")
+    p.add_argument("--homography-every", type=int, default=1, help="every K-th image of each --homography-images folder")
     p.add_argument("--adapt-config", default=None,
                    help="training preset of the 'adapted' variant (default refiner_<features>_map, as finetune --map)")
     args = p.parse_args(argv)
@@ -264,6 +280,10 @@ def main(argv=None):
     if overlap or (set(train_dirs) | set(val_dirs)) & set(eval_dirs):
         raise SystemExit(f"evaluation scenes must not train nor validate: {sorted(overlap)} given to --train/--val "
                          f"and --eval")
+    leaks = [str(h) for h in args.homography_images for d in eval_dirs
+             if h.resolve() == d or d in h.resolve().parents or h.resolve() in d.parents]
+    if leaks:
+        raise SystemExit(f"--homography-images must not hold evaluation images: {leaks[:3]}")
     from hloc_bpnp.cli import configure_logging
 
     configure_logging(False)
@@ -272,8 +292,10 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     from hloc_bpnp.features.refiner import KeypointRefiner, load_refiner
     from hloc_bpnp.training.real import load_real_scene
+    from hloc_bpnp.training.homography_data import image_list, pop_homography_conf
     from hloc_bpnp.training.refiner_data import cached_refiner_scene, cached_refiner_scenes, data_scales
-    from hloc_bpnp.training.refiner_train import needs_pose_problems, save_refiner, train_refiner
+    from hloc_bpnp.training.homography_data import homography_training_sets as homography_sets
+    from hloc_bpnp.training.refiner_train import needs_pose_problems, save_refiner, train_refiner, uses_homographies
     from hloc_bpnp.weights import bundled_weights
 
     fpreset = args.features
@@ -299,6 +321,7 @@ def main(argv=None):
             c["steps"] = args.steps
         d = dict(c.pop("data", {}))
         scales = data_scales(d)  # resize_max values the training data is extracted at
+        c["homography_data"] = pop_homography_conf(d)
         return c, d, scales, int(merge(KeypointRefiner.default_conf, c.get("refiner", {}))["patch_size"])
 
     if not args.no_train:
@@ -310,6 +333,7 @@ def main(argv=None):
         apreset = args.adapt_config or f"refiner_{fpreset}_map"
         results["config"]["adapt_finetune"] = apreset
         aconf, adconf, ascales, aS = training_preset(apreset)
+        aconf["homography_data"] = aconf["homography_data"] or {}
     if not args.no_train:
         t0 = time.time()
         train, val = [], []
@@ -325,6 +349,14 @@ def main(argv=None):
         for d in val_dirs:
             val += cached_refiner_scenes(d, fconf, S, scales, args.cache_dir, pose_problems=val_pose, **dconf)
         results["config"]["train_resize_max"] = scales
+        hconf = tconf.pop("homography_data")
+        homog = ([], [])
+        if uses_homographies(tconf):
+            imgs = [p for d in train_dirs + val_dirs for p in scene_images(load_real_scene(d))]
+            imgs += image_list(args.homography_images, every=args.homography_every) if args.homography_images else []
+            homog = homography_sets(imgs, fconf, S, hconf, args.cache_dir, "finetune_real")
+            results["config"]["homography_images"] = {"n": len(imgs), "extra": [str(h) for h in args.homography_images],
+                                                      "every": args.homography_every}
         results["data_seconds"] = time.time() - t0
         runs = {"refined": {}}
         if args.ablation:  # one run per other loss combination (the default's is "refined")
@@ -334,7 +366,7 @@ def main(argv=None):
             runs.update({f"loss_{k}": v for k, v in ABLATIONS.items() if key(v) != key({})})
         for label, override in runs.items():
             c = merge(tconf, override)
-            out = train_refiner(train, val, c, progress=False)
+            out = train_refiner(train, val, c, progress=False, homographies=homog[0], val_homographies=homog[1])
             results["train_seconds"] += out["seconds"] + (results["data_seconds"] if label == "refined" else 0.0)
             path = args.output / ("refiner.pt" if label == "refined" else f"refiner_{label}.pt")
             save_refiner(out["refiner"], path)

@@ -68,6 +68,19 @@ def test_pipeline_refuses_overlapping_scenes(shared_data, tmp_path):
         finetune_real.main(["--train", d, "--eval", d, "--output", str(tmp_path)])
 
 
+def test_pipeline_refuses_homography_images_of_an_eval_scene(shared_data, tmp_path):
+    sys.path.insert(0, str(ROOT / "pipelines"))
+    try:
+        import finetune_real
+    finally:
+        sys.path.pop(0)
+    d = str(shared_data / "middlebury_templeRing_partial")
+    with pytest.raises(SystemExit, match="homography-images"):
+        finetune_real.main(["--train", str(shared_data / "strecha_herzjesu_P8"), "--eval", d, "--output",
+                            str(tmp_path), "--homography-images", str(shared_data / "tum_fr3_long_office"),
+                            d + "/templeR0013.png"])
+
+
 def test_not_a_scene_folder(tmp_path):
     from hloc_bpnp.training.real import load_real_scene
 
@@ -271,9 +284,21 @@ def test_adapted_variant_never_trains_on_the_images_it_evaluates(shared_data, tm
         return real(*a, **k)
 
     monkeypatch.setattr(refiner_data, "cached_refiner_scene", spy)
+    from hloc_bpnp.training import homography_data
+
+    warped = []
+    real_h = homography_data.cached_homography_pairs
+
+    def spy_h(images, *a, **k):
+        warped.append({p.name for p in images})
+        return real_h(images, *a, **k)
+
+    monkeypatch.setattr(homography_data, "cached_homography_pairs", spy_h)
     conf = tmp_path / "ft.yaml"
-    conf.write_text(yaml.safe_dump({"steps": 3, "eval_every": 1, "losses": {"sampson": True, "nll": False},
-                                    "data": {"max_error": 3.0, "min_matches": 30}}))
+    conf.write_text(yaml.safe_dump({"steps": 3, "eval_every": 1,
+                                    "losses": {"sampson": True, "nll": False, "homography": True},
+                                    "data": {"max_error": 3.0, "min_matches": 30,
+                                             "homography": {"pairs_per_image": 1, "val_every": 2}}}))
     out = tmp_path / "out"
     finetune_real.main(["--eval", str(scene_dir), "--no-train", "--adapt-folds", "2", "--adapt-config", str(conf),
                         "--output", str(out), "--cache-dir", str(tmp_path / "cache"), "--threads", "1"])
@@ -285,6 +310,9 @@ def test_adapted_variant_never_trains_on_the_images_it_evaluates(shared_data, tm
     trained_on = [set(s) for s in seen if s is not None]
     assert len(trained_on) == 2 and all(not (t & set(f)) and t | set(f) == set(names)
                                         for t, f in zip(trained_on, folds))
+    # the homography term warps the training folds' images only (train + val sets per fold)
+    assert len(warped) == 4 and all(not (w & set(folds[i // 2])) for i, w in enumerate(warped))
+    assert warped[0] | warped[1] == trained_on[0]
     assert m["n_matches"] > 0 and m["sampson_px"] > 0 and m["sampson_px_pretrained_same_matches"] > 0
     assert len(m["sampson_ratio_ci"]) == 2
     for key in ("loo", "loo_weighted"):

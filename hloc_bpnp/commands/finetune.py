@@ -59,8 +59,9 @@ def run_refiner_on_map(args) -> int:
     from ..features.refiner import KeypointRefiner
     from ..io.colmap import covisibility, read_model, scene_from_model
     from ..io.json_io import write_json
+    from ..training.homography_data import homography_training_sets, pop_homography_conf
     from ..training.refiner_data import cached_refiner_scenes, data_scales
-    from ..training.refiner_train import save_refiner, train_refiner
+    from ..training.refiner_train import save_refiner, train_refiner, uses_homographies
 
     features = args.features or "xfeat"
     if features != "xfeat":
@@ -94,12 +95,17 @@ def run_refiner_on_map(args) -> int:
     output.mkdir(parents=True, exist_ok=True)
     cache = args.cache_dir or output / "cache"
     scales = data_scales(dconf)
+    hconf = pop_homography_conf(dconf)
     data = cached_refiner_scenes(Path(args.map).resolve(), fconf, S, scales, cache, scene=scene, pairs=pairs,
                                  max_pose_problems=40, **dconf)
     names = list(data[0].image_names)
     k = max(2, len(names) // 4)
+    homog = ([], [])
+    if uses_homographies(tconf):  # the training images again, as unposed warp pairs
+        homog = homography_training_sets([Path(args.images) / n for n in names[:-k]], fconf, S, hconf, cache,
+                                         "map", progress=True)
     out = train_refiner([d.subset_images(names[:-k]) for d in data], [d.subset_images(names[-k:]) for d in data],
-                        tconf)
+                        tconf, homographies=homog[0], val_homographies=homog[1])
     save_refiner(out["refiner"], output / "refiner.pt")
     write_json(output / "history.json", {"history": out["history"], "best_step": out["best_step"],
                                          "seconds": out["seconds"], "conf": out["conf"]})

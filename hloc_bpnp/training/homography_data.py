@@ -281,3 +281,33 @@ def image_list(sources: Sequence[Union[str, Path]], every: int = 1,
             raise FileNotFoundError(f"homography images: no image in {s}")
         out += found[::max(1, int(every))]
     return out
+
+
+def pop_homography_conf(dconf: Dict) -> Optional[Dict]:
+    """Pop the ``homography`` entry of a training preset's ``data`` section (``None``: absent):
+    :data:`DEFAULT_CONF` overrides plus ``val_every``."""
+    h = dconf.pop("homography", None)
+    return dict(h) if h is not None else None
+
+
+def homography_training_sets(images: Sequence[Union[str, Path]], features: Union[str, Dict], patch_size: int,
+                             conf: Optional[Mapping] = None, cache_dir: Optional[Union[str, Path]] = None,
+                             name: str = "homographies", progress: bool = False):
+    """(train, val) lists of :class:`HomographyPairs` of ``images``: every ``conf.val_every``-th
+    image (default 5th) validates, the others train (val is empty with fewer than
+    ``val_every`` images). Both cached (:func:`cached_homography_pairs`).
+
+    Raises:
+        ValueError: no image.
+    """
+    conf = dict(conf or {})
+    ve = int(conf.pop("val_every", 5))
+    images = [Path(p) for p in images]
+    if not images:
+        raise ValueError(f"homography data {name!r}: no image given")
+    val = images[ve - 1::ve] if ve > 0 else []
+    train = [p for p in images if p not in set(val)]
+    tr = [cached_homography_pairs(train, features, patch_size, conf, cache_dir, f"{name}_train", progress)]
+    va = ([cached_homography_pairs(val, features, patch_size, {**conf, "seed": int(conf.get("seed", 0)) + 1},
+                                   cache_dir, f"{name}_val", progress)] if val else [])
+    return tr, va

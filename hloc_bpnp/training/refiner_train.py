@@ -92,6 +92,12 @@ SELECT = {"sampson": ("sampson",), "reproj": ("reproj",), "both": ("sampson", "r
           "homography": ("homography",), "all": ("sampson", "reproj", "homography")}
 
 
+def uses_homographies(conf: Dict) -> bool:
+    """Whether a training config (merged or partial) needs homography pairs (its loss or ``select``)."""
+    return bool(conf.get("losses", {}).get("homography")
+                or "homography" in SELECT.get(conf.get("select", "sampson"), ()))
+
+
 def needs_pose_problems(conf: Dict) -> bool:
     """Whether a training config (merged or partial) needs the scenes' 2D-3D pose problems."""
     losses = conf.get("losses", {})
