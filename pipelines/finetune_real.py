@@ -264,7 +264,8 @@ def main(argv=None):
     p.add_argument("--homography-images", type=Path, nargs="*", default=[],
                    help="more UNPOSED images (files or folders, searched recursively) for the homography term of "
                         "presets that use it, besides the training scenes' own images; never an eval scene's")
-    p.add_argument("--homography-every", type=int, default=1, help="every K-th image of each --homography-images folder")
+    p.add_argument("--homography-every", type=int, nargs="+", default=[1],
+                   help="every K-th image of each --homography-images folder: one K for all, or one per source")
     p.add_argument("--adapt-config", default=None,
                    help="training preset of the 'adapted' variant (default refiner_<features>_map, as finetune --map)")
     args = p.parse_args(argv)
@@ -284,6 +285,10 @@ def main(argv=None):
              if h.resolve() == d or d in h.resolve().parents or h.resolve() in d.parents]
     if leaks:
         raise SystemExit(f"--homography-images must not hold evaluation images: {leaks[:3]}")
+    every = args.homography_every * (len(args.homography_images) if len(args.homography_every) == 1 else 1)
+    if args.homography_images and len(every) != len(args.homography_images):
+        raise SystemExit(f"--homography-every: give one K or one per --homography-images source "
+                         f"({len(args.homography_images)}), not {len(args.homography_every)}")
     from hloc_bpnp.cli import configure_logging
 
     configure_logging(False)
@@ -353,7 +358,8 @@ def main(argv=None):
         homog = ([], [])
         if uses_homographies(tconf):
             imgs = [p for d in train_dirs + val_dirs for p in scene_images(load_real_scene(d))]
-            imgs += image_list(args.homography_images, every=args.homography_every) if args.homography_images else []
+            for src, k in zip(args.homography_images, every):
+                imgs += image_list([src], every=k)
             homog = homography_sets(imgs, fconf, S, hconf, args.cache_dir, "finetune_real")
             results["config"]["homography_images"] = {"n": len(imgs), "extra": [str(h) for h in args.homography_images],
                                                       "every": args.homography_every}

@@ -137,3 +137,17 @@ def test_homography_pairs_of_real_extractions_are_consistent_and_cached(tmp_path
     assert torch.equal(again.matches, hp.matches) and torch.equal(again.H, hp.H)
     with pytest.raises(ValueError, match="no warped pair"):
         cached_homography_pairs(paths, feats, 9, {**conf, "min_matches": 100000}, cache_dir=tmp_path / "c2")
+
+
+@pytest.mark.parametrize("preset", ["refiner_xfeat", "refiner_xfeat_quick"])
+def test_training_presets_use_the_homography_term_with_valid_options(preset):
+    from hloc_bpnp.config import load_config, merge
+    from hloc_bpnp.training.homography_data import pop_homography_conf
+    from hloc_bpnp.training.refiner_train import DEFAULT_CONF as TRAIN_DEFAULT, uses_homographies
+
+    c = load_config("finetune", preset)
+    h = pop_homography_conf(dict(c.pop("data")))
+    assert h is not None and uses_homographies(c)
+    merge(TRAIN_DEFAULT, c, strict=True)
+    h.pop("val_every")
+    merge(DEFAULT_CONF, h, strict=True)

@@ -44,6 +44,7 @@ DEFAULT_CONF: Dict[str, Any] = {
     "max_log_scale": 0.25,   # scale in [exp(-x), exp(x)]
     "max_shift_px": 20.0,
     "max_perspective": 6e-4,  # projective row entries, 1/px
+    "max_tilt": 1.0,         # anisotropic scale (foreshortening) t in [1/x, x] along a random direction
     "max_gain": 0.2,         # photometric: gain in [1-x, 1+x], gamma in [1-x, 1+x]
     "noise": 2.0,            # Gaussian noise sigma, 8-bit levels
     "max_error": 3.0,        # inlier threshold of the unrefined transfer error, network px
@@ -87,7 +88,9 @@ class HomographyPairs:
 def random_homography(w: int, h: int, gen: torch.Generator, conf: Mapping) -> torch.Tensor:
     """(3, 3) float64 random homography of a ``w`` x ``h`` image about its centre, in pixel-INDEX
     coordinates (pixel centres at integers, as ``kornia.geometry.warp_perspective``): a rotation,
-    an isotropic scale, a shift and a projective part, each uniform in its ``max_*`` range."""
+    an isotropic scale, a tilt (anisotropic scale along a random direction, as a plane seen
+    obliquely), a shift and a projective part, each uniform in its ``max_*`` range (the scale
+    and tilt in log)."""
     def u() -> float:
         return float(torch.rand((), generator=gen, dtype=torch.float64)) * 2 - 1
 
@@ -95,6 +98,12 @@ def random_homography(w: int, h: int, gen: torch.Generator, conf: Mapping) -> to
     s = math.exp(u() * float(conf["max_log_scale"]))
     c, si = s * math.cos(a), s * math.sin(a)
     A = torch.tensor([[c, -si, 0.0], [si, c, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    tilt = math.exp(u() * math.log(max(1.0, float(conf["max_tilt"]))))
+    if tilt != 1.0:
+        phi = math.pi * u()
+        cp, sp = math.cos(phi), math.sin(phi)
+        Rp = torch.tensor([[cp, -sp, 0.0], [sp, cp, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+        A = Rp @ torch.diag(torch.tensor([tilt, 1 / tilt, 1.0], dtype=torch.float64)) @ Rp.T @ A
     A[0, 2], A[1, 2] = u() * float(conf["max_shift_px"]), u() * float(conf["max_shift_px"])
     P = torch.eye(3, dtype=torch.float64)
     P[2, 0], P[2, 1] = u() * float(conf["max_perspective"]), u() * float(conf["max_perspective"])
