@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 
 from hloc_bpnp.config import load_config, merge
-from hloc_bpnp.mapping import Map, build_map_from_poses
-from hloc_bpnp.sequence.benchmark import grow_and_localize
+from hloc_bpnp.mapping import build_map_from_poses
+from hloc_bpnp.sequence.benchmark import compare_keyframe_features
 
-MODES = {"map resolution (reextract)": True, "tracking features (mixed)": False}
+LABELS = {"map": "map resolution (reextract)", "tracking": "tracking features (mixed)"}
 
 
 def strecha_inputs(scene_dir: Path, n_map: int):
@@ -54,17 +54,6 @@ def synthetic_inputs(seed: int = 0):
     fr = seq.frames()[: seq.cut_index]
     return (seq.scene.map_scene, seq.scene.images, fr[::2], fr[1::2], {n: seq.camera for n in seq.names},
             seq.poses)
-
-
-def compare(map_dir: Path, frames, queries, cameras, gt, seq_conf=None, loc_conf="default", unit_to_cm=100.0):
-    """{mode: grow_and_localize(...)} for both ways of inserting keyframes, each on a fresh
-    copy of the map saved in ``map_dir``."""
-    base = merge(load_config("sequence", "default"), seq_conf or {})
-    out = {}
-    for mode, reextract in MODES.items():
-        conf = merge(base, {"growth": {"reextract": reextract, "threaded": False}})
-        out[mode] = grow_and_localize(Map.load(map_dir), frames, cameras, queries, gt, loc_conf, conf, unit_to_cm)
-    return out
 
 
 def format_table(results) -> str:
@@ -113,9 +102,12 @@ def main(argv=None):
     else:
         map_scene, root, frames, queries, cams, gt = strecha_inputs(args.scene, args.map_images)
         resize = args.tracking_resize_max
-    seq_conf = {"tracking": {"features": {"resize_max": resize}}} if resize else None
+    seq_conf = load_config("sequence", "default")
+    if resize:
+        seq_conf = merge(seq_conf, {"tracking": {"features": {"resize_max": resize}}})
     map_dir = build_map_from_poses(map_scene, root, "default", progress=False).save(args.output / "map")
-    print(format_table(compare(map_dir, frames, queries, cams, gt, seq_conf)))
+    res = compare_keyframe_features(map_dir, frames, queries, cams, gt, "default", seq_conf)
+    print(format_table({LABELS[k]: v for k, v in res.items()}))
 
 
 if __name__ == "__main__":

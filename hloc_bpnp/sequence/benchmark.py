@@ -86,6 +86,23 @@ def grow_and_localize(map_, frames: Sequence[FrameInput], cameras: Mapping[str, 
             "new_points": int(len(map_.points3D)) - n_points}
 
 
+def compare_keyframe_features(map_dir: Union[str, Path], frames: Sequence[FrameInput], cameras: Mapping[str, Camera],
+                              queries: Sequence[FrameInput], gt: Mapping[str, Pose], loc_conf=None,
+                              seq_conf: Optional[Dict] = None, unit_to_cm: float = 100.0) -> Dict[str, Dict]:
+    """:func:`grow_and_localize` twice on fresh copies of the map saved in ``map_dir``:
+    keyframes re-extracted at the map's resolution (``"map"``: ``growth.reextract: true``)
+    and keyframes joining the map with their tracking features (``"tracking"``: mixed
+    resolutions); insertion inline (deterministic), else ``seq_conf``."""
+    from ..config import merge
+    from ..mapping import Map
+
+    out = {}
+    for mode, reextract in (("map", True), ("tracking", False)):
+        conf = merge(seq_conf or {}, {"growth": {"reextract": reextract, "threaded": False}})
+        out[mode] = grow_and_localize(Map.load(map_dir), frames, cameras, queries, gt, loc_conf, conf, unit_to_cm)
+    return out
+
+
 def run_sequence_benchmark(map_dir: Union[str, Path], frames: Sequence[FrameInput], cameras: Mapping[str, Camera],
                            gt: Mapping[str, Pose], output: Union[str, Path], loc_conf=None,
                            seq_conf: Optional[Dict] = None, unit_to_cm: float = 100.0, title: str = "",
@@ -217,4 +234,5 @@ def format_summary(summary: Mapping[str, Mapping]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["run_sequence_benchmark", "run_independent", "grow_and_localize", "format_summary"]
+__all__ = ["run_sequence_benchmark", "run_independent", "grow_and_localize", "compare_keyframe_features",
+           "format_summary"]
