@@ -106,7 +106,7 @@ def main(argv=None):
     if resize:
         seq_conf = merge(seq_conf, {"tracking": {"features": {"resize_max": resize}}})
     map_dir = build_map_from_poses(map_scene, root, "default", progress=False).save(args.output / "map")
-    res = compare_keyframe_features(map_dir, frames, queries, cams, gt, "default", seq_conf)
+    res = compare_keyframe_features(map_dir, frames, cams, queries, gt, "default", seq_conf)
     print(format_table({LABELS[k]: v for k, v in res.items()}))
 
 
