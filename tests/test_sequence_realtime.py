@@ -374,6 +374,7 @@ def test_keyframes_with_their_tracking_features_localize_as_well(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.data
 def test_keyframes_with_their_tracking_features_localize_as_well_on_fountain(shared_data, tmp_path):
     """The same on real images (benchmarks/bench_keyframe_features.py, ~2 min): fountain-P11's
     first 4 images make the map, images 4, 6, 8, 10 are tracked at 800 px (the default preset)
