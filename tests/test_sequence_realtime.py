@@ -333,6 +333,69 @@ def test_keyframes_tracked_with_lighter_features_join_the_map_at_its_resolution(
         assert (map_.kp_to_point[kf] >= 0).sum() > 30  # the tracking inliers were carried over
 
 
+def _assert_localizes_as_well(res, rel=1.25, rot_deg=0.01, pos_cm=0.1):
+    """The map grown with tracking features (``res["tracking"]``) localizes the held-out
+    queries as well as the one grown at the map's resolution (``res["map"]``): every frame
+    tracked, every query the latter localizes localized, medians within ``rel`` x + tolerance."""
+    full, mixed = res["map"], res["tracking"]
+    for r in (full, mixed):
+        assert r["keyframes"] and r["sequence"]["n_localized"] == r["sequence"]["n_frames"]
+    assert mixed["queries"]["n_localized"] >= full["queries"]["n_localized"] > 0
+    for key, tol in (("median_rot_deg", rot_deg), ("median_pos_cm", pos_cm)):
+        assert mixed["queries"][key] <= rel * full["queries"][key] + tol, (key, full["queries"], mixed["queries"])
+
+
+def test_keyframes_with_their_tracking_features_localize_as_well(tmp_path):
+    """Mixed resolutions (issue 17): a 480x360 SIFT map of the first 120 deg of an orbit,
+    frames tracked at 240 px on to 170 deg (every other one), keyframes joining the map either
+    re-extracted at 480 px (``growth.reextract``) or with their 240-px tracking features; the
+    held-out frames beyond the map's last view (125-165 deg: localized on the keyframes' points)
+    are then localized on their own against each grown map. Keypoints of the tracking features
+    stored at the wrong scale (x0.5) lose 5 of 14 frames and 4 of these 5 queries."""
+    from hloc_bpnp.config import load_config, merge
+    from hloc_bpnp.mapping import build_map_from_poses
+    from hloc_bpnp.sequence.benchmark import compare_keyframe_features
+    from hloc_bpnp.sequence.synthetic import generate_sequence
+
+    scene = merge(load_config("synthetic", "small"), {"camera": {"width": 480, "height": 360}})
+    seq = generate_sequence({"preset": scene, "map_arc_deg": [0, 120], "num_map": 5, "path_arc_deg": [40, 170],
+                             "step_deg": 5, "cut_arc_deg": [50, 60]}, seed=0)
+    map_dir = build_map_from_poses(seq.scene.map_scene, seq.scene.images, "default", progress=False).save(
+        tmp_path / "map")
+    frames = seq.frames()[: seq.cut_index]
+    queries = [f for i, f in enumerate(frames) if i % 2 and seq.path_deg[i] > 120]
+    conf = merge(load_config("sequence", "default"), {"tracking": {"features": {"resize_max": 240}}})
+    res = compare_keyframe_features(map_dir, frames[::2], {n: seq.camera for n in seq.names}, queries, seq.poses,
+                                    "default", conf)
+    assert len(queries) == 5
+    _assert_localizes_as_well(res)
+    # the keyframes of the mixed map hold the 240-px tracking features: fewer keypoints
+    assert res["tracking"]["new_points"] < res["map"]["new_points"]
+
+
+@pytest.mark.slow
+@pytest.mark.data
+def test_keyframes_with_their_tracking_features_localize_as_well_on_fountain(shared_data, tmp_path):
+    """The same on real images (benchmarks/bench_keyframe_features.py, ~2 min): fountain-P11's
+    first 4 images make the map, images 4, 6, 8, 10 are tracked at 800 px (the default preset)
+    and grow it, images 5, 7, 9 are localized against the map grown with 1600-px re-extracted
+    keyframes and with the 800-px tracking features."""
+    from hloc_bpnp.config import load_config
+    from hloc_bpnp.io.datasets import read_strecha
+    from hloc_bpnp.mapping import build_map_from_poses
+    from hloc_bpnp.sequence.benchmark import compare_keyframe_features
+
+    scene = read_strecha(shared_data / "strecha_fountain_P11")
+    names = scene.names
+    map_dir = build_map_from_poses(scene.subset(names[:4]), scene.image_dir, "default", progress=False).save(
+        tmp_path / "map")
+    frames = [(n, scene.image_dir / n, float(i)) for i, n in enumerate(names) if i >= 4 and i % 2 == 0]
+    queries = [(n, scene.image_dir / n, float(i)) for i, n in enumerate(names) if i >= 4 and i % 2 == 1]
+    res = compare_keyframe_features(map_dir, frames, {n: scene[n].camera for n in names}, queries,
+                                    {n: scene[n].pose for n in names}, "default", load_config("sequence", "default"))
+    _assert_localizes_as_well(res, rel=1.5)
+
+
 # ---------------------------------------------------------------------------- tracker fallback
 def _fallback_tracker(X, conf=None):
     """A SequenceLocalizer holding only what ``_track_by_keyframes`` reads: one keyframe

@@ -45,6 +45,64 @@ def run_independent(map_, frames: Sequence[FrameInput], cameras: Mapping[str, Ca
     return out
 
 
+def grow_and_localize(map_, frames: Sequence[FrameInput], cameras: Mapping[str, Camera],
+                      queries: Sequence[FrameInput], gt: Mapping[str, Pose], loc_conf=None,
+                      seq_conf: Optional[Dict] = None, unit_to_cm: float = 100.0,
+                      progress: bool = False) -> Dict:
+    """Grow ``map_`` (in place) by tracking ``frames`` in order, then localize each of the
+    held-out ``queries`` on its own against the grown map: how well a map grown by
+    keyframes localizes (e.g. keyframes inserted at the map's resolution or with their
+    tracking features, ``growth.reextract``).
+
+    Returns:
+        ``{"sequence": M, "queries": M, "query_frames": {name: {success, num_inliers,
+        rot_err_deg, pos_err_cm}}, "keyframes": [...], "new_points": int}`` (``M`` in
+        :mod:`hloc_bpnp.sequence.report`; ``seconds_per_frame``: the tracking run's wall time).
+    """
+    n_points = int(len(map_.points3D))
+    sl = SequenceLocalizer(Localizer(map_, loc_conf), seq_conf)
+    t0 = time.perf_counter()
+    try:
+        seq_frames = sl.run(frames, cameras, progress)
+    finally:
+        sl.close()
+    wall = time.perf_counter() - t0
+    names = [f[0] for f in frames]
+    s_seq = report.summarize(names, {f.name: f.pose for f in seq_frames}, {f.name: f.seconds for f in seq_frames},
+                             gt, unit_to_cm, n_relocalized=sum(f.status == RELOCALIZED for f in seq_frames))
+    s_seq["seconds_per_frame"] = wall / max(len(names), 1)
+    res = run_independent(map_, queries, cameras, loc_conf, progress)
+    qnames = [q[0] for q in queries]
+    s_q = report.summarize(qnames, {n: (r.pose if r.success else None) for n, r in res.items()},
+                           {n: float(r.timings.get("total", 0.0)) for n, r in res.items()}, gt, unit_to_cm,
+                           n_relocalized=sum(r.success for r in res.values()))
+    per_query = {}
+    for n in qnames:
+        r = res[n]
+        rot, pos = report.frame_errors(r.pose if r.success else None, gt.get(n))
+        per_query[n] = {"success": bool(r.success), "num_inliers": int(r.num_inliers), "rot_err_deg": rot,
+                        "pos_err_cm": None if pos is None else pos * unit_to_cm}
+    return {"sequence": s_seq, "queries": s_q, "query_frames": per_query, "keyframes": list(sl.keyframes),
+            "new_points": int(len(map_.points3D)) - n_points}
+
+
+def compare_keyframe_features(map_dir: Union[str, Path], frames: Sequence[FrameInput], cameras: Mapping[str, Camera],
+                              queries: Sequence[FrameInput], gt: Mapping[str, Pose], loc_conf=None,
+                              seq_conf: Optional[Dict] = None, unit_to_cm: float = 100.0) -> Dict[str, Dict]:
+    """:func:`grow_and_localize` twice on fresh copies of the map saved in ``map_dir``:
+    keyframes re-extracted at the map's resolution (``"map"``: ``growth.reextract: true``)
+    and keyframes joining the map with their tracking features (``"tracking"``: mixed
+    resolutions); insertion inline (deterministic), else ``seq_conf``."""
+    from ..config import merge
+    from ..mapping import Map
+
+    out = {}
+    for mode, reextract in (("map", True), ("tracking", False)):
+        conf = merge(seq_conf or {}, {"growth": {"reextract": reextract, "threaded": False}})
+        out[mode] = grow_and_localize(Map.load(map_dir), frames, cameras, queries, gt, loc_conf, conf, unit_to_cm)
+    return out
+
+
 def run_sequence_benchmark(map_dir: Union[str, Path], frames: Sequence[FrameInput], cameras: Mapping[str, Camera],
                            gt: Mapping[str, Pose], output: Union[str, Path], loc_conf=None,
                            seq_conf: Optional[Dict] = None, unit_to_cm: float = 100.0, title: str = "",
@@ -176,4 +234,5 @@ def format_summary(summary: Mapping[str, Mapping]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["run_sequence_benchmark", "run_independent", "format_summary"]
+__all__ = ["run_sequence_benchmark", "run_independent", "grow_and_localize", "compare_keyframe_features",
+           "format_summary"]

@@ -21,8 +21,10 @@ Per frame (poses are ``cam_from_world``, pixels COLMAP's)::
     a tracked frame that sees new area (``growth.image_novelty``), when the mapping thread is
     not saturated, becomes a keyframe: queued to ``MappingThread`` (the tracker waits only
     when the camera outruns the map; the thread then inserts it with the tracker's cores).
-    Keyframes tracked with lighter features are re-extracted with the map's extractor unless
-    both extractors see the frame alike (``mapping_thread.same_extraction``).
+    Keyframes tracked with lighter features are re-extracted with the map's extractor
+    (``growth.reextract``; the ``default`` preset keeps the tracking features: mixed
+    resolutions localize as well) unless both extractors see the frame alike
+    (``mapping_thread.same_extraction``).
 
 No frame is ever given the previous (or predicted) pose as its result: a frame is either
 localized by a pose estimate that passed the acceptance test, or lost with a reason.
