@@ -57,28 +57,27 @@ def test_evaluation_scene_never_trains(shared_data):
         load_real_scenes([shared_data / "strecha_herzjesu_P8"], exclude=["strecha_herzjesu_P8"])
 
 
-def test_pipeline_refuses_overlapping_scenes(shared_data, tmp_path):
+def _finetune_real():
     sys.path.insert(0, str(ROOT / "pipelines"))
     try:
         import finetune_real
     finally:
         sys.path.pop(0)
+    return finetune_real
+
+
+def test_pipeline_refuses_overlapping_scenes(shared_data, tmp_path):
     d = str(shared_data / "strecha_herzjesu_P8")
     with pytest.raises(SystemExit, match="must not train"):
-        finetune_real.main(["--train", d, "--eval", d, "--output", str(tmp_path)])
+        _finetune_real().main(["--train", d, "--eval", d, "--output", str(tmp_path)])
 
 
 def test_pipeline_refuses_homography_images_of_an_eval_scene(shared_data, tmp_path):
-    sys.path.insert(0, str(ROOT / "pipelines"))
-    try:
-        import finetune_real
-    finally:
-        sys.path.pop(0)
     d = str(shared_data / "middlebury_templeRing_partial")
     with pytest.raises(SystemExit, match="homography-images"):
-        finetune_real.main(["--train", str(shared_data / "strecha_herzjesu_P8"), "--eval", d, "--output",
-                            str(tmp_path), "--homography-images", str(shared_data / "tum_fr3_long_office"),
-                            d + "/templeR0013.png"])
+        _finetune_real().main(["--train", str(shared_data / "strecha_herzjesu_P8"), "--eval", d, "--output",
+                               str(tmp_path), "--homography-images", str(shared_data / "tum_fr3_long_office"),
+                               d + "/templeR0013.png"])
 
 
 def test_not_a_scene_folder(tmp_path):
@@ -264,11 +263,7 @@ def test_adapted_variant_never_trains_on_the_images_it_evaluates(shared_data, tm
     refiner's uncertainty weights) with a refiner whose data holds only the other folds' images."""
     import json
 
-    sys.path.insert(0, str(ROOT / "pipelines"))
-    try:
-        import finetune_real
-    finally:
-        sys.path.pop(0)
+    finetune_real = _finetune_real()
     from hloc_bpnp.training import refiner_data
 
     src = shared_data / "middlebury_templeRing_partial"

@@ -171,26 +171,33 @@ def homography_loss(refiner, pairs: HomographyPairs, sel: torch.Tensor, conf: Di
     return transfer_errors(pairs, sel, off[0], off[1]).clamp(max=float(conf["truncation"])).mean()
 
 
+def _median_over_matches(sets: Sequence, errors, chunk: int, max_matches: Optional[int]) -> float:
+    """Median of ``errors(set, rows)`` over the matches of ``sets`` (chunks of ``chunk`` rows);
+    ``max_matches``: an evenly spaced subset of at most that many per set (deterministic)."""
+    errs = []
+    for sc in sets:
+        M = sc.matches.shape[0]
+        rows = torch.arange(M)
+        if max_matches and M > max_matches:
+            rows = torch.linspace(0, M - 1, max_matches).round().long()
+        for i in range(0, rows.numel(), chunk):
+            errs.append(errors(sc, rows[i:i + chunk]))
+    return float(torch.cat(errs).median()) if errs else math.nan
+
+
 @torch.no_grad()
 def median_transfer(refiner: Optional[KeypointRefiner], sets: Sequence[HomographyPairs], chunk: int = 16384,
                     max_matches: Optional[int] = None) -> float:
     """Median homography transfer error (network px) over the matches of ``sets`` (``None``:
     unrefined keypoints); ``max_matches``: an evenly spaced subset per set."""
-    errs = []
-    for hp in sets:
-        M = hp.matches.shape[0]
-        rows = torch.arange(M)
-        if max_matches and M > max_matches:
-            rows = torch.linspace(0, M - 1, max_matches).round().long()
-        for i in range(0, rows.numel(), chunk):
-            r = rows[i:i + chunk]
-            if refiner is None:
-                z = torch.zeros(r.numel(), 2, dtype=torch.float64)
-                off = (z, z)
-            else:
-                off, _ = _side_outputs(refiner, hp, r)
-            errs.append(transfer_errors(hp, r, off[0], off[1]))
-    return float(torch.cat(errs).median()) if errs else math.nan
+    def errors(hp, r):
+        if refiner is None:
+            z = torch.zeros(r.numel(), 2, dtype=torch.float64)
+            return transfer_errors(hp, r, z, z)
+        off, _ = _side_outputs(refiner, hp, r)
+        return transfer_errors(hp, r, off[0], off[1])
+
+    return _median_over_matches(sets, errors, chunk, max_matches)
 
 
 @torch.no_grad()
@@ -198,15 +205,7 @@ def median_sampson(refiner: Optional[KeypointRefiner], scenes: Sequence[RefinerS
                    max_matches: Optional[int] = None) -> float:
     """Median Sampson error (original px) over the matches of ``scenes`` (``None``: unrefined);
     ``max_matches``: an evenly spaced subset of at most that many per scene (deterministic)."""
-    errs = []
-    for sc in scenes:
-        M = sc.matches.shape[0]
-        rows = torch.arange(M)
-        if max_matches and M > max_matches:
-            rows = torch.linspace(0, M - 1, max_matches).round().long()
-        for i in range(0, rows.numel(), chunk):
-            errs.append(refined_match_errors(refiner, sc, rows[i:i + chunk]))
-    return float(torch.cat(errs).median()) if errs else math.nan
+    return _median_over_matches(scenes, lambda sc, r: refined_match_errors(refiner, sc, r), chunk, max_matches)
 
 
 @dataclass
