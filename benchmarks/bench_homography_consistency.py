@@ -23,7 +23,7 @@ from hloc_bpnp.features import build_extractor  # noqa: E402
 from hloc_bpnp.features.refiner import load_refiner  # noqa: E402
 from hloc_bpnp.io.image import read_image  # noqa: E402
 from hloc_bpnp.training.homography_data import (DEFAULT_CONF, apply_homography, colmap_homography,  # noqa: E402
-                                                random_homography, warp_image)
+                                                random_homography, shrink_image, warp_image)
 from hloc_bpnp.training.refiner_data import mutual_nn  # noqa: E402
 from hloc_bpnp.weights import resolve_refiner  # noqa: E402
 
@@ -51,8 +51,6 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     from tqdm import tqdm
 
-    from hloc_bpnp.training.homography_data import _shrink
-
     rconf = load_config("features", "xfeat_refined")
     xconf = merge(load_config("features", "xfeat"), {"refiner": None, "resize_max": args.resize_max})
     xf = build_extractor(xconf)
@@ -61,7 +59,7 @@ def main(argv=None):
     g = torch.Generator().manual_seed(args.seed)
     errs = {"XFeat": [], "XFeat + refiner": [], "kornia SIFT": []}
     for path in tqdm(args.images, desc="warps"):
-        src = _shrink(read_image(path), args.resize_max)
+        src = shrink_image(read_image(path), args.resize_max)
         h, w = src.shape[:2]
         for _ in range(args.warps):
             H1, H2 = random_homography(w, h, g, DEFAULT_CONF), random_homography(w, h, g, DEFAULT_CONF)

@@ -145,7 +145,8 @@ def colmap_homography(H_index: torch.Tensor) -> torch.Tensor:
     return S @ H_index @ torch.linalg.inv(S)
 
 
-def _shrink(image: np.ndarray, resize_max: int) -> np.ndarray:
+def shrink_image(image: np.ndarray, resize_max: int) -> np.ndarray:
+    """(H, W[, C]) uint8 image shrunk (Lanczos) so its longest side is at most ``resize_max``."""
     h, w = image.shape[:2]
     s = resize_max / max(h, w)
     if s >= 1:
@@ -194,7 +195,7 @@ def build_homography_pairs(images: Sequence[Union[str, Path]], features: Union[s
     parts: Dict[str, List[torch.Tensor]] = {k: [] for k in ("patches", "base", "scale", "matches", "pair", "H")}
     n_kp = 0
     for path in tqdm(images, desc=f"{name}: warps", disable=not progress):
-        src = _shrink(read_image(path), rm)
+        src = shrink_image(read_image(path), rm)
         h, w = src.shape[:2]
         for _ in range(int(conf["pairs_per_image"])):
             H1, H2 = random_homography(w, h, gen, conf), random_homography(w, h, gen, conf)
