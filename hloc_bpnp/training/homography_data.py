@@ -119,7 +119,7 @@ def warp_image(image: np.ndarray, H: torch.Tensor) -> np.ndarray:
 
     t = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1)[None].float()
     o = warp_perspective(t, H[None].float(), tuple(image.shape[:2]), mode="bilinear", align_corners=True)
-    return o[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+    return o[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
 
 
 def photometric(image: np.ndarray, gen: torch.Generator, conf: Mapping) -> np.ndarray:
@@ -129,7 +129,7 @@ def photometric(image: np.ndarray, gen: torch.Generator, conf: Mapping) -> np.nd
     x = torch.from_numpy(image).double() / 255.0
     x = (x.clamp_min(0) ** (1 + g * float(r[1]))) * (1 + g * float(r[0]))
     x = x * 255.0 + float(conf["noise"]) * torch.randn(x.shape, generator=gen, dtype=torch.float64)
-    return x.round().clamp(0, 255).to(torch.uint8).numpy()
+    return x.round().clamp(0, 255).to(torch.uint8).cpu().numpy()
 
 
 def apply_homography(H: torch.Tensor, pts: torch.Tensor) -> torch.Tensor:
