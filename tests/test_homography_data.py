@@ -59,7 +59,7 @@ def synthetic_pairs(bias=(0.5, -0.3), n_pairs=6, n=300, seed=0, S=9):
 
 
 def test_homography_loss_learns_both_offset_components():
-    from test_refiner_training import synthetic_scene
+    from test_refiner_training import mean_offsets_by_sign, synthetic_scene
 
     hp, hv = synthetic_pairs(seed=0), synthetic_pairs(seed=1)
     z = torch.zeros(hv.matches.shape[0], 2, dtype=torch.float64)
@@ -73,9 +73,7 @@ def test_homography_loss_learns_both_offset_components():
                         homographies=[hp], val_homographies=[hv])
     assert out["history"][0]["val_homography_px"] == pytest.approx(before)
     assert median_transfer(out["refiner"], [hv]) < 0.25 * before
-    pos = hv.patches[:, 0, 4, 4] > 0.5
-    with torch.no_grad():
-        o = {k: out["refiner"](hv.patches[m][:300])["offset"].mean(0) for k, m in (("+", pos), ("-", ~pos))}
+    o = mean_offsets_by_sign(out["refiner"], hv.patches)
     assert o["+"].tolist() == pytest.approx([-0.5, 0.3], abs=0.12)
     assert o["-"].tolist() == pytest.approx([0.5, -0.3], abs=0.12)
 

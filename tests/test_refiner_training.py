@@ -58,6 +58,14 @@ def synthetic_scene(bias=(0.6, -0.4), n_img=4, n_pts=300, seed=0, S=9):
                         torch.cat(mp), torch.stack(Es), torch.stack(f), pairs, probs)
 
 
+def mean_offsets_by_sign(refiner, patches, n=300):
+    """Mean learned offset (2,) of the first ``n`` keypoints of each kind in synthetic patches
+    (the sign of the bias is the bright or dark centre pixel): ``{"+": ..., "-": ...}``."""
+    pos = patches[:, 0, patches.shape[-1] // 2, patches.shape[-1] // 2] > 0.5
+    with torch.no_grad():
+        return {k: refiner(patches[m][:n])["offset"].mean(0) for k, m in (("+", pos), ("-", ~pos))}
+
+
 def test_sampson_matches_the_mapping_module():
     from hloc_bpnp.mapping.verification import sampson_errors
 
@@ -80,9 +88,7 @@ def test_training_moves_and_removes_a_keypoint_bias():
     assert after < 0.3 * before
     # the cameras translate along x: epipolar lines are near horizontal, so Sampson sees the
     # y offsets, up to a common shift: the learned y offsets of the two kinds differ by 2 * 0.4
-    pos = va.patches[:, 0, 4, 4] > 0.5
-    with torch.no_grad():
-        oy = {k: float(out["refiner"](va.patches[m][:300])["offset"][:, 1].mean()) for k, m in (("+", pos), ("-", ~pos))}
+    oy = {k: float(o[1]) for k, o in mean_offsets_by_sign(out["refiner"], va.patches).items()}
     assert oy["+"] - oy["-"] == pytest.approx(0.8, abs=0.15)
     assert out["history"][0]["val_sampson_px"] == pytest.approx(before)
 
@@ -184,9 +190,7 @@ def test_reprojection_loss_learns_both_offset_components():
                                      "reproj": {"batch": 512}}, progress=False)
     assert out["history"][0]["val_reproj_px"] == pytest.approx(before)
     assert median_reprojection(out["refiner"], [va]) < 0.2 * before
-    pos = va.patches[:, 0, 4, 4] > 0.5
-    with torch.no_grad():
-        o = {k: out["refiner"](va.patches[m][:300])["offset"].mean(0) for k, m in (("+", pos), ("-", ~pos))}
+    o = mean_offsets_by_sign(out["refiner"], va.patches)
     assert o["+"].tolist() == pytest.approx([-0.6, 0.4], abs=0.12)
     assert o["-"].tolist() == pytest.approx([0.6, -0.4], abs=0.12)
 
