@@ -33,6 +33,10 @@ variant per loss combination. Per evaluation scene and variant ``DIR/results.jso
 * ``loo_weighted`` / ``limited_weighted`` (variants with a refiner): the same fold maps and
   matches, the BPnP refinement weighing each correspondence by the refiner's keypoint
   uncertainty (``refinement.use_weights: uncertainty``, 1 / sigma^2).
+* ``loo_aligned`` / ``limited_aligned`` (every variant): the same fold maps and matches, each
+  localized query's inlier keypoints aligned to the map's observations of their 3D points
+  (``localization.patch_alignment``), then BPnP again; ``limited`` draws from the aligned
+  keypoints.
 
 ``--adapt-folds K`` adds the variant ``adapted``: what ``hloc-bpnp finetune --map`` gives a
 user on their own map. Each eval scene's images go into K interleaved folds; each fold is
@@ -131,7 +135,8 @@ def loo_runs(scene, fconf, mapping, loc_config, progress=False, features=None, q
     ``{label: (results {query: LocalizationResult}, LimitedCollector)}`` for the label ``loo``
     (BPnP refinement as ``loc_config``) and, when the features have a refiner, ``weighted``
     (the same fold maps and matches, BPnP weighing correspondences by the refiner's keypoint
-    uncertainties, ``refinement.use_weights: uncertainty``)."""
+    uncertainties, ``refinement.use_weights: uncertainty``) and ``aligned`` (the same, the
+    inlier keypoints aligned to the map's observations, ``patch_alignment``)."""
     from hloc_bpnp.protocols.leave_one_out import leave_one_out
     from hloc_bpnp.protocols.limited import LimitedCollector
 
@@ -140,8 +145,12 @@ def loo_runs(scene, fconf, mapping, loc_config, progress=False, features=None, q
     variants = {"loo": {"refinement": {"method": "bpnp"}}}
     if fconf.get("refiner"):
         variants["weighted"] = {"refinement": {"method": "bpnp", "use_weights": "uncertainty"}}
+    # the same fold maps, the query's inlier keypoints aligned to the map's observations
+    # (localization.patch_alignment), then BPnP again
+    variants["aligned"] = {"refinement": {"method": "bpnp"}, "patch_alignment": {"enabled": True}}
     # the limited poses weigh correspondences as the localizer's refinement does
-    uses = {"loo": bool((lconf.get("refinement") or {}).get("use_weights")), "weighted": True}
+    plain = bool((lconf.get("refinement") or {}).get("use_weights"))
+    uses = {"loo": plain, "weighted": True, "aligned": plain}
     lims = {k: LimitedCollector(scene, k, use_weights=uses[k]) for k in variants}
 
     def hook(query, fold_map, results):
@@ -446,12 +455,12 @@ def main(argv=None):
         for scene_name, m in per.items():
             ci = m.get("sampson_ratio_ci")
             cis = f"[{ci[0]:.3f},{ci[1]:.3f}]" if ci else ""
-            for suffix in ("", "_weighted"):
+            for suffix in ("", "_weighted", "_aligned"):
                 if suffix and f"loo{suffix}" not in m:
                     continue
                 loo, lim = m.get(f"loo{suffix}") or {}, m.get(f"limited{suffix}") or {}
                 loc = f"{loo.get('n_localized', 0)}/{loo.get('n_queries', 0)}" if loo else ""
-                name = label + (" +weights" if suffix else "")
+                name = label + {"": "", "_weighted": " +weights", "_aligned": " +aligned"}[suffix]
                 print(f"{name:20s} {scene_name:32s} {m.get('sampson_px', float('nan')):10.4f} {cis:>15s} {loc:>6s} "
                       f"{f(loo.get('median_rot_deg'))} {f(loo.get('median_pos_cm'))} | limited "
                       f"{f(lim.get('median_rot_deg'))} {f(lim.get('median_pos_cm'))}")

@@ -6,6 +6,7 @@ Stages for one query::
     -> 2D-3D candidates (all distinct (keypoint, 3D point) pairs, match scores as weights)
     -> [covisibility clusters of the keyframes] -> pycolmap LO-RANSAC -> acceptance test
     -> BPnP refinement (robust loss, full camera model) -> pose + covariance
+    -> [patch alignment: inlier keypoints aligned to the map's observations, BPnP again]
 
 A query that cannot be localized is returned with ``success=False`` and a failure reason;
 no fallback pose (e.g. the top-1 keyframe's) is ever substituted.
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Dict, Iterable, Optional, Sequence, Tuple, Union
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from ..config import load_config, merge
@@ -27,7 +29,8 @@ from .camera_prior import guess_camera
 from .correspondences import Correspondences, covisibility_clusters, gather_2d3d
 from ..features.feature_dict import as_numpy, select_keypoints, to_numpy, to_torch
 from .pose_estimation import default_conf as pose_default_conf
-from .pose_estimation import estimate_pose
+from .pose_estimation import estimate_pose, refine_bpnp
+from . import patch_alignment as PA
 from .results import LocalizationResult
 
 logger = logging.getLogger(__name__)
@@ -43,6 +46,9 @@ default_conf = merge(
         # match the query only against map keypoints that have a 3D point (the others can
         # never give a 2D-3D correspondence): 2-3x less matching work on triangulated maps
         "match_3d_only": True,
+        # photometric alignment of the inlier keypoints to the map's observations, then BPnP
+        # again (hloc_bpnp/localization/patch_alignment.py); needs the map's images
+        "patch_alignment": PA.default_conf,
     },
 )
 
@@ -54,9 +60,11 @@ class Localizer:
         map: a loaded Map (``Map.load(dir)``).
         conf: a preset name in ``configs/localization/``, a YAML path or a dict, merged
             over ``default_conf``.
+        map_images: the map's images (a folder or name -> uint8 array), needed only by
+            ``patch_alignment``.
     """
 
-    def __init__(self, map, conf: Union[str, Dict, None] = None):
+    def __init__(self, map, conf: Union[str, Dict, None] = None, map_images=None):
         from ..features import build_extractor
         from ..matching import build_matcher
 
@@ -71,6 +79,14 @@ class Localizer:
             fconf = merge(load_config("features", fconf), self.conf["query_features"])
         self.extractor = build_extractor(fconf)
         self.matcher = build_matcher(mconf)
+        self.map_images = None if map_images is None else PA.MapImages(map_images)
+        if self.conf["patch_alignment"]["enabled"]:
+            if self.conf["refinement"]["method"] != "bpnp":
+                raise ValueError("patch_alignment needs refinement.method 'bpnp' (the pose is refined again from "
+                                 f"the aligned keypoints), got {self.conf['refinement']['method']!r}")
+            if self.map_images is None:
+                raise ValueError("patch_alignment is enabled but no map images were given: "
+                                 "Localizer(map, conf, map_images=FOLDER) (hloc-bpnp localize --map-images)")
         self._ref_cache: Dict[str, Tuple[Dict, Optional[np.ndarray]]] = {}
 
     def set_map(self, map) -> None:
@@ -164,17 +180,22 @@ class Localizer:
         res.camera = camera
         feats = to_numpy(self.extractor.extract(image))
         res.timings["features"] = time.perf_counter() - t0
-        return self.localize_features(feats, camera, res)
+        return self.localize_features(feats, camera, res, image=image)
 
     def localize_features(self, feats: Dict[str, np.ndarray], camera: Camera,
-                          res: Optional[LocalizationResult] = None) -> LocalizationResult:
+                          res: Optional[LocalizationResult] = None, image: Optional[np.ndarray] = None
+                          ) -> LocalizationResult:
         """Localize from already extracted query features (numpy dict, hloc keys).
 
+        ``image``: the query's (H, W[, 3]) uint8 image, needed only by ``patch_alignment``.
         ``res.timings["total"]`` is the sum of every stage recorded (``"features"`` included
         when ``res`` came from :meth:`localize`), also for failed queries."""
         res = res or LocalizationResult(name="query", camera=camera)
         try:
-            return self._localize_features(feats, camera, res)
+            res = self._localize_features(feats, camera, res)
+            if res.success and self.conf["patch_alignment"]["enabled"]:
+                self.align_inliers(res, image)
+            return res
         finally:
             res.timings["total"] = sum(v for k, v in res.timings.items() if k != "total")
 
@@ -201,6 +222,41 @@ class Localizer:
 
         return localize_from_matches(kpts, names, m0, s0, self.map, camera, self.conf, res,
                                      sigmas=feats.get("sigmas"))
+
+    def align_inliers(self, res: LocalizationResult, image: Optional[np.ndarray]) -> LocalizationResult:
+        """Patch alignment of a localized result (in place): its inlier keypoints aligned to the
+        observations of their 3D points in the nearest retrieved map image, then the pose
+        refined again by BPnP from them (``res.points2D``, ``pose``, ``covariance`` updated;
+        ``res.info["patch_alignment"]`` says how many moved)."""
+        if image is None:
+            raise ValueError(f"query {res.name!r}: patch_alignment needs the query image "
+                             f"(Localizer.localize, or localize_features(..., image=))")
+        if self.map_images is None:
+            raise ValueError("patch_alignment: the Localizer has no map images (Localizer(map, conf, map_images=))")
+        t = time.perf_counter()
+        gray = PA.gray_float(image)
+        if (gray.shape[-1], gray.shape[-2]) != (int(res.camera.width), int(res.camera.height)):
+            raise ValueError(f"query {res.name!r}: image is {gray.shape[-1]}x{gray.shape[-2]} px but its camera is "
+                             f"{int(res.camera.width)}x{int(res.camera.height)}")
+        inl = np.flatnonzero(np.asarray(res.inlier_mask))
+        ids = np.asarray(res.point3D_ids)[inl]
+        all_ids = np.asarray(self.map.point3D_ids)
+        order = np.argsort(all_ids, kind="stable")
+        pos = np.clip(np.searchsorted(all_ids[order], ids), 0, max(len(all_ids) - 1, 0))
+        if len(all_ids) == 0 or np.any(all_ids[order[pos]] != ids):
+            raise ValueError(f"query {res.name!r}: inlier 3D point ids not in the map")
+        rows = order[pos]
+        center = res.pose.to(torch.float64).center.reshape(-1).cpu().numpy()
+        pts = np.asarray(res.points2D, np.float64).copy()
+        pts[inl], info = PA.align_to_map(gray, pts[inl], rows, self.map, self.map_images, res.retrieved, center,
+                                         self.conf["patch_alignment"])
+        ref = self.conf["refinement"]
+        w = np.asarray(res.weights)[inl] if (ref["use_weights"] and res.weights is not None) else None
+        pose, cov, rinfo = refine_bpnp(pts[inl], self.map.points3D[rows], res.camera, res.pose, ref, w)
+        res.points2D, res.pose, res.covariance = pts, pose, cov
+        res.info["patch_alignment"] = {**info, **{k: v for k, v in rinfo.items() if k.startswith(("cost", "ref"))}}
+        res.timings["alignment"] = time.perf_counter() - t
+        return res
 
     def retrieve(self, feats) -> Tuple[list, np.ndarray]:
         """Top-k map keyframes for a query's features: (names, global scores)."""

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Dict, Optional, Sequence, Union
+from pathlib import Path
+from typing import Dict, Mapping, Optional, Sequence, Union
+
+import numpy as np
 
 from tqdm import tqdm
 
@@ -116,10 +119,13 @@ def leave_one_out(
         map_ = Map.from_reconstruction(rec, {n: feats[n] for n in others}, conf)
         t_tri.append(time.time() - t)
         for label, override in loc_variants.items():
-            loc = Localizer(map_, merge(base_loc, override))
+            lconf = merge(base_loc, override)
+            align = bool((lconf.get("patch_alignment") or {}).get("enabled"))
+            loc = Localizer(map_, lconf, map_images=images if align else None)
             t = time.perf_counter()
             res = LocalizationResult(name=q, timings={"features": feat_time[q]})
-            results[label][q] = loc.localize_features(qfeats[q], cameras[q], res)
+            qimage = _query_image(images, q) if align else None
+            results[label][q] = loc.localize_features(qfeats[q], cameras[q], res, image=qimage)
             t_loc.append(time.perf_counter() - t)
             logger.debug("%s [%s]: success=%s inliers=%d", q, label, res.success, res.num_inliers)
         if fold_hook is not None:
@@ -170,3 +176,12 @@ def run_leave_one_out_benchmark(scene: Scene, output, title: str, mapping_conf="
     print(format_table(evals, title=title, row_header="method"))
     print("timings (s): " + ", ".join(f"{k}={v:.3f}" for k, v in timings.items()))
     return summaries
+
+
+def _query_image(images, name):
+    """The query's uint8 image from an image folder or a name -> array mapping."""
+    if isinstance(images, Mapping):
+        return np.asarray(images[name])
+    from ..io.image import read_image
+
+    return read_image(Path(images) / name)

@@ -1,0 +1,233 @@
+"""Photometric alignment of a localized query's inlier keypoints to the map's observations.
+
+A per-keypoint refiner moves each keypoint on its own; it cannot see that the query's keypoint
+and the map's observation of the same 3D point sit on slightly different surface points
+(detector-level errors of 1-3 px, measured on the Middlebury temple). Once the query has a
+pose, each inlier keypoint is aligned to the observation of its 3D point in the map image
+closest to the query's camera centre: a translation-only Lucas-Kanade fit of a normalised
+image patch (zero mean, unit variance, Gaussian-weighted window), the map's patch fixed.
+The pose is then refined again by BPnP from the aligned keypoints.
+
+Measured (README, "Query alignment"): on the temple's leave-one-out with the shipped
+``xfeat_refined`` features, `limited` position error 0.258 -> 0.234 cm; pairwise on the temple's
+fixed Sampson matches (one side aligned to the other) the median Sampson error drops x0.54.
+
+All positions are COLMAP pixels (top-left pixel centre at (0.5, 0.5)).
+"""
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from pathlib import Path
+from typing import Callable, Dict, Mapping, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+logger = logging.getLogger(__name__)
+
+default_conf = {
+    "enabled": False,
+    "radius": 5,  # patch half-size, pixels (11 x 11)
+    "iterations": 10,
+    "blur_sigma": 1.0,  # Gaussian pre-smoothing of both images (widens LK's basin)
+    "max_shift_px": 3.0,  # larger shifts are rejected (keypoint kept where it was)
+    "min_ncc": 0.5,  # zero-normalised cross-correlation of the aligned patches to accept
+}
+
+
+def _gaussian_blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
+    if sigma <= 0:
+        return img
+    r = max(1, int(round(3 * sigma)))
+    x = torch.arange(-r, r + 1, dtype=img.dtype, device=img.device)
+    k = torch.exp(-x * x / (2 * sigma * sigma))
+    k = k / k.sum()
+    img = F.conv2d(F.pad(img, (r, r, 0, 0), mode="replicate"), k.reshape(1, 1, 1, -1))
+    return F.conv2d(F.pad(img, (0, 0, r, r), mode="replicate"), k.reshape(1, 1, -1, 1))
+
+
+def _sample(img: torch.Tensor, pts: torch.Tensor) -> torch.Tensor:
+    """Bilinear samples of (1, C, H, W) ``img`` at (N, P, 2) COLMAP pixels -> (C, N, P)."""
+    H, W = img.shape[-2:]
+    g = torch.stack([2 * pts[..., 0] / W - 1, 2 * pts[..., 1] / H - 1], -1).to(img.dtype)
+    return F.grid_sample(img, g[None], mode="bilinear", align_corners=False, padding_mode="border")[0]
+
+
+def _normalise(v: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    mu = v.mean(-1, keepdim=True)
+    sd = v.std(-1, keepdim=True) + 1e-4
+    return (v - mu) / sd, sd
+
+
+def align_patches(ref_image: torch.Tensor, image: torch.Tensor, ref_points: torch.Tensor, points: torch.Tensor,
+                  radius: int = 5, iterations: int = 10, blur_sigma: float = 1.0, max_shift_px: float = 3.0,
+                  min_ncc: float = 0.5) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Shifts that make ``image`` around ``points`` look like ``ref_image`` around ``ref_points``.
+
+    Translation-only Lucas-Kanade (Gauss-Newton) on zero-mean, unit-variance patches with a
+    Gaussian window, batched over the points.
+
+    Args:
+        ref_image: (H, W) or (1, 1, H, W) gray image, float in [0, 1], the fixed side.
+        image: (H', W') or (1, 1, H', W') gray image of the points to move.
+        ref_points: (N, 2) COLMAP pixels in ``ref_image``.
+        points: (N, 2) COLMAP pixels in ``image`` (start positions).
+        radius: patch half-size (pixels); iterations: Gauss-Newton steps.
+        blur_sigma: Gaussian smoothing of both images before alignment (0: none).
+        max_shift_px: shifts longer than this are rejected.
+        min_ncc: aligned patches correlating less than this are rejected.
+    Returns:
+        ``(shift (N, 2), valid (N,) bool)``; rejected points have shift 0. Same dtype as
+        ``points``.
+    """
+    if radius < 1 or iterations < 1:
+        raise ValueError(f"align_patches: radius and iterations must be >= 1, got {radius}, {iterations}")
+    ref_points = torch.as_tensor(ref_points)
+    points = torch.as_tensor(points)
+    if ref_points.shape != points.shape or points.ndim != 2 or points.shape[-1] != 2:
+        raise ValueError(f"align_patches: expected two (N, 2) point arrays, got {tuple(ref_points.shape)} "
+                         f"and {tuple(points.shape)}")
+    N = points.shape[0]
+    out_dtype = points.dtype if points.is_floating_point() else torch.float64
+    if N == 0:
+        return points.new_zeros(0, 2, dtype=out_dtype), torch.zeros(0, dtype=torch.bool)
+    ia = _as_image(ref_image)
+    ib = _as_image(image)
+    ia, ib = _gaussian_blur(ia, blur_sigma), _gaussian_blur(ib, blur_sigma)
+    # central differences (half-pixel consistent with bilinear sampling)
+    gx = F.pad(ib[..., :, 2:] - ib[..., :, :-2], (1, 1, 0, 0), mode="replicate") / 2
+    gy = F.pad(ib[..., 2:, :] - ib[..., :-2, :], (0, 0, 1, 1), mode="replicate") / 2
+    stack = torch.cat([ib, gx, gy], 1)
+    r = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    yy, xx = torch.meshgrid(r, r, indexing="ij")
+    grid = torch.stack([xx.reshape(-1), yy.reshape(-1)], -1)  # (P, 2)
+    w = torch.exp(-(grid ** 2).sum(-1) / (2 * (radius / 1.5) ** 2))
+    T, _ = _normalise(_sample(ia, ref_points.float()[:, None] + grid)[0])
+    p0 = points.float()
+    d = torch.zeros(N, 2)
+    eye = 1e-3 * torch.eye(2)
+    for _ in range(int(iterations)):
+        I, Ix, Iy = _sample(stack, p0[:, None] + d[:, None] + grid)
+        In, sd = _normalise(I)
+        res = In - T
+        # d In / d shift: the gradient minus its patch mean over the patch's std (the std's own
+        # derivative, small near the solution, is dropped)
+        J = torch.stack([Ix - Ix.mean(-1, keepdim=True), Iy - Iy.mean(-1, keepdim=True)], -1) / sd[..., None]
+        Hm = torch.einsum("npi,npj,p->nij", J, J, w) + eye
+        b = torch.einsum("npi,np,p->ni", J, res, w)
+        d = (d - torch.linalg.solve(Hm, b[..., None])[..., 0]).clamp(-2 * max_shift_px, 2 * max_shift_px)
+    In, _ = _normalise(_sample(ib, p0[:, None] + d[:, None] + grid)[0])
+    ncc = (In * T).mean(-1) * (grid.shape[0] / max(grid.shape[0] - 1, 1))  # std is the unbiased one
+    valid = torch.isfinite(d).all(-1) & (d.norm(dim=-1) <= max_shift_px) & (ncc >= min_ncc)
+    d = torch.where(valid[:, None], d, torch.zeros_like(d))
+    return d.to(out_dtype), valid
+
+
+def _as_image(img) -> torch.Tensor:
+    img = torch.as_tensor(img)
+    if img.ndim == 2:
+        img = img[None, None]
+    if img.ndim != 4 or img.shape[:2] != (1, 1):
+        raise ValueError(f"align_patches: expected an (H, W) or (1, 1, H, W) gray image, got {tuple(img.shape)}")
+    return img.float()
+
+
+def gray_float(image: np.ndarray) -> torch.Tensor:
+    """(H, W) or (H, W, 3) uint8 image -> (1, 1, H, W) float gray in [0, 1] (ITU-R 601 luma)."""
+    a = np.asarray(image)
+    if a.ndim == 3:
+        a = a[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32) / 255.0)[None, None]
+
+
+class MapImages:
+    """Gray map images by name, read on demand from a folder or a name -> array mapping, the
+    last ``capacity`` kept in memory."""
+
+    def __init__(self, source: Union[str, Path, Mapping[str, np.ndarray]], capacity: int = 16) -> None:
+        self.source = source
+        self.capacity = int(capacity)
+        self._cache: "OrderedDict[str, torch.Tensor]" = OrderedDict()
+
+    def __call__(self, name: str) -> torch.Tensor:
+        hit = self._cache.get(name)
+        if hit is not None:
+            self._cache.move_to_end(name)
+            return hit
+        if isinstance(self.source, Mapping):
+            if name not in self.source:
+                raise KeyError(f"map image {name!r} is not among the map images given for patch alignment")
+            img = gray_float(self.source[name])
+        else:
+            from ..io.image import read_image
+
+            img = gray_float(read_image(Path(self.source) / name, grayscale=True))
+        self._cache[name] = img
+        while len(self._cache) > self.capacity:
+            self._cache.popitem(last=False)
+        return img
+
+
+def reference_observations(map, rows: np.ndarray, candidates, center: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """For each ``points3D`` row, the map image (among ``candidates``) observing it whose camera
+    centre is nearest to ``center`` and the observation's keypoint position.
+
+    Args:
+        map: a :class:`~hloc_bpnp.mapping.Map`; rows: (M,) point rows; candidates: map image
+            names to consider; center: (3,) the query's camera centre (world).
+    Returns:
+        ``(owner (M,), keypoints (M, 2), names)``: ``names`` the candidates sorted by distance,
+        ``owner`` the index into ``names`` of each row's observing image (-1: none of them),
+        ``keypoints`` that observation's position (COLMAP pixels; zeros where owner is -1).
+    """
+    names = sorted(candidates, key=lambda n: float(np.linalg.norm(map.pose(n).center.reshape(-1).cpu().numpy()
+                                                                   - center)))
+    rows = np.asarray(rows, np.int64)
+    owner = np.full(rows.shape[0], -1, np.int64)
+    kps = np.zeros((rows.shape[0], 2), np.float64)
+    for j, n in enumerate(names):
+        todo = np.flatnonzero(owner < 0)
+        if todo.size == 0:
+            break
+        k2p = np.asarray(map.kp_to_point[n])
+        kp_idx = np.flatnonzero(k2p >= 0)
+        if kp_idx.size == 0:
+            continue
+        order = np.argsort(k2p[kp_idx], kind="stable")
+        srt = k2p[kp_idx][order]
+        pos = np.clip(np.searchsorted(srt, rows[todo]), 0, srt.size - 1)
+        hit = srt[pos] == rows[todo]
+        sel = todo[hit]
+        owner[sel] = j
+        kps[sel] = np.asarray(map.features[n]["keypoints"], np.float64)[kp_idx[order[pos[hit]]]]
+    return owner, kps, names
+
+
+def align_to_map(query_image: torch.Tensor, points2D: np.ndarray, rows: np.ndarray, map,
+                 map_images: Callable[[str], torch.Tensor], candidates, center: np.ndarray,
+                 conf: Dict) -> Tuple[np.ndarray, Dict]:
+    """Query keypoints ``points2D`` (M, 2) of 3D points ``rows`` (M,) aligned to their map
+    observations (see :func:`reference_observations`). Returns ((M, 2) aligned positions,
+    info {"n_aligned", "median_shift_px"})."""
+    owner, ref_kp, names = reference_observations(map, rows, candidates, center)
+    out = np.asarray(points2D, np.float64).copy()
+    shifts = []
+    n_ok = 0
+    for j in np.unique(owner[owner >= 0]).tolist():
+        s = np.flatnonzero(owner == j)
+        ref = map_images(names[j])
+        cam = map.camera(names[j])
+        if (int(cam.width), int(cam.height)) != (ref.shape[-1], ref.shape[-2]):
+            raise ValueError(f"patch alignment: map image {names[j]!r} is {ref.shape[-1]}x{ref.shape[-2]} px "
+                             f"but its camera is {int(cam.width)}x{int(cam.height)} (wrong map image folder?)")
+        d, ok = align_patches(ref, query_image, torch.from_numpy(ref_kp[s]), torch.from_numpy(out[s]),
+                              int(conf["radius"]), int(conf["iterations"]), float(conf["blur_sigma"]),
+                              float(conf["max_shift_px"]), float(conf["min_ncc"]))
+        out[s] += d.cpu().numpy()
+        n_ok += int(ok.sum())
+        shifts.append(d[ok].norm(dim=-1).cpu().numpy())
+    sh = np.concatenate(shifts) if shifts else np.zeros(0)
+    return out, {"n_aligned": n_ok, "n_points": int(rows.shape[0]),
+                 "median_shift_px": float(np.median(sh)) if sh.size else 0.0}

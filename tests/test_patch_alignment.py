@@ -1,0 +1,145 @@
+"""Patch alignment (hloc_bpnp/localization/patch_alignment.py): Lucas-Kanade recovers sub-pixel
+shifts and rejects unrelated patches; the localizer's ``patch_alignment`` stage pulls noisy
+query keypoints back onto the map's observations of an exactly rendered textured plane and
+lowers the pose error."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hloc_bpnp.geometry import Camera, center_error, rotation_error_deg
+from hloc_bpnp.localization import Localizer
+from hloc_bpnp.localization.patch_alignment import align_patches, reference_observations
+from hloc_bpnp.mapping import Map
+from hloc_bpnp.synthetic import look_at
+from map_fixtures import reconstruction_from_observations
+
+CAM = Camera("PINHOLE", 320, 240, torch.tensor([260.0, 260.0, 160.0, 120.0], dtype=torch.float64))
+EXTENT = 2.0  # the texture covers [-2, 2]^2 of the plane z = 0
+
+
+def _texture(seed, n=512):
+    g = torch.Generator().manual_seed(seed)
+    coarse = F.interpolate(torch.rand(1, 1, n // 16, n // 16, generator=g), size=(n, n), mode="bicubic",
+                           align_corners=False)
+    fine = F.interpolate(torch.rand(1, 1, n // 4, n // 4, generator=g), size=(n, n), mode="bicubic",
+                         align_corners=False)
+    return (0.6 * coarse + 0.4 * fine).clamp(0, 1).double()
+
+
+def _render(texture, pose, cam=CAM):
+    """The plane z = 0 with ``texture`` seen by ``cam`` at ``pose`` (cam_from_world): (H, W) uint8."""
+    ys, xs = torch.meshgrid(torch.arange(cam.height, dtype=torch.float64) + 0.5,
+                            torch.arange(cam.width, dtype=torch.float64) + 0.5, indexing="ij")
+    fx, fy, cx, cy = cam.params.tolist()
+    rays = torch.stack([(xs - cx) / fx, (ys - cy) / fy, torch.ones_like(xs)], -1) @ pose.R  # world directions
+    C = -(pose.R.T @ pose.t)
+    X = C + (-C[2] / rays[..., 2])[..., None] * rays
+    uv = torch.stack([X[..., 0], X[..., 1]], -1) / EXTENT
+    img = F.grid_sample(texture, uv[None], mode="bilinear", align_corners=False, padding_mode="border")[0, 0]
+    return (img.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+
+
+def test_lucas_kanade_recovers_subpixel_shifts_and_rejects_unrelated_patches():
+    tex = _texture(0, 256)[0, 0].float()
+    H, W = tex.shape
+    shift = torch.tensor([0.37, -0.61])
+    ys, xs = torch.meshgrid(torch.arange(H) + 0.5, torch.arange(W) + 0.5, indexing="ij")
+    # B(x) = A(x + shift): the point of A at p lies at p - shift in B
+    g = torch.stack([2 * (xs + shift[0]) / W - 1, 2 * (ys + shift[1]) / H - 1], -1)
+    B = F.grid_sample(tex[None, None], g[None], mode="bicubic", align_corners=False, padding_mode="border")[0, 0]
+    rng = np.random.default_rng(0)
+    p = torch.from_numpy(rng.uniform(30, 226, (50, 2)))
+    d, ok = align_patches(tex, B, p, p.clone())
+    assert ok.all()
+    err = (d + shift.double()).norm(dim=-1)
+    assert float(err.median()) < 0.05 and float(err.max()) < 0.12, err  # bilinear sampling: ~0.04 px
+    # starting 1.5 px off still converges (the basin of the blurred patches)
+    d2, ok2 = align_patches(tex, B, p, p + torch.tensor([1.0, -1.1], dtype=torch.float64))
+    assert ok2.float().mean() > 0.9
+    assert float((d2[ok2] + torch.tensor([1.0, -1.1], dtype=torch.float64) + shift.double()).norm(dim=-1).median()) < 0.06
+    # an unrelated image: rejected (shift 0), never a confident wrong move
+    other = _texture(7, 256)[0, 0].float()
+    d3, ok3 = align_patches(tex, other, p, p.clone())
+    assert ok3.float().mean() < 0.2
+    assert torch.all(d3[~ok3] == 0)
+    with pytest.raises(ValueError, match=r"\(N, 2\)"):
+        align_patches(tex, B, p, p[:3])
+
+
+def _plane_scene(seed=0, n_points=700):
+    rng = np.random.default_rng(seed)
+    points = np.concatenate([rng.uniform(-1.4, 1.4, (n_points, 2)), np.zeros((n_points, 1))], 1)
+    desc = rng.normal(size=(n_points, 32)).astype(np.float32)
+    desc /= np.linalg.norm(desc, axis=1, keepdims=True)
+    up = (0.0, -1.0, 0.0)
+    map_poses = {f"map/{i}.png": look_at(e, np.zeros(3), up=up)
+                 for i, e in enumerate([(-0.8, -0.5, -4.5), (0.8, -0.5, -4.5), (-0.8, 0.5, -4.5), (0.8, 0.5, -4.5)])}
+    query = look_at((0.3, 0.2, -4.2), np.zeros(3), up=up)
+
+    def observe(pose, noise=0.0, rng_=None):
+        x, valid = CAM.project_with_valid(pose.transform(torch.from_numpy(points)))
+        idx = np.flatnonzero(valid.numpy())
+        kp = x.numpy()[idx]
+        if noise:
+            kp = kp + rng_.normal(scale=noise, size=kp.shape)
+        return {"keypoints": kp.astype(np.float32), "descriptors": desc[idx], "scores": np.ones(len(idx), np.float32),
+                "image_size": np.array([CAM.width, CAM.height])}, idx
+
+    rec, feats = reconstruction_from_observations(CAM, map_poses, points, observe)
+    conf = {"features": "sift", "matcher": "mnn", "retrieval": {"global_descriptor": {"type": "vlad", "num_clusters": 8}}}
+    return Map.from_reconstruction(rec, feats, conf), map_poses, query, observe
+
+
+def test_localizer_patch_alignment_pulls_noisy_keypoints_onto_the_map():
+    tex = _texture(1)
+    map_, map_poses, query, observe = _plane_scene()
+    images = {n: _render(tex, p) for n, p in map_poses.items()}
+    qimage = _render(tex, query)
+    feats, _ = observe(query, noise=0.8, rng_=np.random.default_rng(3))
+    base = {"retrieval": {"num_keyframes": 4}, "ransac": {"max_error_px": 4.0}}
+    plain = Localizer(map_, base).localize_features(feats, CAM)
+    loc = Localizer(map_, {**base, "patch_alignment": {"enabled": True}}, map_images=images)
+    res = loc.localize_features(feats, CAM, image=qimage)
+    assert plain.success and res.success
+    info = res.info["patch_alignment"]
+    assert info["n_aligned"] > 0.9 * res.num_inliers, info
+    # every query keypoint is the projection of point idx[k]; compare the inliers' positions
+    truth = dict(zip(map_.point3D_ids.tolist(), map_.points3D.tolist()))
+    x_true, _ = CAM.project_with_valid(query.transform(torch.tensor([truth[i] for i in res.point3D_ids.tolist()],
+                                                                     dtype=torch.float64)))
+    inl = np.asarray(res.inlier_mask)
+    e_before = np.linalg.norm(np.asarray(plain.points2D)[inl] - x_true.numpy()[inl], axis=1)
+    e_after = np.linalg.norm(np.asarray(res.points2D)[inl] - x_true.numpy()[inl], axis=1)
+    assert np.median(e_after) < 0.2 * np.median(e_before), (np.median(e_before), np.median(e_after))
+    r0, t0 = rotation_error_deg(plain.pose.R, query.R).item(), center_error(plain.pose, query).item()
+    r1, t1 = rotation_error_deg(res.pose.R, query.R).item(), center_error(res.pose, query).item()
+    assert t1 < 0.5 * t0 and r1 < 0.5 * r0, (r0, t0, r1, t1)
+    assert "alignment" in res.timings
+
+
+def test_patch_alignment_needs_images_and_bpnp():
+    map_, map_poses, query, observe = _plane_scene(n_points=200)
+    with pytest.raises(ValueError, match="map images"):
+        Localizer(map_, {"patch_alignment": {"enabled": True}})
+    with pytest.raises(ValueError, match="bpnp"):
+        Localizer(map_, {"patch_alignment": {"enabled": True}, "refinement": {"method": "none"}}, map_images={})
+    loc = Localizer(map_, {"retrieval": {"num_keyframes": 4}, "patch_alignment": {"enabled": True}},
+                    map_images={n: np.zeros((240, 320), np.uint8) for n in map_poses})
+    feats, _ = observe(query)
+    with pytest.raises(ValueError, match="query image"):
+        loc.localize_features(feats, CAM)
+    with pytest.raises(ValueError, match="10x10 px but its camera is 320x240"):
+        loc.localize_features(feats, CAM, image=np.zeros((10, 10), np.uint8))
+
+
+def test_reference_observation_is_the_nearest_observing_image():
+    map_, map_poses, query, _ = _plane_scene(n_points=200)
+    rows = np.arange(len(map_.points3D))
+    owner, kps, names = reference_observations(map_, rows, list(map_poses), query.center.reshape(-1).numpy())
+    d = [float(np.linalg.norm(map_poses[n].center.reshape(-1).numpy() - query.center.reshape(-1).numpy())) for n in names]
+    assert d == sorted(d)
+    # every point of this map is seen by all four views: all owned by the nearest
+    assert np.all(owner == 0)
+    x, _ = CAM.project_with_valid(map_poses[names[0]].transform(torch.from_numpy(map_.points3D)))
+    assert np.allclose(kps, x.numpy(), atol=1e-3)
