@@ -24,6 +24,9 @@ def register(sub, help_text):
                    help="hloc query list with intrinsics (`name MODEL W H params`); without it every "
                         "image in --images is a query and its camera is guessed (EXIF or size)")
     p.add_argument("--config", default="default", help="localization preset or YAML path")
+    p.add_argument("--map-images", type=Path, default=None,
+                   help="folder of the map's images (names as in the map); needed by presets with "
+                        "patch_alignment (e.g. `aligned`, `fast_learned_aligned`)")
     p.add_argument("--output", type=Path, required=True, help="results file (hloc format)")
     p.add_argument("--log", type=Path, help="per-query JSON log (default: <output>_log.json)")
     p.add_argument("--resume", action="store_true",
@@ -79,6 +82,10 @@ def run(args) -> int:
         if args.workers:
             from ..distributed import localize_distributed
 
+            if args.map_images is not None:
+                raise ValueError("--map-images (patch alignment) is not supported with --workers yet; "
+                                 "run without --workers")
+
             results = localize_distributed(args.map, queries, args.config, workers=args.workers,
                                            image_dir=args.images, results_path=args.output, log_path=args.log,
                                            resume=args.resume, chunk_size=args.chunk_size,
@@ -93,7 +100,8 @@ def run(args) -> int:
             todo = [q for q in queries if q[0] not in writer.done]
             if len(todo) < len(queries):
                 logger.info("Resume: %d of %d queries already done", len(queries) - len(todo), len(queries))
-            results = Localizer(Map.load(args.map), args.config).localize_many(todo, image_dir=args.images) if todo else {}
+            loc = Localizer(Map.load(args.map), args.config, map_images=args.map_images) if todo else None
+            results = loc.localize_many(todo, image_dir=args.images) if todo else {}
             for r in results.values():
                 writer.add(r)
             writer.close()

@@ -32,8 +32,13 @@ default_conf = {
     "radius": 5,  # patch half-size, pixels (11 x 11)
     "iterations": 10,
     "blur_sigma": 1.0,  # Gaussian pre-smoothing of both images (widens LK's basin)
-    "max_shift_px": 3.0,  # larger shifts are rejected (keypoint kept where it was)
-    "min_ncc": 0.5,  # zero-normalised cross-correlation of the aligned patches to accept
+    # bound of each shift coordinate, applied at every iteration: a keypoint whose fit runs
+    # away stays at the bound. Measured on 5 temple folds (pretrained XFeat, `limited` pos):
+    # rejecting the shifts that reach it instead, 0.309 cm; bounded, 0.242; none 0.327
+    "max_shift_px": 3.0,
+    # zero-normalised cross-correlation of the aligned patches below which the keypoint stays
+    # where it was (same folds: 0.3 -> 0.237 cm, 0.5 -> 0.301: too many good fits rejected)
+    "min_ncc": 0.3,
 }
 
 
@@ -76,7 +81,7 @@ def align_patches(ref_image: torch.Tensor, image: torch.Tensor, ref_points: torc
         points: (N, 2) COLMAP pixels in ``image`` (start positions).
         radius: patch half-size (pixels); iterations: Gauss-Newton steps.
         blur_sigma: Gaussian smoothing of both images before alignment (0: none).
-        max_shift_px: shifts longer than this are rejected.
+        max_shift_px: bound of each shift coordinate (applied at every iteration).
         min_ncc: aligned patches correlating less than this are rejected.
     Returns:
         ``(shift (N, 2), valid (N,) bool)``; rejected points have shift 0. Same dtype as
@@ -117,10 +122,10 @@ def align_patches(ref_image: torch.Tensor, image: torch.Tensor, ref_points: torc
         J = torch.stack([Ix - Ix.mean(-1, keepdim=True), Iy - Iy.mean(-1, keepdim=True)], -1) / sd[..., None]
         Hm = torch.einsum("npi,npj,p->nij", J, J, w) + eye
         b = torch.einsum("npi,np,p->ni", J, res, w)
-        d = (d - torch.linalg.solve(Hm, b[..., None])[..., 0]).clamp(-2 * max_shift_px, 2 * max_shift_px)
+        d = (d - torch.linalg.solve(Hm, b[..., None])[..., 0]).clamp(-max_shift_px, max_shift_px)
     In, _ = _normalise(_sample(ib, p0[:, None] + d[:, None] + grid)[0])
     ncc = (In * T).mean(-1) * (grid.shape[0] / max(grid.shape[0] - 1, 1))  # std is the unbiased one
-    valid = torch.isfinite(d).all(-1) & (d.norm(dim=-1) <= max_shift_px) & (ncc >= min_ncc)
+    valid = torch.isfinite(d).all(-1) & (ncc >= min_ncc)
     d = torch.where(valid[:, None], d, torch.zeros_like(d))
     return d.to(out_dtype), valid
 
