@@ -1,0 +1,122 @@
+#!/usr/bin/env python
+"""How far can keypoint positions go on a posed scene? Prints the median Sampson error (original
+px) of the scene's fixed verified matches (the ``sampson_px`` match set of
+``pipelines/finetune_real.py``: pretrained XFeat, mutual NN, inliers under the known poses)
+when the positions come from
+
+* the pretrained detector, and the shipped refiner (one offset per keypoint);
+* photometric alignment of one side of each match to the other
+  (:func:`hloc_bpnp.localization.patch_alignment.align_patches`): a position per MATCH, what a
+  query aligned to a fixed map observation gets;
+* a consensus over all matches of each keypoint (``--rounds`` Jacobi rounds of the mean pairwise
+  shift, damped): one position per KEYPOINT, from the detector's or the refiner's positions.
+
+This is the measurement behind the localizer's ``patch_alignment`` stage (README, fine-tuning,
+"query patch alignment"). No pose is used by the alignment; the poses only score.
+
+    python benchmarks/bench_pair_alignment.py --scene ../shared/data/middlebury_templeRing_partial
+"""
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hloc_bpnp.config import load_config  # noqa: E402
+from hloc_bpnp.features.refiner import load_refiner  # noqa: E402
+from hloc_bpnp.io.image import read_image  # noqa: E402
+from hloc_bpnp.localization.patch_alignment import align_patches, gray_float  # noqa: E402
+from hloc_bpnp.training.real import load_real_scene  # noqa: E402
+from hloc_bpnp.training.refiner_data import cached_refiner_scene  # noqa: E402
+from hloc_bpnp.training.refiner_train import match_errors, refiner_outputs  # noqa: E402
+from hloc_bpnp.weights import resolve_refiner  # noqa: E402
+
+
+def per_pair(rs, images, pos, radius):
+    """Shift (N_matches, 2) of side b of each match aligned to side a at positions ``pos``."""
+    m = rs.matches
+    D = torch.zeros(m.shape[0], 2, dtype=torch.float64)
+    for p in torch.unique(rs.match_pair).tolist():
+        k = (rs.match_pair == p).nonzero()[:, 0]
+        a, b = m[k, 0], m[k, 1]
+        ia, ib = images[int(rs.image[a[0]])], images[int(rs.image[b[0]])]
+        D[k], _ = align_patches(ia, ib, pos[a], pos[b], radius=radius)
+    return D
+
+
+def consensus(rs, images, pos0, radius, rounds, damping=0.5):
+    """One position per keypoint: mean pairwise shift over its matches, ``rounds`` times."""
+    m = rs.matches
+    pos = pos0.clone()
+    for _ in range(rounds):
+        S = torch.zeros_like(pos)
+        C = torch.zeros(pos.shape[0], dtype=torch.float64)
+        for p in torch.unique(rs.match_pair).tolist():
+            k = (rs.match_pair == p).nonzero()[:, 0]
+            a, b = m[k, 0], m[k, 1]
+            ia, ib = images[int(rs.image[a[0]])], images[int(rs.image[b[0]])]
+            db, _ = align_patches(ia, ib, pos[a], pos[b], radius=radius)
+            da, _ = align_patches(ib, ia, pos[b], pos[a], radius=radius)
+            S.index_add_(0, b, db)
+            S.index_add_(0, a, da)
+            one = torch.ones(k.numel(), dtype=torch.float64)
+            C.index_add_(0, a, one)
+            C.index_add_(0, b, one)
+        pos = pos + damping * S / C.clamp_min(1)[:, None]
+    return pos
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--scene", type=Path, required=True, help="Strecha or Middlebury scene folder")
+    ap.add_argument("--features", default="xfeat", help="feature preset (its detector, unrefined)")
+    ap.add_argument("--refiner", default="xfeat_refiner.pt", help="refiner weights (shipped name or path)")
+    ap.add_argument("--radius", type=int, default=5, help="patch half-size, original pixels")
+    ap.add_argument("--rounds", type=int, default=4, help="consensus rounds")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    scene = load_real_scene(args.scene)
+    rs = cached_refiner_scene(args.scene, load_config("features", args.features), 9, None, scene=scene,
+                              pose_problems=False)
+    images = [gray_float(read_image(Path(scene.image_dir) / n, grayscale=True)) for n in rs.image_names]
+    sel = torch.arange(rs.matches.shape[0])
+    m = rs.matches
+    zero = torch.zeros(m.shape[0], 2, dtype=torch.float64)
+
+    def sampson(pos):  # positions (N_keypoints, 2) original px -> per-match errors
+        off = (pos - rs.base) / rs.scale
+        return match_errors(rs, sel, {0: off[m[:, 0]], 1: off[m[:, 1]]}).numpy()
+
+    rows = []
+    e0 = match_errors(rs, sel, {0: zero, 1: zero}).numpy()
+    rows.append(("pretrained detector", e0, 0.0))
+    ref = load_refiner(resolve_refiner(args.refiner, None))
+    with torch.no_grad():
+        off, _ = refiner_outputs(ref, rs, torch.arange(rs.base.shape[0]))
+    pos_ref = rs.base + off.double() * rs.scale
+    rows.append(("refiner (one offset per keypoint)", sampson(pos_ref), 0.0))
+    t = time.time()
+    D = per_pair(rs, images, rs.base, args.radius)
+    rows.append(("one side of each match aligned to the other", match_errors(
+        rs, sel, {0: zero, 1: D / rs.scale[m[:, 1]]}).numpy(), time.time() - t))
+    for label, start in (("detector", rs.base), ("refiner", pos_ref)):
+        t = time.time()
+        pos = consensus(rs, images, start, args.radius, args.rounds)
+        rows.append((f"consensus per keypoint from the {label}, {args.rounds} rounds", sampson(pos), time.time() - t))
+
+    med0 = float(np.median(e0))
+    print(f"\n{scene.name if hasattr(scene, 'name') else args.scene.name}: {m.shape[0]} matches, "
+          f"{len(images)} images, patches {2 * args.radius + 1}x{2 * args.radius + 1}")
+    print(f"{'positions':58s} {'median Sampson px':>18s} {'ratio':>7s} {'seconds':>8s}")
+    for label, e, s in rows:
+        print(f"{label:58s} {np.median(e):18.4f} {np.median(e) / med0:7.3f} {s:8.1f}")
+
+
+if __name__ == "__main__":
+    main()
