@@ -232,6 +232,10 @@ def test_hloc_plugin_mode(scene, exact_map, tmp_path):
                "--hloc-matches", str(tmp_path / "matches.h5"), "--hloc-pairs", str(tmp_path / "pairs.txt"),
                "--queries", str(tmp_path / "queries.txt"), "--output", str(tmp_path / "cli.txt")])
     assert rc == 0 and len(read_results(tmp_path / "cli.txt")) == len(scene.query_poses)
+    # patch alignment needs images the plugin mode never reads: an error, not a silent no-op
+    with pytest.raises(ValueError, match="plugin mode"):
+        localize_from_hloc(sfm, tmp_path / "feats.h5", tmp_path / "matches.h5", tmp_path / "pairs.txt",
+                           tmp_path / "queries.txt", conf="aligned", progress=False)
 
 
 def test_match_3d_only_equivalent_and_fast_preset(scene, exact_map):

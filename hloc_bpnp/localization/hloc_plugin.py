@@ -68,6 +68,9 @@ def localize_from_hloc(
     from ..io.hloc_text import read_pairs, read_query_list
 
     conf = merge(default_conf, load_config("localization", conf) if conf else {})
+    if conf["patch_alignment"]["enabled"]:
+        raise ValueError("patch_alignment needs the query and map images, which the hloc plugin mode does not "
+                         "read; use a preset without it (e.g. default) or `hloc-bpnp localize --map`")
     rec = read_model(reference_sfm)
     lookup = ModelLookup.from_reconstruction(rec)
     queries = read_query_list(query_list)
