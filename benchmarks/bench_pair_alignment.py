@@ -74,7 +74,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scene", type=Path, required=True, help="Strecha or Middlebury scene folder")
     ap.add_argument("--features", default="xfeat", help="feature preset (its detector, unrefined)")
-    ap.add_argument("--refiner", default="xfeat_refiner.pt", help="refiner weights (shipped name or path)")
+    ap.add_argument("--refiner", default="xfeat_refiner", help="refiner weights (shipped name or path)")
     ap.add_argument("--radius", type=int, default=5, help="patch half-size, original pixels")
     ap.add_argument("--rounds", type=int, default=4, help="consensus rounds")
     ap.add_argument("--threads", type=int, default=2)

@@ -79,7 +79,8 @@ class Localizer:
             fconf = merge(load_config("features", fconf), self.conf["query_features"])
         self.extractor = build_extractor(fconf)
         self.matcher = build_matcher(mconf)
-        self.map_images = None if map_images is None else PA.MapImages(map_images)
+        self.map_images = None if map_images is None else PA.MapImages(
+            map_images, blur_sigma=float(self.conf["patch_alignment"]["blur_sigma"]))
         if self.conf["patch_alignment"]["enabled"]:
             if self.conf["refinement"]["method"] != "bpnp":
                 raise ValueError("patch_alignment needs refinement.method 'bpnp' (the pose is refined again from "

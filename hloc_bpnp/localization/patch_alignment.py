@@ -70,9 +70,19 @@ def _normalise(v: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     return (v - mu) / sd, sd
 
 
+def prepare_image(image, blur_sigma: float = 1.0) -> torch.Tensor:
+    """(H, W) or (1, 1, H, W) gray image -> (1, 3, H, W): the image blurred with ``blur_sigma``
+    and its x / y central differences, what :func:`align_patches` samples. Prepare an image
+    once when it is aligned against several others."""
+    img = _gaussian_blur(_as_image(image), blur_sigma)
+    gx = F.pad(img[..., :, 2:] - img[..., :, :-2], (1, 1, 0, 0), mode="replicate") / 2
+    gy = F.pad(img[..., 2:, :] - img[..., :-2, :], (0, 0, 1, 1), mode="replicate") / 2
+    return torch.cat([img, gx, gy], 1)
+
+
 def align_patches(ref_image: torch.Tensor, image: torch.Tensor, ref_points: torch.Tensor, points: torch.Tensor,
                   radius: int = 5, iterations: int = 10, blur_sigma: float = 1.0, max_shift_px: float = 3.0,
-                  min_ncc: float = 0.5) -> Tuple[torch.Tensor, torch.Tensor]:
+                  min_ncc: float = 0.5, prepared: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
     """Shifts that make ``image`` around ``points`` look like ``ref_image`` around ``ref_points``.
 
     Translation-only Lucas-Kanade (Gauss-Newton) on zero-mean, unit-variance patches with a
@@ -87,6 +97,7 @@ def align_patches(ref_image: torch.Tensor, image: torch.Tensor, ref_points: torc
         blur_sigma: Gaussian smoothing of both images before alignment (0: none).
         max_shift_px: bound of each shift coordinate (applied at every iteration).
         min_ncc: aligned patches correlating less than this are rejected.
+        prepared: both images are already :func:`prepare_image` outputs (``blur_sigma`` unused).
     Returns:
         ``(shift (N, 2), valid (N,) bool)``; rejected points have shift 0. Same dtype as
         ``points``.
@@ -102,32 +113,35 @@ def align_patches(ref_image: torch.Tensor, image: torch.Tensor, ref_points: torc
     out_dtype = points.dtype if points.is_floating_point() else torch.float64
     if N == 0:
         return points.new_zeros(0, 2, dtype=out_dtype), torch.zeros(0, dtype=torch.bool)
-    ia = _as_image(ref_image)
-    ib = _as_image(image)
-    ia, ib = _gaussian_blur(ia, blur_sigma), _gaussian_blur(ib, blur_sigma)
-    # central differences (half-pixel consistent with bilinear sampling)
-    gx = F.pad(ib[..., :, 2:] - ib[..., :, :-2], (1, 1, 0, 0), mode="replicate") / 2
-    gy = F.pad(ib[..., 2:, :] - ib[..., :-2, :], (0, 0, 1, 1), mode="replicate") / 2
-    stack = torch.cat([ib, gx, gy], 1)
+    if prepared:
+        if ref_image.ndim != 4 or ref_image.shape[1] != 3 or image.ndim != 4 or image.shape[1] != 3:
+            raise ValueError("align_patches(prepared=True) expects two (1, 3, H, W) prepare_image outputs")
+        ref_stack, stack = ref_image, image
+    else:
+        ref_stack, stack = prepare_image(ref_image, blur_sigma), prepare_image(image, blur_sigma)
     r = torch.arange(-radius, radius + 1, dtype=torch.float32)
     yy, xx = torch.meshgrid(r, r, indexing="ij")
     grid = torch.stack([xx.reshape(-1), yy.reshape(-1)], -1)  # (P, 2)
     w = torch.exp(-(grid ** 2).sum(-1) / (2 * (radius / 1.5) ** 2))
-    T, _ = _normalise(_sample(ia, ref_points.float()[:, None] + grid)[0])
-    p0 = points.float()
-    d = torch.zeros(N, 2)
-    eye = 1e-3 * torch.eye(2)
+    T, _ = _normalise(_sample(ref_stack[:, :1], ref_points.float()[:, None] + grid)[0])
+    p0 = points.float()[:, None] + grid  # (N, P, 2)
+    d = torch.zeros(N, 1, 2)
     for _ in range(int(iterations)):
-        I, Ix, Iy = _sample(stack, p0[:, None] + d[:, None] + grid)
+        I, Ix, Iy = _sample(stack, p0 + d)
         In, sd = _normalise(I)
         res = In - T
         # d In / d shift: the gradient minus its patch mean over the patch's std (the std's own
-        # derivative, small near the solution, is dropped)
-        J = torch.stack([Ix - Ix.mean(-1, keepdim=True), Iy - Iy.mean(-1, keepdim=True)], -1) / sd[..., None]
-        Hm = torch.einsum("npi,npj,p->nij", J, J, w) + eye
-        b = torch.einsum("npi,np,p->ni", J, res, w)
-        d = (d - torch.linalg.solve(Hm, b[..., None])[..., 0]).clamp(-max_shift_px, max_shift_px)
-    In, _ = _normalise(_sample(ib, p0[:, None] + d[:, None] + grid)[0])
+        # derivative, small near the solution, is dropped); the 2x2 normal equations in closed form
+        jx = (Ix - Ix.mean(-1, keepdim=True)) / sd
+        jy = (Iy - Iy.mean(-1, keepdim=True)) / sd
+        wx, wy = jx * w, jy * w
+        a, b, c = (wx * jx).sum(-1) + 1e-3, (wx * jy).sum(-1), (wy * jy).sum(-1) + 1e-3
+        gx, gy = (wx * res).sum(-1), (wy * res).sum(-1)
+        det = a * c - b * b
+        step = torch.stack([(c * gx - b * gy) / det, (a * gy - b * gx) / det], -1)
+        d = (d - step[:, None]).clamp(-max_shift_px, max_shift_px)
+    In, _ = _normalise(_sample(stack[:, :1], p0 + d)[0])
+    d = d[:, 0]
     ncc = (In * T).mean(-1) * (grid.shape[0] / max(grid.shape[0] - 1, 1))  # std is the unbiased one
     valid = torch.isfinite(d).all(-1) & (ncc >= min_ncc)
     d = torch.where(valid[:, None], d, torch.zeros_like(d))
@@ -152,15 +166,18 @@ def gray_float(image: np.ndarray) -> torch.Tensor:
 
 
 class MapImages:
-    """Gray map images by name, read on demand from a folder or a name -> array mapping, the
-    last ``capacity`` kept in memory."""
+    """Map images by name, read on demand from a folder or a name -> array mapping and kept
+    (the last ``capacity``) as :func:`prepare_image` outputs for ``blur_sigma``."""
 
-    def __init__(self, source: Union[str, Path, Mapping[str, np.ndarray]], capacity: int = 16) -> None:
+    def __init__(self, source: Union[str, Path, Mapping[str, np.ndarray]], capacity: int = 16,
+                 blur_sigma: float = 1.0) -> None:
         self.source = source
         self.capacity = int(capacity)
+        self.blur_sigma = float(blur_sigma)
         self._cache: "OrderedDict[str, torch.Tensor]" = OrderedDict()
 
     def __call__(self, name: str) -> torch.Tensor:
+        """(1, 3, H, W) prepared image of map image ``name``."""
         hit = self._cache.get(name)
         if hit is not None:
             self._cache.move_to_end(name)
@@ -173,6 +190,7 @@ class MapImages:
             from ..io.image import read_image
 
             img = gray_float(read_image(Path(self.source) / name, grayscale=True))
+        img = prepare_image(img, self.blur_sigma)
         self._cache[name] = img
         while len(self._cache) > self.capacity:
             self._cache.popitem(last=False)
@@ -218,9 +236,17 @@ def align_to_map(query_image: torch.Tensor, points2D: np.ndarray, rows: np.ndarr
                  map_images: Callable[[str], torch.Tensor], candidates, center: np.ndarray,
                  conf: Dict) -> Tuple[np.ndarray, Dict]:
     """Query keypoints ``points2D`` (M, 2) of 3D points ``rows`` (M,) aligned to their map
-    observations (see :func:`reference_observations`). Returns ((M, 2) aligned positions,
-    info {"n_aligned", "median_shift_px"})."""
+    observations (see :func:`reference_observations`).
+
+    Args:
+        query_image: (1, 1, H, W) gray float query image.
+        map_images: name -> (1, 3, H, W) :func:`prepare_image` output (a :class:`MapImages`
+            with the same ``blur_sigma`` as ``conf``).
+    Returns:
+        ((M, 2) aligned positions, info {"n_aligned", "n_points", "median_shift_px"}).
+    """
     owner, ref_kp, names = reference_observations(map, rows, candidates, center)
+    query = prepare_image(query_image, float(conf["blur_sigma"]))
     out = np.asarray(points2D, np.float64).copy()
     shifts = []
     n_ok = 0
@@ -231,9 +257,9 @@ def align_to_map(query_image: torch.Tensor, points2D: np.ndarray, rows: np.ndarr
         if (int(cam.width), int(cam.height)) != (ref.shape[-1], ref.shape[-2]):
             raise ValueError(f"patch alignment: map image {names[j]!r} is {ref.shape[-1]}x{ref.shape[-2]} px "
                              f"but its camera is {int(cam.width)}x{int(cam.height)} (wrong map image folder?)")
-        d, ok = align_patches(ref, query_image, torch.from_numpy(ref_kp[s]), torch.from_numpy(out[s]),
+        d, ok = align_patches(ref, query, torch.from_numpy(ref_kp[s]), torch.from_numpy(out[s]),
                               int(conf["radius"]), int(conf["iterations"]), float(conf["blur_sigma"]),
-                              float(conf["max_shift_px"]), float(conf["min_ncc"]))
+                              float(conf["max_shift_px"]), float(conf["min_ncc"]), prepared=True)
         out[s] += d.cpu().numpy()
         n_ok += int(ok.sum())
         shifts.append(d[ok].norm(dim=-1).cpu().numpy())
