@@ -186,6 +186,8 @@ def test_cli_localize_with_map_images(tmp_path, caplog):
             str(tmp_path / "queries.txt"), "--output", str(tmp_path / "res.txt")]
     assert main(args + ["--config", "aligned"]) == 2
     assert "no map images were given" in caplog.text
+    assert main(args + ["--config", "aligned", "--workers", "2"]) == 2
+    assert "not supported with --workers" in caplog.text
     assert main(args + ["--config", "aligned", "--map-images", str(tmp_path / "mapimg")]) == 0
     poses = read_results(tmp_path / "res.txt")
     assert list(poses) == ["q0.png"]

@@ -82,9 +82,12 @@ def run(args) -> int:
         if args.workers:
             from ..distributed import localize_distributed
 
-            if args.map_images is not None:
-                raise ValueError("--map-images (patch alignment) is not supported with --workers yet; "
-                                 "run without --workers")
+            from ..config import load_config
+
+            aligned = bool((load_config("localization", args.config).get("patch_alignment") or {}).get("enabled"))
+            if args.map_images is not None or aligned:
+                raise ValueError("patch alignment (--map-images, preset {!r}) is not supported with --workers yet; "
+                                 "run without --workers".format(args.config))
 
             results = localize_distributed(args.map, queries, args.config, workers=args.workers,
                                            image_dir=args.images, results_path=args.output, log_path=args.log,
