@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from pathlib import Path
-from typing import Callable, Dict, Mapping, Tuple, Union
+from typing import Callable, Dict, List, Mapping, Tuple, Union
 
 import numpy as np
 import torch
@@ -197,7 +197,8 @@ class MapImages:
         return img
 
 
-def reference_observations(map, rows: np.ndarray, candidates, center: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+def reference_observations(map, rows: np.ndarray, candidates,
+                           center: np.ndarray) -> Tuple[np.ndarray, np.ndarray, List[str]]:
     """For each ``points3D`` row, the map image (among ``candidates``) observing it whose camera
     centre is nearest to ``center`` and the observation's keypoint position.
 
