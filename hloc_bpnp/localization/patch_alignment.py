@@ -12,9 +12,9 @@ Measured (README, "Query patch alignment"; ``pipelines/finetune_real.py --no-tra
 ``+aligned``): Middlebury temple leave-one-out, `limited` position 0.298 -> 0.245 cm with
 pretrained XFeat and 0.258 -> 0.239 cm with the shipped refiner (pretrained: 0.298); Herz-Jesu
 1.176 -> 0.839 cm (pretrained). Pairwise on the temple's fixed Sampson matches (one side
-aligned to the other) the median Sampson error drops x0.54, while one position per keypoint
-(a consensus over all its matches) gets only x0.79: alignment pays where one side is fixed,
-as the map's observations are for a query.
+aligned to the other) the median Sampson error drops x0.52, while one position per keypoint
+(a consensus over all its matches) gets x0.75 (``benchmarks/bench_pair_alignment.py``):
+alignment pays most where one side is fixed, as the map's observations are for a query.
 
 All positions are COLMAP pixels (top-left pixel centre at (0.5, 0.5)).
 """
