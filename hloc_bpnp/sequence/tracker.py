@@ -34,13 +34,14 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Union
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..config import merge
+from ..config import load_preset, merge
 from ..geometry import Camera, Pose
 from ..localization import results as R
 from ..features.feature_dict import to_numpy
@@ -128,6 +129,22 @@ default_conf = {
 }
 
 
+DEFAULT_PRESET = "default"
+"""The shipped sequence preset (``configs/sequence/default.yaml``) that ``hloc-bpnp track`` and
+``pipelines/sequence.py`` use unless told otherwise; :data:`default_conf` holds the library's
+defaults it overrides."""
+
+
+def sequence_config(preset: Union[str, Path, Dict, None] = DEFAULT_PRESET, overrides: Optional[Dict] = None) -> Dict:
+    """The full sequence-mode conf: ``preset`` (a name in ``configs/sequence/``, a YAML path or a
+    dict; None: the library defaults alone) merged over :data:`default_conf`, then
+    ``overrides``. The one place the command line and the pipelines load a sequence preset.
+    An unknown key -- a typo, or a preset of another kind (a localization preset) -- raises
+    :class:`~hloc_bpnp.config.UnknownConfigKeyError` naming the file and every offending key."""
+    conf = load_preset("sequence", preset, default_conf) if preset is not None else merge(default_conf, {})
+    return merge(conf, overrides, strict=True, section="sequence")
+
+
 @dataclass
 class FrameResult:
     """One frame of a sequence.
@@ -205,15 +222,19 @@ class SequenceLocalizer:
     Args:
         localizer: a :class:`~hloc_bpnp.localization.Localizer` on the map (its extractor,
             matcher and conf are used for relocalization; the map grows in place).
-        conf: overrides of :data:`default_conf`.
+        conf: overrides of :data:`default_conf` (a dict), or a preset name / YAML path of
+            ``configs/sequence/`` (:func:`sequence_config`; the command line and pipelines use
+            the ``default`` preset, not the bare :data:`default_conf`).
 
     Use :meth:`track` per frame (in order) or :meth:`run` over a list of frames; :meth:`close`
     (or ``with SequenceLocalizer(...) as sl:``) drains and stops the mapping thread.
     """
 
-    def __init__(self, localizer: Localizer, conf: Optional[Dict] = None):
+    def __init__(self, localizer: Localizer, conf: Union[Dict, str, Path, None] = None):
         self.localizer = localizer
-        self.conf = merge(default_conf, conf or {}, strict=True)  # a misspelt key is an error
+        if isinstance(conf, (str, Path)):
+            conf = sequence_config(conf)
+        self.conf = merge(default_conf, conf or {}, strict=True, section="sequence")  # a misspelt key is an error
         self.spacing = _keyframe_spacing(localizer.map)
         mp = self.conf["motion_prior"]
         self.motion = MotionModel(np.deg2rad(mp["sigma_rot_deg"]), mp["sigma_pos_rel"] * self.spacing)
