@@ -75,9 +75,12 @@ default_conf = {
         # within 1.05x of per-frame localization at 1600 px, at about half the extraction time.
         "features": "auto",
         # decode and extract frame k+1 on a worker thread while frame k is tracked (run()),
-        # the worker's torch running on prefetch_threads intra-op threads
+        # the worker's torch running on prefetch_threads intra-op threads; prefetch_workers > 1:
+        # as many frames extracted at once, one per worker (frames whose extraction takes
+        # longer than their tracking: 3072-px Strecha JPEGs under SIFT at 800 px)
         "prefetch": True,
         "prefetch_threads": 1,
+        "prefetch_workers": 1,
         "num_keyframes": 5,        # local map: keyframes observing the previous frame's inliers
         "num_recent": 2,           # ... plus the most recently inserted keyframes
         "num_nearest_prebuilt": 3,  # ... plus the prebuilt map images nearest to the prediction
@@ -799,7 +802,8 @@ class SequenceLocalizer:
         prefetch = bool(tc["prefetch"])
         if prefetch:  # reading and extraction of the next frame overlap this frame's tracking
             source = Prefetcher(frames, lambda fr: self._load(fr, extract=True),
-                                torch_threads=int(tc["prefetch_threads"]) or None)
+                                torch_threads=int(tc["prefetch_threads"]) or None,
+                                workers=max(1, int(tc["prefetch_workers"])))
         else:
             source = ((fr, None) for fr in frames)
         bar = tqdm(source, total=len(frames), desc="track", disable=not progress)
