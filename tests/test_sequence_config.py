@@ -136,3 +136,35 @@ def test_unknown_keys_are_all_named_with_the_file(tmp_path):
     assert isinstance(e.value, KeyError)  # what callers caught before
     with pytest.raises(UnknownConfigKeyError, match=r"growth\.reextrakt"):
         sequence_config("default", {"growth": {"reextrakt": False}})
+
+
+def test_prefetch_workers_auto_uses_two_for_photos_far_above_the_tracking_resolution():
+    from types import SimpleNamespace
+
+    from hloc_bpnp.config import load_config, merge
+    from hloc_bpnp.features import build_extractor
+    from hloc_bpnp.geometry import Camera
+    from hloc_bpnp.sequence import SequenceLocalizer, sequence_config
+
+    import torch
+
+    conf = sequence_config("default")
+    assert conf["tracking"]["prefetch_workers"] == "auto"
+    assert sequence_config("realtime")["tracking"]["prefetch_workers"] == 1
+    stub = SimpleNamespace(conf=conf, track_extractor=build_extractor(
+        merge(load_config("features", "sift"), {"resize_max": 800})))
+
+    def workers(w, h, frames=None):
+        cam = Camera("PINHOLE", w, h, torch.tensor([w, w, w / 2, h / 2], dtype=torch.float64))
+        return SequenceLocalizer.prefetch_workers(stub, frames or [("a.jpg", None, 0.0)], {"a.jpg": cam})
+
+    assert workers(3072, 2048) == 2  # Strecha photos, tracked at 800 px
+    assert workers(1600, 1200) == 2
+    assert workers(1599, 1200) == 1
+    assert workers(640, 480) == 1  # video frames
+    assert SequenceLocalizer.prefetch_workers(stub, [], {}) == 1
+    stub.conf = sequence_config("default", {"tracking": {"prefetch_workers": 3}})
+    assert workers(640, 480) == 3
+    stub.conf = sequence_config("default", {"tracking": {"prefetch_workers": 0}})
+    with pytest.raises(ValueError, match="prefetch_workers"):
+        workers(640, 480)

@@ -35,7 +35,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Union
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -76,8 +76,9 @@ default_conf = {
         "features": "auto",
         # decode and extract frame k+1 on a worker thread while frame k is tracked (run()),
         # the worker's torch running on prefetch_threads intra-op threads; prefetch_workers > 1:
-        # as many frames extracted at once, one per worker (frames whose extraction takes
-        # longer than their tracking: 3072-px Strecha JPEGs under SIFT at 800 px)
+        # as many frames extracted at once, one per worker; "auto": 2 when the tracking
+        # extractor shrinks the frames by AUTO_PREFETCH_SHRINK or more (photos far above the
+        # tracking resolution: 3072-px Strecha JPEGs under SIFT at 800 px), else 1 (video)
         "prefetch": True,
         "prefetch_threads": 1,
         "prefetch_workers": 1,
@@ -131,6 +132,14 @@ default_conf = {
     "growth": dict(G.default_conf),
 }
 
+
+AUTO_PREFETCH_SHRINK = 2.0
+"""``tracking.prefetch_workers: auto`` extracts two frames at once when the tracking extractor
+shrinks a frame's longer side by this factor or more: there the frame's decoding and extraction
+take 2-3x its tracking (Herz-Jesu / fountain-P11: ~1.2 s against ~0.4 s per frame) and a second
+worker uses the core the waiting tracker leaves idle; at video sizes the tracker, the mapping
+thread and one worker already share both cores (the synthetic 640x480 sequence with 2 workers:
+1.22 s per frame against 1.04 s; README, sequence mode)."""
 
 DEFAULT_PRESET = "default"
 """The shipped sequence preset (``configs/sequence/default.yaml``) that ``hloc-bpnp track`` and
@@ -784,6 +793,26 @@ class SequenceLocalizer:
             timings["features"] = time.perf_counter() - t1
         return name, ts, image, err, timings, feats
 
+    def prefetch_workers(self, frames: Sequence, cameras: Union[Camera, Dict[str, Camera]]) -> int:
+        """How many prefetch workers :meth:`run` uses for ``frames`` (``tracking.prefetch_workers``;
+        ``auto``: 2 when the tracking extractor shrinks the first frame's camera image by
+        :data:`AUTO_PREFETCH_SHRINK` or more, else 1)."""
+        n = self.conf["tracking"]["prefetch_workers"]
+        if n != "auto":
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise ValueError(f"tracking.prefetch_workers must be 'auto' or an integer >= 1, got {n!r}")
+            return n
+        if not frames:
+            return 1
+        fr = frames[0]
+        name = fr[0] if isinstance(fr, tuple) else fr.name
+        cam = cameras.get(name) if isinstance(cameras, dict) else cameras
+        if cam is None:
+            return 1
+        w, h = int(cam.width), int(cam.height)
+        w2, h2 = self.track_extractor.resized_size(w, h)
+        return 2 if max(w, h) >= AUTO_PREFETCH_SHRINK * max(w2, h2) else 1
+
     def run(self, frames: Iterable, cameras: Union[Camera, Dict[str, Camera]], progress: bool = True,
             on_frame: Optional[Callable[[FrameResult], None]] = None) -> List[FrameResult]:
         """Track ``frames`` in order: :class:`~hloc_bpnp.sequence.frames.Frame` objects or
@@ -803,7 +832,7 @@ class SequenceLocalizer:
         if prefetch:  # reading and extraction of the next frame overlap this frame's tracking
             source = Prefetcher(frames, lambda fr: self._load(fr, extract=True),
                                 torch_threads=int(tc["prefetch_threads"]) or None,
-                                workers=max(1, int(tc["prefetch_workers"])))
+                                workers=self.prefetch_workers(frames, cameras))
         else:
             source = ((fr, None) for fr in frames)
         bar = tqdm(source, total=len(frames), desc="track", disable=not progress)
