@@ -21,9 +21,10 @@ def _track_conf(monkeypatch, tmp_path, *extra):
     import hloc_bpnp.localization as L
     import hloc_bpnp.mapping as M
     import hloc_bpnp.sequence as S
-    from hloc_bpnp.cli import main
+    from hloc_bpnp.cli import build_parser, main
     from hloc_bpnp.io.png import write_png
 
+    build_parser()  # every command module imported before the stand-ins below
     frames = tmp_path / "frames"
     frames.mkdir(exist_ok=True)
     write_png(frames / "1.png", np.zeros((48, 64, 3), np.uint8))
@@ -53,14 +54,16 @@ def test_track_command_builds_the_tracker_with_the_shipped_preset(monkeypatch, t
     assert preset["growth"]["reextract"] is False and default_conf["growth"]["reextract"] is True
     assert preset["tracking"]["search_final_rounds"] != default_conf["tracking"]["search_final_rounds"]
 
-    seen = _track_conf(monkeypatch, tmp_path)
-    assert seen["seq"] == sequence_config("default", {"growth": {"enabled": True, "local_ba": False}})
-    assert seen["loc"] == ("localizer", localization_config("default"))
-    # the pipeline loads the same preset through the same helper
+    # the pipeline loads the same preset through the same helper (imported before the stand-ins
+    # below: its modules must bind the real classes)
     spec = importlib.util.spec_from_file_location("pipeline_sequence", ROOT / "pipelines" / "sequence.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     assert mod.sequence_config is sequence_config and mod.DEFAULT_PRESET == "default"
+
+    seen = _track_conf(monkeypatch, tmp_path)
+    assert seen["seq"] == sequence_config("default", {"growth": {"enabled": True, "local_ba": False}})
+    assert seen["loc"] == ("localizer", localization_config("default"))
 
     seen = _track_conf(monkeypatch, tmp_path, "--sequence-config", "realtime", "--no-growth", "--local-ba")
     assert seen["seq"] == sequence_config("realtime", {"growth": {"enabled": False, "local_ba": True}})

@@ -7,7 +7,9 @@ f = 525 unless given) or a video file (decoded with PyAV as it is tracked; times
 stream; a frame that fails to decode is lost with its reason). Each frame is tracked from the
 previous pose (motion prior, covisible keyframes, guided matching, BPnP), relocalized with the
 full localizer when tracking fails, or recorded as lost with its reason; the map grows where
-the camera goes.
+the camera goes. The tracker's settings are the sequence preset ``--sequence-config`` (default
+``default``, ``configs/sequence/default.yaml``, as ``pipelines/sequence.py``); ``--config`` is the
+localization preset used for relocalization.
 
 Writes into ``--output``: ``trajectory.txt`` (TUM format), ``results.txt`` (hloc format) and
 its ``results_log.json``, ``frames.json`` (status / reason / keyframe / timings per frame),
