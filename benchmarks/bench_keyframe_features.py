@@ -24,8 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from hloc_bpnp.config import load_config, merge
+from hloc_bpnp.config import merge
 from hloc_bpnp.mapping import build_map_from_poses
+from hloc_bpnp.sequence import sequence_config
 from hloc_bpnp.sequence.benchmark import compare_keyframe_features
 
 LABELS = {"map": "map resolution (reextract)", "tracking": "tracking features (mixed)"}
@@ -102,7 +103,7 @@ def main(argv=None):
     else:
         map_scene, root, frames, queries, cams, gt = strecha_inputs(args.scene, args.map_images)
         resize = args.tracking_resize_max
-    seq_conf = load_config("sequence", "default")
+    seq_conf = sequence_config("default")
     if resize:
         seq_conf = merge(seq_conf, {"tracking": {"features": {"resize_max": resize}}})
     map_dir = build_map_from_poses(map_scene, root, "default", progress=False).save(args.output / "map")

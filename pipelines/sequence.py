@@ -47,13 +47,14 @@ import torch
 from hloc_bpnp.cli import configure_logging
 from hloc_bpnp.geometry import Camera
 from hloc_bpnp.mapping import build_map_from_poses
+from hloc_bpnp.sequence import DEFAULT_PRESET, sequence_config
 from hloc_bpnp.sequence.benchmark import format_summary, run_sequence_benchmark
 
 logger = logging.getLogger("pipelines.sequence")
 
 
 def run_scene(scene_dir: Path, output: Path, map_every: int = 2, mapping="default", loc_conf="default",
-              seq_conf=None, progress=True):
+              seq_conf=DEFAULT_PRESET, progress=True):
     from hloc_bpnp.io.datasets import read_strecha
 
     scene = read_strecha(scene_dir)
@@ -75,7 +76,7 @@ def run_scene(scene_dir: Path, output: Path, map_every: int = 2, mapping="defaul
 
 
 def run_seven_scenes(scene_dir: Path, output: Path, map_step: int = 10, max_frames=None, independent_every: int = 1,
-                     mapping="sequence_xfeat", loc_conf="fast_learned", seq_conf=None, progress=True):
+                     mapping="sequence_xfeat", loc_conf="fast_learned", seq_conf="realtime", progress=True):
     """7-Scenes layout: the map is triangulated from every ``map_step``-th frame of the
     ``TrainSplit`` sequences with their KinectFusion poses; the frames are the ``TestSplit``
     sequences in order (the first ``max_frames``); every ``independent_every``-th of them is
@@ -100,7 +101,7 @@ def run_seven_scenes(scene_dir: Path, output: Path, map_step: int = 10, max_fram
 
 
 def run_synthetic(output: Path, seed: int = 0, seq_source=None, mapping="default", loc_conf="default",
-                  seq_conf=None, progress=True):
+                  seq_conf=DEFAULT_PRESET, progress=True):
     from hloc_bpnp.sequence.synthetic import generate_sequence
 
     seq = generate_sequence(seq_source, seed=seed, progress=progress)
@@ -129,7 +130,7 @@ def run_synthetic(output: Path, seed: int = 0, seq_source=None, mapping="default
 
 
 def run_frames(frames_dir: Path, output: Path, intrinsics, map_every: int = 2, mapping="default",
-               sfm_mapping="sfm", loc_conf="default", seq_conf=None, progress=True):
+               sfm_mapping="sfm", loc_conf="default", seq_conf=DEFAULT_PRESET, progress=True):
     from hloc_bpnp.io.scene import Scene
     from hloc_bpnp.mapping import build_map_sfm
     from hloc_bpnp.sequence.frames import load_frames
@@ -196,10 +197,20 @@ def main(argv=None):
     seven = bool(args.scene) and (args.scene / "TrainSplit.txt").is_file()
     mapping = args.mapping or ("sequence_xfeat" if seven else "default")
     loc_conf = args.config or ("fast_learned" if seven else "default")
-    from hloc_bpnp.config import load_config, merge
+    from hloc_bpnp.localization import localization_config
+    from hloc_bpnp.mapping.build import mapping_config
 
-    seq_conf = merge(load_config("sequence", args.sequence_config or ("realtime" if seven else "default")),
-                     {"growth": {"local_ba": bool(args.local_ba), "enabled": not args.no_growth}})
+    # every preset checked before the map is built: a misplaced or misspelt key (a sequence
+    # preset given as --config, ...) is an error naming the file and the key(s), at once
+    from hloc_bpnp.config import UnknownConfigKeyError
+
+    try:
+        mapping_config(mapping)
+        localization_config(loc_conf)
+        seq_conf = sequence_config(args.sequence_config or ("realtime" if seven else DEFAULT_PRESET),
+                                   {"growth": {"local_ba": bool(args.local_ba), "enabled": not args.no_growth}})
+    except (UnknownConfigKeyError, FileNotFoundError, ValueError) as e:
+        p.error(str(e))
     args.output.mkdir(parents=True, exist_ok=True)
     if args.synthetic:
         res = run_synthetic(args.output, args.seed, None, mapping, loc_conf, seq_conf)

@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from hloc_bpnp.io.image import ImageReadError, image_to_tensor, read_image
+from hloc_bpnp.io.image import ImageReadError, image_to_gray_tensor, image_to_tensor, read_image
 
 
 def test_read_png_rgb_and_gray(tmp_path):
@@ -78,6 +78,26 @@ def test_missing_and_corrupt_files_name_the_file(tmp_path):
     with pytest.raises(ImageReadError, match="trunc.jpg"):
         read_image(trunc)
     assert issubclass(ImageReadError, ValueError)
+
+
+def test_image_to_gray_tensor_is_the_weighted_sum_of_image_to_tensor_bit_for_bit():
+    """The extractors' fast grayscale path (per channel plane, uint8 RGB) equals the generic one
+    (3-channel float image, then the luma sum) exactly, on contiguous and strided arrays."""
+    rng = np.random.default_rng(3)
+    arr = rng.integers(0, 256, (61, 90, 3), dtype=np.uint8)
+    arr[0, 0] = 255
+    for im in (arr, arr[::-1, ::2], arr[5:40, 7:70]):
+        t = image_to_tensor(im)
+        expected = 0.299 * t[:, :1] + 0.587 * t[:, 1:2] + 0.114 * t[:, 2:3]
+        got = image_to_gray_tensor(im)
+        assert got.shape == expected.shape == (1, 1) + im.shape[:2] and got.dtype == torch.float32
+        assert torch.equal(got, expected)
+    # other inputs take the generic path: grayscale as is, float RGB through the same sum
+    assert torch.equal(image_to_gray_tensor(arr[..., 1]), image_to_tensor(arr[..., 1]))
+    f = torch.rand(3, 8, 9)
+    assert torch.equal(image_to_gray_tensor(f), 0.299 * f[None, :1] + 0.587 * f[None, 1:2] + 0.114 * f[None, 2:])
+    with pytest.raises(ValueError, match="shape"):
+        image_to_gray_tensor(np.zeros((5, 7, 4), dtype=np.uint8))
 
 
 def test_image_to_tensor_shapes_and_range():

@@ -69,7 +69,7 @@ def test_prefetcher_close_stops_a_blocked_worker():
     t = time.perf_counter()
     pf.close()
     assert time.perf_counter() - t < 5.0
-    assert not pf._thread.is_alive()
+    assert not pf.running
     assert len(produced) < 10  # it stopped instead of consuming the whole source
     with pytest.raises(StopIteration):
         next(pf)
@@ -80,3 +80,48 @@ def test_prefetcher_rejects_bad_depth():
     with pytest.raises(ValueError, match="depth"):
         Prefetcher([], lambda i: i, depth=0)
 
+
+
+def test_prefetcher_with_two_workers_produces_concurrently_and_yields_in_order():
+    """Two workers: consecutive items are produced at the same time (both cores busy for slow
+    extractions), values still come out in the items' order, errors at their place."""
+    active, peak, lock = [0], [0], threading.Lock()
+    threads = set()
+
+    def produce(i):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+            threads.add(threading.get_ident())
+        time.sleep(0.02 if i % 2 == 0 else 0.005)  # odd items finish first
+        with lock:
+            active[0] -= 1
+        return -i
+
+    with Prefetcher(range(12), produce, depth=1, workers=2) as pf:
+        assert list(pf) == [(i, -i) for i in range(12)]
+    assert peak[0] == 2 and len(threads) == 2
+
+    def broken(i):
+        if i == 5:
+            raise ValueError("frame 5 is broken")
+        time.sleep(0.01 if i == 4 else 0.0)
+        return i
+
+    got = []
+    with Prefetcher(range(100), broken, workers=2) as pf:
+        with pytest.raises(ValueError, match="frame 5 is broken"):
+            for item, _ in pf:
+                got.append(item)
+    assert got == [0, 1, 2, 3, 4] and not pf.running
+
+
+def test_prefetcher_with_two_workers_runs_ahead_by_at_most_depth_plus_workers():
+    produced = []
+    with Prefetcher(range(50), lambda i: produced.append(i) or i, depth=1, workers=2) as pf:
+        assert next(pf) == (0, 0)
+        time.sleep(0.2)
+        assert len(produced) <= 4  # the one yielded + depth 1 waiting + 2 in production
+        assert [v for _, v in pf] == list(range(1, 50))
+    with pytest.raises(ValueError, match="workers"):
+        Prefetcher([], lambda i: i, workers=0)

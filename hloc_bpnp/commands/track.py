@@ -7,7 +7,9 @@ f = 525 unless given) or a video file (decoded with PyAV as it is tracked; times
 stream; a frame that fails to decode is lost with its reason). Each frame is tracked from the
 previous pose (motion prior, covisible keyframes, guided matching, BPnP), relocalized with the
 full localizer when tracking fails, or recorded as lost with its reason; the map grows where
-the camera goes.
+the camera goes. The tracker's settings are the sequence preset ``--sequence-config`` (default
+``default``, ``configs/sequence/default.yaml``, as ``pipelines/sequence.py``); ``--config`` is the
+localization preset used for relocalization.
 
 Writes into ``--output``: ``trajectory.txt`` (TUM format), ``results.txt`` (hloc format) and
 its ``results_log.json``, ``frames.json`` (status / reason / keyframe / timings per frame),
@@ -49,7 +51,11 @@ def register(sub, help_text):
     p.add_argument("--groundtruth", default="auto",
                    help="TUM groundtruth.txt ('auto': beside rgb.txt, or the 7-Scenes .pose.txt; 'none': ignore)")
     p.add_argument("--max-frames", type=int, default=None, help="track only the first N frames")
-    p.add_argument("--config", default="default", help="localization preset or YAML path")
+    p.add_argument("--config", default="default",
+                   help="localization preset (configs/localization) or YAML path: relocalization")
+    p.add_argument("--sequence-config", default=None, metavar="PRESET",
+                   help="sequence-mode preset (configs/sequence: 'default', or 'realtime' for XFeat maps "
+                        "of VGA video) or YAML path; default: 'default', as pipelines/sequence.py")
     p.add_argument("--no-growth", action="store_true", help="do not add keyframes to the map")
     p.add_argument("--local-ba", action="store_true", help="local bundle adjustment on keyframe insertion")
     p.add_argument("--save-map", type=Path, default=None, help="write the grown map there")
@@ -132,6 +138,21 @@ def _track_video(sl, frame_iter, camera, on_frame, total=None):
     return out, frames
 
 
+def confs(args):
+    """(localization conf, sequence conf) of a ``track`` command line, both checked before any
+    work: the shipped sequence preset (``--sequence-config``, default ``default``: the one
+    ``pipelines/sequence.py`` uses, through the same :func:`~hloc_bpnp.sequence.sequence_config`)
+    with ``--no-growth`` / ``--local-ba`` over it. A preset with an unknown key (e.g. a
+    localization preset given as the sequence one) is an error naming the file and the key."""
+    from ..localization import localization_config
+    from ..sequence import DEFAULT_PRESET, sequence_config
+
+    loc = localization_config(args.config)
+    seq = sequence_config(args.sequence_config or DEFAULT_PRESET,
+                          {"growth": {"enabled": not args.no_growth, "local_ba": bool(args.local_ba)}})
+    return loc, seq
+
+
 def run(args) -> int:
     import itertools
 
@@ -142,6 +163,7 @@ def run(args) -> int:
     from ..sequence.frames import is_seven_scenes, is_video, load_frames
     from ..sequence.report import summarize, write_outputs
 
+    loc_conf, seq_conf = confs(args)
     gt_arg = None if str(args.groundtruth).lower() == "none" else args.groundtruth
     if args.max_frames is not None and args.max_frames < 1:
         raise ValueError(f"--max-frames must be >= 1, got {args.max_frames}")
@@ -177,8 +199,7 @@ def run(args) -> int:
         viewer = SequenceViewer(args.rerun, spawn=args.rerun_live,
                                 expected_frames=len(frames) if frames is not None else total)
         viewer.log_map(m)
-    conf = {"growth": {"enabled": not args.no_growth, "local_ba": bool(args.local_ba)}}
-    sl = SequenceLocalizer(Localizer(m, args.config), conf)
+    sl = SequenceLocalizer(Localizer(m, loc_conf), seq_conf)
     try:
         if video:
             by_name = {}

@@ -158,16 +158,14 @@ class Extractor(ConfiguredModule):
         return w, h
 
     def _prepare(self, image: ImageLike, index: int) -> tuple:
-        from ..io.image import image_to_tensor
+        from ..io.image import image_to_gray_tensor, image_to_tensor
 
         try:
-            t = image_to_tensor(image)
+            t = image_to_gray_tensor(image) if self.conf["grayscale"] else image_to_tensor(image)
         except (TypeError, ValueError) as e:
             raise type(e)(f"{self.conf['preset']}: image {index}: {e}") from e
         _, c, h, w = t.shape
-        if self.conf["grayscale"] and c == 3:
-            t = (0.299 * t[:, :1] + 0.587 * t[:, 1:2] + 0.114 * t[:, 2:3])
-        elif not self.conf["grayscale"] and c == 1:
+        if not self.conf["grayscale"] and c == 1:
             t = t.expand(-1, 3, -1, -1)
         w2, h2 = self.resized_size(w, h)
         if (w2, h2) != (w, h):

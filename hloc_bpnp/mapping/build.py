@@ -19,7 +19,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 from tqdm import tqdm
 
-from ..config import load_config, merge
+from ..config import load_config, merge, preset_path
 from ..features.feature_dict import as_numpy, to_numpy
 from ..io.atomic import atomic_open, atomic_write_text
 from ..io.scene import Scene
@@ -56,15 +56,18 @@ default_conf = {
 }
 
 
-def _merge_conf(base: Mapping, override: Optional[Mapping]) -> Dict:
-    """Strict merge (typos raise KeyError) except for the free-form pycolmap option dicts
-    ``triangulation`` and ``sfm.options``, which :func:`apply_options` validates."""
+def _merge_conf(base: Mapping, override: Optional[Mapping], source: Optional[str] = None) -> Dict:
+    """Strict merge (unknown keys raise :class:`~hloc_bpnp.config.UnknownConfigKeyError`
+    naming them and ``source``, the file they came from) except for the free-form pycolmap
+    option dicts ``triangulation`` and ``sfm.options``, which :func:`apply_options` validates."""
     override = dict(override or {})
     tri = override.pop("triangulation", None)
-    sfm = dict(override.pop("sfm", None) or {})
-    sfm_opts = sfm.pop("options", None)
-    out = merge(base, override, strict=True)
-    out["sfm"] = merge(out["sfm"], sfm, strict=True)
+    if "sfm" in override:
+        override["sfm"] = dict(override["sfm"] or {})
+        sfm_opts = override["sfm"].pop("options", None)
+    else:
+        sfm_opts = None
+    out = merge(base, override, strict=True, source=source, section="mapping")
     out["triangulation"] = merge(out["triangulation"], tri)
     out["sfm"]["options"] = merge(out["sfm"]["options"], sfm_opts)
     return out
@@ -74,12 +77,14 @@ def mapping_config(conf: Union[str, Path, Mapping, None] = None, **overrides) ->
     """The full mapping config: a preset name/path/dict merged over :data:`default_conf`.
 
     String entries ``features``, ``matcher`` and ``retrieval`` are presets, resolved when
-    used; ``overrides`` (nested dicts allowed) are merged last. Unknown keys raise KeyError,
-    except inside the pycolmap option dicts (``triangulation``, ``sfm.options``), which are
-    checked against pycolmap's options when applied.
+    used; ``overrides`` (nested dicts allowed) are merged last. Unknown keys raise
+    :class:`~hloc_bpnp.config.UnknownConfigKeyError` (a ``KeyError`` naming the preset's file
+    and the keys), except inside the pycolmap option dicts (``triangulation``,
+    ``sfm.options``), which are checked against pycolmap's options when applied.
     """
     user = load_config("mapping", conf) if conf is not None else {}
-    return _merge_conf(_merge_conf(default_conf, user), overrides)
+    src = preset_path("mapping", conf)
+    return _merge_conf(_merge_conf(default_conf, user, str(src) if src is not None else None), overrides)
 
 
 # ---------------------------------------------------------------------------- stages

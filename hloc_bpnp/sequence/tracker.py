@@ -34,13 +34,14 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, Optional, Union
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..config import merge
+from ..config import load_preset, merge
 from ..geometry import Camera, Pose
 from ..localization import results as R
 from ..features.feature_dict import to_numpy
@@ -74,9 +75,13 @@ default_conf = {
         # within 1.05x of per-frame localization at 1600 px, at about half the extraction time.
         "features": "auto",
         # decode and extract frame k+1 on a worker thread while frame k is tracked (run()),
-        # the worker's torch running on prefetch_threads intra-op threads
+        # the worker's torch running on prefetch_threads intra-op threads; prefetch_workers > 1:
+        # as many frames extracted at once, one per worker; "auto": 2 when the tracking
+        # extractor shrinks the frames by AUTO_PREFETCH_SHRINK or more (photos far above the
+        # tracking resolution: 3072-px Strecha JPEGs under SIFT at 800 px), else 1 (video)
         "prefetch": True,
         "prefetch_threads": 1,
+        "prefetch_workers": 1,
         "num_keyframes": 5,        # local map: keyframes observing the previous frame's inliers
         "num_recent": 2,           # ... plus the most recently inserted keyframes
         "num_nearest_prebuilt": 3,  # ... plus the prebuilt map images nearest to the prediction
@@ -126,6 +131,30 @@ default_conf = {
     },
     "growth": dict(G.default_conf),
 }
+
+
+AUTO_PREFETCH_SHRINK = 2.0
+"""``tracking.prefetch_workers: auto`` extracts two frames at once when the tracking extractor
+shrinks a frame's longer side by this factor or more: there the frame's decoding and extraction
+take 2-3x its tracking (Herz-Jesu / fountain-P11: ~1.2 s against ~0.4 s per frame) and a second
+worker uses the core the waiting tracker leaves idle; at video sizes the tracker, the mapping
+thread and one worker already share both cores (the synthetic 640x480 sequence with 2 workers:
+1.22 s per frame against 1.04 s; README, sequence mode)."""
+
+DEFAULT_PRESET = "default"
+"""The shipped sequence preset (``configs/sequence/default.yaml``) that ``hloc-bpnp track`` and
+``pipelines/sequence.py`` use unless told otherwise; :data:`default_conf` holds the library's
+defaults it overrides."""
+
+
+def sequence_config(preset: Union[str, Path, Dict, None] = DEFAULT_PRESET, overrides: Optional[Dict] = None) -> Dict:
+    """The full sequence-mode conf: ``preset`` (a name in ``configs/sequence/``, a YAML path or a
+    dict; None: the library defaults alone) merged over :data:`default_conf`, then
+    ``overrides``. The one place the command line and the pipelines load a sequence preset.
+    An unknown key -- a typo, or a preset of another kind (a localization preset) -- raises
+    :class:`~hloc_bpnp.config.UnknownConfigKeyError` naming the file and every offending key."""
+    conf = load_preset("sequence", preset, default_conf) if preset is not None else merge(default_conf, {})
+    return merge(conf, overrides, strict=True, section="sequence")
 
 
 @dataclass
@@ -205,15 +234,19 @@ class SequenceLocalizer:
     Args:
         localizer: a :class:`~hloc_bpnp.localization.Localizer` on the map (its extractor,
             matcher and conf are used for relocalization; the map grows in place).
-        conf: overrides of :data:`default_conf`.
+        conf: overrides of :data:`default_conf` (a dict), or a preset name / YAML path of
+            ``configs/sequence/`` (:func:`sequence_config`; the command line and pipelines use
+            the ``default`` preset, not the bare :data:`default_conf`).
 
     Use :meth:`track` per frame (in order) or :meth:`run` over a list of frames; :meth:`close`
     (or ``with SequenceLocalizer(...) as sl:``) drains and stops the mapping thread.
     """
 
-    def __init__(self, localizer: Localizer, conf: Optional[Dict] = None):
+    def __init__(self, localizer: Localizer, conf: Union[Dict, str, Path, None] = None):
         self.localizer = localizer
-        self.conf = merge(default_conf, conf or {}, strict=True)  # a misspelt key is an error
+        if isinstance(conf, (str, Path)):
+            conf = sequence_config(conf)
+        self.conf = merge(default_conf, conf or {}, strict=True, section="sequence")  # a misspelt key is an error
         self.spacing = _keyframe_spacing(localizer.map)
         mp = self.conf["motion_prior"]
         self.motion = MotionModel(np.deg2rad(mp["sigma_rot_deg"]), mp["sigma_pos_rel"] * self.spacing)
@@ -760,6 +793,26 @@ class SequenceLocalizer:
             timings["features"] = time.perf_counter() - t1
         return name, ts, image, err, timings, feats
 
+    def prefetch_workers(self, frames: Sequence, cameras: Union[Camera, Dict[str, Camera]]) -> int:
+        """How many prefetch workers :meth:`run` uses for ``frames`` (``tracking.prefetch_workers``;
+        ``auto``: 2 when the tracking extractor shrinks the first frame's camera image by
+        :data:`AUTO_PREFETCH_SHRINK` or more, else 1)."""
+        n = self.conf["tracking"]["prefetch_workers"]
+        if n != "auto":
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise ValueError(f"tracking.prefetch_workers must be 'auto' or an integer >= 1, got {n!r}")
+            return n
+        if not frames:
+            return 1
+        fr = frames[0]
+        name = fr[0] if isinstance(fr, tuple) else fr.name
+        cam = cameras.get(name) if isinstance(cameras, dict) else cameras
+        if cam is None:
+            return 1
+        w, h = int(cam.width), int(cam.height)
+        w2, h2 = self.track_extractor.resized_size(w, h)
+        return 2 if max(w, h) >= AUTO_PREFETCH_SHRINK * max(w2, h2) else 1
+
     def run(self, frames: Iterable, cameras: Union[Camera, Dict[str, Camera]], progress: bool = True,
             on_frame: Optional[Callable[[FrameResult], None]] = None) -> List[FrameResult]:
         """Track ``frames`` in order: :class:`~hloc_bpnp.sequence.frames.Frame` objects or
@@ -778,7 +831,8 @@ class SequenceLocalizer:
         prefetch = bool(tc["prefetch"])
         if prefetch:  # reading and extraction of the next frame overlap this frame's tracking
             source = Prefetcher(frames, lambda fr: self._load(fr, extract=True),
-                                torch_threads=int(tc["prefetch_threads"]) or None)
+                                torch_threads=int(tc["prefetch_threads"]) or None,
+                                workers=self.prefetch_workers(frames, cameras))
         else:
             source = ((fr, None) for fr in frames)
         bar = tqdm(source, total=len(frames), desc="track", disable=not progress)
