@@ -196,3 +196,24 @@ def test_cli_localize_with_map_images(tmp_path, caplog):
 
     log = json.loads((tmp_path / "res_log.json").read_text())["queries"][0]
     assert log["info"]["patch_alignment"]["n_aligned"] > 0.5 * log["num_inliers"]
+
+
+def test_map_images_cache_is_bounded_and_shareable():
+    from hloc_bpnp.localization.patch_alignment import MapImages
+
+    imgs = {f"m{i}.png": np.full((100, 200), i, np.uint8) for i in range(5)}
+    one = 3 * 100 * 200 * 4  # a prepared image: 3 float32 channels
+    cache = MapImages(imgs, capacity=16, max_megabytes=2.5 * one / 2 ** 20)
+    for n in imgs:
+        assert tuple(cache(n).shape) == (1, 3, 100, 200)
+    assert len(cache._cache) == 2 and cache.nbytes <= 2.5 * one  # the byte bound evicts
+    assert list(cache._cache) == ["m3.png", "m4.png"]  # least recently used first out
+    assert float(cache("m4.png")[0, 0, 50, 100]) == pytest.approx(4 / 255, abs=1e-6)
+    with pytest.raises(KeyError, match="m9.png"):
+        cache("m9.png")
+    map_, map_poses, _, _ = _plane_scene(n_points=100)
+    shared = MapImages({n: np.zeros((240, 320), np.uint8) for n in map_poses}, blur_sigma=2.0)
+    with pytest.raises(ValueError, match="blur_sigma"):
+        Localizer(map_, {"patch_alignment": {"enabled": True}}, map_images=shared)
+    loc = Localizer(map_, {"patch_alignment": {"enabled": True, "blur_sigma": 2.0}}, map_images=shared)
+    assert loc.map_images is shared

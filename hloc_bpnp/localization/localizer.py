@@ -69,8 +69,9 @@ class Localizer:
         map: a loaded Map (``Map.load(dir)``).
         conf: a preset name in ``configs/localization/``, a YAML path or a dict, merged
             over ``default_conf``.
-        map_images: the map's images (a folder or name -> uint8 array), needed only by
-            ``patch_alignment``.
+        map_images: the map's images (a folder, name -> uint8 array, or a
+            :class:`~hloc_bpnp.localization.patch_alignment.MapImages` cache to share between
+            localizers), needed only by ``patch_alignment``.
     """
 
     def __init__(self, map, conf: Union[str, Dict, None] = None, map_images=None):
@@ -88,8 +89,14 @@ class Localizer:
             fconf = merge(load_config("features", fconf), self.conf["query_features"])
         self.extractor = build_extractor(fconf)
         self.matcher = build_matcher(mconf)
-        self.map_images = None if map_images is None else PA.MapImages(
-            map_images, blur_sigma=float(self.conf["patch_alignment"]["blur_sigma"]))
+        blur = float(self.conf["patch_alignment"]["blur_sigma"])
+        if isinstance(map_images, PA.MapImages):  # a cache shared between localizers
+            if map_images.blur_sigma != blur:
+                raise ValueError(f"map_images were prepared with blur_sigma {map_images.blur_sigma}, "
+                                 f"the conf's patch_alignment.blur_sigma is {blur}")
+            self.map_images = map_images
+        else:
+            self.map_images = None if map_images is None else PA.MapImages(map_images, blur_sigma=blur)
         if self.conf["patch_alignment"]["enabled"]:
             if self.conf["refinement"]["method"] != "bpnp":
                 raise ValueError("patch_alignment needs refinement.method 'bpnp' (the pose is refined again from "

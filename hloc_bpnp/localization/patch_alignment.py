@@ -166,15 +166,23 @@ def gray_float(image: np.ndarray) -> torch.Tensor:
 
 
 class MapImages:
-    """Map images by name, read on demand from a folder or a name -> array mapping and kept
-    (the last ``capacity``) as :func:`prepare_image` outputs for ``blur_sigma``."""
+    """Map images by name, read on demand from a folder or a name -> array mapping and kept as
+    :func:`prepare_image` outputs for ``blur_sigma``: the most recently used, at most
+    ``capacity`` images and ``max_megabytes`` in all (a prepared 3072 x 2048 image takes 75 MB;
+    the last one read is always kept)."""
 
     def __init__(self, source: Union[str, Path, Mapping[str, np.ndarray]], capacity: int = 16,
-                 blur_sigma: float = 1.0) -> None:
+                 blur_sigma: float = 1.0, max_megabytes: float = 512.0) -> None:
         self.source = source
         self.capacity = int(capacity)
         self.blur_sigma = float(blur_sigma)
+        self.max_bytes = float(max_megabytes) * 2 ** 20
         self._cache: "OrderedDict[str, torch.Tensor]" = OrderedDict()
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the cached images."""
+        return sum(t.numel() * t.element_size() for t in self._cache.values())
 
     def __call__(self, name: str) -> torch.Tensor:
         """(1, 3, H, W) prepared image of map image ``name``."""
@@ -192,7 +200,7 @@ class MapImages:
             img = gray_float(read_image(Path(self.source) / name, grayscale=True))
         img = prepare_image(img, self.blur_sigma)
         self._cache[name] = img
-        while len(self._cache) > self.capacity:
+        while len(self._cache) > 1 and (len(self._cache) > self.capacity or self.nbytes > self.max_bytes):
             self._cache.popitem(last=False)
         return img
 

@@ -108,6 +108,7 @@ def leave_one_out(
 
     results = {label: {} for label in loc_variants}
     t_tri, t_loc = [], []
+    map_images = {}  # per blur: one image cache for every fold's localizers (patch alignment)
     for q in tqdm(queries, desc="leave-one-out folds", disable=not progress):
         others = [n for n in names if n != q]
         keep = lambda pr: q not in pr  # noqa: E731
@@ -121,7 +122,13 @@ def leave_one_out(
         for label, override in loc_variants.items():
             lconf = merge(base_loc, override)
             align = bool((lconf.get("patch_alignment") or {}).get("enabled"))
-            loc = Localizer(map_, lconf, map_images=images if align else None)
+            shared = None
+            if align:
+                from ..localization.patch_alignment import MapImages, default_conf as align_default
+
+                blur = float({**align_default, **lconf["patch_alignment"]}["blur_sigma"])
+                shared = map_images.setdefault(blur, MapImages(images, blur_sigma=blur))
+            loc = Localizer(map_, lconf, map_images=shared)
             t = time.perf_counter()
             res = LocalizationResult(name=q, timings={"features": feat_time[q]})
             qimage = _query_image(images, q) if align else None
