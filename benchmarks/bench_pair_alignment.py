@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hloc_bpnp.config import load_config  # noqa: E402
 from hloc_bpnp.features.refiner import load_refiner  # noqa: E402
-from hloc_bpnp.io.image import read_image  # noqa: E402
-from hloc_bpnp.localization.patch_alignment import align_patches, gray_float  # noqa: E402
+from hloc_bpnp.io.image import image_to_gray_tensor, read_image  # noqa: E402
+from hloc_bpnp.localization.patch_alignment import align_patches  # noqa: E402
 from hloc_bpnp.training.real import load_real_scene  # noqa: E402
 from hloc_bpnp.training.refiner_data import cached_refiner_scene  # noqa: E402
 from hloc_bpnp.training.refiner_train import match_errors, refiner_outputs  # noqa: E402
@@ -84,7 +84,7 @@ def main(argv=None):
     scene = load_real_scene(args.scene)
     rs = cached_refiner_scene(args.scene, load_config("features", args.features), 9, None, scene=scene,
                               pose_problems=False)
-    images = [gray_float(read_image(Path(scene.image_dir) / n, grayscale=True)) for n in rs.image_names]
+    images = [image_to_gray_tensor(read_image(Path(scene.image_dir) / n, grayscale=True)) for n in rs.image_names]
     sel = torch.arange(rs.matches.shape[0])
     m = rs.matches
     zero = torch.zeros(m.shape[0], 2, dtype=torch.float64)

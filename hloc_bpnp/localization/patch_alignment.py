@@ -28,6 +28,7 @@ from typing import Callable, Dict, List, Mapping, Tuple, Union
 import numpy as np
 import torch
 import torch.nn.functional as F
+from kornia.filters import gaussian_blur2d
 
 logger = logging.getLogger(__name__)
 
@@ -44,17 +45,6 @@ default_conf = {
     # where it was (same folds: 0.3 -> 0.237 cm, 0.5 -> 0.301: too many good fits rejected)
     "min_ncc": 0.3,
 }
-
-
-def _gaussian_blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
-    if sigma <= 0:
-        return img
-    r = max(1, int(round(3 * sigma)))
-    x = torch.arange(-r, r + 1, dtype=img.dtype, device=img.device)
-    k = torch.exp(-x * x / (2 * sigma * sigma))
-    k = k / k.sum()
-    img = F.conv2d(F.pad(img, (r, r, 0, 0), mode="replicate"), k.reshape(1, 1, 1, -1))
-    return F.conv2d(F.pad(img, (0, 0, r, r), mode="replicate"), k.reshape(1, 1, -1, 1))
 
 
 def _sample(img: torch.Tensor, pts: torch.Tensor) -> torch.Tensor:
@@ -74,7 +64,10 @@ def prepare_image(image, blur_sigma: float = 1.0) -> torch.Tensor:
     """(H, W) or (1, 1, H, W) gray image -> (1, 3, H, W): the image blurred with ``blur_sigma``
     and its x / y central differences, what :func:`align_patches` samples. Prepare an image
     once when it is aligned against several others."""
-    img = _gaussian_blur(_as_image(image), blur_sigma)
+    img = _as_image(image)
+    if blur_sigma > 0:
+        r = max(1, int(round(3 * blur_sigma)))
+        img = gaussian_blur2d(img, (2 * r + 1, 2 * r + 1), (blur_sigma, blur_sigma), border_type="replicate")
     gx = F.pad(img[..., :, 2:] - img[..., :, :-2], (1, 1, 0, 0), mode="replicate") / 2
     gy = F.pad(img[..., 2:, :] - img[..., :-2, :], (0, 0, 1, 1), mode="replicate") / 2
     return torch.cat([img, gx, gy], 1)
@@ -119,13 +112,14 @@ def align_patches(ref_image: torch.Tensor, image: torch.Tensor, ref_points: torc
         ref_stack, stack = ref_image, image
     else:
         ref_stack, stack = prepare_image(ref_image, blur_sigma), prepare_image(image, blur_sigma)
-    r = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    dev = stack.device
+    r = torch.arange(-radius, radius + 1, dtype=torch.float32, device=dev)
     yy, xx = torch.meshgrid(r, r, indexing="ij")
     grid = torch.stack([xx.reshape(-1), yy.reshape(-1)], -1)  # (P, 2)
     w = torch.exp(-(grid ** 2).sum(-1) / (2 * (radius / 1.5) ** 2))
-    T, _ = _normalise(_sample(ref_stack[:, :1], ref_points.float()[:, None] + grid)[0])
-    p0 = points.float()[:, None] + grid  # (N, P, 2)
-    d = torch.zeros(N, 1, 2)
+    T, _ = _normalise(_sample(ref_stack[:, :1], ref_points.to(dev, torch.float32)[:, None] + grid)[0])
+    p0 = points.to(dev, torch.float32)[:, None] + grid  # (N, P, 2)
+    d = torch.zeros(N, 1, 2, device=dev)
     for _ in range(int(iterations)):
         I, Ix, Iy = _sample(stack, p0 + d)
         In, sd = _normalise(I)
@@ -145,7 +139,7 @@ def align_patches(ref_image: torch.Tensor, image: torch.Tensor, ref_points: torc
     ncc = (In * T).mean(-1) * (grid.shape[0] / max(grid.shape[0] - 1, 1))  # std is the unbiased one
     valid = torch.isfinite(d).all(-1) & (ncc >= min_ncc)
     d = torch.where(valid[:, None], d, torch.zeros_like(d))
-    return d.to(out_dtype), valid
+    return d.to(points.device, out_dtype), valid.to(points.device)
 
 
 def _as_image(img) -> torch.Tensor:
@@ -155,14 +149,6 @@ def _as_image(img) -> torch.Tensor:
     if img.ndim != 4 or img.shape[:2] != (1, 1):
         raise ValueError(f"align_patches: expected an (H, W) or (1, 1, H, W) gray image, got {tuple(img.shape)}")
     return img.float()
-
-
-def gray_float(image: np.ndarray) -> torch.Tensor:
-    """(H, W) or (H, W, 3) uint8 image -> (1, 1, H, W) float gray in [0, 1] (ITU-R 601 luma)."""
-    a = np.asarray(image)
-    if a.ndim == 3:
-        a = a[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32) / 255.0)[None, None]
 
 
 class MapImages:
@@ -190,14 +176,14 @@ class MapImages:
         if hit is not None:
             self._cache.move_to_end(name)
             return hit
+        from ..io.image import image_to_gray_tensor, read_image
+
         if isinstance(self.source, Mapping):
             if name not in self.source:
                 raise KeyError(f"map image {name!r} is not among the map images given for patch alignment")
-            img = gray_float(self.source[name])
+            img = image_to_gray_tensor(np.asarray(self.source[name]))
         else:
-            from ..io.image import read_image
-
-            img = gray_float(read_image(Path(self.source) / name, grayscale=True))
+            img = image_to_gray_tensor(read_image(Path(self.source) / name, grayscale=True))
         img = prepare_image(img, self.blur_sigma)
         self._cache[name] = img
         while len(self._cache) > 1 and (len(self._cache) > self.capacity or self.nbytes > self.max_bytes):

@@ -55,7 +55,8 @@ def leave_one_out(
         (results: {label: {name: LocalizationResult}}, timings: dict of seconds per stage).
     """
     from ..config import load_config
-    from ..localization import LocalizationResult, Localizer
+    from ..localization import LocalizationResult, Localizer, localization_config
+    from ..localization.patch_alignment import MapImages
     from ..mapping import Map, extract_features, make_pairs, match_pairs, mapping_config, verify_pairs
     from ..mapping.build import features_to_numpy, resolve_presets
     from ..mapping.reconstruction import triangulate_known_poses
@@ -120,18 +121,16 @@ def leave_one_out(
         map_ = Map.from_reconstruction(rec, {n: feats[n] for n in others}, conf)
         t_tri.append(time.time() - t)
         for label, override in loc_variants.items():
-            lconf = merge(base_loc, override)
-            align = bool((lconf.get("patch_alignment") or {}).get("enabled"))
+            lconf = localization_config(merge(base_loc, override))
+            align = lconf["patch_alignment"]
             shared = None
-            if align:
-                from ..localization.patch_alignment import MapImages, default_conf as align_default
-
-                blur = float({**align_default, **lconf["patch_alignment"]}["blur_sigma"])
+            if align["enabled"]:
+                blur = float(align["blur_sigma"])
                 shared = map_images.setdefault(blur, MapImages(images, blur_sigma=blur))
             loc = Localizer(map_, lconf, map_images=shared)
             t = time.perf_counter()
             res = LocalizationResult(name=q, timings={"features": feat_time[q]})
-            qimage = _query_image(images, q) if align else None
+            qimage = _query_image(images, q) if align["enabled"] else None
             results[label][q] = loc.localize_features(qfeats[q], cameras[q], res, image=qimage)
             t_loc.append(time.perf_counter() - t)
             logger.debug("%s [%s]: success=%s inliers=%d", q, label, res.success, res.num_inliers)
