@@ -254,6 +254,10 @@ def main(argv=None):
     p.add_argument("--train", type=Path, nargs="*", default=[], help="training scene folders")
     p.add_argument("--eval", type=Path, nargs="+", required=True, help="evaluation scene folders (never train)")
     p.add_argument("--val", type=Path, nargs="*", default=[], help="validation scene folders (early stopping)")
+    p.add_argument("--train-map", type=Path, nargs=2, action="append", default=[], metavar=("MODEL", "IMAGES"),
+                   help="a COLMAP model (e.g. an SfM map from hloc-bpnp map) and its image folder as one more "
+                        "posed training scene: its poses and intrinsics are the truth, pairs from covisibility "
+                        "(repeatable)")
     p.add_argument("--features", choices=["xfeat"], default="xfeat")
     p.add_argument("--output", type=Path, required=True)
     p.add_argument("--quick", action="store_true", help="small budget (<= 20 min here for 2 + 1 scenes)")
@@ -278,8 +282,8 @@ def main(argv=None):
     p.add_argument("--adapt-config", default=None,
                    help="training preset of the 'adapted' variant (default refiner_<features>_map, as finetune --map)")
     args = p.parse_args(argv)
-    if not args.no_train and not args.train:
-        raise SystemExit("--train SCENE... is required unless --no-train")
+    if not args.no_train and not args.train and not args.train_map:
+        raise SystemExit("--train SCENE... (or --train-map MODEL IMAGES) is required unless --no-train")
     if args.adapt_folds == 1 or args.adapt_folds < 0:
         raise SystemExit("--adapt-folds needs K >= 2 (each fold is evaluated with a refiner trained on the others)")
     train_dirs = [d.resolve() for d in args.train]
@@ -290,6 +294,12 @@ def main(argv=None):
     if overlap or (set(train_dirs) | set(val_dirs)) & set(eval_dirs):
         raise SystemExit(f"evaluation scenes must not train nor validate: {sorted(overlap)} given to --train/--val "
                          f"and --eval")
+    map_dirs = [(m.resolve(), i.resolve()) for m, i in args.train_map]
+    map_leaks = [str(i) for _, i in map_dirs for d in eval_dirs if i == d or d in i.parents or i in d.parents]
+    if map_leaks:
+        raise SystemExit(f"--train-map: the image folder must not hold evaluation images: {map_leaks[:3]}")
+    if map_dirs and args.no_train:
+        raise SystemExit("--train-map is a training scene: not with --no-train")
     leaks = [str(h) for h in args.homography_images for d in eval_dirs
              if h.resolve() == d or d in h.resolve().parents or h.resolve() in d.parents]
     if leaks:
@@ -305,7 +315,7 @@ def main(argv=None):
         logging.getLogger(name).setLevel(logging.WARNING)
     torch.set_num_threads(args.threads)
     from hloc_bpnp.features.refiner import KeypointRefiner, load_refiner
-    from hloc_bpnp.training.real import load_real_scene
+    from hloc_bpnp.training.real import load_map_scene, load_real_scene
     from hloc_bpnp.training.homography_data import image_list, pop_homography_conf
     from hloc_bpnp.training.refiner_data import cached_refiner_scene, cached_refiner_scenes, data_scales
     from hloc_bpnp.training.homography_data import homography_training_sets as homography_sets
@@ -318,6 +328,7 @@ def main(argv=None):
     results = {"variants": {}, "train_seconds": 0.0,
                "config": {"features": fpreset, "train": [str(d) for d in train_dirs],
                           "eval": [str(d) for d in eval_dirs], "val": [str(d) for d in val_dirs],
+                          "train_maps": [[str(m), str(i)] for m, i in map_dirs],
                           "loc_config": args.loc_config}}
     refiners = {"pretrained": (None, None)}  # label -> (refiner module, weights path)
     try:
@@ -360,6 +371,16 @@ def main(argv=None):
                 tr, va = split_validation(tr)
                 train += tr
                 val += va
+        for model, images in map_dirs:  # SfM maps: poses and intrinsics of the model are the truth
+            mscene, mpairs = load_map_scene(model, images)
+            tr = cached_refiner_scenes(model, fconf, S, scales, args.cache_dir, scene=mscene, pairs=mpairs,
+                                       pose_problems=need_pose, max_pose_problems=40, **dconf)
+            tr, va = split_validation(tr)
+            train += tr
+            if not val_dirs:
+                val += va
+            logger.info("training map %s: %d images, %d pairs", model, len(mscene),
+                        len(tr[0].pairs) if tr else 0)
         for d in val_dirs:
             val += cached_refiner_scenes(d, fconf, S, scales, args.cache_dir, pose_problems=val_pose, **dconf)
         results["config"]["train_resize_max"] = scales
@@ -367,6 +388,7 @@ def main(argv=None):
         homog = ([], [])
         if uses_homographies(tconf):
             imgs = [p for d in train_dirs + val_dirs for p in scene_images(load_real_scene(d))]
+            imgs += [p for m, i in map_dirs for p in scene_images(load_map_scene(m, i)[0])]
             for src, k in zip(args.homography_images, every):
                 imgs += image_list([src], every=k)
             homog = homography_sets(imgs, fconf, S, hconf, args.cache_dir, "finetune_real")

@@ -232,6 +232,40 @@ def test_finetune_map_refuses_bad_inputs(shared_data, tmp_path):
         run_refiner_on_map(SimpleNamespace(**{**a, "images": scene.image_dir, "features": "aliked"}))
 
 
+def test_load_map_scene_reads_models_and_saved_maps(shared_data, tmp_path):
+    from hloc_bpnp.training.real import load_map_scene
+
+    scene, model = _herzjesu_model(shared_data, tmp_path)
+    s, pairs = load_map_scene(model, scene.image_dir)
+    assert s.names == scene.names and pairs is None  # no 3D points: every pair is matched
+    saved = tmp_path / "saved_map"
+    (saved / "sfm").mkdir(parents=True)
+    (saved / "map.json").write_text("{}")
+    scene.to_reconstruction().write(str(saved / "sfm"))
+    assert load_map_scene(saved, scene.image_dir)[0].names == scene.names  # a saved map's sfm/ model
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="missing"):
+        load_map_scene(model, tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="image folder"):
+        load_map_scene(model, tmp_path / "nope")
+    with pytest.raises(FileNotFoundError, match="model folder"):
+        load_map_scene(tmp_path / "nope", scene.image_dir)
+    small = tmp_path / "small"
+    small.mkdir()
+    scene.subset(scene.names[:3]).to_reconstruction().write(str(small))
+    with pytest.raises(ValueError, match="3 registered images"):
+        load_map_scene(small, scene.image_dir)
+
+
+def test_pipeline_refuses_a_training_map_holding_eval_images(shared_data, tmp_path):
+    d = shared_data / "middlebury_templeRing_partial"
+    with pytest.raises(SystemExit, match="--train-map"):
+        _finetune_real().main(["--train-map", str(tmp_path), str(d), "--eval", str(d), "--output", str(tmp_path)])
+    with pytest.raises(SystemExit, match="--train-map"):
+        _finetune_real().main(["--train-map", str(tmp_path), str(shared_data / "strecha_herzjesu_P8"),
+                               "--eval", str(d), "--no-train", "--output", str(tmp_path)])
+
+
 @need_xf
 @pytest.mark.slow
 def test_finetune_map_trains_a_refiner_usable_as_features(shared_data, tmp_path):

@@ -425,6 +425,44 @@ def test_cli_map_with_reference_excludes_queries(tmp_path, synthetic):
                  "--pairs", "poses"]) == 2  # SfM has no poses to pair with
 
 
+def test_cli_map_image_list_maps_only_the_listed_images(tmp_path, synthetic):
+    import yaml
+
+    from hloc_bpnp.cli import main
+
+    root = synthetic.write(tmp_path / "syn")
+    conf = tmp_path / "conf.yaml"
+    conf.write_text(yaml.safe_dump({**SMALL_MAP_CONF, "features": {"model": "sift", "max_keypoints": 512, "resize_max": 240}}))
+    keep = sorted(synthetic.map_names)[:-2]
+    lst = tmp_path / "images.txt"
+    lst.write_text("# all map images but two\n" + "\n".join(keep) + "\n")
+    out = tmp_path / "map"
+    assert main(["map", "--images", str(root / "images"), "--reference", str(root / "sfm_gt"), "--image-list",
+                 str(lst), "--output", str(out), "--conf", str(conf), "--pairs", "exhaustive"]) == 0
+    assert Map.load(out).image_names == keep
+    # a listed image that is not in the folder, or a duplicate, is an error naming the list (exit code 2)
+    lst.write_text("\n".join(keep + ["nope.png"]))
+    assert main(["map", "--images", str(root / "images"), "--image-list", str(lst), "--output", str(out)]) == 2
+    lst.write_text("\n".join(keep + keep[:1]))
+    assert main(["map", "--images", str(root / "images"), "--image-list", str(lst), "--output", str(out)]) == 2
+
+
+def test_read_image_list(tmp_path):
+    from hloc_bpnp.io.hloc_text import FormatError, read_image_list
+
+    p = tmp_path / "list.txt"
+    p.write_text("# names\nb.jpg\na.jpg SIMPLE_PINHOLE 640 480 500 320 240\n\nsub/c.png\n")
+    assert read_image_list(p) == ["b.jpg", "a.jpg", "sub/c.png"]
+    p.write_text("a.jpg\nb.jpg\na.jpg\n")
+    with pytest.raises(FormatError, match=r"list.txt:3.*duplicate.*'a.jpg'.*line 1"):
+        read_image_list(p)
+    p.write_text("# nothing\n")
+    with pytest.raises(FormatError, match="names no image"):
+        read_image_list(p)
+    with pytest.raises(FileNotFoundError):
+        read_image_list(tmp_path / "missing.txt")
+
+
 @pytest.mark.slow
 def test_strecha_fountain_map_from_gt_poses(shared_data):
     from hloc_bpnp.io.datasets.strecha import read_strecha

@@ -57,9 +57,9 @@ def run_refiner_on_map(args) -> int:
     """``finetune --map MODEL --images DIR``: train the refiner on a user's COLMAP model."""
     from ..config import load_config, merge
     from ..features.refiner import KeypointRefiner
-    from ..io.colmap import covisibility, read_model, scene_from_model
     from ..io.json_io import write_json
     from ..training.homography_data import homography_training_sets, pop_homography_conf
+    from ..training.real import load_map_scene
     from ..training.refiner_data import cached_refiner_scenes, data_scales
     from ..training.refiner_train import save_refiner, train_refiner, uses_homographies
 
@@ -70,26 +70,12 @@ def run_refiner_on_map(args) -> int:
         raise ValueError(f"finetune --map needs --images DIR (the model's image folder); got {args.images}")
     if not Path(args.map).is_dir():
         raise ValueError(f"--map: model folder not found: {args.map}")
-    rec = read_model(args.map)
-    scene = scene_from_model(rec, args.images)
-    missing = [n for n in scene.names if not (Path(args.images) / n).is_file()]
-    if missing:
-        raise ValueError(f"--images {args.images}: images of the model are missing, e.g. {missing[:3]}")
-    if len(scene) < 4:
-        raise ValueError(f"--map {args.map}: {len(scene)} registered images; the refiner needs at least 4")
+    scene, pairs = load_map_scene(args.map, args.images)
     tconf = load_config("finetune", args.config or "refiner_xfeat_map")
     if args.steps is not None:
         tconf["steps"] = int(args.steps)
     dconf = tconf.pop("data", {})
     S = int(merge(KeypointRefiner.default_conf, tconf.get("refiner", {}))["patch_size"])
-    cov = covisibility(rec, min_shared=15)
-    pairs = sorted({tuple(sorted((a, b))) for a, nb in cov.items() for b in list(nb)[:10]})
-    if not pairs:
-        if len(scene) > 20:
-            raise ValueError(f"--map {args.map}: no two images share 15 3D points (no covisible pairs to train on)")
-        logger.warning("--map %s has no covisible pairs (no 3D points?): matching all %d images pairwise", args.map,
-                       len(scene))
-        pairs = None
     fconf = load_config("features", features)
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,8 @@
 With ``--reference`` (a COLMAP model holding the ground-truth cameras and poses of the map
 images) the 3D points are triangulated with those poses fixed; without it, incremental SfM
 estimates poses and intrinsics from the images alone (the largest model is kept).
-Images listed in ``--query-list`` are left out of the map.
+Images listed in ``--query-list`` are left out of the map; with ``--image-list`` only the listed
+images are mapped (e.g. every 10th frame of a video's folder).
 """
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ def register(subparsers, help_text: str) -> None:
                    help="COLMAP model with known cameras + poses: triangulate instead of SfM")
     p.add_argument("--query-list", type=Path, default=None,
                    help="hloc query list; these images are excluded from the map")
+    p.add_argument("--image-list", type=Path, default=None,
+                   help="hloc image list (one name per line, relative to --images): map only these images")
     p.add_argument("--conf", default=None,
                    help="mapping preset in configs/mapping/ or YAML path "
                         "(default: 'default' with --reference, else 'sfm')")
@@ -110,11 +113,22 @@ def run(args) -> int:
 
         exclude = set(read_query_list(args.query_list))
         logger.info("Excluding %d query images listed in %s", len(exclude), args.query_list)
+    include = None
+    if getattr(args, "image_list", None) is not None:
+        from ..io.hloc_text import read_image_list
+
+        include = read_image_list(args.image_list)
+        missing = [n for n in include if not (args.images / n).is_file()]
+        if missing:
+            raise FileNotFoundError(f"--image-list {args.image_list}: {len(missing)} images not found under "
+                                    f"{args.images}: {missing[:5]}")
+        logger.info("Mapping only the %d images listed in %s", len(include), args.image_list)
     conf = mapping_config(args.conf or ("default" if args.reference else "sfm"), **_overrides(args))
     if args.reference is not None:
         scene = scene_from_model(args.reference, args.images)
         _warn_queries_in_reference(args.reference, scene.names, args.query_list)
-        names = [n for n in scene.names if n not in exclude]
+        keep = set(include) if include is not None else set(scene.names)
+        names = [n for n in scene.names if n not in exclude and n in keep]
         missing = [n for n in names if not (args.images / n).is_file()]
         if missing:
             raise FileNotFoundError(f"{len(missing)} reference images not found under {args.images}: {missing[:5]}")
@@ -123,7 +137,7 @@ def run(args) -> int:
         m = build_map_from_poses(scene, args.images, conf, workdir=args.workdir,
                                  features=_cached_features(args, conf, scene.names))
     else:
-        names = [n for n in list_images(args.images) if n not in exclude]
+        names = [n for n in (include if include is not None else list_images(args.images)) if n not in exclude]
         logger.info("SfM on %d images", len(names))
         m = build_map_sfm(args.images, conf, camera_mode=args.camera_mode, names=names, workdir=args.workdir,
                           features=_cached_features(args, conf, names))

@@ -182,6 +182,29 @@ def read_query_list(path: PathLike) -> Dict[str, Camera]:
     return out
 
 
+def read_image_list(path: PathLike) -> List[str]:
+    """Read an hloc image list: one image name per line (the first field; a query list with
+    intrinsics reads too), ``#`` comments and blank lines skipped.
+
+    Returns:
+        the names in file order.
+    Raises:
+        FileNotFoundError: missing file. FormatError (ValueError): a duplicate name or an empty
+        list, naming file:line.
+    """
+    out: List[str] = []
+    seen: Dict[str, int] = {}
+    for lineno, fields in iter_fields(path, "image list"):
+        name = check_name(fields[0], "image name")
+        if name in seen:
+            raise format_error(path, lineno, f"duplicate image name {name!r} (first on line {seen[name]})")
+        seen[name] = lineno
+        out.append(name)
+    if not out:
+        raise format_error(path, None, "the image list names no image")
+    return out
+
+
 def write_query_list(path: PathLike, queries: Dict[str, Camera]) -> Path:
     """Write ``{name: Camera}`` as an hloc query list (one line per image, dict order)."""
     p = _prepare_output(path)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -47,6 +47,48 @@ def load_real_scene(path: Union[str, Path]) -> Scene:
         return read_middlebury(path)
     raise ValueError(f"{path}: not a Strecha-layout folder (images/, gt_dense_cameras/) nor a Middlebury "
                      f"folder (*_par.txt)")
+
+
+def load_map_scene(model: Union[str, Path], images: Union[str, Path], min_shared: int = 15,
+                   pairs_per_image: int = 10) -> Tuple[Scene, Optional[List[Tuple[str, str]]]]:
+    """A posed scene from a COLMAP model (an SfM map: its poses and intrinsics are taken as the
+    truth) and its image folder, with the pairs to train on: for each image, its
+    ``pairs_per_image`` most covisible images sharing at least ``min_shared`` 3D points.
+
+    ``model`` is a COLMAP model folder (``cameras``/``images``/``points3D``) or a saved
+    ``hloc-bpnp map`` folder (its ``sfm/`` model). Returns ``(scene, pairs)``; ``pairs`` is
+    None for a small model (<= 20 images) without 3D points (every pair is then matched).
+
+    Raises:
+        FileNotFoundError: ``model`` or ``images`` is not a folder.
+        ValueError: an image of the model is missing under ``images``, fewer than 4 images are
+            registered, or a large model has no covisible pair.
+    """
+    from ..io.colmap import covisibility, read_model, scene_from_model
+
+    model, images = Path(model), Path(images)
+    if not model.is_dir():
+        raise FileNotFoundError(f"COLMAP model folder not found: {model}")
+    if (model / "map.json").is_file() and (model / "sfm").is_dir():
+        model = model / "sfm"  # a saved hloc-bpnp map
+    if not images.is_dir():
+        raise FileNotFoundError(f"image folder of the model {model} not found: {images}")
+    rec = read_model(model)
+    scene = scene_from_model(rec, images)
+    missing = [n for n in scene.names if not (images / n).is_file()]
+    if missing:
+        raise ValueError(f"{images}: {len(missing)} images of the model {model} are missing, e.g. {missing[:3]}")
+    if len(scene) < 4:
+        raise ValueError(f"model {model}: {len(scene)} registered images; refiner training needs at least 4")
+    cov = covisibility(rec, min_shared=min_shared)
+    pairs = sorted({tuple(sorted((a, b))) for a, nb in cov.items() for b in list(nb)[:pairs_per_image]})
+    if not pairs:
+        if len(scene) > 20:
+            raise ValueError(f"model {model}: no two images share {min_shared} 3D points (no covisible pairs)")
+        logger.warning("model %s has no covisible pairs (no 3D points?): matching all %d images pairwise", model,
+                       len(scene))
+        return scene, None
+    return scene, pairs
 
 
 def train_scene_from_posed(scene: Scene, name: str, num_refs: int = 3, multiple: int = 32,
