@@ -391,6 +391,8 @@ def main(argv=None):
             imgs += [p for m, i in map_dirs for p in scene_images(load_map_scene(m, i)[0])]
             for src, k in zip(args.homography_images, every):
                 imgs += image_list([src], every=k)
+            # an image given twice (a training map's image also in --homography-images) is warped once
+            imgs = list({p.resolve(): p for p in imgs}.values())
             homog = homography_sets(imgs, fconf, S, hconf, args.cache_dir, "finetune_real")
             results["config"]["homography_images"] = {"n": len(imgs), "extra": [str(h) for h in args.homography_images],
                                                       "every": args.homography_every}
