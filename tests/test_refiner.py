@@ -54,6 +54,42 @@ def test_untrained_refiner_reproduces_the_keypoints_exactly(tmp_path):
     assert torch.allclose(e["sigmas"], torch.full((len(e["keypoints"]),), 6.0), atol=1e-4)  # 3 px x 2
 
 
+def test_aliked_takes_the_refiner_too(tmp_path):
+    """ALIKED + a refiner: an untrained one changes nothing; a trained one moves the keypoints
+    only (scores, order and descriptors stay ALIKED's); the refiner's inputs come with the
+    keypoints in the same order."""
+    from hloc_bpnp.features.aliked_net import ALIKEDNet
+
+    torch.manual_seed(0)
+    w = tmp_path / "aliked.pth"
+    torch.save(ALIKEDNet().weights_module().state_dict(), w)
+    ref = KeypointRefiner()
+    rp = tmp_path / "ref.pt"
+    torch.save(ref.state_dict(), rp)
+    img = torch.rand(96, 128, 3, generator=torch.Generator().manual_seed(2))
+    conf = dict(weights=str(w), max_keypoints=150, detection_threshold=0.0)
+    a = build_extractor("aliked", **conf).extract(img)
+    b = build_extractor("aliked", **conf, refiner=str(rp)).extract(img)
+    for k in ("keypoints", "scores", "descriptors"):
+        assert torch.equal(a[k], b[k]), k
+    with torch.no_grad():
+        ref.head[-1].bias.copy_(torch.tensor([0.3, -0.2, 0.0]))
+    torch.save(ref.state_dict(), rp)
+    ex = build_extractor("aliked", **conf, refiner=str(rp))
+    c = ex.extract(img)
+    assert torch.equal(a["descriptors"], c["descriptors"]) and torch.equal(a["scores"], c["scores"])
+    assert torch.allclose(c["keypoints"] - a["keypoints"], torch.tanh(torch.tensor([0.3, -0.2]) / 1.5) * 1.5,
+                          atol=1e-4)
+    f = ex.extract_with_patches(img, 9)  # without the refiner, with its inputs
+    assert torch.allclose(f["keypoints"], a["keypoints"], atol=1e-5)
+    assert f["patches"].shape == (len(a["keypoints"]), 2, 9, 9) and torch.equal(f["scale"], torch.ones(2))
+    # each patch is centred on its keypoint's nearest pixel (COLMAP centre = kornia + 0.5)
+    gray = torch.from_numpy(img.numpy()).mean(-1)
+    i = 7
+    cx, cy = (a["keypoints"][i] - 0.5).round().long().tolist()
+    assert torch.allclose(f["patches"][i, 0, 4, 4], gray[cy, cx], atol=1e-5)
+
+
 def test_refiner_loading_is_strict(tmp_path):
     ref = KeypointRefiner()
     sd = ref.state_dict()

@@ -6,6 +6,11 @@ map (detached) and refines each by a soft-argmax of the score map in a ``(2r+1)^
 come from the SDDH head (deformable sampling around each keypoint) and depend on the positions.
 
 Output frame: kornia's (centre of the top-left pixel at (0, 0)) of the network input.
+
+An optional :class:`~hloc_bpnp.features.refiner.KeypointRefiner` (``self.refiner``, not part
+of the checkpoint) moves each keypoint by a learned sub-pixel offset read from patches of the
+grey image and of the score map around the keypoint's nearest pixel; scores, order and
+descriptors stay ALIKED's (described at the unrefined positions), as for XFeat.
 """
 from __future__ import annotations
 
@@ -39,6 +44,8 @@ class ALIKEDNet(nn.Module):
         self.model = KF.ALIKED(model_name=c["model_name"], max_num_keypoints=int(c["max_keypoints"]),
                                detection_threshold=float(c["detection_threshold"]), nms_radius=int(c["nms_radius"]))
         self.model.dkd._non_persistent_buffers_set.add("hw_grid")  # computed, not in checkpoints
+        #: optional learned sub-pixel refiner (not part of :meth:`weights_module`)
+        self.refiner = None
 
     def weights_module(self) -> nn.Module:
         """The module whose state dict is a weights file (kornia's ALIKED, checkpoint layout)."""
@@ -60,14 +67,19 @@ class ALIKEDNet(nn.Module):
         else:
             d.n_limit = k
 
-    def forward(self, image: torch.Tensor, max_keypoints: Optional[int] = None) -> Dict[str, torch.Tensor]:
+    def forward(self, image: torch.Tensor, max_keypoints: Optional[int] = None,
+                return_maps: bool = False) -> Dict[str, torch.Tensor]:
         """Detect and describe.
 
         Args:
             image: (B, C, H, W) in [0, 1] (C = 1 is broadcast to RGB).
+            return_maps: also return ``heatmap`` (B, 1, H, W), the score map, and ``gray``
+                (B, 1, H, W), the refiner's inputs.
         Returns:
             ``keypoints`` (B, K, 2) kornia frame (differentiable), ``scores`` (B, K),
-            ``descriptors`` (B, K, 128), ``valid`` (B, K) bool, each image sorted by score.
+            ``descriptors`` (B, K, 128), ``valid`` (B, K) bool, each image sorted by score;
+            ``centers`` (B, K, 2) long: each keypoint's nearest pixel (the refiner's patch
+            centre); with a refiner ``log_var`` (B, K).
         """
         if image.ndim != 4:
             raise ValueError(f"image must be (B, C, H, W), got {tuple(image.shape)}")
@@ -97,5 +109,15 @@ class ALIKEDNet(nn.Module):
             ss.append(torch.cat([kscores[b][order], out_s[b, m:]]))
             ds.append(torch.cat([descs[b][order], out_d[b, m:]]))
             valid[b, :m] = True
-        return {"keypoints": torch.stack(ks), "scores": torch.stack(ss), "descriptors": torch.stack(ds),
-                "valid": valid}
+        xy = torch.stack(ks)
+        lim = torch.tensor([W - 1, H - 1], device=image.device)
+        centers = torch.minimum(xy.detach().round().long().clamp_min(0), lim)
+        out = {"scores": torch.stack(ss), "descriptors": torch.stack(ds), "valid": valid, "centers": centers}
+        gray = image.mean(1, keepdim=True) if (self.refiner is not None or return_maps) else None
+        if self.refiner is not None:
+            ref = self.refiner.refine(gray, smap.detach(), centers)
+            xy = xy + ref["offset"].to(xy.dtype)
+            out["log_var"] = ref["log_var"]
+        if return_maps:
+            out["heatmap"], out["gray"] = smap, gray
+        return {"keypoints": xy, **out}

