@@ -258,7 +258,8 @@ def main(argv=None):
                    help="a COLMAP model (e.g. an SfM map from hloc-bpnp map) and its image folder as one more "
                         "posed training scene: its poses and intrinsics are the truth, pairs from covisibility "
                         "(repeatable)")
-    p.add_argument("--features", choices=["xfeat"], default="xfeat")
+    p.add_argument("--features", choices=["xfeat", "aliked"], default="xfeat",
+                   help="frozen detector the refiner trains on (feature and mapping preset of that name)")
     p.add_argument("--output", type=Path, required=True)
     p.add_argument("--quick", action="store_true", help="small budget (<= 20 min here for 2 + 1 scenes)")
     p.add_argument("--no-train", action="store_true", help="evaluate pretrained and shipped only")
@@ -319,7 +320,8 @@ def main(argv=None):
     from hloc_bpnp.training.homography_data import image_list, pop_homography_conf
     from hloc_bpnp.training.refiner_data import cached_refiner_scene, cached_refiner_scenes, data_scales
     from hloc_bpnp.training.homography_data import homography_training_sets as homography_sets
-    from hloc_bpnp.training.refiner_train import needs_pose_problems, save_refiner, train_refiner, uses_homographies
+    from hloc_bpnp.training.refiner_train import (needs_pose_problems, refiner_preset, save_refiner, train_refiner,
+                                                  uses_homographies)
     from hloc_bpnp.weights import bundled_weights
 
     fpreset = args.features
@@ -350,12 +352,12 @@ def main(argv=None):
         return c, d, scales, int(merge(KeypointRefiner.default_conf, c.get("refiner", {}))["patch_size"])
 
     if not args.no_train:
-        preset = args.config or f"refiner_{fpreset}" + ("_quick" if args.quick else "")
+        preset = args.config or refiner_preset(fpreset, "_quick" if args.quick else "")
         results["config"]["finetune"] = preset
         tconf, dconf, scales, S = training_preset(preset)
         need_pose = needs_pose_problems(tconf) or bool(args.ablation)
     if args.adapt_folds:
-        apreset = args.adapt_config or f"refiner_{fpreset}_map"
+        apreset = args.adapt_config or refiner_preset(fpreset, "_map")
         results["config"]["adapt_finetune"] = apreset
         aconf, adconf, ascales, aS = training_preset(apreset)
         aconf["homography_data"] = aconf["homography_data"] or {}

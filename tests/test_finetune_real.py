@@ -228,8 +228,8 @@ def test_finetune_map_refuses_bad_inputs(shared_data, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="missing"):
         run_refiner_on_map(SimpleNamespace(**{**a, "images": tmp_path / "empty"}))
-    with pytest.raises(ValueError, match="aliked"):
-        run_refiner_on_map(SimpleNamespace(**{**a, "images": scene.image_dir, "features": "aliked"}))
+    with pytest.raises(ValueError, match="xfeat or aliked.*'sift'"):
+        run_refiner_on_map(SimpleNamespace(**{**a, "images": scene.image_dir, "features": "sift"}))
 
 
 def test_load_map_scene_reads_models_and_saved_maps(shared_data, tmp_path):

@@ -9,11 +9,12 @@ Two ways to give training data:
   the small network.
 * ``--config PRESET`` alone: the preset's ``data`` section (e.g. synthetic scenes).
 * ``--map MODEL --images DIR``: a user's own COLMAP model (poses and intrinsics of its images
-  are the truth). Trains the sub-pixel keypoint REFINER of a frozen pretrained XFeat
+  are the truth; a saved ``hloc-bpnp map`` folder reads its ``sfm/`` model). Trains the
+  sub-pixel keypoint REFINER of a frozen pretrained XFeat (or ALIKED with ``--features aliked``)
   (``configs/finetune/refiner_xfeat_map.yaml``): pairs from the model's covisibility, matches
   verified against the known poses, each training query's 3D points triangulated WITHOUT that
   query; the last quarter of the images (name order) validates. Writes ``refiner.pt``,
-  ``history.json`` and ``features.yaml`` (XFeat with that refiner:
+  ``history.json`` and ``features.yaml`` (the detector with that refiner:
   ``hloc-bpnp map ... --features OUT/features.yaml``).
 
 Writes ``log.csv``, ``checkpoint_last.pt``, ``weights.pt``, ``config.yaml`` and ``features.yaml``
@@ -61,22 +62,24 @@ def run_refiner_on_map(args) -> int:
     from ..training.homography_data import homography_training_sets, pop_homography_conf
     from ..training.real import load_map_scene
     from ..training.refiner_data import cached_refiner_scenes, data_scales
-    from ..training.refiner_train import save_refiner, train_refiner, uses_homographies
+    from ..training.refiner_train import (REFINABLE_MODELS, refiner_preset, save_refiner, train_refiner,
+                                          uses_homographies)
 
     features = args.features or "xfeat"
-    if features != "xfeat":
-        raise ValueError(f"finetune --map trains the keypoint refiner of XFeat; --features {features} is not supported")
+    fconf = load_config("features", features)
+    if fconf.get("model") not in REFINABLE_MODELS:
+        raise ValueError(f"finetune --map trains a keypoint refiner on {' or '.join(REFINABLE_MODELS)}; --features "
+                         f"{features} is {fconf.get('model')!r}")
     if args.images is None or not Path(args.images).is_dir():
         raise ValueError(f"finetune --map needs --images DIR (the model's image folder); got {args.images}")
     if not Path(args.map).is_dir():
         raise ValueError(f"--map: model folder not found: {args.map}")
     scene, pairs = load_map_scene(args.map, args.images)
-    tconf = load_config("finetune", args.config or "refiner_xfeat_map")
+    tconf = load_config("finetune", args.config or refiner_preset(features, "_map"))
     if args.steps is not None:
         tconf["steps"] = int(args.steps)
     dconf = tconf.pop("data", {})
     S = int(merge(KeypointRefiner.default_conf, tconf.get("refiner", {}))["patch_size"])
-    fconf = load_config("features", features)
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     cache = args.cache_dir or output / "cache"
@@ -97,7 +100,7 @@ def run_refiner_on_map(args) -> int:
                                          "seconds": out["seconds"], "conf": out["conf"]})
     fy = merge(fconf, {"refiner": str((output / "refiner.pt").resolve()), "refiner_conf": dict(out["refiner"].conf)})
     fy.pop("preset", None)
-    _write_yaml(fy, output / "features.yaml", "written by hloc-bpnp finetune --map: XFeat with the trained refiner")
+    _write_yaml(fy, output / "features.yaml", f"written by hloc-bpnp finetune --map: {features} with the trained refiner")
     h = out["history"]
     logger.info("refiner trained on %s (%d images, %d pairs): validation Sampson %.4f -> %.4f px (best step %d); "
                 "extractor preset %s", args.map, len(names), len(data[0].pairs), h[0]["val_sampson_px"],

@@ -92,6 +92,24 @@ SELECT = {"sampson": ("sampson",), "reproj": ("reproj",), "both": ("sampson", "r
           "homography": ("homography",), "all": ("sampson", "reproj", "homography")}
 
 
+
+#: feature extractors (``model`` of a features preset) that take a :class:`KeypointRefiner`
+REFINABLE_MODELS = ("xfeat", "aliked")
+
+
+def refiner_preset(features: str, suffix: str = "") -> str:
+    """The refiner training preset (``configs/finetune``) of a detector preset:
+    ``refiner_<features><suffix>`` where one exists, else XFeat's (the presets set losses,
+    steps and data scales, nothing specific to the detector)."""
+    from ..config import list_configs
+
+    name = f"refiner_{features}{suffix}"
+    if name in list_configs("finetune"):
+        return name
+    logger.info("no finetune preset %s: using refiner_xfeat%s (the presets are detector-agnostic)", name, suffix)
+    return f"refiner_xfeat{suffix}"
+
+
 def uses_homographies(conf: Dict) -> bool:
     """Whether a training config (merged or partial) needs homography pairs (its loss or ``select``)."""
     return bool(conf.get("losses", {}).get("homography")
