@@ -202,18 +202,46 @@ def test_map_images_cache_is_bounded_and_shareable():
     from hloc_bpnp.localization.patch_alignment import MapImages
 
     imgs = {f"m{i}.png": np.full((100, 200), i, np.uint8) for i in range(5)}
-    one = 3 * 100 * 200 * 4  # a prepared image: 3 float32 channels
+    one = 100 * 200  # a raw 8-bit gray image
     cache = MapImages(imgs, capacity=16, max_megabytes=2.5 * one / 2 ** 20)
     for n in imgs:
-        assert tuple(cache(n).shape) == (1, 3, 100, 200)
+        assert tuple(cache(n).shape) == (1, 1, 100, 200) and cache(n).dtype == torch.uint8
     assert len(cache._cache) == 2 and cache.nbytes <= 2.5 * one  # the byte bound evicts
     assert list(cache._cache) == ["m3.png", "m4.png"]  # least recently used first out
-    assert float(cache("m4.png")[0, 0, 50, 100]) == pytest.approx(4 / 255, abs=1e-6)
+    assert int(cache("m4.png")[0, 0, 50, 100]) == 4
+    rgb = MapImages({"c.png": np.full((10, 20, 3), 0.5, np.float32)})("c.png")
+    assert rgb.dtype == torch.float32 and tuple(rgb.shape) == (1, 1, 10, 20)
     with pytest.raises(KeyError, match="m9.png"):
         cache("m9.png")
     map_, map_poses, _, _ = _plane_scene(n_points=100)
-    shared = MapImages({n: np.zeros((240, 320), np.uint8) for n in map_poses}, blur_sigma=2.0)
-    with pytest.raises(ValueError, match="blur_sigma"):
-        Localizer(map_, {"patch_alignment": {"enabled": True}}, map_images=shared)
-    loc = Localizer(map_, {"patch_alignment": {"enabled": True, "blur_sigma": 2.0}}, map_images=shared)
-    assert loc.map_images is shared
+    shared = MapImages({n: np.zeros((240, 320), np.uint8) for n in map_poses})
+    for blur in (1.0, 2.0):  # raw images: one cache serves every blur
+        loc = Localizer(map_, {"patch_alignment": {"enabled": True, "blur_sigma": blur}}, map_images=shared)
+        assert loc.map_images is shared
+
+
+def test_cropped_alignment_equals_whole_image_alignment():
+    """Raw images are aligned from crops around the points; the shifts are those of the
+    whole prepared images, also for points near the border and 8-bit images."""
+    from hloc_bpnp.localization.patch_alignment import align_patches, prepare_image
+
+    g = torch.Generator().manual_seed(0)
+    base = torch.nn.functional.interpolate(torch.rand(1, 1, 30, 40, generator=g), size=(120, 160), mode="bicubic")
+    ref = (base.clamp(0, 1) * 255).round().to(torch.uint8)
+    mov = torch.roll(ref, shifts=(1, -2), dims=(2, 3))
+    pts = torch.rand(200, 2, generator=g) * torch.tensor([160.0, 120.0])
+    pts[:5] = torch.tensor([[0.5, 0.5], [159.5, 119.5], [2.0, 60.0], [80.0, 1.0], [158.0, 3.0]])
+    start = pts + torch.tensor([-2.0, 1.0]) + 0.3 * torch.randn(200, 2, generator=g)
+    for blur in (0.0, 1.0, 2.0):
+        d_crop, ok_crop = align_patches(ref, mov, pts, start, blur_sigma=blur, min_ncc=0.3)
+        d_whole, ok_whole = align_patches(prepare_image(ref, blur), prepare_image(mov, blur), pts, start,
+                                          min_ncc=0.3, prepared=True)
+        # equal wherever the patches stay inside the image (beyond it, the crops repeat the
+        # border pixels, so their gradient is 0 there, where the whole image repeats the gradient)
+        inner = (pts > 12).all(-1) & (pts < torch.tensor([148.0, 108.0])).all(-1)
+        assert torch.equal(ok_crop[inner], ok_whole[inner])
+        assert torch.allclose(d_crop[inner], d_whole[inner], atol=1e-4), (blur, (d_crop - d_whole).abs().max())
+        assert torch.isfinite(d_crop).all() and ok_crop[:5].any()  # border points are aligned too
+        inner &= ok_crop
+        assert inner.sum() > 100  # and the shift is the roll's, away from the wrapped border
+        assert torch.allclose((start + d_crop)[inner] - pts[inner], torch.tensor([-2.0, 1.0]), atol=0.1)

@@ -89,14 +89,10 @@ class Localizer:
             fconf = merge(load_config("features", fconf), self.conf["query_features"])
         self.extractor = build_extractor(fconf)
         self.matcher = build_matcher(mconf)
-        blur = float(self.conf["patch_alignment"]["blur_sigma"])
         if isinstance(map_images, PA.MapImages):  # a cache shared between localizers
-            if map_images.blur_sigma != blur:
-                raise ValueError(f"map_images were prepared with blur_sigma {map_images.blur_sigma}, "
-                                 f"the conf's patch_alignment.blur_sigma is {blur}")
             self.map_images = map_images
         else:
-            self.map_images = None if map_images is None else PA.MapImages(map_images, blur_sigma=blur)
+            self.map_images = None if map_images is None else PA.MapImages(map_images)
         if self.conf["patch_alignment"]["enabled"]:
             if self.conf["refinement"]["method"] != "bpnp":
                 raise ValueError("patch_alignment needs refinement.method 'bpnp' (the pose is refined again from "

@@ -21,6 +21,7 @@ All positions are COLMAP pixels (top-left pixel centre at (0.5, 0.5)).
 from __future__ import annotations
 
 import logging
+import math
 from collections import OrderedDict
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Tuple, Union
@@ -60,17 +61,59 @@ def _normalise(v: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     return (v - mu) / sd, sd
 
 
+def _blur_radius(blur_sigma: float) -> int:
+    return max(1, int(round(3 * blur_sigma))) if blur_sigma > 0 else 0
+
+
+def _with_gradients(img: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W) -> (B, 3, H, W): the image and its x / y central differences."""
+    gx = F.pad(img[..., :, 2:] - img[..., :, :-2], (1, 1, 0, 0), mode="replicate") / 2
+    gy = F.pad(img[..., 2:, :] - img[..., :-2, :], (0, 0, 1, 1), mode="replicate") / 2
+    return torch.cat([img, gx, gy], 1)
+
+
+def _blur(img: torch.Tensor, blur_sigma: float) -> torch.Tensor:
+    r = _blur_radius(blur_sigma)
+    if r == 0:
+        return img
+    return gaussian_blur2d(img, (2 * r + 1, 2 * r + 1), (blur_sigma, blur_sigma), border_type="replicate")
+
+
+def _windows(image: torch.Tensor, points: torch.Tensor, half: int, blur_sigma: float,
+             gradients: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Square crops of a raw (1, 1, H, W) gray image (uint8 or float in [0, 1]) around (N, 2)
+    COLMAP pixels, blurred (and with their x / y central differences when ``gradients``):
+    ``(windows (N, 1 or 3, S, S) float32, origin (N, 2))`` with S = 2 * half + 1 and
+    ``origin`` the pixel index of each window's top-left pixel. Pixels outside the image repeat
+    its border (as :func:`prepare_image`'s replicate padding)."""
+    H, W = image.shape[-2:]
+    dev = image.device
+    o = torch.floor(points.to(dev, torch.float32) - 0.5).long() - half  # (N, 2) x, y
+    r = torch.arange(2 * half + 1, device=dev)
+    xs = (o[:, :1] + r).clamp(0, W - 1)  # (N, S)
+    ys = (o[:, 1:] + r).clamp(0, H - 1)
+    win = image[0, 0][ys[:, :, None], xs[:, None, :]][:, None]  # (N, 1, S, S)
+    win = win.float() / 255.0 if image.dtype == torch.uint8 else win.float()
+    win = _blur(win, blur_sigma)
+    return (_with_gradients(win) if gradients else win), o.float()
+
+
+def _sample_windows(windows: torch.Tensor, origin: torch.Tensor, pts: torch.Tensor) -> torch.Tensor:
+    """Bilinear samples of (N, C, S, S) ``windows`` at (N, P, 2) COLMAP pixels -> (C, N, P)."""
+    S = windows.shape[-1]
+    local = pts - 0.5 - origin[:, None]  # pixel-index coordinates inside each window
+    g = (2 * local / (S - 1) - 1).to(windows.dtype)[:, :, None]  # (N, P, 1, 2)
+    out = F.grid_sample(windows, g, mode="bilinear", align_corners=True, padding_mode="border")  # (N, C, P, 1)
+    return out[..., 0].permute(1, 0, 2)
+
+
 def prepare_image(image, blur_sigma: float = 1.0) -> torch.Tensor:
     """(H, W) or (1, 1, H, W) gray image -> (1, 3, H, W): the image blurred with ``blur_sigma``
     and its x / y central differences, what :func:`align_patches` samples. Prepare an image
     once when it is aligned against several others."""
     img = _as_image(image)
-    if blur_sigma > 0:
-        r = max(1, int(round(3 * blur_sigma)))
-        img = gaussian_blur2d(img, (2 * r + 1, 2 * r + 1), (blur_sigma, blur_sigma), border_type="replicate")
-    gx = F.pad(img[..., :, 2:] - img[..., :, :-2], (1, 1, 0, 0), mode="replicate") / 2
-    gy = F.pad(img[..., 2:, :] - img[..., :-2, :], (0, 0, 1, 1), mode="replicate") / 2
-    return torch.cat([img, gx, gy], 1)
+    img = img.float() / 255.0 if img.dtype == torch.uint8 else img.float()
+    return _with_gradients(_blur(img, blur_sigma))
 
 
 def align_patches(ref_image: torch.Tensor, image: torch.Tensor, ref_points: torch.Tensor, points: torch.Tensor,
@@ -79,10 +122,13 @@ def align_patches(ref_image: torch.Tensor, image: torch.Tensor, ref_points: torc
     """Shifts that make ``image`` around ``points`` look like ``ref_image`` around ``ref_points``.
 
     Translation-only Lucas-Kanade (Gauss-Newton) on zero-mean, unit-variance patches with a
-    Gaussian window, batched over the points.
+    Gaussian window, batched over the points. Raw images are read in crops around the points
+    only (blurred and differentiated there: the cost grows with the points, not the image
+    size); ``prepared=True`` takes whole :func:`prepare_image` outputs instead (cheaper when
+    one small image is aligned against many others). Both give the same shifts.
 
     Args:
-        ref_image: (H, W) or (1, 1, H, W) gray image, float in [0, 1], the fixed side.
+        ref_image: (H, W) or (1, 1, H, W) gray image, uint8 or float in [0, 1], the fixed side.
         image: (H', W') or (1, 1, H', W') gray image of the points to move.
         ref_points: (N, 2) COLMAP pixels in ``ref_image``.
         points: (N, 2) COLMAP pixels in ``image`` (start positions).
@@ -109,19 +155,37 @@ def align_patches(ref_image: torch.Tensor, image: torch.Tensor, ref_points: torc
     if prepared:
         if ref_image.ndim != 4 or ref_image.shape[1] != 3 or image.ndim != 4 or image.shape[1] != 3:
             raise ValueError("align_patches(prepared=True) expects two (1, 3, H, W) prepare_image outputs")
-        ref_stack, stack = ref_image, image
+        dev = image.device
+
+        def sample_ref(pts):
+            return _sample(ref_image[:, :1], pts)[0]
+
+        def sample(pts):
+            return _sample(image, pts)
     else:
-        ref_stack, stack = prepare_image(ref_image, blur_sigma), prepare_image(image, blur_sigma)
-    dev = stack.device
+        ref_image, image = _as_image(ref_image), _as_image(image)
+        dev = image.device
+        # the samples stay within radius + max shift + 1 (bilinear) + 1 (central difference)
+        # of the window centre, the blur reads blur radius more: the crop's border never counts
+        half = int(radius) + int(math.ceil(max_shift_px)) + _blur_radius(blur_sigma) + 3
+        ref_win, ref_o = _windows(ref_image, ref_points.to(ref_image.device), half, blur_sigma, False)
+        ref_win, ref_o = ref_win.to(dev), ref_o.to(dev)
+        win, o = _windows(image, points.to(dev), half, blur_sigma, True)
+
+        def sample_ref(pts):
+            return _sample_windows(ref_win, ref_o, pts)[0]
+
+        def sample(pts):
+            return _sample_windows(win, o, pts)
     r = torch.arange(-radius, radius + 1, dtype=torch.float32, device=dev)
     yy, xx = torch.meshgrid(r, r, indexing="ij")
     grid = torch.stack([xx.reshape(-1), yy.reshape(-1)], -1)  # (P, 2)
     w = torch.exp(-(grid ** 2).sum(-1) / (2 * (radius / 1.5) ** 2))
-    T, _ = _normalise(_sample(ref_stack[:, :1], ref_points.to(dev, torch.float32)[:, None] + grid)[0])
+    T, _ = _normalise(sample_ref(ref_points.to(dev, torch.float32)[:, None] + grid))
     p0 = points.to(dev, torch.float32)[:, None] + grid  # (N, P, 2)
     d = torch.zeros(N, 1, 2, device=dev)
     for _ in range(int(iterations)):
-        I, Ix, Iy = _sample(stack, p0 + d)
+        I, Ix, Iy = sample(p0 + d)
         In, sd = _normalise(I)
         res = In - T
         # d In / d shift: the gradient minus its patch mean over the patch's std (the std's own
@@ -134,7 +198,7 @@ def align_patches(ref_image: torch.Tensor, image: torch.Tensor, ref_points: torc
         det = a * c - b * b
         step = torch.stack([(c * gx - b * gy) / det, (a * gy - b * gx) / det], -1)
         d = (d - step[:, None]).clamp(-max_shift_px, max_shift_px)
-    In, _ = _normalise(_sample(stack[:, :1], p0 + d)[0])
+    In, _ = _normalise(sample(p0 + d)[0])
     d = d[:, 0]
     ncc = (In * T).mean(-1) * (grid.shape[0] / max(grid.shape[0] - 1, 1))  # std is the unbiased one
     valid = torch.isfinite(d).all(-1) & (ncc >= min_ncc)
@@ -143,25 +207,26 @@ def align_patches(ref_image: torch.Tensor, image: torch.Tensor, ref_points: torc
 
 
 def _as_image(img) -> torch.Tensor:
+    """(1, 1, H, W) gray tensor: uint8 kept as is, anything else as float32."""
     img = torch.as_tensor(img)
     if img.ndim == 2:
         img = img[None, None]
     if img.ndim != 4 or img.shape[:2] != (1, 1):
         raise ValueError(f"align_patches: expected an (H, W) or (1, 1, H, W) gray image, got {tuple(img.shape)}")
-    return img.float()
+    return img if img.dtype == torch.uint8 else img.float()
 
 
 class MapImages:
     """Map images by name, read on demand from a folder or a name -> array mapping and kept as
-    :func:`prepare_image` outputs for ``blur_sigma``: the most recently used, at most
-    ``capacity`` images and ``max_megabytes`` in all (a prepared 3072 x 2048 image takes 75 MB;
-    the last one read is always kept)."""
+    raw (1, 1, H, W) gray tensors (uint8 where the source is 8-bit: a 3072 x 2048 image takes
+    6 MB): the most recently used, at most ``capacity`` images and ``max_megabytes`` in all
+    (the last one read is always kept). :func:`align_patches` crops, blurs and differentiates
+    only around the points it aligns, so one cache serves every ``blur_sigma``."""
 
-    def __init__(self, source: Union[str, Path, Mapping[str, np.ndarray]], capacity: int = 16,
-                 blur_sigma: float = 1.0, max_megabytes: float = 512.0) -> None:
+    def __init__(self, source: Union[str, Path, Mapping[str, np.ndarray]], capacity: int = 64,
+                 max_megabytes: float = 512.0) -> None:
         self.source = source
         self.capacity = int(capacity)
-        self.blur_sigma = float(blur_sigma)
         self.max_bytes = float(max_megabytes) * 2 ** 20
         self._cache: "OrderedDict[str, torch.Tensor]" = OrderedDict()
 
@@ -171,7 +236,7 @@ class MapImages:
         return sum(t.numel() * t.element_size() for t in self._cache.values())
 
     def __call__(self, name: str) -> torch.Tensor:
-        """(1, 3, H, W) prepared image of map image ``name``."""
+        """(1, 1, H, W) gray image (uint8 or float32 in [0, 1]) of map image ``name``."""
         hit = self._cache.get(name)
         if hit is not None:
             self._cache.move_to_end(name)
@@ -181,10 +246,13 @@ class MapImages:
         if isinstance(self.source, Mapping):
             if name not in self.source:
                 raise KeyError(f"map image {name!r} is not among the map images given for patch alignment")
-            img = image_to_gray_tensor(np.asarray(self.source[name]))
+            arr = np.asarray(self.source[name])
         else:
-            img = image_to_gray_tensor(read_image(Path(self.source) / name, grayscale=True))
-        img = prepare_image(img, self.blur_sigma)
+            arr = read_image(Path(self.source) / name, grayscale=True)
+        if arr.dtype == np.uint8 and arr.ndim == 2:
+            img = torch.from_numpy(np.ascontiguousarray(arr))[None, None]
+        else:
+            img = image_to_gray_tensor(arr).float()
         self._cache[name] = img
         while len(self._cache) > 1 and (len(self._cache) > self.capacity or self.nbytes > self.max_bytes):
             self._cache.popitem(last=False)
@@ -234,14 +302,13 @@ def align_to_map(query_image: torch.Tensor, points2D: np.ndarray, rows: np.ndarr
     observations (see :func:`reference_observations`).
 
     Args:
-        query_image: (1, 1, H, W) gray float query image.
-        map_images: name -> (1, 3, H, W) :func:`prepare_image` output (a :class:`MapImages`
-            with the same ``blur_sigma`` as ``conf``).
+        query_image: (1, 1, H, W) gray query image (uint8, or float in [0, 1]).
+        map_images: name -> (1, 1, H, W) gray map image (a :class:`MapImages`).
     Returns:
         ((M, 2) aligned positions, info {"n_aligned", "n_points", "median_shift_px"}).
     """
     owner, ref_kp, names = reference_observations(map, rows, candidates, center)
-    query = prepare_image(query_image, float(conf["blur_sigma"]))
+    query = _as_image(query_image)
     out = np.asarray(points2D, np.float64).copy()
     shifts = []
     n_ok = 0
@@ -254,7 +321,7 @@ def align_to_map(query_image: torch.Tensor, points2D: np.ndarray, rows: np.ndarr
                              f"but its camera is {int(cam.width)}x{int(cam.height)} (wrong map image folder?)")
         d, ok = align_patches(ref, query, torch.from_numpy(ref_kp[s]), torch.from_numpy(out[s]),
                               int(conf["radius"]), int(conf["iterations"]), float(conf["blur_sigma"]),
-                              float(conf["max_shift_px"]), float(conf["min_ncc"]), prepared=True)
+                              float(conf["max_shift_px"]), float(conf["min_ncc"]))
         out[s] += d.cpu().numpy()
         n_ok += int(ok.sum())
         shifts.append(d[ok].norm(dim=-1).cpu().numpy())

@@ -109,7 +109,7 @@ def leave_one_out(
 
     results = {label: {} for label in loc_variants}
     t_tri, t_loc = [], []
-    map_images = {}  # per blur: one image cache for every fold's localizers (patch alignment)
+    map_images = None  # one image cache for every fold's localizers (patch alignment)
     for q in tqdm(queries, desc="leave-one-out folds", disable=not progress):
         others = [n for n in names if n != q]
         keep = lambda pr: q not in pr  # noqa: E731
@@ -123,11 +123,9 @@ def leave_one_out(
         for label, override in loc_variants.items():
             lconf = localization_config(merge(base_loc, override))
             align = lconf["patch_alignment"]
-            shared = None
-            if align["enabled"]:
-                blur = float(align["blur_sigma"])
-                shared = map_images.setdefault(blur, MapImages(images, blur_sigma=blur))
-            loc = Localizer(map_, lconf, map_images=shared)
+            if align["enabled"] and map_images is None:
+                map_images = MapImages(images)
+            loc = Localizer(map_, lconf, map_images=map_images if align["enabled"] else None)
             t = time.perf_counter()
             res = LocalizationResult(name=q, timings={"features": feat_time[q]})
             qimage = _query_image(images, q) if align["enabled"] else None
