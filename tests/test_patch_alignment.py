@@ -187,7 +187,7 @@ def test_cli_localize_with_map_images(tmp_path, caplog):
     assert main(args + ["--config", "aligned"]) == 2
     assert "no map images were given" in caplog.text
     assert main(args + ["--config", "aligned", "--workers", "2"]) == 2
-    assert "not supported with --workers" in caplog.text
+    assert "pass --map-images" in caplog.text
     assert main(args + ["--config", "aligned", "--map-images", str(tmp_path / "mapimg")]) == 0
     poses = read_results(tmp_path / "res.txt")
     assert list(poses) == ["q0.png"]
@@ -196,6 +196,19 @@ def test_cli_localize_with_map_images(tmp_path, caplog):
 
     log = json.loads((tmp_path / "res_log.json").read_text())["queries"][0]
     assert log["info"]["patch_alignment"]["n_aligned"] > 0.5 * log["num_inliers"]
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        return
+    # on Ray workers (each reads the map images itself): the same alignment and pose
+    out = tmp_path / "ray" / "res.txt"
+    out.parent.mkdir()
+    args[-1] = str(out)
+    assert main(args + ["--config", "aligned", "--map-images", str(tmp_path / "mapimg"), "--workers", "1"]) == 0
+    log_ray = json.loads((out.parent / "res_log.json").read_text())["queries"][0]
+    assert log_ray["info"]["patch_alignment"]["n_aligned"] == log["info"]["patch_alignment"]["n_aligned"]
+    ray_pose = read_results(out)["q0.png"]
+    assert torch.allclose(ray_pose.matrix(), poses["q0.png"].matrix(), atol=1e-5)
 
 
 def test_map_images_cache_is_bounded_and_shareable():

@@ -85,16 +85,15 @@ def run(args) -> int:
             from ..config import load_config
 
             aligned = bool((load_config("localization", args.config).get("patch_alignment") or {}).get("enabled"))
-            if args.map_images is not None or aligned:
-                raise ValueError("patch alignment (--map-images, preset {!r}) is not supported with --workers yet; "
-                                 "run without --workers".format(args.config))
-
+            if aligned and args.map_images is None:
+                raise ValueError(f"localization preset {args.config!r} aligns query keypoints to the map's images "
+                                 f"(patch_alignment): pass --map-images DIR")
             results = localize_distributed(args.map, queries, args.config, workers=args.workers,
                                            image_dir=args.images, results_path=args.output, log_path=args.log,
                                            resume=args.resume, chunk_size=args.chunk_size,
                                            threads_per_worker=args.threads_per_worker,
                                            gpus_per_worker=args.gpus_per_worker, num_cpus=args.ray_num_cpus,
-                                           ray_address=args.ray_address)
+                                           ray_address=args.ray_address, map_images=args.map_images)
         else:
             from ..localization import Localizer
             from ..mapping import Map

@@ -39,15 +39,17 @@ class LocalizationWorker:
         threads: torch / OpenMP / faiss threads of this worker.
         before_query: optional ``f(name)`` called in the worker before each query (a test
             hook, e.g. to kill the worker on a given query).
+        map_images: folder of the map's images (patch alignment), read by the actor itself.
     """
 
-    def __init__(self, map_dir, conf, image_dir, threads: int, before_query: Optional[Callable] = None):
+    def __init__(self, map_dir, conf, image_dir, threads: int, before_query: Optional[Callable] = None,
+                 map_images: Optional[str] = None):
         set_worker_threads(threads)
         from ..localization import Localizer
         from ..mapping import Map
 
         t = time.perf_counter()
-        self.localizer = Localizer(Map.load(map_dir), conf)
+        self.localizer = Localizer(Map.load(map_dir), conf, map_images=map_images)
         self.load_seconds = time.perf_counter() - t
         self.image_dir = image_dir
         self.before_query = before_query
@@ -114,6 +116,7 @@ def localize_distributed(
     progress: bool = True,
     before_query: Optional[Callable[[str], None]] = None,
     stats: Optional[dict] = None,
+    map_images: Union[str, Path, None] = None,
 ) -> Dict[str, LocalizationResult]:
     """Localize ``queries`` on ``workers`` Ray actors, each holding the map loaded once.
 
@@ -139,6 +142,8 @@ def localize_distributed(
         before_query: test hook run in the worker before each query.
         stats: if a dict, filled with counters (worker_deaths, replacements, poisoned,
             seconds, queries_per_second; start-up excluded).
+        map_images: folder of the map's images, for presets with ``patch_alignment`` (every
+            actor reads them there, so on a cluster every node needs that path).
     Returns:
         name -> LocalizationResult for the queries localized in this call (in query order;
         with ``resume`` the skipped ones are only in the files).
@@ -165,6 +170,12 @@ def localize_distributed(
         logger.info("No query to localize: Ray not started")
         return {}
     image_dir = None if image_dir is None else str(Path(image_dir).resolve())
+    if map_images is not None:
+        if not Path(map_images).is_dir():
+            if writer is not None:
+                writer.close()
+            raise FileNotFoundError(f"map images folder not found: {map_images}")
+        map_images = str(Path(map_images).resolve())
     cuda = wants_cuda(query_feature_device(map_dir, conf))
     started = ensure_ray(ray_address, num_cpus=local_cluster_cpus(workers, threads_per_worker, num_cpus))
     ray = require_ray()
@@ -195,7 +206,7 @@ def localize_distributed(
             return LocalizationResult(name=query[0], camera=query[2]).fail(R.WORKER_DIED, detail)
 
         counters = run_ordered(
-            queries, start_actor=lambda: actor_cls.remote(map_dir, conf, image_dir, threads, before_query),
+            queries, start_actor=lambda: actor_cls.remote(map_dir, conf, image_dir, threads, before_query, map_images),
             submit=submit, num_actors=workers, chunk_size=chunk, emit=emit, on_poison=poison,
             name_of=lambda q: q[0], max_worker_deaths=max_worker_deaths, progress=progress, desc="localize")
         seconds = time.perf_counter() - t0[0] if t0[0] is not None else 0.0
