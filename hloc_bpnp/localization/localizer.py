@@ -246,10 +246,8 @@ class Localizer:
                              f"(Localizer.localize, or localize_features(..., image=))")
         if self.map_images is None:
             raise ValueError("patch_alignment: the Localizer has no map images (Localizer(map, conf, map_images=))")
-        from ..io.image import image_to_gray_tensor
-
         t = time.perf_counter()
-        gray = image_to_gray_tensor(image)
+        gray = PA.gray_image(image)
         if (gray.shape[-1], gray.shape[-2]) != (int(res.camera.width), int(res.camera.height)):
             raise ValueError(f"query {res.name!r}: image is {gray.shape[-1]}x{gray.shape[-2]} px but its camera is "
                              f"{int(res.camera.width)}x{int(res.camera.height)}")

@@ -216,6 +216,20 @@ def _as_image(img) -> torch.Tensor:
     return img if img.dtype == torch.uint8 else img.float()
 
 
+def gray_image(image) -> torch.Tensor:
+    """A (1, 1, H, W) gray tensor for alignment: an (H, W) uint8 array or tensor as is (no
+    copy to float: crops are converted), anything else (RGB, float) through
+    :func:`~hloc_bpnp.io.image.image_to_gray_tensor` as float32 in [0, 1]."""
+    from ..io.image import image_to_gray_tensor
+
+    if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 2:
+        return torch.from_numpy(np.ascontiguousarray(image))[None, None]
+    if isinstance(image, torch.Tensor) and image.dtype == torch.uint8 and image.ndim in (2, 4) \
+            and (image.ndim == 2 or image.shape[:2] == (1, 1)):
+        return image.reshape(1, 1, *image.shape[-2:])
+    return image_to_gray_tensor(image).float()
+
+
 class MapImages:
     """Map images by name, read on demand from a folder or a name -> array mapping and kept as
     raw (1, 1, H, W) gray tensors (uint8 where the source is 8-bit: a 3072 x 2048 image takes
@@ -241,18 +255,14 @@ class MapImages:
         if hit is not None:
             self._cache.move_to_end(name)
             return hit
-        from ..io.image import image_to_gray_tensor, read_image
+        from ..io.image import read_image
 
         if isinstance(self.source, Mapping):
             if name not in self.source:
                 raise KeyError(f"map image {name!r} is not among the map images given for patch alignment")
-            arr = np.asarray(self.source[name])
+            img = gray_image(np.asarray(self.source[name]))
         else:
-            arr = read_image(Path(self.source) / name, grayscale=True)
-        if arr.dtype == np.uint8 and arr.ndim == 2:
-            img = torch.from_numpy(np.ascontiguousarray(arr))[None, None]
-        else:
-            img = image_to_gray_tensor(arr).float()
+            img = gray_image(read_image(Path(self.source) / name, grayscale=True))
         self._cache[name] = img
         while len(self._cache) > 1 and (len(self._cache) > self.capacity or self.nbytes > self.max_bytes):
             self._cache.popitem(last=False)
