@@ -1,12 +1,15 @@
 #!/usr/bin/env python
-"""Train a sub-pixel keypoint refiner on top of frozen pretrained XFeat on real posed scenes, and
-evaluate it on scenes that never trained.
+"""Train a sub-pixel keypoint refiner on top of frozen pretrained XFeat (or ALIKED) on real posed
+scenes, and evaluate it on scenes that never trained.
 
     python pipelines/finetune_real.py --train SCENE... --eval SCENE... --features xfeat --output DIR [--quick]
     python pipelines/finetune_real.py --eval SCENE... --features xfeat --no-train --output DIR
+    # SfM maps as more posed training scenes (their poses and intrinsics taken as the truth)
+    python pipelines/finetune_real.py --train SCENE... --train-map MODEL IMAGES [--train-map ...] --eval SCENE...
 
 Scenes are Strecha folders (``images/`` + ``gt_dense_cameras/``) or Middlebury folders
-(``*_par.txt``). Training data (keypoints, patches, verified matches, leave-query-out 2D-3D
+(``*_par.txt``); ``--train-map`` takes a COLMAP model (or a saved ``hloc-bpnp map`` folder) and
+its image folder, pairs from the model's covisibility. Training data (keypoints, patches, verified matches, leave-query-out 2D-3D
 problems) is computed once per scene at the evaluation scale and cached
 (``--cache-dir``, default ``~/.cache/hloc_bpnp/refiner_data``); then only the refiner trains
 (:mod:`hloc_bpnp.training.refiner_train`). Validation / early stopping: the ``--val`` scenes,
