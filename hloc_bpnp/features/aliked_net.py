@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..config import merge
+from .refiner import apply_refiner
 
 
 class ALIKEDNet(nn.Module):
@@ -112,12 +113,6 @@ class ALIKEDNet(nn.Module):
         xy = torch.stack(ks)
         lim = torch.tensor([W - 1, H - 1], device=image.device)
         centers = torch.minimum(xy.detach().round().long().clamp_min(0), lim)
-        out = {"scores": torch.stack(ss), "descriptors": torch.stack(ds), "valid": valid, "centers": centers}
-        gray = image.mean(1, keepdim=True) if (self.refiner is not None or return_maps) else None
-        if self.refiner is not None:
-            ref = self.refiner.refine(gray, smap.detach(), centers)
-            xy = xy + ref["offset"].to(xy.dtype)
-            out["log_var"] = ref["log_var"]
-        if return_maps:
-            out["heatmap"], out["gray"] = smap, gray
-        return {"keypoints": xy, **out}
+        # the refiner moves positions only: scores, order and descriptors stay ALIKED's
+        return {"scores": torch.stack(ss), "descriptors": torch.stack(ds), "valid": valid,
+                **apply_refiner(self.refiner, image, smap, xy, centers, return_maps)}

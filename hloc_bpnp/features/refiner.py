@@ -167,6 +167,31 @@ class KeypointRefiner(nn.Module):
         return {"offset": out["offset"].reshape(B, K, 2), "log_var": out["log_var"].reshape(B, K)}
 
 
+def apply_refiner(refiner: Optional["KeypointRefiner"], image: torch.Tensor, heat: torch.Tensor,
+                  xy: torch.Tensor, centers: torch.Tensor, return_maps: bool = False) -> Dict[str, torch.Tensor]:
+    """A detector's keypoints through its optional refiner (XFeatNet, ALIKEDNet).
+
+    Args:
+        refiner: the :class:`KeypointRefiner` or None; image: (B, C, H, W) network input;
+        heat: (B, 1, H, W) the detector's heat / score map; xy: (B, K, 2) keypoints;
+        centers: (B, K, 2) long patch centres; return_maps: also return the refiner's inputs.
+    Returns:
+        ``keypoints`` (B, K, 2) (moved by the offsets when there is a refiner), ``centers``,
+        with a refiner ``log_var`` (B, K), with ``return_maps`` ``heatmap`` and ``gray``
+        (B, 1, H, W).
+    """
+    out: Dict[str, torch.Tensor] = {"centers": centers}
+    gray = image.mean(1, keepdim=True) if (refiner is not None or return_maps) else None
+    if refiner is not None:
+        ref = refiner.refine(gray, heat.detach(), centers)
+        xy = xy + ref["offset"].to(xy.dtype)
+        out["log_var"] = ref["log_var"]
+    if return_maps:
+        out["heatmap"], out["gray"] = heat, gray
+    out["keypoints"] = xy
+    return out
+
+
 def load_refiner(path, conf: Optional[Dict[str, Any]] = None, source: str = "refiner") -> KeypointRefiner:
     """A :class:`KeypointRefiner` with weights from ``path`` (``torch.load(weights_only=True)``);
     every tensor must match the architecture and the file may hold nothing else.

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import merge
+from .refiner import apply_refiner
 
 
 def _xfeat_grid(pos: torch.Tensor, H: int, W: int) -> torch.Tensor:
@@ -198,12 +199,5 @@ class XFeatNet(nn.Module):
         desc = F.normalize(sample_map(dense, at, H, W, "bicubic"), dim=-1)
         # the refiner moves positions only: scores, order and descriptors stay the detector's
         centers = torch.stack([idx % W, torch.div(idx, W, rounding_mode="floor")], -1)
-        extra: Dict[str, torch.Tensor] = {"centers": centers}
-        gray = image.mean(1, keepdim=True) if (self.refiner is not None or return_maps) else None
-        if self.refiner is not None:
-            ref = self.refiner.refine(gray, heat.detach(), centers)
-            xy = xy + ref["offset"].to(xy.dtype)
-            extra["log_var"] = ref["log_var"]
-        if return_maps:
-            extra["heatmap"], extra["gray"] = heat, gray
-        return {"keypoints": xy, "scores": scores, "descriptors": desc, "valid": valid, **extra}
+        return {"scores": scores, "descriptors": desc, "valid": valid,
+                **apply_refiner(self.refiner, image, heat, xy, centers, return_maps)}
