@@ -376,8 +376,10 @@ def main(argv=None):
                 tr, va = split_validation(tr)
                 train += tr
                 val += va
+        map_scenes = []
         for model, images in map_dirs:  # SfM maps: poses and intrinsics of the model are the truth
             mscene, mpairs = load_map_scene(model, images)
+            map_scenes.append(mscene)
             tr = cached_refiner_scenes(model, fconf, S, scales, args.cache_dir, scene=mscene, pairs=mpairs,
                                        pose_problems=need_pose, max_pose_problems=40, **dconf)
             tr, va = split_validation(tr)
@@ -393,7 +395,7 @@ def main(argv=None):
         homog = ([], [])
         if uses_homographies(tconf):
             imgs = [p for d in train_dirs + val_dirs for p in scene_images(load_real_scene(d))]
-            imgs += [p for m, i in map_dirs for p in scene_images(load_map_scene(m, i)[0])]
+            imgs += [p for ms in map_scenes for p in scene_images(ms)]
             for src, k in zip(args.homography_images, every):
                 imgs += image_list([src], every=k)
             # an image given twice (a training map's image also in --homography-images) is warped once

@@ -92,8 +92,7 @@ def _windows(image: torch.Tensor, points: torch.Tensor, half: int, blur_sigma: f
     r = torch.arange(2 * half + 1, device=dev)
     xs = (o[:, :1] + r).clamp(0, W - 1)  # (N, S)
     ys = (o[:, 1:] + r).clamp(0, H - 1)
-    win = image[0, 0][ys[:, :, None], xs[:, None, :]][:, None]  # (N, 1, S, S)
-    win = win.float() / 255.0 if image.dtype == torch.uint8 else win.float()
+    win = _to_float(image[0, 0][ys[:, :, None], xs[:, None, :]][:, None])  # (N, 1, S, S)
     win = _blur(win, blur_sigma)
     return (_with_gradients(win) if gradients else win), o.float()
 
@@ -111,9 +110,7 @@ def prepare_image(image, blur_sigma: float = 1.0) -> torch.Tensor:
     """(H, W) or (1, 1, H, W) gray image -> (1, 3, H, W): the image blurred with ``blur_sigma``
     and its x / y central differences, what :func:`align_patches` samples. Prepare an image
     once when it is aligned against several others."""
-    img = _as_image(image)
-    img = img.float() / 255.0 if img.dtype == torch.uint8 else img.float()
-    return _with_gradients(_blur(img, blur_sigma))
+    return _with_gradients(_blur(_to_float(_as_image(image)), blur_sigma))
 
 
 def align_patches(ref_image: torch.Tensor, image: torch.Tensor, ref_points: torch.Tensor, points: torch.Tensor,
@@ -206,6 +203,11 @@ def align_patches(ref_image: torch.Tensor, image: torch.Tensor, ref_points: torc
     return d.to(points.device, out_dtype), valid.to(points.device)
 
 
+def _to_float(img: torch.Tensor) -> torch.Tensor:
+    """An 8-bit image as float32 in [0, 1]; a float one as float32."""
+    return img.float() / 255.0 if img.dtype == torch.uint8 else img.float()
+
+
 def _as_image(img) -> torch.Tensor:
     """(1, 1, H, W) gray tensor: uint8 kept as is, anything else as float32."""
     img = torch.as_tensor(img)
@@ -217,16 +219,15 @@ def _as_image(img) -> torch.Tensor:
 
 
 def gray_image(image) -> torch.Tensor:
-    """A (1, 1, H, W) gray tensor for alignment: an (H, W) uint8 array or tensor as is (no
-    copy to float: crops are converted), anything else (RGB, float) through
-    :func:`~hloc_bpnp.io.image.image_to_gray_tensor` as float32 in [0, 1]."""
+    """A (1, 1, H, W) gray tensor for alignment: an 8-bit gray (H, W) or (1, 1, H, W) array or
+    tensor as is (only crops are converted), anything else (RGB, float) through
+    :func:`~hloc_bpnp.io.image.image_to_gray_tensor` (which also rejects unsupported dtypes) as
+    float32 in [0, 1]."""
     from ..io.image import image_to_gray_tensor
 
-    if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 2:
-        return torch.from_numpy(np.ascontiguousarray(image))[None, None]
-    if isinstance(image, torch.Tensor) and image.dtype == torch.uint8 and image.ndim in (2, 4) \
-            and (image.ndim == 2 or image.shape[:2] == (1, 1)):
-        return image.reshape(1, 1, *image.shape[-2:])
+    gray = image.ndim == 2 or (image.ndim == 4 and tuple(image.shape[:2]) == (1, 1))
+    if gray and image.dtype in (np.uint8, torch.uint8):
+        return _as_image(np.ascontiguousarray(image) if isinstance(image, np.ndarray) else image)
     return image_to_gray_tensor(image).float()
 
 
