@@ -1,0 +1,296 @@
+"""Translation-only Lucas-Kanade alignment of image patches, batched over points, and a cache
+of gray images read on demand.
+
+The low-level step shared by query patch alignment (``localization.patch_alignment``: a
+localized query's keypoints aligned to the map's observations) and the map's keypoint
+adjustment (``mapping.keypoint_adjustment``: every observation of a 3D point aligned to one
+reference observation). Raw images are read in crops around the points only.
+
+All positions are COLMAP pixels (top-left pixel centre at (0.5, 0.5)).
+"""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from pathlib import Path
+from typing import Mapping, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from kornia.filters import gaussian_blur2d
+
+__all__ = ["align_patches", "align_to_templates", "sample_patches", "prepare_image", "gray_image", "as_gray_image",
+           "MapImages"]
+
+
+def _sample(img: torch.Tensor, pts: torch.Tensor) -> torch.Tensor:
+    """Bilinear samples of (1, C, H, W) ``img`` at (N, P, 2) COLMAP pixels -> (C, N, P)."""
+    H, W = img.shape[-2:]
+    g = torch.stack([2 * pts[..., 0] / W - 1, 2 * pts[..., 1] / H - 1], -1).to(img.dtype)
+    return F.grid_sample(img, g[None], mode="bilinear", align_corners=False, padding_mode="border")[0]
+
+
+def _normalise(v: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    mu = v.mean(-1, keepdim=True)
+    sd = v.std(-1, keepdim=True) + 1e-4
+    return (v - mu) / sd, sd
+
+
+def _blur_radius(blur_sigma: float) -> int:
+    return max(1, int(round(3 * blur_sigma))) if blur_sigma > 0 else 0
+
+
+def _with_gradients(img: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W) -> (B, 3, H, W): the image and its x / y central differences."""
+    gx = F.pad(img[..., :, 2:] - img[..., :, :-2], (1, 1, 0, 0), mode="replicate") / 2
+    gy = F.pad(img[..., 2:, :] - img[..., :-2, :], (0, 0, 1, 1), mode="replicate") / 2
+    return torch.cat([img, gx, gy], 1)
+
+
+def _blur(img: torch.Tensor, blur_sigma: float) -> torch.Tensor:
+    r = _blur_radius(blur_sigma)
+    if r == 0:
+        return img
+    return gaussian_blur2d(img, (2 * r + 1, 2 * r + 1), (blur_sigma, blur_sigma), border_type="replicate")
+
+
+def _windows(image: torch.Tensor, points: torch.Tensor, half: int, blur_sigma: float,
+             gradients: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Square crops of a raw (1, 1, H, W) gray image (uint8 or float in [0, 1]) around (N, 2)
+    COLMAP pixels, blurred (and with their x / y central differences when ``gradients``):
+    ``(windows (N, 1 or 3, S, S) float32, origin (N, 2))`` with S = 2 * half + 1 and
+    ``origin`` the pixel index of each window's top-left pixel. Pixels outside the image repeat
+    its border (as :func:`prepare_image`'s replicate padding)."""
+    H, W = image.shape[-2:]
+    dev = image.device
+    o = torch.floor(points.to(dev, torch.float32) - 0.5).long() - half  # (N, 2) x, y
+    r = torch.arange(2 * half + 1, device=dev)
+    xs = (o[:, :1] + r).clamp(0, W - 1)  # (N, S)
+    ys = (o[:, 1:] + r).clamp(0, H - 1)
+    win = _to_float(image[0, 0][ys[:, :, None], xs[:, None, :]][:, None])  # (N, 1, S, S)
+    win = _blur(win, blur_sigma)
+    return (_with_gradients(win) if gradients else win), o.float()
+
+
+def _sample_windows(windows: torch.Tensor, origin: torch.Tensor, pts: torch.Tensor) -> torch.Tensor:
+    """Bilinear samples of (N, C, S, S) ``windows`` at (N, P, 2) COLMAP pixels -> (C, N, P)."""
+    S = windows.shape[-1]
+    local = pts - 0.5 - origin[:, None]  # pixel-index coordinates inside each window
+    g = (2 * local / (S - 1) - 1).to(windows.dtype)[:, :, None]  # (N, P, 1, 2)
+    out = F.grid_sample(windows, g, mode="bilinear", align_corners=True, padding_mode="border")  # (N, C, P, 1)
+    return out[..., 0].permute(1, 0, 2)
+
+
+def prepare_image(image, blur_sigma: float = 1.0) -> torch.Tensor:
+    """(H, W) or (1, 1, H, W) gray image -> (1, 3, H, W): the image blurred with ``blur_sigma``
+    and its x / y central differences, what :func:`align_patches` samples. Prepare an image
+    once when it is aligned against several others."""
+    return _with_gradients(_blur(_to_float(as_gray_image(image)), blur_sigma))
+
+
+def align_patches(ref_image: torch.Tensor, image: torch.Tensor, ref_points: torch.Tensor, points: torch.Tensor,
+                  radius: int = 5, iterations: int = 10, blur_sigma: float = 1.0, max_shift_px: float = 3.0,
+                  min_ncc: float = 0.5, prepared: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Shifts that make ``image`` around ``points`` look like ``ref_image`` around ``ref_points``.
+
+    Translation-only Lucas-Kanade (Gauss-Newton) on zero-mean, unit-variance patches with a
+    Gaussian window, batched over the points. Raw images are read in crops around the points
+    only (blurred and differentiated there: the cost grows with the points, not the image
+    size); ``prepared=True`` takes whole :func:`prepare_image` outputs instead (cheaper when
+    one small image is aligned against many others). Both give the same shifts.
+
+    Args:
+        ref_image: (H, W) or (1, 1, H, W) gray image, uint8 or float in [0, 1], the fixed side.
+        image: (H', W') or (1, 1, H', W') gray image of the points to move.
+        ref_points: (N, 2) COLMAP pixels in ``ref_image``.
+        points: (N, 2) COLMAP pixels in ``image`` (start positions).
+        radius: patch half-size (pixels); iterations: Gauss-Newton steps.
+        blur_sigma: Gaussian smoothing of both images before alignment (0: none).
+        max_shift_px: bound of each shift coordinate (applied at every iteration).
+        min_ncc: aligned patches correlating less than this are rejected.
+        prepared: both images are already :func:`prepare_image` outputs (``blur_sigma`` unused).
+    Returns:
+        ``(shift (N, 2), valid (N,) bool)``; rejected points have shift 0. Same dtype as
+        ``points``.
+    """
+    if radius < 1 or iterations < 1:
+        raise ValueError(f"align_patches: radius and iterations must be >= 1, got {radius}, {iterations}")
+    ref_points = torch.as_tensor(ref_points)
+    points = torch.as_tensor(points)
+    if ref_points.shape != points.shape or points.ndim != 2 or points.shape[-1] != 2:
+        raise ValueError(f"align_patches: expected two (N, 2) point arrays, got {tuple(ref_points.shape)} "
+                         f"and {tuple(points.shape)}")
+    N = points.shape[0]
+    out_dtype = points.dtype if points.is_floating_point() else torch.float64
+    if N == 0:
+        return points.new_zeros(0, 2, dtype=out_dtype), torch.zeros(0, dtype=torch.bool)
+    if prepared:
+        if ref_image.ndim != 4 or ref_image.shape[1] != 3 or image.ndim != 4 or image.shape[1] != 3:
+            raise ValueError("align_patches(prepared=True) expects two (1, 3, H, W) prepare_image outputs")
+        dev = image.device
+
+        def sample_ref(pts):
+            return _sample(ref_image[:, :1], pts)[0]
+
+        def sample(pts):
+            return _sample(image, pts)
+    else:
+        ref_image, image = as_gray_image(ref_image), as_gray_image(image)
+        dev = image.device
+        ref_sample = _crop_sampler(ref_image, ref_points, radius, max_shift_px, blur_sigma, False)
+        sample = _crop_sampler(image, points, radius, max_shift_px, blur_sigma, True)
+
+        def sample_ref(pts):
+            return ref_sample(pts.to(ref_image.device))[0].to(dev)
+    grid, _ = _patch_grid(radius, dev)
+    T, _ = _normalise(sample_ref(ref_points.to(dev, torch.float32)[:, None] + grid))
+    return _lucas_kanade(sample, T, points, radius, iterations, max_shift_px, min_ncc, out_dtype)
+
+
+def _patch_grid(radius: int, device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(P, 2) pixel offsets of a (2 radius + 1)^2 patch and their (P,) Gaussian window weights."""
+    r = torch.arange(-radius, radius + 1, dtype=torch.float32, device=device)
+    yy, xx = torch.meshgrid(r, r, indexing="ij")
+    grid = torch.stack([xx.reshape(-1), yy.reshape(-1)], -1)
+    return grid, torch.exp(-(grid ** 2).sum(-1) / (2 * (radius / 1.5) ** 2))
+
+
+def _lucas_kanade(sample, T: torch.Tensor, points: torch.Tensor, radius: int, iterations: int, max_shift_px: float,
+                  min_ncc: float, out_dtype) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Shifts of ``points`` (N, 2) whose patches, read by ``sample`` ((N, P, 2) pixels -> (3, N, P)
+    values and x / y derivatives), best match the normalised (N, P) templates ``T``."""
+    N = points.shape[0]
+    dev = T.device
+    grid, w = _patch_grid(radius, dev)
+    p0 = points.to(dev, torch.float32)[:, None] + grid  # (N, P, 2)
+    d = torch.zeros(N, 1, 2, device=dev)
+    for _ in range(int(iterations)):
+        I, Ix, Iy = sample(p0 + d)
+        In, sd = _normalise(I)
+        res = In - T
+        # d In / d shift: the gradient minus its patch mean over the patch's std (the std's own
+        # derivative, small near the solution, is dropped); the 2x2 normal equations in closed form
+        jx = (Ix - Ix.mean(-1, keepdim=True)) / sd
+        jy = (Iy - Iy.mean(-1, keepdim=True)) / sd
+        wx, wy = jx * w, jy * w
+        a, b, c = (wx * jx).sum(-1) + 1e-3, (wx * jy).sum(-1), (wy * jy).sum(-1) + 1e-3
+        gx, gy = (wx * res).sum(-1), (wy * res).sum(-1)
+        det = a * c - b * b
+        step = torch.stack([(c * gx - b * gy) / det, (a * gy - b * gx) / det], -1)
+        d = (d - step[:, None]).clamp(-max_shift_px, max_shift_px)
+    In, _ = _normalise(sample(p0 + d)[0])
+    d = d[:, 0]
+    ncc = (In * T).mean(-1) * (grid.shape[0] / max(grid.shape[0] - 1, 1))  # std is the unbiased one
+    valid = torch.isfinite(d).all(-1) & (ncc >= min_ncc)
+    d = torch.where(valid[:, None], d, torch.zeros_like(d))
+    return d.to(points.device, out_dtype), valid.to(points.device)
+
+
+def _crop_sampler(image: torch.Tensor, points: torch.Tensor, radius: int, max_shift_px: float, blur_sigma: float,
+                  gradients: bool):
+    """A sampler of crops of a raw gray image around ``points`` wide enough for patches of
+    ``radius`` moved by up to ``max_shift_px`` (blurred there)."""
+    # the samples stay within radius + max shift + 1 (bilinear) + 1 (central difference)
+    # of the window centre, the blur reads blur radius more: the crop's border never counts
+    half = int(radius) + int(math.ceil(max_shift_px)) + _blur_radius(blur_sigma) + 3
+    win, o = _windows(image, points.to(image.device), half, blur_sigma, gradients)
+    return lambda pts: _sample_windows(win, o, pts)
+
+
+def sample_patches(image, points: torch.Tensor, radius: int = 5, blur_sigma: float = 1.0) -> torch.Tensor:
+    """Zero-mean, unit-variance (N, P) patches of a gray ``image`` (as :func:`align_patches`
+    reads it) around (N, 2) COLMAP pixels ``points``; P = (2 radius + 1)^2, float32."""
+    image = as_gray_image(image)
+    points = torch.as_tensor(points)
+    if points.shape[0] == 0:
+        return torch.zeros(0, (2 * radius + 1) ** 2)
+    grid, _ = _patch_grid(radius, image.device)
+    sample = _crop_sampler(image, points, radius, 0.0, blur_sigma, False)
+    return _normalise(sample(points.to(image.device, torch.float32)[:, None] + grid)[0])[0]
+
+
+def align_to_templates(image, points: torch.Tensor, templates: torch.Tensor, radius: int = 5, iterations: int = 10,
+                       blur_sigma: float = 1.0, max_shift_px: float = 3.0,
+                       min_ncc: float = 0.5) -> Tuple[torch.Tensor, torch.Tensor]:
+    """:func:`align_patches` against given templates: shifts that make ``image`` around
+    ``points`` (N, 2) look like ``templates`` (N, P) (normalised patches, e.g. averages of
+    :func:`sample_patches` over the views of a point). Returns ``(shift (N, 2), valid (N,))``."""
+    points = torch.as_tensor(points)
+    out_dtype = points.dtype if points.is_floating_point() else torch.float64
+    if points.shape[0] == 0:
+        return points.new_zeros(0, 2, dtype=out_dtype), torch.zeros(0, dtype=torch.bool)
+    image = as_gray_image(image)
+    if templates.shape != (points.shape[0], (2 * radius + 1) ** 2):
+        raise ValueError(f"align_to_templates: templates must be (N, {(2 * radius + 1) ** 2}) for {points.shape[0]} "
+                         f"points and radius {radius}, got {tuple(templates.shape)}")
+    sample = _crop_sampler(image, points, radius, max_shift_px, blur_sigma, True)
+    return _lucas_kanade(sample, templates.to(image.device, torch.float32), points, radius, iterations, max_shift_px,
+                         min_ncc, out_dtype)
+
+
+def _to_float(img: torch.Tensor) -> torch.Tensor:
+    """An 8-bit image as float32 in [0, 1]; a float one as float32."""
+    return img.float() / 255.0 if img.dtype == torch.uint8 else img.float()
+
+
+def as_gray_image(img) -> torch.Tensor:
+    """(1, 1, H, W) gray tensor: uint8 kept as is, anything else as float32."""
+    img = torch.as_tensor(img)
+    if img.ndim == 2:
+        img = img[None, None]
+    if img.ndim != 4 or img.shape[:2] != (1, 1):
+        raise ValueError(f"align_patches: expected an (H, W) or (1, 1, H, W) gray image, got {tuple(img.shape)}")
+    return img if img.dtype == torch.uint8 else img.float()
+
+
+def gray_image(image) -> torch.Tensor:
+    """A (1, 1, H, W) gray tensor for alignment: an 8-bit gray (H, W) or (1, 1, H, W) array or
+    tensor as is (only crops are converted), anything else (RGB, float) through
+    :func:`~hloc_bpnp.io.image.image_to_gray_tensor` (which also rejects unsupported dtypes) as
+    float32 in [0, 1]."""
+    from ..io.image import image_to_gray_tensor
+
+    gray = image.ndim == 2 or (image.ndim == 4 and tuple(image.shape[:2]) == (1, 1))
+    if gray and image.dtype in (np.uint8, torch.uint8):
+        return as_gray_image(np.ascontiguousarray(image) if isinstance(image, np.ndarray) else image)
+    return image_to_gray_tensor(image).float()
+
+
+class MapImages:
+    """Map images by name, read on demand from a folder or a name -> array mapping and kept as
+    raw (1, 1, H, W) gray tensors (uint8 where the source is 8-bit: a 3072 x 2048 image takes
+    6 MB): the most recently used, at most ``capacity`` images and ``max_megabytes`` in all
+    (the last one read is always kept). :func:`align_patches` crops, blurs and differentiates
+    only around the points it aligns, so one cache serves every ``blur_sigma``."""
+
+    def __init__(self, source: Union[str, Path, Mapping[str, np.ndarray]], capacity: int = 64,
+                 max_megabytes: float = 512.0) -> None:
+        self.source = source
+        self.capacity = int(capacity)
+        self.max_bytes = float(max_megabytes) * 2 ** 20
+        self._cache: "OrderedDict[str, torch.Tensor]" = OrderedDict()
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the cached images."""
+        return sum(t.numel() * t.element_size() for t in self._cache.values())
+
+    def __call__(self, name: str) -> torch.Tensor:
+        """(1, 1, H, W) gray image (uint8 or float32 in [0, 1]) of map image ``name``."""
+        hit = self._cache.get(name)
+        if hit is not None:
+            self._cache.move_to_end(name)
+            return hit
+        from ..io.image import read_image
+
+        if isinstance(self.source, Mapping):
+            if name not in self.source:
+                raise KeyError(f"map image {name!r} is not among the map images given for patch alignment")
+            img = gray_image(np.asarray(self.source[name]))
+        else:
+            img = gray_image(read_image(Path(self.source) / name, grayscale=True))
+        self._cache[name] = img
+        while len(self._cache) > 1 and (len(self._cache) > self.capacity or self.nbytes > self.max_bytes):
+            self._cache.popitem(last=False)
+        return img

@@ -1,0 +1,294 @@
+"""Keypoint adjustment of a map's tracks: every observation of a 3D point photometrically
+aligned to one reference observation of that point, then the points re-triangulated with the
+poses fixed.
+
+Why: the observations of one 3D point are detections in different images, and a detector
+places them on slightly different surface points (1-3 px on the Middlebury temple for XFeat).
+Triangulated, such a point is consistent with none of them. Once every observation is aligned
+to the same reference patch, they all sit on the reference's surface point, and so does the
+re-triangulated 3D point. A query aligned to any of the map's observations of the point
+(``localization.patch_alignment``) then lands on that same surface point.
+
+An adjusted map is meant for localization WITH query patch alignment: without it, a query
+keypoint is compared with one reference detection instead of an average over the track, and
+the pose gets worse (measured on the temple: README, "Map keypoint adjustment").
+
+The reference of a track is its observation whose camera centre is nearest to the mean of
+the track's camera centres (the middle of the views). Each other observation is aligned to it
+by translation-only Lucas-Kanade (:func:`~hloc_bpnp.features.patch_lk.align_patches`, shifts
+bounded per coordinate; fits correlating below ``min_ncc`` keep their position). The points
+are then re-triangulated by Gauss-Newton on the reprojection error (poses and cameras fixed,
+the current position as the start), and the model's 2D points and the features' keypoints are
+moved together, so the map stays consistent when saved.
+
+All positions are COLMAP pixels (top-left pixel centre at (0.5, 0.5)); poses cam_from_world.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable, Dict, Mapping, Tuple
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..features.patch_lk import MapImages, align_patches, align_to_templates, sample_patches
+from ..geometry.camera import Camera
+from ..geometry.pose import Pose
+
+logger = logging.getLogger(__name__)
+
+default_conf = {
+    "enabled": False,
+    "radius": 7,          # patch half-size, pixels (15 x 15)
+    "iterations": 10,     # Lucas-Kanade Gauss-Newton steps
+    "blur_sigma": 0.5,    # Gaussian pre-smoothing of both images
+    "max_shift_px": 3.0,  # bound of each shift coordinate, at every iteration
+    "min_ncc": 0.3,       # aligned patches correlating less keep their observation where it was
+    "max_angle_deg": 180.0,  # only observations seen within this angle of the reference's ray move
+    "gn_iterations": 5,   # re-triangulation steps
+    # reference: every observation aligned to its track's reference observation (one pass);
+    # consensus: every observation aligned to the mean patch of its track's other observations,
+    # damped, the track's mean shift removed (it keeps the average of the detections), `rounds` times
+    "method": "reference",
+    "rounds": 4,
+    "damping": 0.5,
+}
+
+
+def adjustment_config(conf=None) -> Dict:
+    """``default_conf`` with ``conf``'s keys; unknown keys are errors."""
+    conf = dict(conf or {})
+    unknown = sorted(set(conf) - set(default_conf))
+    if unknown:
+        raise ValueError(f"keypoint_adjustment: unknown keys {unknown}; known: {sorted(default_conf)}")
+    return {**default_conf, **conf}
+
+
+def _as_image_source(images) -> Callable[[str], torch.Tensor]:
+    return images if callable(images) and not isinstance(images, Mapping) else MapImages(images)
+
+
+def _tracks(rec, centers: Dict[int, np.ndarray], max_angle_deg: float):
+    """Per track, its reference observation and the (reference, other) observation pairs to align.
+
+    Returns ``(work {(ref image id, image id): [(ref 2D idx, 2D idx), ...]}, obs [(point id,
+    image id, 2D idx)])``.
+    """
+    work: Dict[Tuple[int, int], list] = {}
+    obs = []
+    cos_max = np.cos(np.deg2rad(max_angle_deg))
+    for pid, p in rec.points3D.items():
+        el = [(int(e.image_id), int(e.point2D_idx)) for e in p.track.elements if int(e.image_id) in centers]
+        if not el:
+            continue
+        obs.extend((int(pid), i, k) for i, k in el)
+        if len(el) < 2:
+            continue
+        cs = np.stack([centers[i] for i, _ in el])
+        r = int(np.argmin(np.linalg.norm(cs - cs.mean(0), axis=1)))
+        ri, rk = el[r]
+        rays = np.asarray(p.xyz)[None] - cs
+        rays /= np.linalg.norm(rays, axis=1, keepdims=True).clip(1e-12)
+        cosang = rays @ rays[r]
+        for j, (i, k) in enumerate(el):
+            if j != r and cosang[j] >= cos_max:
+                work.setdefault((ri, i), []).append((rk, k))
+    return work, obs
+
+
+def _lk_args(conf):
+    return (int(conf["radius"]), int(conf["iterations"]), float(conf["blur_sigma"]), float(conf["max_shift_px"]),
+            float(conf["min_ncc"]))
+
+
+def _align_to_references(work, kp, regs, source, conf, progress):
+    """One pass: each observation aligned to its track's reference observation."""
+    new = {i: k.copy() for i, k in kp.items()}
+    shifts, n_ok, n_try = [], 0, 0
+    for (ri, i), pairs in tqdm(sorted(work.items()), desc="keypoint adjustment", disable=not progress):
+        a = np.asarray(pairs, np.int64)
+        d, ok = align_patches(source(regs[ri].name), source(regs[i].name), torch.from_numpy(kp[ri][a[:, 0]]),
+                              torch.from_numpy(kp[i][a[:, 1]]), *_lk_args(conf))
+        new[i][a[:, 1]] += d.cpu().numpy()
+        n_ok += int(ok.sum())
+        n_try += len(a)
+        shifts.append(d[ok].norm(dim=-1).cpu().numpy())
+    return new, shifts, n_ok, n_try
+
+
+def _align_to_consensus(rec, kp, regs, source, conf, progress):
+    """Rounds of: every observation aligned to the mean normalised patch of its track's other
+    observations, the step damped and the track's mean step removed (so the track keeps the
+    average position of its detections), total shifts bounded by ``max_shift_px``."""
+    obs_t, obs_i, obs_k = [], [], []
+    for t, p in enumerate(rec.points3D.values()):
+        el = [(int(e.image_id), int(e.point2D_idx)) for e in p.track.elements if int(e.image_id) in regs]
+        if len(el) >= 2:
+            obs_t += [t] * len(el)
+            obs_i += [i for i, _ in el]
+            obs_k += [k for _, k in el]
+    new = {i: k.copy() for i, k in kp.items()}
+    if not obs_t:
+        return new, [], 0, 0
+    obs_t = torch.tensor(obs_t)
+    obs_i, obs_k = np.array(obs_i), np.array(obs_k)
+    _, obs_t = torch.unique(obs_t, return_inverse=True)
+    n_tracks = int(obs_t.max()) + 1
+    count = torch.bincount(obs_t, minlength=n_tracks).double()
+    x0 = torch.from_numpy(np.stack([kp[i][k] for i, k in zip(obs_i, obs_k)]))
+    x = x0.clone()
+    by_image = {int(i): torch.from_numpy(np.flatnonzero(obs_i == i)) for i in np.unique(obs_i)}
+    radius, blur, bound = int(conf["radius"]), float(conf["blur_sigma"]), float(conf["max_shift_px"])
+    ok_any = torch.zeros(len(x), dtype=torch.bool)
+    for _ in tqdm(range(int(conf["rounds"])), desc="keypoint adjustment", disable=not progress):
+        patches = torch.zeros(len(x), (2 * radius + 1) ** 2)
+        for i, sel in by_image.items():
+            patches[sel] = sample_patches(source(regs[i].name), x[sel], radius, blur)
+        total = torch.zeros(n_tracks, patches.shape[1]).index_add_(0, obs_t, patches)
+        templ = total[obs_t] - patches  # the other observations' mean (up to scale)
+        templ = (templ - templ.mean(-1, keepdim=True)) / (templ.std(-1, keepdim=True) + 1e-6)
+        step = torch.zeros_like(x)
+        for i, sel in by_image.items():
+            d, ok = align_to_templates(source(regs[i].name), x[sel], templ[sel], *_lk_args(conf))
+            step[sel] = float(conf["damping"]) * d
+            ok_any[sel] |= ok
+        mean = torch.zeros(n_tracks, 2, dtype=x.dtype).index_add_(0, obs_t, step) / count[:, None]
+        x = x0 + (x + step - mean[obs_t] - x0).clamp(-bound, bound)
+    for j, (i, k) in enumerate(zip(obs_i.tolist(), obs_k.tolist())):
+        new[i][k] = x[j].cpu().numpy()
+    moved = (x - x0).norm(dim=-1)
+    return new, [moved[ok_any].cpu().numpy()], int(ok_any.sum()), len(x)
+
+
+def _retriangulate(xyz: torch.Tensor, obs_row: torch.Tensor, obs_img: np.ndarray, uv: torch.Tensor,
+                   cameras: Dict[int, Camera], poses: Dict[int, Pose], iterations: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Gauss-Newton on the reprojection error of (P, 3) points ``xyz`` from their observations
+    (``obs_row`` (M,) point row, ``obs_img`` (M,) image id, ``uv`` (M, 2) pixels), poses fixed.
+    A point whose step puts it behind one of its cameras or does not lower its error keeps its
+    position. Returns ``(xyz (P, 3), residual norms (M,))``."""
+    P = xyz.shape[0]
+    groups = {int(i): torch.from_numpy(np.flatnonzero(obs_img == i)) for i in np.unique(obs_img)}
+
+    def residuals(X, need_jac):
+        r = torch.zeros(len(uv), 2, dtype=torch.float64)
+        J = torch.zeros(len(uv), 2, 3, dtype=torch.float64)
+        z = torch.zeros(len(uv), dtype=torch.float64)
+        for i, s in groups.items():
+            Xo = X[obs_row[s]].detach().requires_grad_(need_jac)
+            pc = poses[i].transform(Xo)
+            proj = cameras[i].project(pc)
+            r[s] = (proj - uv[s]).detach()
+            z[s] = pc[:, 2].detach()
+            if need_jac:
+                for c in range(2):
+                    (g,) = torch.autograd.grad(proj[:, c].sum(), Xo, retain_graph=c == 0)
+                    J[s, c] = g
+        return r, J, z
+
+    def per_point(v):
+        return torch.zeros(P, dtype=torch.float64).index_add_(0, obs_row, v)
+
+    X = xyz.clone()
+    for _ in range(int(iterations)):
+        r, J, _ = residuals(X, True)
+        H = torch.zeros(P, 3, 3, dtype=torch.float64).index_add_(0, obs_row, J.transpose(1, 2) @ J)
+        g = torch.zeros(P, 3, dtype=torch.float64).index_add_(0, obs_row, torch.einsum("mci,mc->mi", J, r))
+        H = H + 1e-9 * H.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-12)[:, None, None] * torch.eye(3, dtype=torch.float64)
+        step = torch.linalg.solve(H, g[..., None])[..., 0]
+        Xn = X - torch.where(torch.isfinite(step), step, torch.zeros_like(step))
+        rn, _, zn = residuals(Xn, False)
+        ok = (per_point((rn ** 2).sum(-1)) <= per_point((r ** 2).sum(-1))) & (per_point((zn <= 0).double()) == 0)
+        X = torch.where(ok[:, None], Xn, X)
+    r, _, _ = residuals(X, False)
+    return X, r.norm(dim=-1)
+
+
+def adjust_keypoints(rec, features: Mapping[str, Mapping], images, conf=None,
+                     progress: bool = False) -> Tuple[Dict[str, dict], Dict]:
+    """Align every track's observations to its reference observation, re-triangulate.
+
+    Args:
+        rec: ``pycolmap.Reconstruction`` whose registered images' 2D points are the keypoints
+            of ``features``; modified in place (3D point positions and errors, 2D points).
+        features: name -> feature dict (numpy or torch) of at least every registered image.
+        images: the images: a folder, a name -> array mapping, or a callable name -> (1, 1, H, W)
+            gray tensor (e.g. a :class:`~hloc_bpnp.features.patch_lk.MapImages`).
+        conf: :data:`default_conf` overrides.
+    Returns:
+        ``(features, stats)``: a copy of ``features`` whose registered images' keypoints are
+        the adjusted ones (other entries unchanged), and ``{"n_observations", "n_aligned",
+        "median_shift_px", "reprojection_px_before", "reprojection_px_after", "seconds"}``
+        (reprojection: median over observations).
+    Raises:
+        ValueError: an image whose size is not its camera's, or a keypoint count that is not
+        the model's 2D point count.
+    """
+    conf = adjustment_config(conf)
+    t0 = time.time()
+    source = _as_image_source(images)
+    regs = {int(i): im for i, im in rec.images.items() if im.has_pose}
+    cameras, poses, centers, kp = {}, {}, {}, {}
+    for i, im in regs.items():
+        cameras[i] = Camera.from_pycolmap(rec.cameras[im.camera_id])
+        cfw = im.cam_from_world() if callable(im.cam_from_world) else im.cam_from_world
+        poses[i] = Pose.from_pycolmap(cfw)
+        centers[i] = poses[i].center.reshape(-1).cpu().numpy()
+        if im.name not in features:
+            raise KeyError(f"keypoint adjustment: no features for map image {im.name!r}")
+        k = np.asarray(features[im.name]["keypoints"], np.float64)
+        if len(k) != len(im.points2D):
+            raise ValueError(f"keypoint adjustment: image {im.name!r} has {len(k)} keypoints but "
+                             f"{len(im.points2D)} 2D points in the model")
+        kp[i] = k
+    work, obs = _tracks(rec, centers, float(conf["max_angle_deg"]))
+    for j in {i for pair in work for i in pair}:
+        im, cam = source(regs[j].name), rec.cameras[regs[j].camera_id]
+        if (int(cam.width), int(cam.height)) != (im.shape[-1], im.shape[-2]):
+            raise ValueError(f"keypoint adjustment: image {regs[j].name!r} is {im.shape[-1]}x{im.shape[-2]} px "
+                             f"but its camera is {int(cam.width)}x{int(cam.height)} (wrong image folder?)")
+    if conf["method"] == "reference":
+        new, shifts, n_ok, n_try = _align_to_references(work, kp, regs, source, conf, progress)
+    elif conf["method"] == "consensus":
+        new, shifts, n_ok, n_try = _align_to_consensus(rec, kp, regs, source, conf, progress)
+    else:
+        raise ValueError(f"keypoint_adjustment.method must be 'reference' or 'consensus', got {conf['method']!r}")
+    stats = {"n_observations": len(obs), "n_aligned": n_ok, "n_tried": n_try,
+             "median_shift_px": float(np.median(np.concatenate(shifts))) if shifts and n_ok else 0.0}
+    if obs:
+        pids = sorted({o[0] for o in obs})
+        row = {p: j for j, p in enumerate(pids)}
+        obs_row = torch.tensor([row[o[0]] for o in obs], dtype=torch.long)
+        obs_img = np.array([o[1] for o in obs], np.int64)
+        idx = np.array([o[2] for o in obs], np.int64)
+        uv_old = torch.from_numpy(np.stack([kp[i][k] for i, k in zip(obs_img, idx)]))
+        uv = torch.from_numpy(np.stack([new[i][k] for i, k in zip(obs_img, idx)]))
+        X0 = torch.from_numpy(np.stack([np.asarray(rec.points3D[p].xyz, np.float64) for p in pids]))
+        _, r0 = _retriangulate(X0, obs_row, obs_img, uv_old, cameras, poses, 0)
+        X, r = _retriangulate(X0, obs_row, obs_img, uv, cameras, poses, int(conf["gn_iterations"]))
+        mean_err = torch.zeros(len(pids), dtype=torch.float64).index_add_(0, obs_row, r) / torch.bincount(
+            obs_row, minlength=len(pids)).clamp_min(1)
+        for p, x, e in zip(pids, X.cpu().numpy(), mean_err.cpu().numpy()):
+            rec.points3D[p].xyz = x
+            rec.points3D[p].error = float(e)
+        stats.update(reprojection_px_before=float(r0.median()), reprojection_px_after=float(r.median()))
+    for i, im in regs.items():
+        pts = im.points2D  # pycolmap's own list: assigning an element's xy moves the model's 2D point
+        for j in np.flatnonzero(np.any(new[i] != kp[i], axis=1)).tolist():
+            pts[j].xy = new[i][j]
+    out = {}
+    names = {im.name: i for i, im in regs.items()}
+    for n, f in features.items():
+        if n in names:
+            f = dict(f)
+            k = f["keypoints"]
+            adj = new[names[n]]
+            f["keypoints"] = (torch.as_tensor(adj, dtype=k.dtype) if isinstance(k, torch.Tensor)
+                              else adj.astype(np.asarray(k).dtype))
+        out[n] = f
+    stats["seconds"] = time.time() - t0
+    logger.info("Keypoint adjustment: %d/%d observations aligned (median shift %.2f px), median reprojection "
+                "%.3f -> %.3f px, %.1f s", n_ok, n_try, stats["median_shift_px"], stats.get("reprojection_px_before", 0),
+                stats.get("reprojection_px_after", 0), stats["seconds"])
+    return out, stats
