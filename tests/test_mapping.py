@@ -403,6 +403,30 @@ def test_rebuild_from_given_features_matches_first_build(synthetic_map, syntheti
     assert m2.conf == m.conf
 
 
+def test_map_with_keypoint_adjustment(synthetic_map, synthetic, tmp_path):
+    """``keypoint_adjustment`` in a mapping config: the map's keypoints move (bounded), its
+    points stay on the surfaces, and the adjusted keypoints are what a saved map holds."""
+    from hloc_bpnp.mapping import Map, build_map_from_poses
+
+    conf = {**SMALL_MAP_CONF, "keypoint_adjustment": {"enabled": True, "rounds": 2}}
+    m = build_map_from_poses(synthetic.map_scene, synthetic.images, conf, progress=False)
+    assert m.conf["keypoint_adjustment"]["enabled"] and m.conf["keypoint_adjustment"]["method"] == "consensus"
+    shifts = np.concatenate([np.abs(np.asarray(m.features[n]["keypoints"], np.float64)
+                                    - np.asarray(synthetic_map.features[n]["keypoints"], np.float64)).ravel()
+                             for n in m.image_names])
+    assert (shifts > 0.01).mean() > 0.2 and shifts.max() <= 3.0 + 1e-4
+    # the same surface bounds as the plain map's (test above). Not closer than the plain map's
+    # points: SIFT on exact renders is precise already, and these views are far apart (README)
+    size = float(max(synthetic.conf["size"]))
+    err = _gt_depth_errors(m, synthetic.scene)
+    assert np.median(err) < 0.001 * size and np.percentile(err, 90) < 0.01 * size, (np.median(err), size)
+    loaded = Map.load(m.save(tmp_path / "adjusted"))
+    name = m.image_names[0]
+    np.testing.assert_allclose(loaded.features[name]["keypoints"], m.features[name]["keypoints"], atol=1e-4)
+    with pytest.raises(ValueError, match="needs the images"):
+        build_map_from_poses(synthetic.map_scene, None, conf, features=synthetic_map.features, progress=False)
+
+
 def test_cli_map_with_reference_excludes_queries(tmp_path, synthetic):
     import yaml
 
