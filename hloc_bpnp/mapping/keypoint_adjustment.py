@@ -66,7 +66,7 @@ default_conf = {
     # reference: every observation aligned to its track's reference observation (one pass);
     # consensus: every observation aligned to the mean patch of its track's other observations,
     # damped, the track's mean shift removed (it keeps the average of the detections), `rounds`
-    # times (max_angle_deg is not used: every observation takes part)
+    # times (its template from the track's observations within max_angle_deg of its own ray)
     "method": "consensus",
     "rounds": 4,
     "damping": 0.5,
@@ -134,17 +134,20 @@ def _align_to_references(work, kp, regs, source, conf, progress):
     return new, shifts, n_ok, n_try
 
 
-def _align_to_consensus(rec, kp, regs, source, conf, progress):
-    """Rounds of: every observation aligned to the mean normalised patch of its track's other
-    observations, the step damped and the track's mean step removed (so the track keeps the
-    average position of its detections), total shifts bounded by ``max_shift_px``."""
-    obs_t, obs_i, obs_k = [], [], []
+def _align_to_consensus(rec, kp, regs, centers, source, conf, progress):
+    """Rounds of: every observation aligned to the mean normalised patch of the other
+    observations of its track seen within ``max_angle_deg`` of its own ray, the step damped and
+    the track's mean step removed (so the track keeps the average position of its detections),
+    total shifts bounded by ``max_shift_px``."""
+    obs_t, obs_i, obs_k, rays = [], [], [], []
     for t, p in enumerate(rec.points3D.values()):
         el = [(int(e.image_id), int(e.point2D_idx)) for e in p.track.elements if int(e.image_id) in regs]
         if len(el) >= 2:
             obs_t += [t] * len(el)
             obs_i += [i for i, _ in el]
             obs_k += [k for _, k in el]
+            r = np.asarray(p.xyz)[None] - np.stack([centers[i] for i, _ in el])
+            rays.append(r / np.linalg.norm(r, axis=1, keepdims=True).clip(1e-12))
     new = {i: k.copy() for i, k in kp.items()}
     if not obs_t:
         return new, [], 0, 0
@@ -153,17 +156,26 @@ def _align_to_consensus(rec, kp, regs, source, conf, progress):
     _, obs_t = torch.unique(obs_t, return_inverse=True)
     n_tracks = int(obs_t.max()) + 1
     count = torch.bincount(obs_t, minlength=n_tracks).double()
+    # (a, b) pairs of observations of one track whose rays are within max_angle_deg
+    cos_max = np.cos(np.deg2rad(float(conf["max_angle_deg"])))
+    pa, pb, start = [], [], 0
+    for r in rays:
+        a, b = np.nonzero((r @ r.T >= cos_max - 1e-12) & ~np.eye(len(r), dtype=bool))
+        pa.append(a + start)
+        pb.append(b + start)
+        start += len(r)
+    pa, pb = torch.from_numpy(np.concatenate(pa)), torch.from_numpy(np.concatenate(pb))
+    has_partner = torch.bincount(pa, minlength=start) > 0
     x0 = torch.from_numpy(np.stack([kp[i][k] for i, k in zip(obs_i, obs_k)]))
     x = x0.clone()
-    by_image = {int(i): torch.from_numpy(np.flatnonzero(obs_i == i)) for i in np.unique(obs_i)}
+    by_image = {int(i): torch.from_numpy(np.flatnonzero((obs_i == i) & has_partner.numpy())) for i in np.unique(obs_i)}
     radius, blur, bound = int(conf["radius"]), float(conf["blur_sigma"]), float(conf["max_shift_px"])
     ok_any = torch.zeros(len(x), dtype=torch.bool)
     for _ in tqdm(range(int(conf["rounds"])), desc="keypoint adjustment", disable=not progress):
         patches = torch.zeros(len(x), (2 * radius + 1) ** 2)
         for i, sel in by_image.items():
             patches[sel] = sample_patches(source(regs[i].name), x[sel], radius, blur)
-        total = torch.zeros(n_tracks, patches.shape[1]).index_add_(0, obs_t, patches)
-        templ = total[obs_t] - patches  # the other observations' mean (up to scale)
+        templ = torch.zeros_like(patches).index_add_(0, pa, patches[pb])  # the near partners' sum
         templ = (templ - templ.mean(-1, keepdim=True)) / (templ.std(-1, keepdim=True) + 1e-6)
         step = torch.zeros_like(x)
         for i, sel in by_image.items():
@@ -267,7 +279,7 @@ def adjust_keypoints(rec, features: Mapping[str, Mapping], images, conf=None,
     if conf["method"] == "reference":
         new, shifts, n_ok, n_try = _align_to_references(work, kp, regs, source, conf, progress)
     elif conf["method"] == "consensus":
-        new, shifts, n_ok, n_try = _align_to_consensus(rec, kp, regs, source, conf, progress)
+        new, shifts, n_ok, n_try = _align_to_consensus(rec, kp, regs, centers, source, conf, progress)
     else:
         raise ValueError(f"keypoint_adjustment.method must be 'reference' or 'consensus', got {conf['method']!r}")
     stats = {"n_observations": len(obs), "n_aligned": n_ok, "n_tried": n_try,
