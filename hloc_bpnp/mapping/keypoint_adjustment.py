@@ -235,7 +235,7 @@ def _retriangulate(xyz: torch.Tensor, obs_row: torch.Tensor, obs_img: np.ndarray
 
 def adjust_keypoints(rec, features: Mapping[str, Mapping], images, conf=None,
                      progress: bool = False) -> Tuple[Dict[str, dict], Dict]:
-    """Align every track's observations to its reference observation, re-triangulate.
+    """Align each track's observations to each other (``conf["method"]``), re-triangulate.
 
     Args:
         rec: ``pycolmap.Reconstruction`` whose registered images' 2D points are the keypoints
@@ -246,12 +246,13 @@ def adjust_keypoints(rec, features: Mapping[str, Mapping], images, conf=None,
         conf: :data:`default_conf` overrides.
     Returns:
         ``(features, stats)``: a copy of ``features`` whose registered images' keypoints are
-        the adjusted ones (other entries unchanged), and ``{"n_observations", "n_aligned",
-        "median_shift_px", "reprojection_px_before", "reprojection_px_after", "seconds"}``
-        (reprojection: median over observations).
+        the adjusted ones (other entries unchanged), and ``{"n_observations", "n_tried",
+        "n_aligned", "median_shift_px", "reprojection_px_before", "reprojection_px_after",
+        "seconds"}`` (reprojection: median over observations).
     Raises:
-        ValueError: an image whose size is not its camera's, or a keypoint count that is not
-        the model's 2D point count.
+        ValueError: an image whose size is not its camera's, a keypoint count that is not the
+            model's 2D point count, an unknown key or method.
+        KeyError: a registered image without features.
     """
     conf = adjustment_config(conf)
     t0 = time.time()
@@ -271,7 +272,7 @@ def adjust_keypoints(rec, features: Mapping[str, Mapping], images, conf=None,
                              f"{len(im.points2D)} 2D points in the model")
         kp[i] = k
     work, obs = _tracks(rec, centers, float(conf["max_angle_deg"]))
-    for j in {i for pair in work for i in pair}:
+    for j in sorted({o[1] for o in obs}):
         im, cam = source(regs[j].name), rec.cameras[regs[j].camera_id]
         if (int(cam.width), int(cam.height)) != (im.shape[-1], im.shape[-2]):
             raise ValueError(f"keypoint adjustment: image {regs[j].name!r} is {im.shape[-1]}x{im.shape[-2]} px "
