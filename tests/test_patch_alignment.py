@@ -95,7 +95,8 @@ def _plane_scene(seed=0, n_points=700):
     return Map.from_reconstruction(rec, feats, conf), map_poses, query, observe
 
 
-def test_localizer_patch_alignment_pulls_noisy_keypoints_onto_the_map():
+@pytest.mark.parametrize("num_refs", [1, 3])  # 3: the mean patch of the 3 nearest observations
+def test_localizer_patch_alignment_pulls_noisy_keypoints_onto_the_map(num_refs):
     tex = _texture(1)
     map_, map_poses, query, observe = _plane_scene()
     images = {n: _render(tex, p) for n, p in map_poses.items()}
@@ -103,7 +104,7 @@ def test_localizer_patch_alignment_pulls_noisy_keypoints_onto_the_map():
     feats, _ = observe(query, noise=0.8, rng_=np.random.default_rng(3))
     base = {"retrieval": {"num_keyframes": 4}, "ransac": {"max_error_px": 4.0}}
     plain = Localizer(map_, base).localize_features(feats, CAM)
-    loc = Localizer(map_, {**base, "patch_alignment": {"enabled": True}}, map_images=images)
+    loc = Localizer(map_, {**base, "patch_alignment": {"enabled": True, "num_references": num_refs}}, map_images=images)
     res = loc.localize_features(feats, CAM, image=qimage)
     assert plain.success and res.success
     info = res.info["patch_alignment"]
@@ -133,6 +134,8 @@ def test_patch_alignment_needs_images_and_bpnp():
     feats, _ = observe(query)
     with pytest.raises(ValueError, match="query image"):
         loc.localize_features(feats, CAM)
+    with pytest.raises(ValueError, match="num_references"):
+        Localizer(map_, {"patch_alignment": {"enabled": True, "num_references": 0}}, map_images={})
     with pytest.raises(ValueError, match="10x10 px but its camera is 320x240"):
         loc.localize_features(feats, CAM, image=np.zeros((10, 10), np.uint8))
 

@@ -100,6 +100,9 @@ class Localizer:
             if self.map_images is None:
                 raise ValueError("patch_alignment is enabled but no map images were given: "
                                  "Localizer(map, conf, map_images=FOLDER) (hloc-bpnp localize --map-images)")
+            if int(self.conf["patch_alignment"]["num_references"]) < 1:
+                raise ValueError("patch_alignment.num_references must be >= 1, got "
+                                 f"{self.conf['patch_alignment']['num_references']!r}")
         self._ref_cache: Dict[str, Tuple[Dict, Optional[np.ndarray]]] = {}
 
     def set_map(self, map) -> None:

@@ -28,7 +28,8 @@ from typing import Callable, Dict, List, Tuple
 import numpy as np
 import torch
 
-from ..features.patch_lk import MapImages, as_gray_image, align_patches, gray_image, prepare_image
+from ..features.patch_lk import (MapImages, align_patches, align_to_templates, as_gray_image, gray_image,
+                                prepare_image, sample_patches)
 
 __all__ = ["default_conf", "align_patches", "prepare_image", "gray_image", "MapImages", "reference_observations",
            "align_to_map"]
@@ -47,7 +48,30 @@ default_conf = {
     # zero-normalised cross-correlation of the aligned patches below which the keypoint stays
     # where it was (same folds: 0.3 -> 0.237 cm, 0.5 -> 0.301: too many good fits rejected)
     "min_ncc": 0.3,
+    # align each keypoint to the mean patch of its point's observations in this many map images
+    # nearest to the query (1: the nearest observation's patch alone)
+    "num_references": 1,
 }
+
+
+def _by_distance(map, candidates, center: np.ndarray) -> List[str]:
+    """The candidate map images sorted by the distance of their camera centre to ``center``."""
+    return sorted(candidates, key=lambda n: float(np.linalg.norm(map.pose(n).center.reshape(-1).cpu().numpy()
+                                                                 - center)))
+
+
+def _observations_in(map, name: str, rows: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Which of the ``points3D`` rows (M,) map image ``name`` observes, and where:
+    ``(hit (M,) bool, keypoints (hit.sum(), 2))``."""
+    k2p = np.asarray(map.kp_to_point[name])
+    kp_idx = np.flatnonzero(k2p >= 0)
+    if kp_idx.size == 0:
+        return np.zeros(rows.shape[0], bool), np.zeros((0, 2))
+    order = np.argsort(k2p[kp_idx], kind="stable")
+    srt = k2p[kp_idx][order]
+    pos = np.clip(np.searchsorted(srt, rows), 0, srt.size - 1)
+    hit = srt[pos] == rows
+    return hit, np.asarray(map.features[name]["keypoints"], np.float64)[kp_idx[order[pos[hit]]]]
 
 
 def reference_observations(map, rows: np.ndarray, candidates,
@@ -63,8 +87,7 @@ def reference_observations(map, rows: np.ndarray, candidates,
         ``owner`` the index into ``names`` of each row's observing image (-1: none of them),
         ``keypoints`` that observation's position (COLMAP pixels; zeros where owner is -1).
     """
-    names = sorted(candidates, key=lambda n: float(np.linalg.norm(map.pose(n).center.reshape(-1).cpu().numpy()
-                                                                   - center)))
+    names = _by_distance(map, candidates, center)
     rows = np.asarray(rows, np.int64)
     owner = np.full(rows.shape[0], -1, np.int64)
     kps = np.zeros((rows.shape[0], 2), np.float64)
@@ -72,17 +95,9 @@ def reference_observations(map, rows: np.ndarray, candidates,
         todo = np.flatnonzero(owner < 0)
         if todo.size == 0:
             break
-        k2p = np.asarray(map.kp_to_point[n])
-        kp_idx = np.flatnonzero(k2p >= 0)
-        if kp_idx.size == 0:
-            continue
-        order = np.argsort(k2p[kp_idx], kind="stable")
-        srt = k2p[kp_idx][order]
-        pos = np.clip(np.searchsorted(srt, rows[todo]), 0, srt.size - 1)
-        hit = srt[pos] == rows[todo]
-        sel = todo[hit]
-        owner[sel] = j
-        kps[sel] = np.asarray(map.features[n]["keypoints"], np.float64)[kp_idx[order[pos[hit]]]]
+        hit, kp = _observations_in(map, n, rows[todo])
+        owner[todo[hit]] = j
+        kps[todo[hit]] = kp
     return owner, kps, names
 
 
@@ -98,21 +113,48 @@ def align_to_map(query_image: torch.Tensor, points2D: np.ndarray, rows: np.ndarr
     Returns:
         ((M, 2) aligned positions, info {"n_aligned", "n_points", "median_shift_px"}).
     """
-    owner, ref_kp, names = reference_observations(map, rows, candidates, center)
     query = as_gray_image(query_image)
     out = np.asarray(points2D, np.float64).copy()
+    k_refs = int(conf.get("num_references", 1))
+    if k_refs < 1:
+        raise ValueError(f"patch_alignment.num_references must be >= 1, got {k_refs}")
+    owner, ref_kp, names = reference_observations(map, rows, candidates, center)
+
+    def image(name):
+        img, cam = map_images(name), map.camera(name)
+        if (int(cam.width), int(cam.height)) != (img.shape[-1], img.shape[-2]):
+            raise ValueError(f"patch alignment: map image {name!r} is {img.shape[-1]}x{img.shape[-2]} px "
+                             f"but its camera is {int(cam.width)}x{int(cam.height)} (wrong map image folder?)")
+        return img
+
+    lk = (int(conf["radius"]), int(conf["iterations"]), float(conf["blur_sigma"]), float(conf["max_shift_px"]),
+          float(conf["min_ncc"]))
     shifts = []
     n_ok = 0
-    for j in np.unique(owner[owner >= 0]).tolist():
-        s = np.flatnonzero(owner == j)
-        ref = map_images(names[j])
-        cam = map.camera(names[j])
-        if (int(cam.width), int(cam.height)) != (ref.shape[-1], ref.shape[-2]):
-            raise ValueError(f"patch alignment: map image {names[j]!r} is {ref.shape[-1]}x{ref.shape[-2]} px "
-                             f"but its camera is {int(cam.width)}x{int(cam.height)} (wrong map image folder?)")
-        d, ok = align_patches(ref, query, torch.from_numpy(ref_kp[s]), torch.from_numpy(out[s]),
-                              int(conf["radius"]), int(conf["iterations"]), float(conf["blur_sigma"]),
-                              float(conf["max_shift_px"]), float(conf["min_ncc"]))
+    if k_refs == 1:
+        for j in np.unique(owner[owner >= 0]).tolist():
+            s = np.flatnonzero(owner == j)
+            d, ok = align_patches(image(names[j]), query, torch.from_numpy(ref_kp[s]), torch.from_numpy(out[s]), *lk)
+            out[s] += d.cpu().numpy()
+            n_ok += int(ok.sum())
+            shifts.append(d[ok].norm(dim=-1).cpu().numpy())
+    else:
+        # the mean normalised patch of each point's observations in its k nearest observing images
+        templ = torch.zeros(len(out), (2 * lk[0] + 1) ** 2)
+        count = np.zeros(len(out), np.int64)
+        seen = owner >= 0
+        for n in names:
+            todo = np.flatnonzero(seen & (count < k_refs))
+            if todo.size == 0:
+                break
+            hit, kp = _observations_in(map, n, np.asarray(rows, np.int64)[todo])
+            if hit.any():
+                templ[todo[hit]] += sample_patches(image(n), torch.from_numpy(kp), lk[0], lk[2])
+                count[todo[hit]] += 1
+        s = np.flatnonzero(seen)
+        t = templ[s]
+        t = (t - t.mean(-1, keepdim=True)) / (t.std(-1, keepdim=True) + 1e-6)
+        d, ok = align_to_templates(query, torch.from_numpy(out[s]), t, *lk)
         out[s] += d.cpu().numpy()
         n_ok += int(ok.sum())
         shifts.append(d[ok].norm(dim=-1).cpu().numpy())

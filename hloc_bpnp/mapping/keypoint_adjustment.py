@@ -168,7 +168,7 @@ def _align_to_consensus(rec, kp, regs, centers, source, conf, progress):
     has_partner = torch.bincount(pa, minlength=start) > 0
     x0 = torch.from_numpy(np.stack([kp[i][k] for i, k in zip(obs_i, obs_k)]))
     x = x0.clone()
-    by_image = {int(i): torch.from_numpy(np.flatnonzero((obs_i == i) & has_partner.numpy())) for i in np.unique(obs_i)}
+    by_image = {int(i): torch.from_numpy(np.flatnonzero((obs_i == i) & has_partner.cpu().numpy())) for i in np.unique(obs_i)}
     radius, blur, bound = int(conf["radius"]), float(conf["blur_sigma"]), float(conf["max_shift_px"])
     ok_any = torch.zeros(len(x), dtype=torch.bool)
     for _ in tqdm(range(int(conf["rounds"])), desc="keypoint adjustment", disable=not progress):
