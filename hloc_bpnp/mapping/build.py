@@ -23,6 +23,7 @@ from ..config import load_config, merge, preset_path
 from ..features.feature_dict import as_numpy, to_numpy
 from ..io.atomic import atomic_open, atomic_write_text
 from ..io.scene import Scene
+from .keypoint_adjustment import adjust_if_enabled
 from .keypoint_adjustment import default_conf as adjustment_defaults
 
 logger = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ default_conf = {
         "ransac_max_trials": 10000,
     },
     "triangulation": {},         # overrides of pycolmap.IncrementalPipelineOptions
-    # after triangulation: each track's observations aligned to one reference observation, the
+    # after triangulation: each track's observations aligned to each other on the images, the
     # points re-triangulated (mapping/keypoint_adjustment.py; needs the images; use with query
     # patch alignment)
     "keypoint_adjustment": dict(adjustment_defaults),
@@ -340,7 +341,6 @@ def build_map_from_poses(scene: Scene, images: Optional[ImagesLike] = None, conf
     Returns:
         :class:`~hloc_bpnp.mapping.Map` (its ``conf`` records everything used).
     """
-    from .keypoint_adjustment import adjust_keypoints
     from .map import Map
     from .reconstruction import triangulate_known_poses
     from .verification import verify_pairs
@@ -366,13 +366,9 @@ def build_map_from_poses(scene: Scene, images: Optional[ImagesLike] = None, conf
     rec = triangulate_known_poses(reference, feats, matches, geoms, image_dir=image_dir,
                                   options=conf["triangulation"], workdir=workdir, verbose=verbose)
     timings["triangulation"] = time.time() - t0
-    if conf["keypoint_adjustment"]["enabled"]:
-        if images is None:
-            raise ValueError("build_map_from_poses: keypoint_adjustment needs the images (pass images= or set "
-                             "scene.image_dir)")
-        t0 = time.time()
-        feats, _ = adjust_keypoints(rec, feats, images, conf["keypoint_adjustment"], progress=progress)
-        timings["keypoint_adjustment"] = time.time() - t0
+    t0 = time.time()
+    feats = adjust_if_enabled(rec, feats, images, conf["keypoint_adjustment"], progress=progress)
+    timings["keypoint_adjustment"] = time.time() - t0
     logger.info("Mapping timings (s): %s", {k: round(v, 2) for k, v in timings.items()})
     return Map.from_reconstruction(rec, feats, conf, global_model=global_model)
 
@@ -468,8 +464,6 @@ def build_map_sfm(images: ImagesLike, conf=None, camera_mode: Optional[str] = No
     timings["sfm"] = time.time() - t0
     logger.info("SfM registered %d / %d images; timings (s): %s", rec.num_reg_images(), len(names),
                 {k: round(v, 2) for k, v in timings.items()})
-    if conf["keypoint_adjustment"]["enabled"]:  # poses (and cameras) as SfM left them
-        from .keypoint_adjustment import adjust_keypoints
-
-        feats, _ = adjust_keypoints(rec, feats, images, conf["keypoint_adjustment"], progress=progress)
+    # poses (and cameras) as SfM left them
+    feats = adjust_if_enabled(rec, feats, images, conf["keypoint_adjustment"], progress=progress)
     return Map.from_reconstruction(rec, feats, conf, global_model=global_model)

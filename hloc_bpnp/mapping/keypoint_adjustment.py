@@ -86,20 +86,13 @@ def _as_image_source(images) -> Callable[[str], torch.Tensor]:
     return images if callable(images) and not isinstance(images, Mapping) else MapImages(images)
 
 
-def _tracks(rec, centers: Dict[int, np.ndarray], max_angle_deg: float):
-    """Per track, its reference observation and the (reference, other) observation pairs to align.
-
-    Returns ``(work {(ref image id, image id): [(ref 2D idx, 2D idx), ...]}, obs [(point id,
-    image id, 2D idx)])``.
-    """
+def _reference_pairs(rec, centers: Dict[int, np.ndarray], max_angle_deg: float):
+    """Per track, its reference observation and the (reference, other) observation pairs to
+    align: ``{(ref image id, image id): [(ref 2D idx, 2D idx), ...]}``."""
     work: Dict[Tuple[int, int], list] = {}
-    obs = []
     cos_max = np.cos(np.deg2rad(max_angle_deg))
-    for pid, p in rec.points3D.items():
+    for p in rec.points3D.values():
         el = [(int(e.image_id), int(e.point2D_idx)) for e in p.track.elements if int(e.image_id) in centers]
-        if not el:
-            continue
-        obs.extend((int(pid), i, k) for i, k in el)
         if len(el) < 2:
             continue
         cs = np.stack([centers[i] for i, _ in el])
@@ -111,7 +104,7 @@ def _tracks(rec, centers: Dict[int, np.ndarray], max_angle_deg: float):
         for j, (i, k) in enumerate(el):
             if j != r and cosang[j] >= cos_max:
                 work.setdefault((ri, i), []).append((rk, k))
-    return work, obs
+    return work
 
 
 def _lk_args(conf):
@@ -119,8 +112,9 @@ def _lk_args(conf):
             float(conf["min_ncc"]))
 
 
-def _align_to_references(work, kp, regs, source, conf, progress):
+def _align_to_references(rec, kp, regs, centers, source, conf, progress):
     """One pass: each observation aligned to its track's reference observation."""
+    work = _reference_pairs(rec, centers, float(conf["max_angle_deg"]))
     new = {i: k.copy() for i, k in kp.items()}
     shifts, n_ok, n_try = [], 0, 0
     for (ri, i), pairs in tqdm(sorted(work.items()), desc="keypoint adjustment", disable=not progress):
@@ -271,14 +265,15 @@ def adjust_keypoints(rec, features: Mapping[str, Mapping], images, conf=None,
             raise ValueError(f"keypoint adjustment: image {im.name!r} has {len(k)} keypoints but "
                              f"{len(im.points2D)} 2D points in the model")
         kp[i] = k
-    work, obs = _tracks(rec, centers, float(conf["max_angle_deg"]))
+    obs = [(int(pid), int(e.image_id), int(e.point2D_idx))  # (point id, image id, 2D idx)
+           for pid, p in rec.points3D.items() for e in p.track.elements if int(e.image_id) in regs]
     for j in sorted({o[1] for o in obs}):
         im, cam = source(regs[j].name), rec.cameras[regs[j].camera_id]
         if (int(cam.width), int(cam.height)) != (im.shape[-1], im.shape[-2]):
             raise ValueError(f"keypoint adjustment: image {regs[j].name!r} is {im.shape[-1]}x{im.shape[-2]} px "
                              f"but its camera is {int(cam.width)}x{int(cam.height)} (wrong image folder?)")
     if conf["method"] == "reference":
-        new, shifts, n_ok, n_try = _align_to_references(work, kp, regs, source, conf, progress)
+        new, shifts, n_ok, n_try = _align_to_references(rec, kp, regs, centers, source, conf, progress)
     elif conf["method"] == "consensus":
         new, shifts, n_ok, n_try = _align_to_consensus(rec, kp, regs, centers, source, conf, progress)
     else:
@@ -321,3 +316,16 @@ def adjust_keypoints(rec, features: Mapping[str, Mapping], images, conf=None,
                 "%.3f -> %.3f px, %.1f s", n_ok, n_try, stats["median_shift_px"], stats.get("reprojection_px_before", 0),
                 stats.get("reprojection_px_after", 0), stats["seconds"])
     return out, stats
+
+
+def adjust_if_enabled(rec, features: Mapping[str, Mapping], images, conf: Mapping,
+                      progress: bool = False) -> Mapping[str, Mapping]:
+    """The mapping pipelines' step: :func:`adjust_keypoints` with ``conf`` (a mapping config's
+    ``keypoint_adjustment`` section) when it is enabled, else ``features`` unchanged."""
+    if not conf["enabled"]:
+        return features
+    if images is None:
+        raise ValueError("keypoint_adjustment needs the images of the map (an image folder or name -> array), "
+                         "got none")
+    return adjust_keypoints(rec, features, images, conf, progress=progress)[0]
+

@@ -59,7 +59,7 @@ def leave_one_out(
     from ..localization.patch_alignment import MapImages
     from ..mapping import Map, extract_features, make_pairs, match_pairs, mapping_config, verify_pairs
     from ..mapping.build import features_to_numpy, resolve_presets
-    from ..mapping.keypoint_adjustment import adjust_keypoints
+    from ..mapping.keypoint_adjustment import adjust_if_enabled
     from ..mapping.reconstruction import triangulate_known_poses
 
     conf = resolve_presets(mapping_config(mapping_conf))
@@ -119,11 +119,10 @@ def leave_one_out(
         rec = triangulate_known_poses(
             reference, {n: feats[n] for n in others}, {p: m for p, m in matches.items() if keep(p)},
             {p: g for p, g in geoms.items() if keep(p)}, options=conf["triangulation"])
-        fold_feats = {n: feats[n] for n in others}
-        if conf["keypoint_adjustment"]["enabled"]:  # the fold's own tracks, from its map images only
-            if map_images is None:
-                map_images = MapImages(images)
-            fold_feats, _ = adjust_keypoints(rec, fold_feats, map_images, conf["keypoint_adjustment"])
+        if conf["keypoint_adjustment"]["enabled"] and map_images is None:
+            map_images = MapImages(images)
+        # the fold's own tracks, from its map images only
+        fold_feats = adjust_if_enabled(rec, {n: feats[n] for n in others}, map_images, conf["keypoint_adjustment"])
         map_ = Map.from_reconstruction(rec, fold_feats, conf)
         t_tri.append(time.time() - t)
         for label, override in loc_variants.items():
