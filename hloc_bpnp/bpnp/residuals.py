@@ -96,6 +96,35 @@ class CameraProjector:
         return undistort(self.model, self.dist, (x - self.c) / self.f)
 
 
+class WhitenedProjector:
+    """A projector whose pixels are mapped by per-point 2 x 2 matrices ``L`` (B, N, 2, 2): with
+    points2d mapped the same way (:meth:`whiten`), the solver's residuals become ``L_i r_i`` and
+    its cost ``sum_i w_i rho(r_i^T L_i^T L_i r_i)``: anisotropic pixel noise of covariance
+    ``(L_i^T L_i)^-1`` (e.g. a keypoint located well across an edge, poorly along it).
+
+    Args:
+        base: a :class:`KProjector` or :class:`CameraProjector`.
+        L: (B, N, 2, 2) square roots of the per-point information matrices.
+    """
+
+    def __init__(self, base, L: torch.Tensor):
+        self.base, self.L, self.kind = base, L, base.kind
+
+    def whiten(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, N, 2) pixels -> (B, N, 2) ``L_i x_i``."""
+        return (self.L @ x.unsqueeze(-1)).squeeze(-1)
+
+    def project(self, p: torch.Tensor, with_jacobian: bool = True):
+        x, J = self.base.project(p, with_jacobian)
+        return self.whiten(x), (None if J is None else self.L @ J)
+
+    def depth(self, p: torch.Tensor) -> torch.Tensor:
+        return self.base.depth(p)
+
+    def normalized_rays(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base.normalized_rays(x)
+
+
 def residuals_and_jacobian(
     R: torch.Tensor,
     t: torch.Tensor,

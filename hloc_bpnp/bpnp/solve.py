@@ -21,6 +21,7 @@ from .implicit import ImplicitPnP, make_projector
 from .init import initial_pose
 from .lm import levenberg_marquardt
 from .losses import check_loss
+from .residuals import WhitenedProjector
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +149,7 @@ def solve_pnp(
     polish_steps: int = 6,
     sigma2: Optional[float] = None,
     pose_prior=None,
+    sqrt_info: Optional[torch.Tensor] = None,
 ) -> PnPResult:
     """Differentiable PnP: minimise sum_i w_i rho(||proj(R(aa) X_i + t) - x_i||^2).
 
@@ -170,6 +172,11 @@ def solve_pnp(
             the cost (the sequence tracker's motion prior). Forward only: the implicit backward
             does not include it, so inputs requiring grad are refused. ``cost`` includes it;
             ``covariance`` is that of the reprojection term alone.
+        sqrt_info: optional (B, N, 2, 2) (or (N, 2, 2)) matrices ``L_i``: anisotropic pixel
+            noise, the residuals ``L_i r_i`` (cost ``sum_i w_i rho(r_i^T L_i^T L_i r_i)``,
+            covariance of keypoint i ``(L_i^T L_i)^-1`` up to scale; the robust loss scale is
+            then in those whitened units). Forward only, like ``pose_prior``. ``cost`` and
+            ``covariance`` are those of the whitened problem; ``residuals`` stay in pixels.
     Returns:
         PnPResult; ``pose`` is differentiable w.r.t. points2d, points3d, K / camera.params and
         weights, in the dtype of points2d.
@@ -190,14 +197,21 @@ def solve_pnp(
             weights = weights.unsqueeze(0)
         if isinstance(pose_init, torch.Tensor):
             pose_init = pose_init.unsqueeze(0)
+        if isinstance(sqrt_info, torch.Tensor):
+            sqrt_info = sqrt_info.unsqueeze(0)
     kind, model, cam = _validate(points2d, points3d, camera_or_K, weights, pose_init)
     B, N = points2d.shape[:2]
+    if sqrt_info is not None:
+        _check_tensor("sqrt_info", sqrt_info, points2d, "(B, N, 2, 2)", (4,))
+        if tuple(sqrt_info.shape) != (B, N, 2, 2):
+            raise ValueError(f"sqrt_info must have shape ({B}, {N}, 2, 2), got {tuple(sqrt_info.shape)}")
     prior = None
     if pose_prior is not None:
         prior = _prior_from(pose_prior, B, points2d)
-        if torch.is_grad_enabled() and any(isinstance(v, torch.Tensor) and v.requires_grad for v in
-                                           (points2d, points3d, cam, weights)):
-            raise ValueError("solve_pnp: pose_prior is forward-only (the implicit backward ignores it); "
+    for opt, given in (("pose_prior", pose_prior), ("sqrt_info", sqrt_info)):
+        if given is not None and torch.is_grad_enabled() and any(
+                isinstance(v, torch.Tensor) and v.requires_grad for v in (points2d, points3d, cam, weights, sqrt_info)):
+            raise ValueError(f"solve_pnp: {opt} is forward-only (the implicit backward ignores it); "
                              "call it under torch.no_grad() or with inputs that do not require grad")
     dtype, f64 = points2d.dtype, torch.float64
 
@@ -217,6 +231,10 @@ def solve_pnp(
         else:
             p0 = pose_init.detach().to(f64)
             R0, t0 = so3_exp(p0[:, :3]), p0[:, 3:]
+        if sqrt_info is not None:
+            # whitened problem: every stage below (LM, covariance, checks) sees L_i r_i
+            proj = WhitenedProjector(proj, sqrt_info.detach().to(f64))
+            x = proj.whiten(x)
         st = levenberg_marquardt(R0, t0, X, x, proj, w, loss, loss_scale, max_iters, polish_steps,
                                  prior=prior)
         aa = so3_log(st.R)

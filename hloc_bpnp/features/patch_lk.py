@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from kornia.filters import gaussian_blur2d
 
-__all__ = ["align_patches", "align_to_templates", "sample_patches", "prepare_image", "gray_image", "as_gray_image",
-           "MapImages"]
+__all__ = ["align_patches", "align_to_templates", "sample_patches", "structure_tensors", "prepare_image", "gray_image",
+           "as_gray_image", "MapImages"]
 
 
 def _sample(img: torch.Tensor, pts: torch.Tensor) -> torch.Tensor:
@@ -208,6 +208,26 @@ def sample_patches(image, points: torch.Tensor, radius: int = 5, blur_sigma: flo
     grid, _ = _patch_grid(radius, image.device)
     sample = _crop_sampler(image, points, radius, 0.0, blur_sigma, False)
     return _normalise(sample(points.to(image.device, torch.float32)[:, None] + grid)[0])[0]
+
+
+def structure_tensors(image, points: torch.Tensor, radius: int = 5, blur_sigma: float = 1.0) -> torch.Tensor:
+    """(N, 2, 2) structure tensors of a gray ``image`` around (N, 2) COLMAP pixels ``points``:
+    ``sum_p w_p g_p g_p^T`` over a (2 radius + 1)^2 patch with :func:`align_patches`' Gaussian
+    window, ``g`` the gradient of the zero-mean, unit-variance patch (as the alignment reads it,
+    blurred by ``blur_sigma``). It is the Gauss-Newton matrix of the patch's translation, so its
+    inverse is the position covariance up to the intensity noise: small across an edge, large
+    along it, large everywhere in a flat patch. float64, units of 1 / px^2."""
+    image = as_gray_image(image)
+    points = torch.as_tensor(points)
+    if points.shape[0] == 0:
+        return torch.zeros(0, 2, 2, dtype=torch.float64)
+    grid, w = _patch_grid(radius, image.device)
+    pts = points.to(image.device, torch.float32)
+    I, Ix, Iy = _crop_sampler(image, pts, radius, 0.0, blur_sigma, True)(pts[:, None] + grid)
+    sd = I.std(-1, keepdim=True) + 1e-4
+    jx, jy = (Ix - Ix.mean(-1, keepdim=True)) / sd, (Iy - Iy.mean(-1, keepdim=True)) / sd
+    a, b, c = (w * jx * jx).sum(-1), (w * jx * jy).sum(-1), (w * jy * jy).sum(-1)
+    return torch.stack([torch.stack([a, b], -1), torch.stack([b, c], -1)], -2).double().cpu()
 
 
 def align_to_templates(image, points: torch.Tensor, templates: torch.Tensor, radius: int = 5, iterations: int = 10,

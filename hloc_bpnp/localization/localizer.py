@@ -5,7 +5,8 @@ Stages for one query::
     features -> global descriptor -> FAISS top-k keyframes -> batched matching against them
     -> 2D-3D candidates (all distinct (keypoint, 3D point) pairs, match scores as weights)
     -> [covisibility clusters of the keyframes] -> pycolmap LO-RANSAC -> acceptance test
-    -> BPnP refinement (robust loss, full camera model) -> pose + covariance
+    -> BPnP refinement (robust loss, full camera model, [anisotropic keypoint noise from the
+       query image's structure tensors]) -> pose + covariance
     -> [patch alignment: inlier keypoints aligned to the map's observations, BPnP again]
 
 A query that cannot be localized is returned with ``success=False`` and a failure reason;
@@ -31,7 +32,9 @@ from .correspondences import Correspondences, covisibility_clusters, gather_2d3d
 from ..features.feature_dict import as_numpy, select_keypoints, to_numpy, to_torch
 from .pose_estimation import default_conf as pose_default_conf
 from .pose_estimation import estimate_pose, refine_bpnp
+from . import keypoint_noise as KN
 from . import patch_alignment as PA
+from ..features.patch_lk import gray_image
 from .results import LocalizationResult
 
 logger = logging.getLogger(__name__)
@@ -103,6 +106,7 @@ class Localizer:
             if int(self.conf["patch_alignment"]["num_references"]) < 1:
                 raise ValueError("patch_alignment.num_references must be >= 1, got "
                                  f"{self.conf['patch_alignment']['num_references']!r}")
+        KN.enabled(self.conf)  # checks refinement.keypoint_covariance now, not at the first query
         self._ref_cache: Dict[str, Tuple[Dict, Optional[np.ndarray]]] = {}
 
     def set_map(self, map) -> None:
@@ -203,19 +207,20 @@ class Localizer:
                           ) -> LocalizationResult:
         """Localize from already extracted query features (numpy dict, hloc keys).
 
-        ``image``: the query's (H, W[, 3]) uint8 image, needed only by ``patch_alignment``.
+        ``image``: the query's (H, W[, 3]) uint8 image, needed only by ``patch_alignment`` and
+        ``refinement.keypoint_covariance``.
         ``res.timings["total"]`` is the sum of every stage recorded (``"features"`` included
         when ``res`` came from :meth:`localize`), also for failed queries."""
         res = res or LocalizationResult(name="query", camera=camera)
         try:
-            res = self._localize_features(feats, camera, res)
+            res = self._localize_features(feats, camera, res, image)
             if res.success and self.conf["patch_alignment"]["enabled"]:
                 self.align_inliers(res, image)
             return res
         finally:
             res.timings["total"] = sum(v for k, v in res.timings.items() if k != "total")
 
-    def _localize_features(self, feats, camera: Camera, res: LocalizationResult) -> LocalizationResult:
+    def _localize_features(self, feats, camera: Camera, res: LocalizationResult, image=None) -> LocalizationResult:
         res.camera = camera
         kpts = np.asarray(feats["keypoints"], dtype=np.float64)
         res.num_keypoints = len(kpts)
@@ -237,7 +242,7 @@ class Localizer:
             return res.fail(R.NO_MATCHES)
 
         return localize_from_matches(kpts, names, m0, s0, self.map, camera, self.conf, res,
-                                     sigmas=feats.get("sigmas"))
+                                     sigmas=feats.get("sigmas"), image=image)
 
     def align_inliers(self, res: LocalizationResult, image: Optional[np.ndarray]) -> LocalizationResult:
         """Patch alignment of a localized result (in place): its inlier keypoints aligned to the
@@ -268,7 +273,10 @@ class Localizer:
                                          self.conf["patch_alignment"])
         ref = self.conf["refinement"]
         w = np.asarray(res.weights)[inl] if (ref["use_weights"] and res.weights is not None) else None
-        pose, cov, rinfo = refine_bpnp(pts[inl], self.map.points3D[rows], res.camera, res.pose, ref, w)
+        # the anisotropic noise of the aligned positions (the alignment's own Gauss-Newton matrices)
+        L = KN.keypoint_sqrt_info(gray, pts[inl], ref["keypoint_covariance"], res.name) if KN.enabled(self.conf) \
+            else None
+        pose, cov, rinfo = refine_bpnp(pts[inl], self.map.points3D[rows], res.camera, res.pose, ref, w, L)
         res.points2D, res.pose, res.covariance = pts, pose, cov
         res.info["patch_alignment"] = {**info, **{k: v for k, v in rinfo.items() if k.startswith(("cost", "ref"))}}
         res.timings["alignment"] = time.perf_counter() - t
@@ -339,7 +347,7 @@ def correspondence_weights(sigmas) -> np.ndarray:
 
 
 def localize_from_matches(kpts: np.ndarray, names, matches0, scores0, lookup, camera: Camera,
-                          conf: Dict, res: LocalizationResult, sigmas=None) -> LocalizationResult:
+                          conf: Dict, res: LocalizationResult, sigmas=None, image=None) -> LocalizationResult:
     """The stages after matching, shared by :class:`Localizer` and the hloc plugin.
 
     Args:
@@ -355,6 +363,8 @@ def localize_from_matches(kpts: np.ndarray, names, matches0, scores0, lookup, ca
         sigmas: (Nq,) optional keypoint standard deviations (pixels; a refiner's
             ``sigmas``), the correspondence weights ``1 / sigma^2`` of the BPnP refinement
             with ``refinement.use_weights: uncertainty``.
+        image: the query's (H, W[, 3]) image, needed by ``refinement.keypoint_covariance``
+            (anisotropic keypoint noise from its structure tensors, :mod:`keypoint_noise`).
     """
     t = time.perf_counter()
     kp_weights = None
@@ -369,6 +379,16 @@ def localize_from_matches(kpts: np.ndarray, names, matches0, scores0, lookup, ca
     if len(corr) == 0:
         return res.fail(R.NO_2D3D)
     t = time.perf_counter()
+    kp_sqrt_info = None
+    if KN.enabled(conf):
+        # per query keypoint with a 2D-3D candidate (a keypoint's noise does not depend on the match)
+        used = np.unique(corr.query_idx)
+        kp_sqrt_info = torch.zeros(len(kpts), 2, 2, dtype=torch.float64)
+        gray = None if image is None else gray_image(image)
+        kp_sqrt_info[torch.from_numpy(used)] = KN.keypoint_sqrt_info(gray, kpts[used], conf["refinement"][
+            "keypoint_covariance"], res.name)
+        res.timings["keypoint_covariance"] = time.perf_counter() - t
+        t = time.perf_counter()
     candidates = [(None, corr)]
     if clustering:
         point_sets = [lookup.kp_to_point[n][lookup.kp_to_point[n] >= 0] for n in names]
@@ -380,7 +400,8 @@ def localize_from_matches(kpts: np.ndarray, names, matches0, scores0, lookup, ca
     best = best_corr = best_cluster = None
     for cl, c in candidates:
         w = c.weight if kp_weights is None else kp_weights[c.query_idx]
-        est = estimate_pose(kpts[c.query_idx], lookup.points3D[c.point_idx], camera, conf, w)
+        est = estimate_pose(kpts[c.query_idx], lookup.points3D[c.point_idx], camera, conf, w,
+                            None if kp_sqrt_info is None else kp_sqrt_info[torch.from_numpy(c.query_idx)])
         if best is None or (est.success, est.num_inliers) > (best.success, best.num_inliers):
             best, best_corr, best_cluster = est, c, cl
     res.timings["pose"] = time.perf_counter() - t

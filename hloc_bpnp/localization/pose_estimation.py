@@ -26,6 +26,7 @@ import torch
 
 from ..geometry import Camera, Pose
 from . import results as R
+from .keypoint_noise import default_conf as keypoint_covariance_conf
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,8 @@ default_conf = {
         # refiner's keypoint sigmas, features xfeat_refined)
         "use_weights": False,
         "refine_intrinsics": False,  # focal (and distortion) via pycolmap before BPnP
+        # anisotropic keypoint noise from the query image's structure tensors (keypoint_noise.py)
+        "keypoint_covariance": dict(keypoint_covariance_conf),
     },
 }
 
@@ -91,6 +94,7 @@ def estimate_pose(
     camera: Camera,
     conf: Dict,
     weights: Optional[np.ndarray] = None,
+    sqrt_info: Optional[torch.Tensor] = None,
 ) -> PoseEstimate:
     """LO-RANSAC + acceptance test + refinement for one query.
 
@@ -100,6 +104,8 @@ def estimate_pose(
         camera: the query's Camera (unbatched).
         conf: merged localization conf (see ``default_conf``).
         weights: (M,) optional correspondence weights (match scores).
+        sqrt_info: (M, 2, 2) optional anisotropic keypoint noise of the BPnP refinement
+            (:mod:`keypoint_noise`; ``solve_pnp``'s ``sqrt_info``).
     """
     acc = conf["acceptance"]
     M = len(points2D)
@@ -149,19 +155,22 @@ def estimate_pose(
             raise ValueError(f"refinement.use_weights must be false, true (match scores) or 'uncertainty', "
                              f"got {ref['use_weights']!r}")
         w = weights[inliers] if (weights is not None and ref["use_weights"]) else None
-        pose, covariance, rinfo = refine_bpnp(p2[inliers], p3[inliers], cam_used, pose, ref, w)
+        L = None if sqrt_info is None else torch.as_tensor(sqrt_info)[torch.from_numpy(inliers)]
+        pose, covariance, rinfo = refine_bpnp(p2[inliers], p3[inliers], cam_used, pose, ref, w, L)
         info.update(rinfo)
     elif ref["method"] not in ("pycolmap", "none"):
         raise ValueError(f"Unknown refinement method {ref['method']!r} (bpnp | pycolmap | none)")
     return PoseEstimate(True, None, pose, cam_used, n_in, inliers, covariance, info)
 
 
-def refine_bpnp(points2D, points3D, camera: Camera, pose_init: Pose, ref_conf: Dict, weights=None):
+def refine_bpnp(points2D, points3D, camera: Camera, pose_init: Pose, ref_conf: Dict, weights=None, sqrt_info=None):
     """BPnP refinement of an initial pose on inliers; keeps the init if it is not improved.
 
     Args:
         points2D: (M, 2) inlier pixels; points3D: (M, 3); camera: the query Camera;
-        pose_init: the RANSAC pose; ref_conf: ``conf["refinement"]``; weights: (M,) or None.
+        pose_init: the RANSAC pose; ref_conf: ``conf["refinement"]``; weights: (M,) or None;
+        sqrt_info: (M, 2, 2) or None, anisotropic keypoint noise (``solve_pnp``'s; the costs
+        compared and the covariance are then those of the whitened problem).
     Returns:
         (pose, covariance (6, 6) in the tangent space [d_w (left rotation), d_t] or None,
         info dict with costs/convergence). The covariance is always evaluated at the pose
@@ -175,13 +184,14 @@ def refine_bpnp(points2D, points3D, camera: Camera, pose_init: Pose, ref_conf: D
     x = torch.as_tensor(points2D, dtype=dt)
     X = torch.as_tensor(points3D, dtype=dt)
     w = None if weights is None else torch.as_tensor(weights, dtype=dt).clamp_min(0)
+    L = None if sqrt_info is None else torch.as_tensor(sqrt_info, dtype=dt)
     y0 = pose_init.to(dt).aa_t()
     cam = camera.to(dt)
     loss, scale = ref_conf["loss"], float(ref_conf["loss_scale_px"])
     with torch.no_grad():
-        res = solve_pnp(x, X, cam, weights=w, pose_init=y0, loss=loss, loss_scale=scale)
-        cost_init = robust_cost(x, X, cam, y0, w, loss, scale)
-        cost_ref = robust_cost(x, X, cam, res.pose, w, loss, scale)
+        res = solve_pnp(x, X, cam, weights=w, pose_init=y0, loss=loss, loss_scale=scale, sqrt_info=L)
+        cost_init = robust_cost(x, X, cam, y0, w, loss, scale, L)
+        cost_ref = robust_cost(x, X, cam, res.pose, w, loss, scale, L)
     info = {
         "bpnp_converged": bool(res.converged),
         "bpnp_iterations": int(res.iterations),
@@ -192,7 +202,7 @@ def refine_bpnp(points2D, points3D, camera: Camera, pose_init: Pose, ref_conf: D
     if not bool(res.valid) or not bool(torch.isfinite(res.pose).all()) or not cost_ref <= cost_init:
         info["refinement_rejected"] = True
         # the covariance of the pose we return, not of the rejected BPnP solution
-        return pose_init, _finite_or_none(covariance_at(x, X, cam, y0, w, loss, scale)), info
+        return pose_init, _finite_or_none(covariance_at(x, X, cam, y0, w, loss, scale, L)), info
     return Pose.from_aa(res.pose), _finite_or_none(res.covariance), info
 
 
@@ -202,35 +212,42 @@ def _finite_or_none(cov: torch.Tensor) -> Optional[np.ndarray]:
 
 
 def covariance_at(x: torch.Tensor, X: torch.Tensor, camera: Camera, y: torch.Tensor, weights, loss: str,
-                  scale: float) -> torch.Tensor:
+                  scale: float, sqrt_info: Optional[torch.Tensor] = None) -> torch.Tensor:
     """(6, 6) pose covariance (see :func:`hloc_bpnp.bpnp.pose_covariance`) at pose ``y``
     (6,) [axis-angle, t], with the same noise estimate and tangent space as BPnP's.
 
-    Args: x (M, 2), X (M, 3), camera (unbatched), weights (M,) or None.
+    Args: x (M, 2), X (M, 3), camera (unbatched), weights (M,) or None, sqrt_info (M, 2, 2) or None.
     """
     from ..bpnp import pose_covariance
     from ..bpnp.implicit import make_projector
+    from ..bpnp.residuals import WhitenedProjector
     from ..geometry.pose import so3_exp
 
     dt = torch.float64
     y = y.to(dt).reshape(1, 6)
     w = torch.ones(1, len(x), dtype=dt) if weights is None else weights.to(dt).reshape(1, -1)
     proj = make_projector("camera", camera.model, camera.params.to(dt).reshape(1, -1))
+    x = x.to(dt).unsqueeze(0)
+    if sqrt_info is not None:
+        proj = WhitenedProjector(proj, sqrt_info.to(dt).unsqueeze(0))
+        x = proj.whiten(x)
     with torch.no_grad():
-        cov, _, _ = pose_covariance(so3_exp(y[:, :3]), y[:, 3:], X.to(dt).unsqueeze(0), x.to(dt).unsqueeze(0),
-                                    proj, w, loss, scale)
+        cov, _, _ = pose_covariance(so3_exp(y[:, :3]), y[:, 3:], X.to(dt).unsqueeze(0), x, proj, w, loss, scale)
     return cov[0]
 
 
 def robust_cost(x: torch.Tensor, X: torch.Tensor, camera: Camera, y: torch.Tensor, weights, loss: str,
-                scale: float) -> float:
-    """sum_i w_i rho(||x_i - proj(R(y) X_i + t)||^2): the objective BPnP minimises.
+                scale: float, sqrt_info: Optional[torch.Tensor] = None) -> float:
+    """sum_i w_i rho(||L_i (x_i - proj(R(y) X_i + t))||^2): the objective BPnP minimises.
 
-    Args: x (M, 2), X (M, 3), y (6,) [axis-angle, t], weights (M,) or None.
+    Args: x (M, 2), X (M, 3), y (6,) [axis-angle, t], weights (M,) or None, sqrt_info (M, 2, 2)
+    ``L_i`` or None (identity).
     """
     from ..bpnp import robust_rho
 
     r = camera.project(Pose.from_aa(y).transform(X)) - x
+    if sqrt_info is not None:
+        r = (sqrt_info.to(r.dtype) @ r.unsqueeze(-1)).squeeze(-1)
     rho, _ = robust_rho((r * r).sum(-1), loss, scale)
     if weights is not None:
         rho = rho * weights

@@ -133,7 +133,8 @@ def leave_one_out(
             loc = Localizer(map_, lconf, map_images=map_images if align["enabled"] else None)
             t = time.perf_counter()
             res = LocalizationResult(name=q, timings={"features": feat_time[q]})
-            qimage = _query_image(images, q) if align["enabled"] else None
+            needs_image = align["enabled"] or lconf["refinement"]["keypoint_covariance"]["method"] != "none"
+            qimage = _query_image(images, q) if needs_image else None
             results[label][q] = loc.localize_features(qfeats[q], cameras[q], res, image=qimage)
             t_loc.append(time.perf_counter() - t)
             logger.debug("%s [%s]: success=%s inliers=%d", q, label, res.success, res.num_inliers)

@@ -247,6 +247,10 @@ class SequenceLocalizer:
         if isinstance(conf, (str, Path)):
             conf = sequence_config(conf)
         self.conf = merge(default_conf, conf or {}, strict=True, section="sequence")  # a misspelt key is an error
+        if localizer.conf["refinement"]["keypoint_covariance"]["method"] != "none":
+            logger.info("sequence: refinement.keypoint_covariance %r applies to relocalization only; frame-to-map "
+                        "tracking keeps its isotropic real-time solver",
+                        localizer.conf["refinement"]["keypoint_covariance"]["method"])
         self.spacing = _keyframe_spacing(localizer.map)
         mp = self.conf["motion_prior"]
         self.motion = MotionModel(np.deg2rad(mp["sigma_rot_deg"]), mp["sigma_pos_rel"] * self.spacing)
@@ -375,14 +379,14 @@ class SequenceLocalizer:
                 frame = FrameResult(name, timestamp, TRACKED, "", res, info=info)
         if frame is None:
             t = time.perf_counter()
-            relo = self._relocalize(feats, camera, name, res)
+            relo = self._relocalize(feats, camera, name, res, image)
             if not relo.success and relocalization_features is not None:
                 # the lighter tracking features did not do: the full extractor's
                 tf = time.perf_counter()
                 feats = relocalization_features()
                 res.timings["features_full"] = time.perf_counter() - tf
                 first = relo.failure_reason
-                relo = self._relocalize(feats, camera, name, res)
+                relo = self._relocalize(feats, camera, name, res, image)
                 relo.info["light_features_failure"] = first
             relo.timings["relocalization"] = time.perf_counter() - t - res.timings.get("features_full", 0.0)
             info["tracking_failure"] = track_reason
@@ -409,11 +413,14 @@ class SequenceLocalizer:
             self._maybe_keyframe(frame, feats, camera, rows, kp, image)
         return frame
 
-    def _relocalize(self, feats, camera: Camera, name: str, res: LocalizationResult) -> LocalizationResult:
-        """The full Localizer on ``feats``; the timings of ``res`` so far are carried over."""
+    def _relocalize(self, feats, camera: Camera, name: str, res: LocalizationResult,
+                    image: Optional[np.ndarray] = None) -> LocalizationResult:
+        """The full Localizer on ``feats`` (and the frame ``image``, which the localization
+        preset's patch alignment or keypoint covariance needs); the timings of ``res`` so far are
+        carried over."""
         relo = LocalizationResult(name=name, camera=camera)
         with self.map.lock:  # a consistent map while the mapping thread may write
-            relo = self.localizer.localize_features(feats, camera, relo)
+            relo = self.localizer.localize_features(feats, camera, relo, image=image)
         relo.timings.pop("total", None)
         relo.timings.update(res.timings)
         return relo
