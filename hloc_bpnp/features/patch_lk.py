@@ -10,6 +10,7 @@ All positions are COLMAP pixels (top-left pixel centre at (0.5, 0.5)).
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections import OrderedDict
 from pathlib import Path
@@ -55,6 +56,30 @@ def _blur(img: torch.Tensor, blur_sigma: float) -> torch.Tensor:
     return gaussian_blur2d(img, (2 * r + 1, 2 * r + 1), (blur_sigma, blur_sigma), border_type="replicate")
 
 
+@functools.lru_cache(maxsize=32)
+def _blur_matrix(size: int, blur_sigma: float) -> torch.Tensor:
+    """(size, size) matrix M with ``M @ v`` the Gaussian blur of a length-``size`` signal with
+    replicated borders: the kernel of :func:`_blur` with its out-of-range taps folded onto the
+    end samples."""
+    r = _blur_radius(blur_sigma)
+    k = torch.exp(-torch.arange(-r, r + 1, dtype=torch.float64) ** 2 / (2 * blur_sigma ** 2))
+    k = k / k.sum()
+    rows = torch.arange(size)[:, None]
+    cols = (rows + torch.arange(-r, r + 1)[None]).clamp(0, size - 1)
+    M = torch.zeros(size, size, dtype=torch.float64)
+    M.index_put_((rows.expand_as(cols), cols), k.expand(size, -1), accumulate=True)
+    return M.float()
+
+
+def _blur_windows(win: torch.Tensor, blur_sigma: float) -> torch.Tensor:
+    """:func:`_blur` of many small (N, 1, S, S) windows as two batched matrix products (equal
+    to it within float rounding, and ~10x faster on a CPU than a convolution over N images)."""
+    if _blur_radius(blur_sigma) == 0:
+        return win
+    M = _blur_matrix(int(win.shape[-1]), float(blur_sigma)).to(win.device, win.dtype)
+    return M @ win @ M.T
+
+
 def _windows(image: torch.Tensor, points: torch.Tensor, half: int, blur_sigma: float,
              gradients: bool) -> Tuple[torch.Tensor, torch.Tensor]:
     """Square crops of a raw (1, 1, H, W) gray image (uint8 or float in [0, 1]) around (N, 2)
@@ -69,7 +94,7 @@ def _windows(image: torch.Tensor, points: torch.Tensor, half: int, blur_sigma: f
     xs = (o[:, :1] + r).clamp(0, W - 1)  # (N, S)
     ys = (o[:, 1:] + r).clamp(0, H - 1)
     win = _to_float(image[0, 0][ys[:, :, None], xs[:, None, :]][:, None])  # (N, 1, S, S)
-    win = _blur(win, blur_sigma)
+    win = _blur_windows(win, blur_sigma)
     return (_with_gradients(win) if gradients else win), o.float()
 
 
