@@ -236,6 +236,24 @@ def test_hloc_plugin_mode(scene, exact_map, tmp_path):
     with pytest.raises(ValueError, match="plugin mode"):
         localize_from_hloc(sfm, tmp_path / "feats.h5", tmp_path / "matches.h5", tmp_path / "pairs.txt",
                            tmp_path / "queries.txt", conf="aligned", progress=False)
+    # anisotropic keypoint noise reads the query images: refused upfront without them; with
+    # them every query is localized, and one whose image is missing is a recorded failure
+    args = (sfm, tmp_path / "feats.h5", tmp_path / "matches.h5", tmp_path / "pairs.txt", tmp_path / "queries.txt")
+    st = {"refinement": {"keypoint_covariance": {"method": "structure_tensor"}}}
+    with pytest.raises(ValueError, match="needs the query images"):
+        localize_from_hloc(*args, conf=st, progress=False)
+    from PIL import Image
+
+    names = list(scene.query_poses)
+    for n in names[1:]:
+        (tmp_path / "qimages" / n).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (int(PINHOLE.height), int(PINHOLE.width)),
+                                                          dtype=np.uint8)).save(tmp_path / "qimages" / n)
+    res_st = localize_from_hloc(*args, conf=st, progress=False, query_images=tmp_path / "qimages")
+    assert res_st[names[0]].failure_reason == R.IMAGE_ERROR
+    assert names[0] in res_st[names[0]].info["failure_detail"]  # the message names the missing file
+    for n in names[1:]:
+        assert res_st[n].success and _errors(res_st[n], scene.query_poses[n])[0] < 1e-3
 
 
 def test_match_3d_only_equivalent_and_fast_preset(scene, exact_map):

@@ -19,7 +19,8 @@ IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".tif", ".tiff", ".webp"}
 def register(sub, help_text):
     p = sub.add_parser("localize", help=help_text, description=__doc__)
     p.add_argument("--map", type=Path, help="map folder written by `hloc-bpnp map`")
-    p.add_argument("--images", type=Path, help="query image folder (names relative to it)")
+    p.add_argument("--images", type=Path, help="query image folder (names relative to it); in plugin mode needed "
+                                                "only by presets with refinement.keypoint_covariance (fast_learned)")
     p.add_argument("--queries", type=Path,
                    help="hloc query list with intrinsics (`name MODEL W H params`); without it every "
                         "image in --images is a query and its camera is guessed (EXIF or size)")
@@ -73,7 +74,7 @@ def run(args) -> int:
         if missing:
             raise ValueError("plugin mode needs " + ", ".join("--" + m.replace("_", "-") for m in missing))
         results = localize_from_hloc(args.hloc_reference, args.hloc_features, args.hloc_matches,
-                                     args.hloc_pairs, args.queries, conf=args.config)
+                                     args.hloc_pairs, args.queries, conf=args.config, query_images=args.images)
         write_results(results, args.output, args.log)
     else:
         if args.map is None or args.images is None:

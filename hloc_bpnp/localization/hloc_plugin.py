@@ -18,7 +18,9 @@ import numpy as np
 from tqdm import tqdm
 
 from ..config import load_config, merge
+from ..io.image import read_image
 from . import results as R
+from .keypoint_noise import enabled
 from .localizer import default_conf, localize_from_matches
 from .results import LocalizationResult
 
@@ -50,6 +52,7 @@ def localize_from_hloc(
     query_list: Union[str, Path],
     conf: Union[str, Dict, None] = None,
     progress: bool = True,
+    query_images: Union[str, Path, None] = None,
 ) -> Dict[str, LocalizationResult]:
     """Localize every query of an hloc query list from hloc artefacts.
 
@@ -60,6 +63,9 @@ def localize_from_hloc(
         pairs_path: hloc pairs file (``query ref`` per line).
         query_list: hloc query list with intrinsics.
         conf: localization preset/dict (retrieval and matcher keys are unused here).
+        query_images: folder of the query images (names as in the query list), needed by
+            ``refinement.keypoint_covariance`` (e.g. ``fast_learned``); a query whose image
+            cannot be read is a failure (``image_error``) naming the file.
     Returns:
         name -> LocalizationResult; queries without pairs/matches are failures with reasons.
     """
@@ -71,6 +77,11 @@ def localize_from_hloc(
     if conf["patch_alignment"]["enabled"]:
         raise ValueError("patch_alignment needs the query and map images, which the hloc plugin mode does not "
                          "read; use a preset without it (e.g. default) or `hloc-bpnp localize --map`")
+    needs_image = enabled(conf)
+    if needs_image and query_images is None:
+        raise ValueError(f"refinement.keypoint_covariance.method is "
+                         f"{conf['refinement']['keypoint_covariance']['method']!r} and needs the query images: pass "
+                         f"query_images= (`hloc-bpnp localize --images DIR`) or use a preset without it (e.g. default)")
     rec = read_model(reference_sfm)
     lookup = ModelLookup.from_reconstruction(rec)
     queries = read_query_list(query_list)
@@ -114,7 +125,15 @@ def localize_from_hloc(
                 continue
             if len(used) < len(refs):  # ``retrieved`` lists every paired reference
                 res.info["pairs_without_matches"] = [r for r in refs if r not in set(used)]
-            results[q] = localize_from_matches(kpts, used, m0, s0, lookup, cam, conf, res, sigmas=qf.get("sigmas"))
+            image = None
+            if needs_image:
+                try:
+                    image = read_image(Path(query_images) / q)
+                except (OSError, ValueError) as e:  # missing or undecodable: this query fails, the batch goes on
+                    results[q] = res.fail(R.IMAGE_ERROR, str(e))
+                    continue
+            results[q] = localize_from_matches(kpts, used, m0, s0, lookup, cam, conf, res, sigmas=qf.get("sigmas"),
+                                               image=image)
             res.timings["total"] = sum(v for k, v in res.timings.items() if k != "total")
     n_ok = sum(r.success for r in results.values())
     logger.info("hloc plugin: localized %d / %d queries", n_ok, len(results))
