@@ -65,7 +65,7 @@ def run(output: Path, preset: str = "facades", seed: int = 0, mapping_conf="defa
         for n in syn.query_names:
             feats, t_feat = qfeats[n]
             res = LocalizationResult(name=n, timings={"features": t_feat})
-            results[n] = loc.localize_features(feats, cams[n], res)
+            results[n] = loc.localize_features(feats, cams[n], res, image=syn.images[n])
         summ = summarize(results, gt, scale_to_cm=None,
                          extra={"mapping_seconds": t_map, "scene_seconds": t_gen,
                                 "map_points": int(len(map_.points3D))})

@@ -260,7 +260,8 @@ def test_same_poses_as_sequential_and_same_files(ray_cluster, setup, tmp_path):
     assert stats["worker_deaths"] == 0 and stats["workers"] == 2 and stats["threads_per_worker"] == 1
     # the same files as the sequential CLI (poses to 1e-6, the log up to its timings)
     out = tmp_path / "seq" / "results.txt"
-    assert main(["localize", "--map", str(setup["map"]), "--images", str(setup["images"]),
+    # (the Python API's base configuration, which `_run` gets with conf None, is the CLI's `features_only`)
+    assert main(["localize", "--map", str(setup["map"]), "--images", str(setup["images"]), "--config", "features_only",
                  "--queries", str(setup["scene"] / "query_list_with_intrinsics.txt"), "--output", str(out)]) == 0
     a, b = read_results(tmp_path / "results.txt"), read_results(out)
     seq_names = list(read_query_list(setup["scene"] / "query_list_with_intrinsics.txt"))

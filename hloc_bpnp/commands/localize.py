@@ -24,7 +24,9 @@ def register(sub, help_text):
     p.add_argument("--queries", type=Path,
                    help="hloc query list with intrinsics (`name MODEL W H params`); without it every "
                         "image in --images is a query and its camera is guessed (EXIF or size)")
-    p.add_argument("--config", default="default", help="localization preset or YAML path")
+    p.add_argument("--config", default=None,
+                   help="localization preset or YAML path (default: `default`; in plugin mode without --images, "
+                        "`features_only`: `default` without the keypoint weights that read the query images)")
     p.add_argument("--map-images", type=Path, default=None,
                    help="folder of the map's images (names as in the map); needed by presets with "
                         "patch_alignment (e.g. `aligned`, `fast_learned_aligned`)")
@@ -73,12 +75,18 @@ def run(args) -> int:
         missing = [n for n in ("hloc_features", "hloc_matches", "hloc_pairs", "queries") if not getattr(args, n)]
         if missing:
             raise ValueError("plugin mode needs " + ", ".join("--" + m.replace("_", "-") for m in missing))
+        conf = args.config
+        if conf is None:
+            conf = "default" if args.images else "features_only"
+            logger.info("hloc plugin mode: preset %r%s", conf, "" if args.images else
+                        " (no --images: BPnP without the query images' keypoint weights)")
         results = localize_from_hloc(args.hloc_reference, args.hloc_features, args.hloc_matches,
-                                     args.hloc_pairs, args.queries, conf=args.config, query_images=args.images)
+                                     args.hloc_pairs, args.queries, conf=conf, query_images=args.images)
         write_results(results, args.output, args.log)
     else:
         if args.map is None or args.images is None:
             raise ValueError("localize needs --map and --images (or the --hloc-* plugin options)")
+        args.config = args.config or "default"
         queries = _queries(args)
         if args.workers:
             from ..distributed import localize_distributed

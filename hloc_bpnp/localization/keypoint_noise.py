@@ -49,8 +49,10 @@ def check_conf(conf: Dict) -> Dict:
 
 
 def enabled(conf: Dict) -> bool:
-    """True where a localization conf asks for anisotropic keypoint noise."""
-    return check_conf(conf["refinement"]["keypoint_covariance"])["method"] != "none"
+    """True where a localization conf asks for anisotropic keypoint noise and refines with
+    BPnP (the only refinement that uses it; ``pycolmap`` and ``none`` ablations ignore it)."""
+    on = check_conf(conf["refinement"]["keypoint_covariance"])["method"] != "none"
+    return on and conf["refinement"]["method"] == "bpnp"
 
 
 def structure_tensor_sqrt_info(image, points: np.ndarray, radius: int = 7, blur_sigma: float = 0.5,

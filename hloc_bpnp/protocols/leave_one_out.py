@@ -55,7 +55,7 @@ def leave_one_out(
         (results: {label: {name: LocalizationResult}}, timings: dict of seconds per stage).
     """
     from ..config import load_config
-    from ..localization import LocalizationResult, Localizer, localization_config
+    from ..localization import LocalizationResult, Localizer, keypoint_noise, localization_config
     from ..localization.patch_alignment import MapImages
     from ..mapping import Map, extract_features, make_pairs, match_pairs, mapping_config, verify_pairs
     from ..mapping.build import features_to_numpy, resolve_presets
@@ -133,7 +133,7 @@ def leave_one_out(
             loc = Localizer(map_, lconf, map_images=map_images if align["enabled"] else None)
             t = time.perf_counter()
             res = LocalizationResult(name=q, timings={"features": feat_time[q]})
-            needs_image = align["enabled"] or lconf["refinement"]["keypoint_covariance"]["method"] != "none"
+            needs_image = align["enabled"] or keypoint_noise.enabled(lconf)
             qimage = _query_image(images, q) if needs_image else None
             results[label][q] = loc.localize_features(qfeats[q], cameras[q], res, image=qimage)
             t_loc.append(time.perf_counter() - t)
