@@ -100,5 +100,7 @@ def test_localizer_anisotropic_refinement_beats_isotropic_on_edge_noise():
     # the option needs the query's pixels, and says so with the query's name
     with pytest.raises(ValueError, match="'q7'.*needs the query image"):
         loc.localize_features(feats, CAM, LocalizationResult(name="q7"))
+    with pytest.raises(ValueError, match="'q8': image is 10x10 px but its camera is 320x240"):
+        loc.localize_features(feats, CAM, LocalizationResult(name="q8"), image=np.zeros((10, 10), np.uint8))
     with pytest.raises(ValueError, match="keypoint_covariance.method must be one of"):
         Localizer(map_, {"refinement": {"keypoint_covariance": {"method": "tensor"}}})

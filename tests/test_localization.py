@@ -252,6 +252,10 @@ def test_hloc_plugin_mode(scene, exact_map, tmp_path):
     res_st = localize_from_hloc(*args, conf=st, progress=False, query_images=tmp_path / "qimages")
     assert res_st[names[0]].failure_reason == R.IMAGE_ERROR
     assert names[0] in res_st[names[0]].info["failure_detail"]  # the message names the missing file
+    # an image of another size than its camera: a recorded failure naming both sizes
+    Image.fromarray(np.zeros((10, 12), np.uint8)).save(tmp_path / "qimages" / names[1])
+    bad = localize_from_hloc(*args, conf=st, progress=False, query_images=tmp_path / "qimages")[names[1]]
+    assert bad.failure_reason == R.IMAGE_ERROR and "12x10 px but its camera" in bad.info["failure_detail"]
     for n in names[1:]:
         assert res_st[n].success and _errors(res_st[n], scene.query_poses[n])[0] < 1e-3
 

@@ -132,6 +132,11 @@ def localize_from_hloc(
                 except (OSError, ValueError) as e:  # missing or undecodable: this query fails, the batch goes on
                     results[q] = res.fail(R.IMAGE_ERROR, str(e))
                     continue
+                if image.shape[:2] != (int(cam.height), int(cam.width)):
+                    results[q] = res.fail(R.IMAGE_ERROR, f"{Path(query_images) / q} is {image.shape[1]}x{image.shape[0]} "
+                                                         f"px but its camera in {query_list} is {int(cam.width)}x"
+                                                         f"{int(cam.height)}")
+                    continue
             results[q] = localize_from_matches(kpts, used, m0, s0, lookup, cam, conf, res, sigmas=qf.get("sigmas"),
                                                image=image)
             res.timings["total"] = sum(v for k, v in res.timings.items() if k != "total")

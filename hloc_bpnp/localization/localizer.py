@@ -385,6 +385,9 @@ def localize_from_matches(kpts: np.ndarray, names, matches0, scores0, lookup, ca
         used = np.unique(corr.query_idx)
         kp_sqrt_info = torch.zeros(len(kpts), 2, 2, dtype=torch.float64)
         gray = None if image is None else gray_image(image)
+        if gray is not None and (gray.shape[-1], gray.shape[-2]) != (int(camera.width), int(camera.height)):
+            raise ValueError(f"query {res.name!r}: image is {gray.shape[-1]}x{gray.shape[-2]} px but its camera is "
+                             f"{int(camera.width)}x{int(camera.height)} (refinement.keypoint_covariance reads it)")
         kp_sqrt_info[torch.from_numpy(used)] = KN.keypoint_sqrt_info(gray, kpts[used], conf["refinement"][
             "keypoint_covariance"], res.name)
         res.timings["keypoint_covariance"] = time.perf_counter() - t
