@@ -19,8 +19,9 @@ IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".tif", ".tiff", ".webp"}
 def register(sub, help_text):
     p = sub.add_parser("localize", help=help_text, description=__doc__)
     p.add_argument("--map", type=Path, help="map folder written by `hloc-bpnp map`")
-    p.add_argument("--images", type=Path, help="query image folder (names relative to it); in plugin mode needed "
-                                                "only by presets with refinement.keypoint_covariance (fast_learned)")
+    p.add_argument("--images", type=Path,
+                   help="query image folder (names relative to it); in plugin mode needed only by presets with "
+                        "refinement.keypoint_covariance (default, fast_learned)")
     p.add_argument("--queries", type=Path,
                    help="hloc query list with intrinsics (`name MODEL W H params`); without it every "
                         "image in --images is a query and its camera is guessed (EXIF or size)")

@@ -76,12 +76,13 @@ def localize_from_hloc(
     conf = merge(default_conf, load_config("localization", conf) if conf else {})
     if conf["patch_alignment"]["enabled"]:
         raise ValueError("patch_alignment needs the query and map images, which the hloc plugin mode does not "
-                         "read; use a preset without it (e.g. default) or `hloc-bpnp localize --map`")
+                         "read; use a preset without it (e.g. features_only) or `hloc-bpnp localize --map`")
     needs_image = enabled(conf)
     if needs_image and query_images is None:
         raise ValueError(f"refinement.keypoint_covariance.method is "
                          f"{conf['refinement']['keypoint_covariance']['method']!r} and needs the query images: pass "
-                         f"query_images= (`hloc-bpnp localize --images DIR`) or use a preset without it (e.g. default)")
+                         f"query_images= (`hloc-bpnp localize --images DIR`) or use a preset without it "
+                         f"(e.g. features_only)")
     rec = read_model(reference_sfm)
     lookup = ModelLookup.from_reconstruction(rec)
     queries = read_query_list(query_list)
@@ -133,9 +134,9 @@ def localize_from_hloc(
                     results[q] = res.fail(R.IMAGE_ERROR, str(e))
                     continue
                 if image.shape[:2] != (int(cam.height), int(cam.width)):
-                    results[q] = res.fail(R.IMAGE_ERROR, f"{Path(query_images) / q} is {image.shape[1]}x{image.shape[0]} "
-                                                         f"px but its camera in {query_list} is {int(cam.width)}x"
-                                                         f"{int(cam.height)}")
+                    results[q] = res.fail(R.IMAGE_ERROR,
+                                          f"{Path(query_images) / q} is {image.shape[1]}x{image.shape[0]} px but its "
+                                          f"camera in {query_list} is {int(cam.width)}x{int(cam.height)}")
                     continue
             results[q] = localize_from_matches(kpts, used, m0, s0, lookup, cam, conf, res, sigmas=qf.get("sigmas"),
                                                image=image)
