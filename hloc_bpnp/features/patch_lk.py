@@ -173,6 +173,13 @@ def align_patches(ref_image: torch.Tensor, image: torch.Tensor, ref_points: torc
     return _lucas_kanade(sample, T, points, radius, iterations, max_shift_px, min_ncc, out_dtype)
 
 
+def _normalised_gradients(Ix: torch.Tensor, Iy: torch.Tensor, sd: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """d In / d shift of a normalised patch (:func:`_normalise`, ``sd`` its std): the gradient
+    minus its patch mean over the patch's std (the std's own derivative, small near the
+    solution, is dropped). (N, P) each."""
+    return (Ix - Ix.mean(-1, keepdim=True)) / sd, (Iy - Iy.mean(-1, keepdim=True)) / sd
+
+
 def _patch_grid(radius: int, device) -> Tuple[torch.Tensor, torch.Tensor]:
     """(P, 2) pixel offsets of a (2 radius + 1)^2 patch and their (P,) Gaussian window weights."""
     r = torch.arange(-radius, radius + 1, dtype=torch.float32, device=device)
@@ -194,10 +201,8 @@ def _lucas_kanade(sample, T: torch.Tensor, points: torch.Tensor, radius: int, it
         I, Ix, Iy = sample(p0 + d)
         In, sd = _normalise(I)
         res = In - T
-        # d In / d shift: the gradient minus its patch mean over the patch's std (the std's own
-        # derivative, small near the solution, is dropped); the 2x2 normal equations in closed form
-        jx = (Ix - Ix.mean(-1, keepdim=True)) / sd
-        jy = (Iy - Iy.mean(-1, keepdim=True)) / sd
+        # the 2x2 normal equations in closed form
+        jx, jy = _normalised_gradients(Ix, Iy, sd)
         wx, wy = jx * w, jy * w
         a, b, c = (wx * jx).sum(-1) + 1e-3, (wx * jy).sum(-1), (wy * jy).sum(-1) + 1e-3
         gx, gy = (wx * res).sum(-1), (wy * res).sum(-1)
@@ -249,8 +254,7 @@ def structure_tensors(image, points: torch.Tensor, radius: int = 5, blur_sigma: 
     grid, w = _patch_grid(radius, image.device)
     pts = points.to(image.device, torch.float32)
     I, Ix, Iy = _crop_sampler(image, pts, radius, 0.0, blur_sigma, True)(pts[:, None] + grid)
-    sd = I.std(-1, keepdim=True) + 1e-4
-    jx, jy = (Ix - Ix.mean(-1, keepdim=True)) / sd, (Iy - Iy.mean(-1, keepdim=True)) / sd
+    jx, jy = _normalised_gradients(Ix, Iy, _normalise(I)[1])
     a, b, c = (w * jx * jx).sum(-1), (w * jx * jy).sum(-1), (w * jy * jy).sum(-1)
     return torch.stack([torch.stack([a, b], -1), torch.stack([b, c], -1)], -2).double().cpu()
 

@@ -255,10 +255,7 @@ class Localizer:
         if self.map_images is None:
             raise ValueError("patch_alignment: the Localizer has no map images (Localizer(map, conf, map_images=))")
         t = time.perf_counter()
-        gray = PA.gray_image(image)
-        if (gray.shape[-1], gray.shape[-2]) != (int(res.camera.width), int(res.camera.height)):
-            raise ValueError(f"query {res.name!r}: image is {gray.shape[-1]}x{gray.shape[-2]} px but its camera is "
-                             f"{int(res.camera.width)}x{int(res.camera.height)}")
+        gray = query_gray_image(image, res.camera, res.name)
         inl = np.flatnonzero(np.asarray(res.inlier_mask))
         ids = np.asarray(res.point3D_ids)[inl]
         all_ids = np.asarray(self.map.point3D_ids)
@@ -346,6 +343,16 @@ def correspondence_weights(sigmas) -> np.ndarray:
     return w / np.median(w) if w.size else w
 
 
+def query_gray_image(image, camera: Camera, name: str) -> torch.Tensor:
+    """The (1, 1, H, W) gray query image that patch alignment and the keypoint covariance read;
+    an image whose size is not its camera's is an error naming the query and both sizes."""
+    gray = gray_image(image)
+    if (gray.shape[-1], gray.shape[-2]) != (int(camera.width), int(camera.height)):
+        raise ValueError(f"query {name!r}: image is {gray.shape[-1]}x{gray.shape[-2]} px but its camera is "
+                         f"{int(camera.width)}x{int(camera.height)}")
+    return gray
+
+
 def localize_from_matches(kpts: np.ndarray, names, matches0, scores0, lookup, camera: Camera,
                           conf: Dict, res: LocalizationResult, sigmas=None, image=None) -> LocalizationResult:
     """The stages after matching, shared by :class:`Localizer` and the hloc plugin.
@@ -384,10 +391,7 @@ def localize_from_matches(kpts: np.ndarray, names, matches0, scores0, lookup, ca
         # per query keypoint with a 2D-3D candidate (a keypoint's noise does not depend on the match)
         used = np.unique(corr.query_idx)
         kp_sqrt_info = torch.zeros(len(kpts), 2, 2, dtype=torch.float64)
-        gray = None if image is None else gray_image(image)
-        if gray is not None and (gray.shape[-1], gray.shape[-2]) != (int(camera.width), int(camera.height)):
-            raise ValueError(f"query {res.name!r}: image is {gray.shape[-1]}x{gray.shape[-2]} px but its camera is "
-                             f"{int(camera.width)}x{int(camera.height)} (refinement.keypoint_covariance reads it)")
+        gray = None if image is None else query_gray_image(image, camera, res.name)
         kp_sqrt_info[torch.from_numpy(used)] = KN.keypoint_sqrt_info(gray, kpts[used], conf["refinement"][
             "keypoint_covariance"], res.name)
         res.timings["keypoint_covariance"] = time.perf_counter() - t

@@ -43,6 +43,7 @@ from tqdm import tqdm
 
 from ..config import load_preset, merge
 from ..geometry import Camera, Pose
+from ..localization import keypoint_noise
 from ..localization import results as R
 from ..features.feature_dict import to_numpy
 from ..localization.localizer import Localizer
@@ -247,7 +248,7 @@ class SequenceLocalizer:
         if isinstance(conf, (str, Path)):
             conf = sequence_config(conf)
         self.conf = merge(default_conf, conf or {}, strict=True, section="sequence")  # a misspelt key is an error
-        if localizer.conf["refinement"]["keypoint_covariance"]["method"] != "none":
+        if keypoint_noise.enabled(localizer.conf):
             logger.info("sequence: refinement.keypoint_covariance %r applies to relocalization only; frame-to-map "
                         "tracking keeps its isotropic real-time solver",
                         localizer.conf["refinement"]["keypoint_covariance"]["method"])
