@@ -152,7 +152,10 @@ def loo_runs(scene, fconf, mapping, loc_config, progress=False, features=None, q
     # (localization.patch_alignment), then BPnP again
     variants["aligned"] = {"refinement": {"method": "bpnp"}, "patch_alignment": {"enabled": True}}
     # the limited poses weigh correspondences as the localizer's refinement does
-    plain = bool((lconf.get("refinement") or {}).get("use_weights"))
+    from hloc_bpnp.localization.localizer import weight_mode
+
+    mode = (lconf.get("refinement") or {}).get("use_weights", False)
+    plain = bool(weight_mode({"refinement": {"use_weights": mode}}, bool(fconf.get("refiner"))))
     uses = {"loo": plain, "weighted": True, "aligned": plain}
     lims = {k: LimitedCollector(scene, k, use_weights=uses[k]) for k in variants}
 

@@ -258,6 +258,16 @@ def test_hloc_plugin_mode(scene, exact_map, tmp_path):
     assert bad.failure_reason == R.IMAGE_ERROR and "12x10 px but its camera" in bad.info["failure_detail"]
     for n in names[1:]:
         assert res_st[n].success and _errors(res_st[n], scene.query_poses[n])[0] < 1e-3
+    # use_weights 'auto': no sigmas in the file -> no weights; a refiner's sigmas -> 1 / sigma^2
+    auto = {"refinement": {"use_weights": "auto"}}
+    res_auto = localize_from_hloc(*args, conf=auto, progress=False)
+    assert all(res_auto[n].info["correspondence_weights"] is False for n in names)
+    with FeatureStore.writer(tmp_path / "feats_sig.h5") as fs:
+        for n, f in {**exact_map.features, **qfeats}.items():
+            fs.put(n, {**f, "sigmas": np.full(len(f["keypoints"]), 0.5, np.float32)} if n in qfeats else f)
+    res_sig = localize_from_hloc(sfm, tmp_path / "feats_sig.h5", *args[2:], conf=auto, progress=False)
+    for n in names:
+        assert res_sig[n].success and res_sig[n].info["correspondence_weights"] == "uncertainty"
 
 
 def test_match_3d_only_equivalent_and_fast_preset(scene, exact_map):

@@ -155,3 +155,30 @@ def test_uncertainty_weights_reach_the_bpnp_refinement():
         localize_from_matches(xq, ["kf"], [np.arange(len(xq))], [np.ones(len(xq))], lookup, cam,
                               merge(default_conf, {"refinement": {"use_weights": "unsure"}}),
                               LocalizationResult(name="q", camera=cam), sigmas=sig)
+
+
+def test_auto_weights_use_sigmas_where_the_features_have_them():
+    """``use_weights: auto`` is ``uncertainty`` for features with ``sigmas`` (a refiner's) and no
+    weights without them -- never the match scores -- and the result records which it used."""
+    from hloc_bpnp.config import merge
+    from hloc_bpnp.localization.localizer import default_conf, localize_from_matches, weight_mode
+
+    cam, xq, sig, lookup = _uncertainty_problem(1)
+    m0 = [np.arange(len(xq))]
+    scores = [np.random.default_rng(0).uniform(0.05, 1.0, len(xq))]  # distinguishable from no weights
+
+    def run(mode, sigmas):
+        conf = merge(default_conf, {"refinement": {"use_weights": mode}})
+        return localize_from_matches(xq, ["kf"], m0, scores, lookup, cam, conf,
+                                     LocalizationResult(name="q", camera=cam), sigmas=sigmas)
+
+    auto_s, unc = run("auto", sig), run("uncertainty", sig)
+    auto_n, none, by_scores = run("auto", None), run(False, None), run(True, None)
+    assert auto_s.info["correspondence_weights"] == "uncertainty"
+    assert auto_n.info["correspondence_weights"] is False
+    assert torch.equal(auto_s.pose.t, unc.pose.t) and torch.equal(auto_s.pose.R, unc.pose.R)
+    assert torch.equal(auto_n.pose.t, none.pose.t) and torch.equal(auto_n.pose.R, none.pose.R)
+    assert not torch.equal(auto_n.pose.t, by_scores.pose.t)  # the scores would have moved it
+    assert not torch.equal(auto_s.pose.t, none.pose.t)
+    conf = merge(default_conf, {"refinement": {"use_weights": "auto"}})
+    assert weight_mode(conf, True) == "uncertainty" and weight_mode(conf, False) is False

@@ -71,7 +71,7 @@ def test_lucas_kanade_recovers_subpixel_shifts_and_rejects_unrelated_patches():
         align_patches(tex, B, p, p[:3])
 
 
-def _plane_scene(seed=0, n_points=700):
+def _plane_scene(seed=0, n_points=700, map_noise=0.0):
     rng = np.random.default_rng(seed)
     points = np.concatenate([rng.uniform(-1.4, 1.4, (n_points, 2)), np.zeros((n_points, 1))], 1)
     desc = rng.normal(size=(n_points, 32)).astype(np.float32)
@@ -90,7 +90,9 @@ def _plane_scene(seed=0, n_points=700):
         return {"keypoints": kp.astype(np.float32), "descriptors": desc[idx], "scores": np.ones(len(idx), np.float32),
                 "image_size": np.array([CAM.width, CAM.height])}, idx
 
-    rec, feats = reconstruction_from_observations(CAM, map_poses, points, observe)
+    map_rng = np.random.default_rng(seed + 100)
+    # the 3D points stay exact; ``map_noise`` moves only the map's keypoints off their projections
+    rec, feats = reconstruction_from_observations(CAM, map_poses, points, lambda p: observe(p, map_noise, map_rng))
     conf = {"features": "sift", "matcher": "mnn", "retrieval": {"global_descriptor": {"type": "vlad", "num_clusters": 8}}}
     return Map.from_reconstruction(rec, feats, conf), map_poses, query, observe
 
@@ -121,6 +123,42 @@ def test_localizer_patch_alignment_pulls_noisy_keypoints_onto_the_map(num_refs):
     r1, t1 = rotation_error_deg(res.pose.R, query.R).item(), center_error(res.pose, query).item()
     assert t1 < 0.5 * t0 and r1 < 0.5 * r0, (r0, t0, r1, t1)
     assert "alignment" in res.timings
+
+
+@pytest.mark.parametrize("num_refs", [1, 3])
+def test_templates_at_the_points_projections_do_not_inherit_map_keypoint_noise(num_refs):
+    """Map keypoints 0.8 px off their (exact) 3D points' projections: templates centred on the
+    keypoints hand that offset to the aligned query keypoints; ``template_center: projection``
+    centres them on the 3D points projected into the map images, and the aligned query keypoints
+    land on their own points' projections (and the pose follows)."""
+    tex = _texture(1)
+    map_, map_poses, query, observe = _plane_scene(map_noise=0.8)
+    images = {n: _render(tex, p) for n, p in map_poses.items()}
+    qimage = _render(tex, query)
+    feats, _ = observe(query)  # exact query keypoints: any error after alignment comes from the map side
+    truth = dict(zip(map_.point3D_ids.tolist(), map_.points3D.tolist()))
+    out = {}
+    for center in ("keypoint", "projection"):
+        conf = {"retrieval": {"num_keyframes": 4}, "ransac": {"max_error_px": 4.0},
+                "patch_alignment": {"enabled": True, "num_references": num_refs, "template_center": center}}
+        res = Localizer(map_, conf, map_images=images).localize_features(feats, CAM, image=qimage)
+        assert res.success and res.info["patch_alignment"]["n_aligned"] > 0.9 * res.num_inliers
+        inl = np.asarray(res.inlier_mask)
+        X = torch.tensor([truth[i] for i in np.asarray(res.point3D_ids)[inl].tolist()], dtype=torch.float64)
+        x_true = CAM.project(query.transform(X)).numpy()
+        out[center] = (np.median(np.linalg.norm(np.asarray(res.points2D)[inl] - x_true, axis=1)),
+                       center_error(res.pose, query).item())
+    (e_kp, t_kp), (e_pr, t_pr) = out["keypoint"], out["projection"]
+    assert e_kp > 0.25, out  # the map keypoints' offsets reach the query (averaged over K views for K > 1)
+    assert e_pr < 0.25 * e_kp and e_pr < 0.2, out
+    assert t_pr < 0.5 * t_kp, out
+
+
+def test_template_center_is_checked():
+    map_, map_poses, query, observe = _plane_scene(n_points=200)
+    images = {n: np.zeros((240, 320), np.uint8) for n in map_poses}
+    with pytest.raises(ValueError, match="template_center must be 'keypoint' or 'projection', got 'centroid'"):
+        Localizer(map_, {"patch_alignment": {"enabled": True, "template_center": "centroid"}}, map_images=images)
 
 
 def test_patch_alignment_needs_images_and_bpnp():

@@ -325,6 +325,12 @@ class FeatureStore(_H5Store):
             raise ValueError(f"{self.path}: image {name!r}: inconsistent counts {n} (descriptors are stored (D, N))")
         return out
 
+    def has_key(self, name: str, key: str) -> bool:
+        """Whether image ``name`` stores the array ``key`` (e.g. a refiner's ``sigmas``)."""
+        if name not in self:
+            raise _missing("Image", name, self._names, self.path)
+        return isinstance(self._h5[name].get(key), h5py.Dataset)
+
     def num_keypoints(self, name: str) -> int:
         """N for one image (from the keypoints' shape; no data read)."""
         if name not in self:

@@ -93,8 +93,9 @@ def localize_from_hloc(
         elif b in refs_of and a in lookup.kp_to_point:
             refs_of[b].append(a)
     results: Dict[str, LocalizationResult] = {}
-    # the BPnP weights from a refiner's keypoint uncertainties need the query's sigmas
-    query_keys = ["keypoints", "sigmas"] if conf["refinement"]["use_weights"] == "uncertainty" else ["keypoints"]
+    # the BPnP weights from a refiner's keypoint uncertainties need the query's sigmas ('auto':
+    # read where the file has them)
+    weights_mode = conf["refinement"]["use_weights"]
     with FeatureStore(features_path, "r") as fs, MatchStore(matches_path, "r") as ms:
         for q, cam in tqdm(queries.items(), desc="localize (hloc plugin)", disable=not progress):
             res = LocalizationResult(name=q, camera=cam)
@@ -102,7 +103,8 @@ def localize_from_hloc(
             if q not in fs:
                 results[q] = res.fail(R.NO_FEATURES, f"{q!r} not in {features_path}")
                 continue
-            qf = fs.get(q, keys=query_keys)
+            sig = weights_mode == "uncertainty" or (weights_mode == "auto" and fs.has_key(q, "sigmas"))
+            qf = fs.get(q, keys=["keypoints", "sigmas"] if sig else ["keypoints"])
             kpts = np.asarray(qf["keypoints"], dtype=np.float64)
             res.num_keypoints = len(kpts)
             refs = list(dict.fromkeys(refs_of[q]))

@@ -103,9 +103,7 @@ class Localizer:
             if self.map_images is None:
                 raise ValueError("patch_alignment is enabled but no map images were given: "
                                  "Localizer(map, conf, map_images=FOLDER) (hloc-bpnp localize --map-images)")
-            if int(self.conf["patch_alignment"]["num_references"]) < 1:
-                raise ValueError("patch_alignment.num_references must be >= 1, got "
-                                 f"{self.conf['patch_alignment']['num_references']!r}")
+            PA.check_conf(self.conf["patch_alignment"])
         KN.enabled(self.conf)  # checks refinement.keypoint_covariance now, not at the first query
         self._ref_cache: Dict[str, Tuple[Dict, Optional[np.ndarray]]] = {}
 
@@ -269,7 +267,10 @@ class Localizer:
         pts[inl], info = PA.align_to_map(gray, pts[inl], rows, self.map, self.map_images, res.retrieved, center,
                                          self.conf["patch_alignment"])
         ref = self.conf["refinement"]
-        w = np.asarray(res.weights)[inl] if (ref["use_weights"] and res.weights is not None) else None
+        # the weights localize_from_matches used ('auto' resolved there)
+        mode = res.info.get("correspondence_weights", ref["use_weights"])
+        w = np.asarray(res.weights)[inl] if (mode and res.weights is not None) else None
+        ref = {**ref, "use_weights": mode}
         # the anisotropic noise of the aligned positions (the alignment's own Gauss-Newton matrices)
         L = KN.keypoint_sqrt_info(gray, pts[inl], ref["keypoint_covariance"], res.name) if KN.enabled(self.conf) \
             else None
@@ -332,6 +333,31 @@ def _to_keyframe_indices(m0: np.ndarray, keep: Optional[np.ndarray]) -> np.ndarr
     return out
 
 
+#: ``refinement.use_weights`` values: none, match scores, a refiner's keypoint uncertainties,
+#: or those uncertainties when the query's features carry them (else none)
+WEIGHT_MODES = (False, True, "scores", "uncertainty", "auto")
+
+
+def weight_mode(conf: Dict, has_sigmas: bool, name: str = "query"):
+    """The BPnP correspondence weights of one query: ``refinement.use_weights`` with ``auto``
+    resolved to ``"uncertainty"`` when its features carry keypoint ``sigmas`` (a feature preset
+    with a refiner, e.g. ``xfeat_refined``) and to ``False`` otherwise.
+
+    Raises:
+        ValueError: an unknown mode, or ``uncertainty`` without sigmas (names the query).
+    """
+    mode = conf["refinement"]["use_weights"]
+    if mode not in WEIGHT_MODES:
+        raise ValueError(f"refinement.use_weights must be false, true (match scores), 'uncertainty' or 'auto', "
+                         f"got {mode!r}")
+    if mode == "auto":
+        return "uncertainty" if has_sigmas else False
+    if mode == "uncertainty" and not has_sigmas:
+        raise ValueError(f"query {name!r}: refinement.use_weights is 'uncertainty' but its features have "
+                         f"no keypoint 'sigmas' (use a feature preset with a refiner, e.g. xfeat_refined)")
+    return mode
+
+
 def correspondence_weights(sigmas) -> np.ndarray:
     """Inverse variances ``1 / sigma^2`` of (N,) keypoint standard deviations (pixels), divided
     by their median, so that weight 1 is a typical keypoint and the robust loss scale keeps its
@@ -369,16 +395,17 @@ def localize_from_matches(kpts: np.ndarray, names, matches0, scores0, lookup, ca
         res: the result to fill (also returned).
         sigmas: (Nq,) optional keypoint standard deviations (pixels; a refiner's
             ``sigmas``), the correspondence weights ``1 / sigma^2`` of the BPnP refinement
-            with ``refinement.use_weights: uncertainty``.
+            with ``refinement.use_weights: uncertainty`` (or ``auto``, see :func:`weight_mode`).
         image: the query's (H, W[, 3]) image, needed by ``refinement.keypoint_covariance``
             (anisotropic keypoint noise from its structure tensors, :mod:`keypoint_noise`).
     """
     t = time.perf_counter()
     kp_weights = None
-    if conf["refinement"]["use_weights"] == "uncertainty":
-        if sigmas is None:
-            raise ValueError(f"query {res.name!r}: refinement.use_weights is 'uncertainty' but its features have "
-                             f"no keypoint 'sigmas' (use a feature preset with a refiner, e.g. xfeat_refined)")
+    mode = weight_mode(conf, sigmas is not None, res.name)
+    if mode != conf["refinement"]["use_weights"]:  # 'auto' resolved for this query
+        conf = {**conf, "refinement": {**conf["refinement"], "use_weights": mode}}
+    res.info["correspondence_weights"] = mode
+    if mode == "uncertainty":
         kp_weights = correspondence_weights(sigmas)
     clustering = bool(conf["covisibility_clustering"]) and len(names) > 1
     corr = gather_2d3d(matches0, scores0, [lookup.kp_to_point[n] for n in names], with_frames=clustering)

@@ -31,8 +31,8 @@ import torch
 from ..features.patch_lk import (MapImages, align_patches, align_to_templates, as_gray_image, gray_image,
                                 prepare_image, sample_patches)
 
-__all__ = ["default_conf", "align_patches", "prepare_image", "gray_image", "MapImages", "reference_observations",
-           "align_to_map"]
+__all__ = ["default_conf", "check_conf", "align_patches", "prepare_image", "gray_image", "MapImages",
+           "reference_observations", "project_points", "align_to_map"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +51,9 @@ default_conf = {
     # align each keypoint to the mean patch of its point's observations in this many map images
     # nearest to the query (1: the nearest observation's patch alone)
     "num_references": 1,
+    # where the map image's template is centred: "keypoint" (the map's observation) or
+    # "projection" (the 3D point projected into that map image with its known pose)
+    "template_center": "keypoint",
 }
 
 
@@ -72,6 +75,24 @@ def _observations_in(map, name: str, rows: np.ndarray) -> Tuple[np.ndarray, np.n
     pos = np.clip(np.searchsorted(srt, rows), 0, srt.size - 1)
     hit = srt[pos] == rows
     return hit, np.asarray(map.features[name]["keypoints"], np.float64)[kp_idx[order[pos[hit]]]]
+
+
+def check_conf(conf: Dict) -> Tuple[int, str]:
+    """(num_references, template_center) of a ``patch_alignment`` conf; bad values are errors."""
+    k_refs = int(conf.get("num_references", 1))
+    if k_refs < 1:
+        raise ValueError(f"patch_alignment.num_references must be >= 1, got {conf.get('num_references')!r}")
+    center = conf.get("template_center", "keypoint")
+    if center not in ("keypoint", "projection"):
+        raise ValueError(f"patch_alignment.template_center must be 'keypoint' or 'projection', got {center!r}")
+    return k_refs, center
+
+
+def project_points(map, name: str, rows: np.ndarray) -> np.ndarray:
+    """(M, 2) COLMAP pixels of the map's 3D points ``rows`` in map image ``name`` (its pose and camera)."""
+    pose, cam = map.pose(name).to(torch.float64), map.camera(name).to(torch.float64)
+    X = torch.from_numpy(np.asarray(map.points3D[rows], np.float64))
+    return cam.project(pose.transform(X)).cpu().numpy()
 
 
 def reference_observations(map, rows: np.ndarray, candidates,
@@ -115,9 +136,7 @@ def align_to_map(query_image: torch.Tensor, points2D: np.ndarray, rows: np.ndarr
     """
     query = as_gray_image(query_image)
     out = np.asarray(points2D, np.float64).copy()
-    k_refs = int(conf.get("num_references", 1))
-    if k_refs < 1:
-        raise ValueError(f"patch_alignment.num_references must be >= 1, got {k_refs}")
+    k_refs, center_mode = check_conf(conf)
     owner, ref_kp, names = reference_observations(map, rows, candidates, center)
 
     def image(name):
@@ -134,7 +153,10 @@ def align_to_map(query_image: torch.Tensor, points2D: np.ndarray, rows: np.ndarr
     if k_refs == 1:
         for j in np.unique(owner[owner >= 0]).tolist():
             s = np.flatnonzero(owner == j)
-            d, ok = align_patches(image(names[j]), query, torch.from_numpy(ref_kp[s]), torch.from_numpy(out[s]), *lk)
+            ref = ref_kp[s]
+            if center_mode == "projection":
+                ref = project_points(map, names[j], np.asarray(rows, np.int64)[s])
+            d, ok = align_patches(image(names[j]), query, torch.from_numpy(ref), torch.from_numpy(out[s]), *lk)
             out[s] += d.cpu().numpy()
             n_ok += int(ok.sum())
             shifts.append(d[ok].norm(dim=-1).cpu().numpy())
@@ -148,6 +170,8 @@ def align_to_map(query_image: torch.Tensor, points2D: np.ndarray, rows: np.ndarr
             if todo.size == 0:
                 break
             hit, kp = _observations_in(map, n, np.asarray(rows, np.int64)[todo])
+            if hit.any() and center_mode == "projection":
+                kp = project_points(map, n, np.asarray(rows, np.int64)[todo[hit]])
             if hit.any():
                 templ[todo[hit]] += sample_patches(image(n), torch.from_numpy(kp), lk[0], lk[2])
                 count[todo[hit]] += 1

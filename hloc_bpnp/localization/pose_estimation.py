@@ -49,7 +49,8 @@ default_conf = {
         "loss": "cauchy",  # l2 | huber | cauchy -- measured: see configs/localization/default.yaml
         "loss_scale_px": 1.0,
         # BPnP correspondence weights: false | true (match scores) | uncertainty (1 / sigma^2 of a
-        # refiner's keypoint sigmas, features xfeat_refined)
+        # refiner's keypoint sigmas, features xfeat_refined) | auto (uncertainty when the query's
+        # features carry sigmas, else none; localizer.weight_mode)
         "use_weights": False,
         "refine_intrinsics": False,  # focal (and distortion) via pycolmap before BPnP
         # anisotropic keypoint noise from the query image's structure tensors (keypoint_noise.py)
@@ -152,8 +153,8 @@ def estimate_pose(
     covariance = None
     if ref["method"] == "bpnp":
         if ref["use_weights"] not in (False, True, "scores", "uncertainty"):
-            raise ValueError(f"refinement.use_weights must be false, true (match scores) or 'uncertainty', "
-                             f"got {ref['use_weights']!r}")
+            raise ValueError(f"refinement.use_weights must be false, true (match scores) or 'uncertainty' "
+                             f"('auto' is resolved per query by localizer.weight_mode), got {ref['use_weights']!r}")
         w = weights[inliers] if (weights is not None and ref["use_weights"]) else None
         L = None if sqrt_info is None else torch.as_tensor(sqrt_info)[torch.from_numpy(inliers)]
         pose, covariance, rinfo = refine_bpnp(p2[inliers], p3[inliers], cam_used, pose, ref, w, L)
