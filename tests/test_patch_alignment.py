@@ -154,11 +154,32 @@ def test_templates_at_the_points_projections_do_not_inherit_map_keypoint_noise(n
     assert t_pr < 0.5 * t_kp, out
 
 
+def test_further_references_only_within_the_angle_limit():
+    """``max_reference_angle_deg``: a second map view joins a point's template only where it sees
+    the point within that angle of the query's ray; the nearest view always counts."""
+    tex = _texture(1)
+    map_, map_poses, query, observe = _plane_scene()
+    images = {n: _render(tex, p) for n, p in map_poses.items()}
+    feats, _ = observe(query, noise=0.5, rng_=np.random.default_rng(3))
+    refs = {}
+    for limit in (None, 60.0, 0.5):
+        conf = {"retrieval": {"num_keyframes": 4}, "ransac": {"max_error_px": 4.0},
+                "patch_alignment": {"enabled": True, "num_references": 2, "max_reference_angle_deg": limit}}
+        res = Localizer(map_, conf, map_images=images).localize_features(feats, CAM, image=_render(tex, query))
+        assert res.success
+        refs[limit] = res.info["patch_alignment"]["mean_references"]
+    # the map views are 10-20 deg from the query's rays: all pass 60 deg, none 0.5 deg
+    assert refs[None] > 1.9 and refs[60.0] == refs[None] and refs[0.5] == 1.0, refs
+
+
 def test_template_center_is_checked():
     map_, map_poses, query, observe = _plane_scene(n_points=200)
     images = {n: np.zeros((240, 320), np.uint8) for n in map_poses}
     with pytest.raises(ValueError, match="template_center must be 'keypoint' or 'projection', got 'centroid'"):
         Localizer(map_, {"patch_alignment": {"enabled": True, "template_center": "centroid"}}, map_images=images)
+    for bad in (0, -5, "10", True):
+        with pytest.raises(ValueError, match="max_reference_angle_deg must be null or in"):
+            Localizer(map_, {"patch_alignment": {"enabled": True, "max_reference_angle_deg": bad}}, map_images=images)
 
 
 def test_patch_alignment_needs_images_and_bpnp():
