@@ -30,9 +30,9 @@ Then the points are re-triangulated by Gauss-Newton on the reprojection error (p
 cameras fixed, the current position as the start), and the model's 2D points and the
 features' keypoints are moved together, so the map stays consistent when saved.
 
-Measured on real scenes with ``xfeat_refined`` and query alignment (README, "This round: ...
-map keypoint adjustment"), leave-one-out median rotation error against query alignment alone:
-``consensus`` -33% on the Middlebury temple, -6% on fountain-P11, +12% on Herz-Jesu-P8 (wide
+Measured on real scenes with ``xfeat_refined`` and query alignment (README, "Previous round:
+where XFeat's error ... map keypoint adjustment"), leave-one-out median rotation error against
+query alignment alone (with the earlier templates at the map keypoints): ``consensus`` -33% on the Middlebury temple, -6% on fountain-P11, +12% on Herz-Jesu-P8 (wide
 baselines: translation-only patches do not follow the foreshortening); ``reference`` is not
 robust. So only the opt-in mapping preset ``xfeat_refined_adjusted`` enables the stage.
 
