@@ -3,9 +3,10 @@
 A per-keypoint refiner moves each keypoint on its own; it cannot see that the query's keypoint
 and the map's observation of the same 3D point sit on slightly different surface points
 (detector-level errors of 1-3 px, measured on the Middlebury temple). Once the query has a
-pose, each inlier keypoint is aligned to the observation of its 3D point in the map image
-closest to the query's camera centre: a translation-only Lucas-Kanade fit of a normalised
-image patch (zero mean, unit variance, Gaussian-weighted window), the map's patch fixed.
+pose, each inlier keypoint is aligned to its 3D point as the map images closest to the query's
+camera centre see it (the template: see "Where the template sits" below): a translation-only
+Lucas-Kanade fit of a normalised image patch (zero mean, unit variance, Gaussian-weighted
+window), the map's patch fixed.
 The pose is then refined again by BPnP from the aligned keypoints.
 
 Measured (README, "Query patch alignment"; ``pipelines/finetune_real.py --no-train``, variant
@@ -18,7 +19,8 @@ alignment pays most where one side is fixed, as the map's observations are for a
 
 **Where the template sits** (``template_center``). The pose is solved against the map's 3D
 point, not against the map's keypoint: a point triangulated from several detections sits off
-each of them by its reprojection error (0.6-1 px for XFeat on the temple). A template centred
+each of them by its reprojection error (a median of 0.95 px in an ``xfeat_refined`` temple
+map). A template centred
 on the map keypoint hands that offset to the query whole. Centred on the 3D point's projection
 into the map image (``projection``, the default), the aligned query keypoint is where the
 surface point seen along that map ray appears, so only the point's error ALONG the map ray

@@ -32,9 +32,9 @@ features' keypoints are moved together, so the map stays consistent when saved.
 
 Measured on real scenes with ``xfeat_refined`` and query alignment (README, "Previous round:
 where XFeat's error ... map keypoint adjustment"), leave-one-out median rotation error against
-query alignment alone (with the earlier templates at the map keypoints): ``consensus`` -33% on the Middlebury temple, -6% on fountain-P11, +12% on Herz-Jesu-P8 (wide
-baselines: translation-only patches do not follow the foreshortening); ``reference`` is not
-robust. So only the opt-in mapping preset ``xfeat_refined_adjusted`` enables the stage.
+query alignment alone (with the earlier templates at the map keypoints): ``consensus`` -33%
+on the Middlebury temple, -6% on fountain-P11, +12% on Herz-Jesu-P8 (wide baselines:
+translation-only patches do not follow the foreshortening); ``reference`` is not robust. So only the opt-in mapping preset ``xfeat_refined_adjusted`` enables the stage.
 
 All positions are COLMAP pixels (top-left pixel centre at (0.5, 0.5)); poses cam_from_world.
 """
