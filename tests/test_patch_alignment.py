@@ -258,14 +258,10 @@ def test_cli_localize_with_map_images(tmp_path, caplog):
 
     log = json.loads((tmp_path / "res_log.json").read_text())["queries"][0]
     assert log["info"]["patch_alignment"]["n_aligned"] > 0.5 * log["num_inliers"]
-    # --map-images without --config: the `aligned` preset (the images are read only by alignment)
+    # --map-images with a preset that does not align: a warning that the images are not read
     caplog.clear()
-    with caplog.at_level("INFO"):
-        assert main(args[:-1] + [str(tmp_path / "res_auto.txt"), "--map-images", str(tmp_path / "mapimg")]) == 0
-    assert "preset 'aligned' (--map-images given" in caplog.text
-    log_auto = json.loads((tmp_path / "res_auto_log.json").read_text())["queries"][0]
-    assert log_auto["info"]["patch_alignment"]["n_aligned"] == log["info"]["patch_alignment"]["n_aligned"]
-    assert main(args[:-1] + [str(tmp_path / "res_plain.txt")]) == 0  # no map images: `default`, no alignment
+    assert main(args[:-1] + [str(tmp_path / "res_plain.txt"), "--map-images", str(tmp_path / "mapimg")]) == 0
+    assert "preset 'default' does not align, the map images are not used" in caplog.text
     assert "patch_alignment" not in json.loads((tmp_path / "res_plain_log.json").read_text())["queries"][0]["info"]
     try:
         import ray  # noqa: F401

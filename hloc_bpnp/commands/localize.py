@@ -26,9 +26,8 @@ def register(sub, help_text):
                    help="hloc query list with intrinsics (`name MODEL W H params`); without it every "
                         "image in --images is a query and its camera is guessed (EXIF or size)")
     p.add_argument("--config", default=None,
-                   help="localization preset or YAML path (default: `default`, or `aligned` with --map-images; in "
-                        "plugin mode without --images, `features_only`: `default` without the keypoint weights "
-                        "that read the query images)")
+                   help="localization preset or YAML path (default: `default`; in plugin mode without --images, "
+                        "`features_only`: `default` without the keypoint weights that read the query images)")
     p.add_argument("--map-images", type=Path, default=None,
                    help="folder of the map's images (names as in the map); needed by presets with "
                         "patch_alignment (e.g. `aligned`, `fast_learned_aligned`)")
@@ -88,19 +87,20 @@ def run(args) -> int:
     else:
         if args.map is None or args.images is None:
             raise ValueError("localize needs --map and --images (or the --hloc-* plugin options)")
-        if args.config is None:
-            # map images are read only by patch alignment: given them, align (README, "Alignment
-            # templates at the 3D points' projections": `aligned` beats `default` on every scene)
-            args.config = "aligned" if args.map_images else "default"
-            logger.info("localization preset %r%s", args.config,
-                        " (--map-images given: patch alignment)" if args.map_images else "")
+        from ..config import load_config
+
+        args.config = args.config or "default"
+        aligned = bool((load_config("localization", args.config).get("patch_alignment") or {}).get("enabled"))
+        if args.map_images is not None and not aligned:
+            # alignment pays on posed scenes, not on the Sacre Coeur SfM map (README), so it stays
+            # a choice: say that the images are not read
+            logger.warning("--map-images is read only by presets with patch_alignment (e.g. aligned, "
+                           "fast_learned_aligned); preset %r does not align, the map images are not used",
+                           args.config)
         queries = _queries(args)
         if args.workers:
             from ..distributed import localize_distributed
 
-            from ..config import load_config
-
-            aligned = bool((load_config("localization", args.config).get("patch_alignment") or {}).get("enabled"))
             if aligned and args.map_images is None:
                 raise ValueError(f"localization preset {args.config!r} aligns query keypoints to the map's images "
                                  f"(patch_alignment): pass --map-images DIR")
