@@ -386,3 +386,44 @@ def test_same_poses_as_sequential_on_strecha(ray_cluster, shared_data, tmp_path)
     res = localize_distributed(tmp_path / "map", queries, workers=2, image_dir=scene.image_dir, progress=False)
     assert all(r.success for r in seq.values())
     _assert_same(res, seq)
+
+
+
+def test_a_worker_that_never_gets_ready_is_replaced_then_an_error(ray_cluster, tmp_path):
+    """Ray can leave a worker idle that never runs its actor: the start-up barrier replaces a
+    worker not ready after ``startup_timeout_s`` instead of waiting forever, and gives up with a
+    clear error after ``max_worker_deaths`` replacements."""
+    from hloc_bpnp.distributed.scheduler import run_ordered
+
+    class SlowStart:  # defined here: Ray pickles it by value (the workers cannot import tests)
+        """Its first instance (per marker file) never gets ready within the test's timeout."""
+
+        def __init__(self, marker, always=False):
+            self.marker, self.always = marker, always
+
+        def ready(self):
+            import time
+
+            if self.always or not os.path.exists(self.marker):
+                open(self.marker, "w").close()
+                time.sleep(120)
+            return 0.0
+
+        def work(self, items):
+            return [2 * i for i in items]
+
+    cls = ray_cluster.remote(SlowStart).options(num_cpus=1, max_restarts=0)
+    out = {}
+
+    def emit(positions, results):
+        out.update(zip(positions, results))
+
+    marker = str(tmp_path / "started")
+    stats = run_ordered(list(range(5)), start_actor=lambda: cls.remote(marker), submit=lambda a, c: a.work.remote(c),
+                        num_actors=1, chunk_size=2, emit=emit, on_poison=None, progress=False,
+                        startup_timeout_s=3.0)
+    assert stats["replacements"] == 1 and out == {i: 2 * i for i in range(5)}
+    with pytest.raises(RuntimeError, match=r"1 worker\(s\) did not start within 3 s, 1 replacements included"):
+        run_ordered([1], start_actor=lambda: cls.remote(marker, True), submit=lambda a, c: a.work.remote(c),
+                    num_actors=1, chunk_size=1, emit=emit, on_poison=None, progress=False, startup_timeout_s=3.0,
+                    max_worker_deaths=1)

@@ -64,6 +64,7 @@ def run_ordered(
     progress: bool = True,
     desc: str = "items",
     actors_out: Optional[list] = None,
+    startup_timeout_s: float = 600.0,
 ) -> Dict[str, int]:
     """Process ``items`` on ``num_actors`` Ray actors; returns counters (deaths, replacements,
     poisoned).
@@ -80,6 +81,10 @@ def run_ordered(
             ``max_worker_deaths`` times (may raise to abort the run).
         name_of: item -> name for logs.
         actors_out: if given, the live actor handles are kept in it (tests kill them).
+        startup_timeout_s: an initial worker not ready after this long is killed and replaced
+            (Ray can leave a worker process idle that never runs its actor); after
+            ``max_worker_deaths`` replacements a worker that still does not start raises
+            RuntimeError instead of waiting forever.
     """
     ray = require_ray()
     deadly = death_errors()
@@ -103,6 +108,29 @@ def run_ordered(
             actors_out[:] = [s.actor for s in slots]
 
     sync_actors()
+    for attempt in range(max_worker_deaths + 1):  # start-up: a worker that never gets ready is replaced
+        if not slots:
+            break
+        refs = [s.ready_ref for s in slots]
+        _, pending = ray.wait(refs, num_returns=len(refs), timeout=startup_timeout_s)
+        if not pending:
+            break
+        stuck = [s for s in slots if s.ready_ref in pending]
+        if attempt == max_worker_deaths:
+            for s in slots:
+                ray.kill(s.actor, no_restart=True)
+            raise RuntimeError(f"{len(stuck)} worker(s) did not start within {startup_timeout_s:g} s, "
+                               f"{max_worker_deaths} replacements included")
+        logger.warning("%d worker(s) not ready after %g s: replacing them", len(stuck), startup_timeout_s)
+        for s in stuck:
+            try:
+                ray.kill(s.actor, no_restart=True)
+            except Exception:  # already gone
+                pass
+            fresh = new_slot()
+            s.actor, s.ready_ref = fresh.actor, fresh.ready_ref
+            stats["replacements"] += 1
+        sync_actors()
     if slots:  # start-up barrier: every initial worker has loaded its state before work goes out
         try:
             load = ray.get([s.ready_ref for s in slots])
