@@ -77,7 +77,7 @@ def test_localizer_anisotropic_refinement_beats_isotropic_on_edge_noise():
     H = structure_tensors(qimage, kp, radius=7, blur_sigma=0.5)
     ev, vec = torch.linalg.eigh(H)
     assert float((ev[:, 1] / ev[:, 0]).median()) > 20  # the rings are edges everywhere
-    along, across = vec[..., 0].numpy(), vec[..., 1].numpy()
+    along, across = vec[..., 0].cpu().numpy(), vec[..., 1].cpu().numpy()
     base = {"retrieval": {"num_keyframes": 4}, "ransac": {"max_error_px": 6.0}, "refinement": {"loss": "l2"}}
     plain = Localizer(map_, base)
     loc = Localizer(map_, {**base, "refinement": {"loss": "l2", "keypoint_covariance": {"method": "structure_tensor"}}})

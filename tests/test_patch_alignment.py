@@ -145,7 +145,7 @@ def test_templates_at_the_points_projections_do_not_inherit_map_keypoint_noise(n
         assert res.success and res.info["patch_alignment"]["n_aligned"] > 0.9 * res.num_inliers
         inl = np.asarray(res.inlier_mask)
         X = torch.tensor([truth[i] for i in np.asarray(res.point3D_ids)[inl].tolist()], dtype=torch.float64)
-        x_true = CAM.project(query.transform(X)).numpy()
+        x_true = CAM.project(query.transform(X)).cpu().numpy()
         out[center] = (np.median(np.linalg.norm(np.asarray(res.points2D)[inl] - x_true, axis=1)),
                        center_error(res.pose, query).item())
     (e_kp, t_kp), (e_pr, t_pr) = out["keypoint"], out["projection"]

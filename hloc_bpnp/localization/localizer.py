@@ -31,7 +31,7 @@ from .camera_prior import guess_camera
 from .correspondences import Correspondences, covisibility_clusters, gather_2d3d
 from ..features.feature_dict import as_numpy, select_keypoints, to_numpy, to_torch
 from .pose_estimation import default_conf as pose_default_conf
-from .pose_estimation import estimate_pose, refine_bpnp
+from .pose_estimation import RESOLVED_WEIGHT_MODES, estimate_pose, refine_bpnp
 from . import keypoint_noise as KN
 from . import patch_alignment as PA
 from ..features.patch_lk import gray_image
@@ -333,9 +333,9 @@ def _to_keyframe_indices(m0: np.ndarray, keep: Optional[np.ndarray]) -> np.ndarr
     return out
 
 
-#: ``refinement.use_weights`` values: none, match scores, a refiner's keypoint uncertainties,
-#: or those uncertainties when the query's features carry them (else none)
-WEIGHT_MODES = (False, True, "scores", "uncertainty", "auto")
+#: ``refinement.use_weights`` values: those :func:`estimate_pose` takes, and ``auto``: a
+#: refiner's uncertainties when the query's features carry them (else none)
+WEIGHT_MODES = RESOLVED_WEIGHT_MODES + ("auto",)
 
 
 def weight_mode(conf: Dict, has_sigmas: bool, name: str = "query"):

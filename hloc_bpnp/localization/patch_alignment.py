@@ -196,17 +196,17 @@ def align_to_map(query_image: torch.Tensor, points2D: np.ndarray, rows: np.ndarr
         max_angle = conf.get("max_reference_angle_deg")
         for n in names:
             todo = np.flatnonzero(seen & (count < k_refs))
-            if max_angle is not None and todo.size:
+            if todo.size == 0:
+                break
+            if max_angle is not None:
                 # a further reference only where it sees the point within max_angle of the query's ray
                 X = np.asarray(map.points3D[rows64[todo]], np.float64)
                 c = map.pose(n).to(torch.float64).center.reshape(3).cpu().numpy()
                 a, b = c - X, np.asarray(center, np.float64).reshape(3) - X
                 cos = (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1) + 1e-12)
                 todo = todo[(count[todo] == 0) | (cos >= np.cos(np.deg2rad(float(max_angle))))]
-            if todo.size == 0:
-                if not (seen & (count < k_refs)).any():
-                    break
-                continue
+                if todo.size == 0:
+                    continue
             hit, kp = _observations_in(map, n, rows64[todo])
             if hit.any() and center_mode == "projection":
                 kp = project_points(map, n, rows64[todo[hit]])

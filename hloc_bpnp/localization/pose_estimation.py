@@ -30,6 +30,10 @@ from .keypoint_noise import default_conf as keypoint_covariance_conf
 
 logger = logging.getLogger(__name__)
 
+#: the ``refinement.use_weights`` values :func:`estimate_pose` takes: none, match scores, a
+#: refiner's keypoint uncertainties (``auto`` is resolved per query by ``localizer.weight_mode``)
+RESOLVED_WEIGHT_MODES = (False, True, "scores", "uncertainty")
+
 default_conf = {
     "ransac": {
         "max_error_px": 4.0,  # measured: benchmarks/sweep_ransac.py (1-12 px within noise on Strecha)
@@ -152,7 +156,7 @@ def estimate_pose(
     pose = _rigid_to_pose(rigid)
     covariance = None
     if ref["method"] == "bpnp":
-        if ref["use_weights"] not in (False, True, "scores", "uncertainty"):
+        if ref["use_weights"] not in RESOLVED_WEIGHT_MODES:
             raise ValueError(f"refinement.use_weights must be false, true (match scores) or 'uncertainty' "
                              f"('auto' is resolved per query by localizer.weight_mode), got {ref['use_weights']!r}")
         w = weights[inliers] if (weights is not None and ref["use_weights"]) else None
