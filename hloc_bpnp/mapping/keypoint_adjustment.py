@@ -51,6 +51,7 @@ from tqdm import tqdm
 from ..features.patch_lk import MapImages, align_patches, align_to_templates, sample_patches
 from ..geometry.camera import Camera
 from ..geometry.pose import Pose
+from .point_refinement import refine_points_on_planes
 
 logger = logging.getLogger(__name__)
 
@@ -184,6 +185,36 @@ def _align_to_consensus(rec, kp, regs, centers, source, conf, progress):
     return new, [moved[ok_any].cpu().numpy()], int(ok_any.sum()), len(x)
 
 
+def _refine_on_planes(rec, kp, regs, cameras, poses, source, conf):
+    """Each point's depth along its reference view's ray and a local plane's normal fitted to
+    the views' patches (:func:`~hloc_bpnp.mapping.point_refinement.refine_points_on_planes`);
+    the observations of a refined point move onto its projections. Returns the new keypoints,
+    the moves of the refined observations, the counts, and the new points by id."""
+    pids = list(rec.points3D)
+    tracks = [[int(e.image_id) for e in rec.points3D[p].track.elements if int(e.image_id) in regs] for p in pids]
+    xyz = torch.from_numpy(np.stack([np.asarray(rec.points3D[p].xyz, np.float64) for p in pids])) if pids else \
+        torch.zeros(0, 3, dtype=torch.float64)
+    X, refined, _ = refine_points_on_planes(
+        xyz, tracks, cameras, poses, lambda i: source(regs[i].name), radius=int(conf["radius"]),
+        blur_sigma=float(conf["blur_sigma"]), iterations=int(conf["iterations"]),
+        max_depth_px=float(conf["max_shift_px"]), max_angle_deg=float(conf["max_angle_deg"]),
+        min_ncc=float(conf["min_ncc"]))
+    new = {i: k.copy() for i, k in kp.items()}
+    moves, n_try = [], 0
+    for j, p in enumerate(pids):
+        n_try += len(tracks[j])
+        if not refined[j]:
+            continue
+        for e in rec.points3D[p].track.elements:
+            i, k = int(e.image_id), int(e.point2D_idx)
+            if i in regs:
+                x = cameras[i].project(poses[i].transform(X[j][None]))[0].cpu().numpy()
+                moves.append(float(np.linalg.norm(x - kp[i][k])))
+                new[i][k] = x
+    start = {p: X[j].cpu().numpy() for j, p in enumerate(pids) if refined[j]}
+    return new, [np.asarray(moves)], len(moves), n_try, start
+
+
 def _retriangulate(xyz: torch.Tensor, obs_row: torch.Tensor, obs_img: np.ndarray, uv: torch.Tensor,
                    cameras: Dict[int, Camera], poses: Dict[int, Pose], iterations: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """Gauss-Newton on the reprojection error of (P, 3) points ``xyz`` from their observations
@@ -272,12 +303,16 @@ def adjust_keypoints(rec, features: Mapping[str, Mapping], images, conf=None,
         if (int(cam.width), int(cam.height)) != (im.shape[-1], im.shape[-2]):
             raise ValueError(f"keypoint adjustment: image {regs[j].name!r} is {im.shape[-1]}x{im.shape[-2]} px "
                              f"but its camera is {int(cam.width)}x{int(cam.height)} (wrong image folder?)")
+    start = {}
     if conf["method"] == "reference":
         new, shifts, n_ok, n_try = _align_to_references(rec, kp, regs, centers, source, conf, progress)
     elif conf["method"] == "consensus":
         new, shifts, n_ok, n_try = _align_to_consensus(rec, kp, regs, centers, source, conf, progress)
+    elif conf["method"] == "plane":
+        new, shifts, n_ok, n_try, start = _refine_on_planes(rec, kp, regs, cameras, poses, source, conf)
     else:
-        raise ValueError(f"keypoint_adjustment.method must be 'reference' or 'consensus', got {conf['method']!r}")
+        raise ValueError(f"keypoint_adjustment.method must be 'reference', 'consensus' or 'plane', "
+                         f"got {conf['method']!r}")
     stats = {"n_observations": len(obs), "n_aligned": n_ok, "n_tried": n_try,
              "median_shift_px": float(np.median(np.concatenate(shifts))) if shifts and n_ok else 0.0}
     if obs:
@@ -290,6 +325,8 @@ def adjust_keypoints(rec, features: Mapping[str, Mapping], images, conf=None,
         uv = torch.from_numpy(np.stack([new[i][k] for i, k in zip(obs_img, idx)]))
         X0 = torch.from_numpy(np.stack([np.asarray(rec.points3D[p].xyz, np.float64) for p in pids]))
         _, r0 = _retriangulate(X0, obs_row, obs_img, uv_old, cameras, poses, 0)
+        if start:
+            X0 = torch.from_numpy(np.stack([start.get(p, np.asarray(rec.points3D[p].xyz, np.float64)) for p in pids]))
         X, r = _retriangulate(X0, obs_row, obs_img, uv, cameras, poses, int(conf["gn_iterations"]))
         mean_err = torch.zeros(len(pids), dtype=torch.float64).index_add_(0, obs_row, r) / torch.bincount(
             obs_row, minlength=len(pids)).clamp_min(1)
