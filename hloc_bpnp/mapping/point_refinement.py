@@ -19,7 +19,7 @@ Conventions: poses cam_from_world, COLMAP pixels (top-left pixel centre at (0.5,
 from __future__ import annotations
 
 import logging
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, Sequence, Tuple
 
 import numpy as np
 import torch
