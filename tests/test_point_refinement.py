@@ -62,6 +62,9 @@ def test_points_return_to_the_surface_and_the_normal_matters():
     ref = _reference(poses)
     np.testing.assert_allclose(CAM.project(ref.transform(X)).numpy(), CAM.project(ref.transform(noisy)).numpy(),
                                atol=1e-6)
+    # a quarter of the samples over the same support does nearly as well
+    X2, _, _ = _refine(noisy, poses, images, radius=6, stride=2)
+    assert _depth_px(X2, truth, poses) < 0.1 * before
     # fronto-parallel patches (no normal) fit the oblique plane worse
     X0, _, _ = _refine(noisy, poses, images, max_tilt=0.0)
     assert after < 0.7 * _depth_px(X0, truth, poses), (after, _depth_px(X0, truth, poses))
@@ -76,6 +79,13 @@ def test_no_iterations_and_unrelated_images_move_nothing():
     X, refined, _ = _refine(noisy, poses, noise)
     assert refined.float().mean() < 0.1
     assert torch.equal(X[~refined], noisy[~refined])
+
+
+def test_bad_patch_arguments_are_errors():
+    truth, noisy, poses, images = _scene(n_points=5)
+    for kw in ({"radius": 0}, {"stride": 0}, {"radius": 2, "stride": 5}):
+        with pytest.raises(ValueError, match="plane refinement: radius"):
+            _refine(noisy, poses, images, **kw)
 
 
 def test_single_view_points_are_left_alone():

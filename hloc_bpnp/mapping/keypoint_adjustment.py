@@ -71,6 +71,11 @@ default_conf = {
     "method": "consensus",
     "rounds": 4,
     "damping": 0.5,
+    # plane: each point's depth along its reference view's ray and a plane normal fitted to the
+    # patches of all its views seen within max_angle_deg (mapping/point_refinement.py), the
+    # patch sampled every `stride` pixels, `iterations` Levenberg-Marquardt steps, the depth
+    # bounded by max_shift_px of motion in the view of largest parallax
+    "stride": 1,
 }
 
 
@@ -198,21 +203,21 @@ def _refine_on_planes(rec, kp, regs, cameras, poses, source, conf):
         xyz, tracks, cameras, poses, lambda i: source(regs[i].name), radius=int(conf["radius"]),
         blur_sigma=float(conf["blur_sigma"]), iterations=int(conf["iterations"]),
         max_depth_px=float(conf["max_shift_px"]), max_angle_deg=float(conf["max_angle_deg"]),
-        min_ncc=float(conf["min_ncc"]))
+        min_ncc=float(conf["min_ncc"]), stride=int(conf["stride"]))
     new = {i: k.copy() for i, k in kp.items()}
-    moves, n_try = [], 0
-    for j, p in enumerate(pids):
-        n_try += len(tracks[j])
-        if not refined[j]:
-            continue
-        for e in rec.points3D[p].track.elements:
-            i, k = int(e.image_id), int(e.point2D_idx)
-            if i in regs:
-                x = cameras[i].project(poses[i].transform(X[j][None]))[0].cpu().numpy()
-                moves.append(float(np.linalg.norm(x - kp[i][k])))
-                new[i][k] = x
+    obs = [(j, int(e.image_id), int(e.point2D_idx)) for j, p in enumerate(pids) if refined[j]
+           for e in rec.points3D[p].track.elements if int(e.image_id) in regs]
+    moves = []
+    if obs:
+        o = np.asarray(obs, np.int64)
+        for i in np.unique(o[:, 1]).tolist():
+            s = o[o[:, 1] == i]
+            x = cameras[i].project(poses[i].transform(X[torch.from_numpy(s[:, 0])])).cpu().numpy()
+            moves.append(np.linalg.norm(x - kp[i][s[:, 2]], axis=1))
+            new[i][s[:, 2]] = x
+    n_try = sum(len(t) for t in tracks)
     start = {p: X[j].cpu().numpy() for j, p in enumerate(pids) if refined[j]}
-    return new, [np.asarray(moves)], len(moves), n_try, start
+    return new, moves, len(obs), n_try, start
 
 
 def _retriangulate(xyz: torch.Tensor, obs_row: torch.Tensor, obs_img: np.ndarray, uv: torch.Tensor,

@@ -52,12 +52,13 @@ class _Problem:
     """The points' planes and their observations, batched: (P,) points, (O,) observations
     (point row, view image id) of the views other than each point's reference."""
 
-    def __init__(self, xyz, ref_img, obs_pt, obs_img, cameras, poses, radius):
+    def __init__(self, xyz, ref_img, obs_pt, obs_img, cameras, poses, radius, stride):
         self.cameras, self.poses = cameras, poses
         self.obs_pt = torch.as_tensor(obs_pt, dtype=torch.long)
         self.obs_img = np.asarray(obs_img, np.int64)
         self.groups = {int(i): torch.from_numpy(np.flatnonzero(self.obs_img == i)) for i in np.unique(self.obs_img)}
-        r = torch.arange(-radius, radius + 1, dtype=torch.float64)
+        r = torch.arange(-radius, radius + 1, stride, dtype=torch.float64)
+        r = r - r.mean()  # centred on the point whatever the stride
         self.grid = torch.stack(torch.meshgrid(r, r, indexing="xy"), -1).reshape(-1, 2)  # (G, 2)
         P = len(xyz)
         self.ref_img = np.asarray(ref_img, np.int64)
@@ -122,7 +123,7 @@ def refine_points_on_planes(xyz: torch.Tensor, tracks: Sequence[Sequence[int]], 
                             poses: Dict[int, Pose], image_of: Callable[[int], torch.Tensor], radius: int = 5,
                             blur_sigma: float = 1.0, iterations: int = 10, max_depth_px: float = 3.0,
                             max_tilt: float = 1.2, max_angle_deg: float = 60.0,
-                            min_ncc: float = 0.5) -> Tuple[torch.Tensor, torch.Tensor, Dict]:
+                            min_ncc: float = 0.5, stride: int = 1) -> Tuple[torch.Tensor, torch.Tensor, Dict]:
     """Refine the depths of (P, 3) points ``xyz`` along the ray of one reference view each, with
     the normal of a (2 radius + 1)^2-pixel plane patch, so that the patch agrees in all views.
 
@@ -140,24 +141,32 @@ def refine_points_on_planes(xyz: torch.Tensor, tracks: Sequence[Sequence[int]], 
         max_angle_deg: views whose ray to the point is further than this from the reference's
             are not used.
         min_ncc: a point whose patches correlate less than this on average keeps its position.
+        stride: the patch's sampling step in the reference view, pixels (2: a quarter of the
+            samples over the same support).
     Returns:
         ``(xyz (P, 3), refined (P,) bool, stats)``; ``stats`` has ``"n_points"``,
         ``"n_refined"``, ``"median_depth_px"`` (of the refined points' moves) and
         ``"ncc_before"`` / ``"ncc_after"`` (medians over refined points).
     """
+    if int(radius) < 1 or int(stride) < 1 or int(stride) > 2 * int(radius):
+        raise ValueError(f"plane refinement: radius must be >= 1 and stride in [1, 2 radius], got radius {radius!r}, "
+                         f"stride {stride!r}")
     xyz = torch.as_tensor(xyz, dtype=torch.float64)
     P = len(xyz)
-    centers = {i: p.center.reshape(-1).to(torch.float64) for i, p in poses.items()}
+    centers = {i: p.center.reshape(-1).to(torch.float64).cpu().numpy() for i, p in poses.items()}
     cos_max = float(np.cos(np.deg2rad(max_angle_deg)))
     rows, ref_img, obs_pt, obs_img = [], [], [], []
+    X_np = xyz.cpu().numpy()
     for p, track in enumerate(tracks):
         ids = [int(i) for i in track]
         if len(ids) < 2:
             continue
-        cs = torch.stack([centers[i] for i in ids])
-        r = int(torch.argmin((cs - cs.mean(0)).norm(dim=-1)))
-        rays = torch.nn.functional.normalize(xyz[p][None] - cs, dim=-1)
-        others = [i for j, i in enumerate(ids) if j != r and float(rays[j] @ rays[r]) >= cos_max]
+        cs = np.stack([centers[i] for i in ids])
+        r = int(np.argmin(np.linalg.norm(cs - cs.mean(0), axis=1)))
+        rays = X_np[p][None] - cs
+        rays /= np.linalg.norm(rays, axis=1, keepdims=True).clip(1e-12)
+        cosang = rays @ rays[r]
+        others = [i for j, i in enumerate(ids) if j != r and cosang[j] >= cos_max]
         if not others:
             continue
         row = len(rows)
@@ -171,7 +180,7 @@ def refine_points_on_planes(xyz: torch.Tensor, tracks: Sequence[Sequence[int]], 
     if not rows:
         return xyz.clone(), refined, stats
     rows_t = torch.tensor(rows)
-    prob = _Problem(xyz[rows_t], ref_img, obs_pt, obs_img, cameras, poses, int(radius))
+    prob = _Problem(xyz[rows_t], ref_img, obs_pt, obs_img, cameras, poses, int(radius), int(stride))
     images = {i: prepare_image(image_of(i), blur_sigma) for i in set(ref_img) | set(obs_img)}
     n_pts, G = len(rows), len(prob.grid)
     template = torch.zeros(n_pts, G, dtype=torch.float64)
@@ -196,10 +205,10 @@ def refine_points_on_planes(xyz: torch.Tensor, tracks: Sequence[Sequence[int]], 
     for _ in range(int(iterations)):
         q = prob.project(theta)
         dq = []
-        for k in range(3):
+        for k in range(3):  # forward differences of the geometry (float64; smooth in theta)
             e = torch.zeros(3, dtype=torch.float64)
             e[k] = steps[k]
-            dq.append((prob.project(theta + e) - prob.project(theta - e)) / (2 * steps[k]))
+            dq.append((prob.project(theta + e) - q) / steps[k])
         dq = torch.stack(dq, -1)  # (O, G, 2, 3)
         I, Ix, Iy = _sample_obs(prob, images, q)
         In, sd = _normalise(I)
