@@ -335,3 +335,32 @@ def test_window_blur_by_matrix_products_equals_the_convolution(sigma):
 
     win = torch.rand(50, 1, 23, 23, generator=torch.Generator().manual_seed(1))
     assert torch.allclose(_blur_windows(win, sigma), _blur(win, sigma), atol=2e-6)
+
+
+def test_auto_aligns_exactly_when_map_images_are_given():
+    """``enabled: auto`` aligns with map images (same result as ``True``) and localizes without
+    alignment without them (same result as ``False``); other values are errors."""
+    tex = _texture(1)
+    map_, map_poses, query, observe = _plane_scene()
+    images = {n: _render(tex, p) for n, p in map_poses.items()}
+    qimage = _render(tex, query)
+    feats, _ = observe(query, noise=0.8, rng_=np.random.default_rng(3))
+    base = {"retrieval": {"num_keyframes": 4}, "ransac": {"max_error_px": 4.0}}
+
+    def run(enabled, imgs):
+        loc = Localizer(map_, {**base, "patch_alignment": {"enabled": enabled}}, map_images=imgs)
+        return loc, loc.localize_features(feats, CAM, image=qimage)
+
+    loc_a, auto_with = run("auto", images)
+    _, on = run(True, images)
+    loc_b, auto_without = run("auto", None)
+    _, off = run(False, None)
+    assert loc_a.conf["patch_alignment"]["enabled"] is True and loc_b.conf["patch_alignment"]["enabled"] is False
+    assert "patch_alignment" in auto_with.info and "patch_alignment" not in auto_without.info
+    np.testing.assert_allclose(np.asarray(auto_with.points2D), np.asarray(on.points2D))
+    np.testing.assert_allclose(auto_with.pose.t.numpy(), on.pose.t.numpy())
+    np.testing.assert_allclose(auto_without.pose.t.numpy(), off.pose.t.numpy())
+    assert not np.allclose(auto_with.pose.t.numpy(), auto_without.pose.t.numpy())
+    for bad in ("yes", 1, None):
+        with pytest.raises(ValueError, match="patch_alignment.enabled must be true, false or 'auto'"):
+            Localizer(map_, {"patch_alignment": {"enabled": bad}}, map_images=images)

@@ -30,7 +30,7 @@ def register(sub, help_text):
                         "`features_only`: `default` without the keypoint weights that read the query images)")
     p.add_argument("--map-images", type=Path, default=None,
                    help="folder of the map's images (names as in the map); needed by presets with "
-                        "patch_alignment (e.g. `aligned`, `fast_learned_aligned`)")
+                        "patch_alignment (e.g. `aligned`, `fast_learned_aligned`; `fast_learned` aligns when it is given)")
     p.add_argument("--output", type=Path, required=True, help="results file (hloc format)")
     p.add_argument("--log", type=Path, help="per-query JSON log (default: <output>_log.json)")
     p.add_argument("--resume", action="store_true",
@@ -90,8 +90,11 @@ def run(args) -> int:
         from ..config import load_config
 
         args.config = args.config or "default"
-        aligned = bool((load_config("localization", args.config).get("patch_alignment") or {}).get("enabled"))
-        if args.map_images is not None and not aligned:
+        enabled = (load_config("localization", args.config).get("patch_alignment") or {}).get("enabled", False)
+        if enabled == "auto" and args.map_images is None:
+            logger.info("preset %r aligns the query keypoints to the map images when --map-images is given; "
+                        "localizing without", args.config)
+        if args.map_images is not None and enabled is False:
             # alignment pays on posed scenes, not on the Sacre Coeur SfM map (README), so it stays
             # a choice: say that the images are not read
             logger.warning("--map-images is read only by presets with patch_alignment (e.g. aligned, "
@@ -101,7 +104,7 @@ def run(args) -> int:
         if args.workers:
             from ..distributed import localize_distributed
 
-            if aligned and args.map_images is None:
+            if enabled is True and args.map_images is None:
                 raise ValueError(f"localization preset {args.config!r} aligns query keypoints to the map's images "
                                  f"(patch_alignment): pass --map-images DIR")
             results = localize_distributed(args.map, queries, args.config, workers=args.workers,

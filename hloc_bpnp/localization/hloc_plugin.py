@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from ..config import load_config, merge
 from ..io.image import read_image
+from . import patch_alignment as PA
 from . import results as R
 from .keypoint_noise import enabled
 from .localizer import default_conf, localize_from_matches
@@ -74,7 +75,7 @@ def localize_from_hloc(
     from ..io.hloc_text import read_pairs, read_query_list
 
     conf = merge(default_conf, load_config("localization", conf) if conf else {})
-    if conf["patch_alignment"]["enabled"]:
+    if PA.resolve_enabled(conf["patch_alignment"], False):  # "auto" does not align here
         raise ValueError("patch_alignment needs the query and map images, which the hloc plugin mode does not "
                          "read; use a preset without it (e.g. features_only) or `hloc-bpnp localize --map`")
     needs_image = enabled(conf)

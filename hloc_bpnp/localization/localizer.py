@@ -96,6 +96,10 @@ class Localizer:
             self.map_images = map_images
         else:
             self.map_images = None if map_images is None else PA.MapImages(map_images)
+        # "auto": align when the map images are given (resolved here, once)
+        self.conf["patch_alignment"] = {**self.conf["patch_alignment"],
+                                        "enabled": PA.resolve_enabled(self.conf["patch_alignment"],
+                                                                      self.map_images is not None)}
         if self.conf["patch_alignment"]["enabled"]:
             if self.conf["refinement"]["method"] != "bpnp":
                 raise ValueError("patch_alignment needs refinement.method 'bpnp' (the pose is refined again from "

@@ -43,12 +43,14 @@ import torch
 from ..features.patch_lk import (MapImages, align_patches, align_to_templates, as_gray_image, gray_image,
                                 prepare_image, sample_patches)
 
-__all__ = ["default_conf", "check_conf", "align_patches", "prepare_image", "gray_image", "MapImages",
+__all__ = ["default_conf", "check_conf", "resolve_enabled", "align_patches", "prepare_image", "gray_image", "MapImages",
            "reference_observations", "project_points", "align_to_map"]
 
 logger = logging.getLogger(__name__)
 
 default_conf = {
+    # True: align (the map images are required); "auto": align when the map images are given
+    # (Localizer(..., map_images=), `hloc-bpnp localize --map-images`), else localize without
     "enabled": False,
     "radius": 5,  # patch half-size, pixels (11 x 11)
     "iterations": 10,
@@ -98,6 +100,17 @@ def _observations_in(map, name: str, rows: np.ndarray) -> Tuple[np.ndarray, np.n
     pos = np.clip(np.searchsorted(srt, rows), 0, srt.size - 1)
     hit = srt[pos] == rows
     return hit, np.asarray(map.features[name]["keypoints"], np.float64)[kp_idx[order[pos[hit]]]]
+
+
+def resolve_enabled(conf: Dict, have_map_images: bool) -> bool:
+    """Whether a ``patch_alignment`` conf aligns: ``enabled`` True / False, or ``"auto"``: when
+    the map images are there. Other values are errors."""
+    e = conf.get("enabled", False)
+    if e == "auto":
+        return bool(have_map_images)
+    if not isinstance(e, bool):
+        raise ValueError(f"patch_alignment.enabled must be true, false or 'auto', got {e!r}")
+    return e
 
 
 def check_conf(conf: Dict) -> Tuple[int, str]:

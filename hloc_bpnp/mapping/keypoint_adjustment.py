@@ -11,7 +11,7 @@ point; a query aligned to any of the map's observations of the point
 is meant for localization WITH query patch alignment (without it, on the temple, a map
 adjusted by ``reference`` made the pose worse: 0.080 -> 0.096 deg).
 
-Two methods (``method``):
+Three methods (``method``):
 
 - ``reference``: each track's reference is its observation whose camera centre is nearest to
   the mean of the track's camera centres (the middle of the views); every other observation
@@ -25,6 +25,14 @@ Two methods (``method``):
   mean step removed, so the track becomes consistent while keeping the average position of
   its detections (tested: on a rendered plane with 0.8 px of noise per observation, the
   points land 0.40 px from the truth against 0.86 px for ``reference``).
+
+- ``plane`` (:mod:`~hloc_bpnp.mapping.point_refinement`, the multi-view-stereo idea): the 3D
+  point itself moves, along the ray of its reference view, and a small plane patch through it
+  takes a normal, so that the reference patch mapped through the plane's homography looks the
+  same in every other view (within ``max_angle_deg``). Unlike the two translation-only methods
+  it follows the foreshortening between views, and the point lands on the surface, which is
+  what query alignment's templates (centred on the points' projections) need. The observations
+  of a refined point move onto its projections.
 
 Then the points are re-triangulated by Gauss-Newton on the reprojection error (poses and
 cameras fixed, the current position as the start), and the model's 2D points and the

@@ -56,7 +56,7 @@ def leave_one_out(
     """
     from ..config import load_config
     from ..localization import LocalizationResult, Localizer, keypoint_noise, localization_config
-    from ..localization.patch_alignment import MapImages
+    from ..localization.patch_alignment import MapImages, resolve_enabled
     from ..mapping import Map, extract_features, make_pairs, match_pairs, mapping_config, verify_pairs
     from ..mapping.build import features_to_numpy, resolve_presets
     from ..mapping.keypoint_adjustment import adjust_if_enabled
@@ -127,13 +127,13 @@ def leave_one_out(
         t_tri.append(time.time() - t)
         for label, override in loc_variants.items():
             lconf = localization_config(merge(base_loc, override))
-            align = lconf["patch_alignment"]
-            if align["enabled"] and map_images is None:
+            align = resolve_enabled(lconf["patch_alignment"], True)  # the scene's images are the map images
+            if align and map_images is None:
                 map_images = MapImages(images)
-            loc = Localizer(map_, lconf, map_images=map_images if align["enabled"] else None)
+            loc = Localizer(map_, lconf, map_images=map_images if align else None)
             t = time.perf_counter()
             res = LocalizationResult(name=q, timings={"features": feat_time[q]})
-            needs_image = align["enabled"] or keypoint_noise.enabled(lconf)
+            needs_image = align or keypoint_noise.enabled(lconf)
             qimage = _query_image(images, q) if needs_image else None
             results[label][q] = loc.localize_features(qfeats[q], cameras[q], res, image=qimage)
             t_loc.append(time.perf_counter() - t)
