@@ -364,3 +364,39 @@ def test_auto_aligns_exactly_when_map_images_are_given():
     for bad in ("yes", 1, None):
         with pytest.raises(ValueError, match="patch_alignment.enabled must be true, false or 'auto'"):
             Localizer(map_, {"patch_alignment": {"enabled": bad}}, map_images=images)
+
+
+def test_auto_weights_drop_the_detections_sigmas_after_alignment(monkeypatch):
+    """With ``use_weights: auto`` the refiner's sigmas weigh the first pose only: they describe
+    the detections, which the alignment replaced, so the aligned pose is refined without weights;
+    an explicit ``uncertainty`` keeps them."""
+    import hloc_bpnp.localization.localizer as L
+
+    tex = _texture(1)
+    map_, map_poses, query, observe = _plane_scene()
+    images = {n: _render(tex, p) for n, p in map_poses.items()}
+    qimage = _render(tex, query)
+    feats, _ = observe(query, noise=0.8, rng_=np.random.default_rng(3))
+    feats = {**feats, "sigmas": np.random.default_rng(4).uniform(0.3, 3.0, len(feats["keypoints"])).astype(np.float32)}
+    calls = []
+    real = L.refine_bpnp
+
+    def spy(pts, X, cam, pose, ref, w=None, L_=None):
+        calls.append(w)
+        return real(pts, X, cam, pose, ref, w, L_)
+
+    monkeypatch.setattr(L, "refine_bpnp", spy)
+    out = {}
+    for mode in ("auto", "uncertainty"):
+        conf = {"retrieval": {"num_keyframes": 4}, "ransac": {"max_error_px": 4.0},
+                "refinement": {"use_weights": mode}, "patch_alignment": {"enabled": True}}
+        calls.clear()
+        out[mode] = Localizer(map_, conf, map_images=images).localize_features(feats, CAM, image=qimage)
+        assert out[mode].success
+        out[mode + " aligned weights"] = calls[-1]
+    assert out["auto"].info["correspondence_weights"] == "uncertainty"
+    assert out["auto"].info["patch_alignment"]["correspondence_weights"] is False
+    assert out["auto aligned weights"] is None
+    assert out["uncertainty"].info["patch_alignment"]["correspondence_weights"] == "uncertainty"
+    w = out["uncertainty aligned weights"]
+    assert w is not None and np.ptp(np.asarray(w)) > 0
