@@ -97,13 +97,19 @@ def _plane_scene(seed=0, n_points=700, map_noise=0.0):
     return Map.from_reconstruction(rec, feats, conf), map_poses, query, observe
 
 
-@pytest.mark.parametrize("num_refs", [1, 3])  # 3: the mean patch of the 3 nearest observations
-def test_localizer_patch_alignment_pulls_noisy_keypoints_onto_the_map(num_refs):
+def _noisy_query_scene():
+    """The plane scene, its rendered map images, the query's image and its keypoints with 0.8 px
+    of noise: ``(map, map_images, query_pose, query_image, query_features)``."""
     tex = _texture(1)
     map_, map_poses, query, observe = _plane_scene()
     images = {n: _render(tex, p) for n, p in map_poses.items()}
-    qimage = _render(tex, query)
     feats, _ = observe(query, noise=0.8, rng_=np.random.default_rng(3))
+    return map_, images, query, _render(tex, query), feats
+
+
+@pytest.mark.parametrize("num_refs", [1, 3])  # 3: the mean patch of the 3 nearest observations
+def test_localizer_patch_alignment_pulls_noisy_keypoints_onto_the_map(num_refs):
+    map_, images, query, qimage, feats = _noisy_query_scene()
     base = {"retrieval": {"num_keyframes": 4}, "ransac": {"max_error_px": 4.0}}
     plain = Localizer(map_, base).localize_features(feats, CAM)
     loc = Localizer(map_, {**base, "patch_alignment": {"enabled": True, "num_references": num_refs}}, map_images=images)
@@ -340,11 +346,7 @@ def test_window_blur_by_matrix_products_equals_the_convolution(sigma):
 def test_auto_aligns_exactly_when_map_images_are_given():
     """``enabled: auto`` aligns with map images (same result as ``True``) and localizes without
     alignment without them (same result as ``False``); other values are errors."""
-    tex = _texture(1)
-    map_, map_poses, query, observe = _plane_scene()
-    images = {n: _render(tex, p) for n, p in map_poses.items()}
-    qimage = _render(tex, query)
-    feats, _ = observe(query, noise=0.8, rng_=np.random.default_rng(3))
+    map_, images, query, qimage, feats = _noisy_query_scene()
     base = {"retrieval": {"num_keyframes": 4}, "ransac": {"max_error_px": 4.0}}
 
     def run(enabled, imgs):
@@ -372,11 +374,7 @@ def test_auto_weights_drop_the_detections_sigmas_after_alignment(monkeypatch):
     an explicit ``uncertainty`` keeps them."""
     import hloc_bpnp.localization.localizer as L
 
-    tex = _texture(1)
-    map_, map_poses, query, observe = _plane_scene()
-    images = {n: _render(tex, p) for n, p in map_poses.items()}
-    qimage = _render(tex, query)
-    feats, _ = observe(query, noise=0.8, rng_=np.random.default_rng(3))
+    map_, images, query, qimage, feats = _noisy_query_scene()
     feats = {**feats, "sigmas": np.random.default_rng(4).uniform(0.3, 3.0, len(feats["keypoints"])).astype(np.float32)}
     calls = []
     real = L.refine_bpnp

@@ -21,18 +21,20 @@ import torch
 import torch.nn.functional as F
 from kornia.filters import gaussian_blur2d
 
-__all__ = ["align_patches", "align_to_templates", "sample_patches", "structure_tensors", "prepare_image", "gray_image",
+__all__ = ["sample_points", "normalise_patches", "align_patches", "align_to_templates", "sample_patches", "structure_tensors", "prepare_image", "gray_image",
            "as_gray_image", "MapImages"]
 
 
-def _sample(img: torch.Tensor, pts: torch.Tensor) -> torch.Tensor:
-    """Bilinear samples of (1, C, H, W) ``img`` at (N, P, 2) COLMAP pixels -> (C, N, P)."""
+def sample_points(img: torch.Tensor, pts: torch.Tensor) -> torch.Tensor:
+    """Bilinear samples of (1, C, H, W) ``img`` at (N, P, 2) COLMAP pixels -> (C, N, P); points
+    outside read the border."""
     H, W = img.shape[-2:]
     g = torch.stack([2 * pts[..., 0] / W - 1, 2 * pts[..., 1] / H - 1], -1).to(img.dtype)
     return F.grid_sample(img, g[None], mode="bilinear", align_corners=False, padding_mode="border")[0]
 
 
-def _normalise(v: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+def normalise_patches(v: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(..., P) patches -> (zero-mean, unit-variance patches, their standard deviations (..., 1))."""
     mu = v.mean(-1, keepdim=True)
     sd = v.std(-1, keepdim=True) + 1e-4
     return (v - mu) / sd, sd
@@ -156,10 +158,10 @@ def align_patches(ref_image: torch.Tensor, image: torch.Tensor, ref_points: torc
         dev = image.device
 
         def sample_ref(pts):
-            return _sample(ref_image[:, :1], pts)[0]
+            return sample_points(ref_image[:, :1], pts)[0]
 
         def sample(pts):
-            return _sample(image, pts)
+            return sample_points(image, pts)
     else:
         ref_image, image = as_gray_image(ref_image), as_gray_image(image)
         dev = image.device
@@ -169,12 +171,12 @@ def align_patches(ref_image: torch.Tensor, image: torch.Tensor, ref_points: torc
         def sample_ref(pts):
             return ref_sample(pts.to(ref_image.device))[0].to(dev)
     grid, _ = _patch_grid(radius, dev)
-    T, _ = _normalise(sample_ref(ref_points.to(dev, torch.float32)[:, None] + grid))
+    T, _ = normalise_patches(sample_ref(ref_points.to(dev, torch.float32)[:, None] + grid))
     return _lucas_kanade(sample, T, points, radius, iterations, max_shift_px, min_ncc, out_dtype)
 
 
 def _normalised_gradients(Ix: torch.Tensor, Iy: torch.Tensor, sd: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """d In / d shift of a normalised patch (:func:`_normalise`, ``sd`` its std): the gradient
+    """d In / d shift of a normalised patch (:func:`normalise_patches`, ``sd`` its std): the gradient
     minus its patch mean over the patch's std (the std's own derivative, small near the
     solution, is dropped). (N, P) each."""
     return (Ix - Ix.mean(-1, keepdim=True)) / sd, (Iy - Iy.mean(-1, keepdim=True)) / sd
@@ -199,7 +201,7 @@ def _lucas_kanade(sample, T: torch.Tensor, points: torch.Tensor, radius: int, it
     d = torch.zeros(N, 1, 2, device=dev)
     for _ in range(int(iterations)):
         I, Ix, Iy = sample(p0 + d)
-        In, sd = _normalise(I)
+        In, sd = normalise_patches(I)
         res = In - T
         # the 2x2 normal equations in closed form
         jx, jy = _normalised_gradients(Ix, Iy, sd)
@@ -209,7 +211,7 @@ def _lucas_kanade(sample, T: torch.Tensor, points: torch.Tensor, radius: int, it
         det = a * c - b * b
         step = torch.stack([(c * gx - b * gy) / det, (a * gy - b * gx) / det], -1)
         d = (d - step[:, None]).clamp(-max_shift_px, max_shift_px)
-    In, _ = _normalise(sample(p0 + d)[0])
+    In, _ = normalise_patches(sample(p0 + d)[0])
     d = d[:, 0]
     ncc = (In * T).mean(-1) * (grid.shape[0] / max(grid.shape[0] - 1, 1))  # std is the unbiased one
     valid = torch.isfinite(d).all(-1) & (ncc >= min_ncc)
@@ -237,7 +239,7 @@ def sample_patches(image, points: torch.Tensor, radius: int = 5, blur_sigma: flo
         return torch.zeros(0, (2 * radius + 1) ** 2)
     grid, _ = _patch_grid(radius, image.device)
     sample = _crop_sampler(image, points, radius, 0.0, blur_sigma, False)
-    return _normalise(sample(points.to(image.device, torch.float32)[:, None] + grid)[0])[0]
+    return normalise_patches(sample(points.to(image.device, torch.float32)[:, None] + grid)[0])[0]
 
 
 def structure_tensors(image, points: torch.Tensor, radius: int = 5, blur_sigma: float = 1.0) -> torch.Tensor:
@@ -254,7 +256,7 @@ def structure_tensors(image, points: torch.Tensor, radius: int = 5, blur_sigma: 
     grid, w = _patch_grid(radius, image.device)
     pts = points.to(image.device, torch.float32)
     I, Ix, Iy = _crop_sampler(image, pts, radius, 0.0, blur_sigma, True)(pts[:, None] + grid)
-    jx, jy = _normalised_gradients(Ix, Iy, _normalise(I)[1])
+    jx, jy = _normalised_gradients(Ix, Iy, normalise_patches(I)[1])
     a, b, c = (w * jx * jx).sum(-1), (w * jx * jy).sum(-1), (w * jy * jy).sum(-1)
     return torch.stack([torch.stack([a, b], -1), torch.stack([b, c], -1)], -2).double().cpu()
 

@@ -23,29 +23,16 @@ from typing import Callable, Dict, Sequence, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from ..features.patch_lk import normalise_patches as _normalise
 from ..features.patch_lk import prepare_image
+from ..features.patch_lk import sample_points as _sample
 from ..geometry.camera import Camera
 from ..geometry.pose import Pose
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["refine_points_on_planes"]
-
-
-def _sample(image: torch.Tensor, pts: torch.Tensor) -> torch.Tensor:
-    """Bilinear samples of (1, C, H, W) ``image`` at (N, P, 2) COLMAP pixels -> (C, N, P);
-    points outside read the border."""
-    H, W = image.shape[-2:]
-    g = torch.stack([2 * pts[..., 0] / W - 1, 2 * pts[..., 1] / H - 1], -1).to(image.dtype)
-    return F.grid_sample(image, g[None], mode="bilinear", align_corners=False, padding_mode="border")[0]
-
-
-def _normalise(v: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    mu = v.mean(-1, keepdim=True)
-    sd = v.std(-1, keepdim=True) + 1e-4
-    return (v - mu) / sd, sd
 
 
 class _Problem:
