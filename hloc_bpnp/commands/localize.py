@@ -30,7 +30,8 @@ def register(sub, help_text):
                         "`features_only`: `default` without the keypoint weights that read the query images)")
     p.add_argument("--map-images", type=Path, default=None,
                    help="folder of the map's images (names as in the map); needed by presets with "
-                        "patch_alignment (e.g. `aligned`, `fast_learned_aligned`; `fast_learned` aligns when it is given)")
+                        "patch_alignment (e.g. `aligned`, `fast_learned_aligned`; `fast_learned` aligns when "
+                        "it is given)")
     p.add_argument("--output", type=Path, required=True, help="results file (hloc format)")
     p.add_argument("--log", type=Path, help="per-query JSON log (default: <output>_log.json)")
     p.add_argument("--resume", action="store_true",

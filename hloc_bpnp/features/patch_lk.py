@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from kornia.filters import gaussian_blur2d
 
-__all__ = ["sample_points", "normalise_patches", "align_patches", "align_to_templates", "sample_patches", "structure_tensors", "prepare_image", "gray_image",
-           "as_gray_image", "MapImages"]
+__all__ = ["sample_points", "normalise_patches", "align_patches", "align_to_templates", "sample_patches",
+           "structure_tensors", "prepare_image", "gray_image", "as_gray_image", "MapImages"]
 
 
 def sample_points(img: torch.Tensor, pts: torch.Tensor) -> torch.Tensor:

@@ -43,8 +43,8 @@ import torch
 from ..features.patch_lk import (MapImages, align_patches, align_to_templates, as_gray_image, gray_image,
                                 prepare_image, sample_patches)
 
-__all__ = ["default_conf", "check_conf", "resolve_enabled", "align_patches", "prepare_image", "gray_image", "MapImages",
-           "reference_observations", "project_points", "align_to_map"]
+__all__ = ["default_conf", "check_conf", "resolve_enabled", "align_patches", "prepare_image", "gray_image",
+           "MapImages", "reference_observations", "project_points", "align_to_map"]
 
 logger = logging.getLogger(__name__)
 
