@@ -360,9 +360,9 @@ def test_auto_aligns_exactly_when_map_images_are_given():
     assert loc_a.conf["patch_alignment"]["enabled"] is True and loc_b.conf["patch_alignment"]["enabled"] is False
     assert "patch_alignment" in auto_with.info and "patch_alignment" not in auto_without.info
     np.testing.assert_allclose(np.asarray(auto_with.points2D), np.asarray(on.points2D))
-    np.testing.assert_allclose(auto_with.pose.t.numpy(), on.pose.t.numpy())
-    np.testing.assert_allclose(auto_without.pose.t.numpy(), off.pose.t.numpy())
-    assert not np.allclose(auto_with.pose.t.numpy(), auto_without.pose.t.numpy())
+    np.testing.assert_allclose(auto_with.pose.t.cpu().numpy(), on.pose.t.cpu().numpy())
+    np.testing.assert_allclose(auto_without.pose.t.cpu().numpy(), off.pose.t.cpu().numpy())
+    assert not np.allclose(auto_with.pose.t.cpu().numpy(), auto_without.pose.t.cpu().numpy())
     for bad in ("yes", 1, None):
         with pytest.raises(ValueError, match="patch_alignment.enabled must be true, false or 'auto'"):
             Localizer(map_, {"patch_alignment": {"enabled": bad}}, map_images=images)

@@ -28,7 +28,7 @@ def _scene(seed=0, n_points=300, depth_noise=0.06, eyes=EYES):
 
 def _reference(poses):
     """The view the refinement keeps each point's ray in: the one nearest the centres' mean."""
-    c = {i: p.center.numpy() for i, p in poses.items()}
+    c = {i: p.center.cpu().numpy() for i, p in poses.items()}
     mean = np.mean(list(c.values()), 0)
     return poses[min(c, key=lambda i: np.linalg.norm(c[i] - mean))]
 
@@ -60,7 +60,7 @@ def test_points_return_to_the_surface_and_the_normal_matters():
     assert stats["ncc_after"] > stats["ncc_before"]
     # only the depth along each point's reference ray moves: it stays on its reference ray
     ref = _reference(poses)
-    np.testing.assert_allclose(CAM.project(ref.transform(X)).numpy(), CAM.project(ref.transform(noisy)).numpy(),
+    np.testing.assert_allclose(CAM.project(ref.transform(X)).cpu().numpy(), CAM.project(ref.transform(noisy)).cpu().numpy(),
                                atol=1e-6)
     # a quarter of the samples over the same support does nearly as well
     X2, _, _ = _refine(noisy, poses, images, radius=6, stride=2)
@@ -103,13 +103,13 @@ def test_plane_adjustment_of_a_map_moves_points_and_observations_together():
 
     def observe(pose):
         x, valid = CAM.project_with_valid(pose.transform(truth))
-        idx = np.flatnonzero(valid.numpy())
-        kp = x.numpy()[idx] + rng.normal(scale=0.5, size=(len(idx), 2))
+        idx = np.flatnonzero(valid.cpu().numpy())
+        kp = x.cpu().numpy()[idx] + rng.normal(scale=0.5, size=(len(idx), 2))
         d = rng.normal(size=(len(idx), 16)).astype(np.float32)
         return {"keypoints": kp.astype(np.float32), "descriptors": d / np.linalg.norm(d, axis=1, keepdims=True),
                 "scores": np.ones(len(idx), np.float32), "image_size": np.array([CAM.width, CAM.height])}, idx
 
-    rec, feats = reconstruction_from_observations(CAM, {names[i]: p for i, p in poses.items()}, truth.numpy(), observe)
+    rec, feats = reconstruction_from_observations(CAM, {names[i]: p for i, p in poses.items()}, truth.cpu().numpy(), observe)
     for p in rec.points3D.values():  # push the points off the surface
         x = np.asarray(p.xyz).copy()
         x[2] += rng.normal(scale=0.03)
@@ -136,10 +136,10 @@ def _tiny_map():
 
     def observe(pose):
         x, valid = CAM.project_with_valid(pose.transform(truth))
-        idx = np.flatnonzero(valid.numpy())
+        idx = np.flatnonzero(valid.cpu().numpy())
         d = np.eye(16, dtype=np.float32)[np.arange(len(idx)) % 16]
-        return {"keypoints": x.numpy()[idx].astype(np.float32), "descriptors": d,
+        return {"keypoints": x.cpu().numpy()[idx].astype(np.float32), "descriptors": d,
                 "scores": np.ones(len(idx), np.float32), "image_size": np.array([CAM.width, CAM.height])}, idx
 
-    rec, feats = reconstruction_from_observations(CAM, {f"{i}.png": p for i, p in poses.items()}, truth.numpy(), observe)
+    rec, feats = reconstruction_from_observations(CAM, {f"{i}.png": p for i, p in poses.items()}, truth.cpu().numpy(), observe)
     return rec, feats, {f"{i}.png": im for i, im in images.items()}

@@ -105,7 +105,7 @@ def _observations_in(map, name: str, rows: np.ndarray) -> Tuple[np.ndarray, np.n
 def resolve_enabled(conf: Dict, have_map_images: bool) -> bool:
     """Whether a ``patch_alignment`` conf aligns: ``enabled`` True / False, or ``"auto"``: when
     the map images are there. Other values are errors."""
-    e = conf.get("enabled", False)
+    e = conf.get("enabled", default_conf["enabled"])
     if e == "auto":
         return bool(have_map_images)
     if not isinstance(e, bool):
@@ -115,10 +115,10 @@ def resolve_enabled(conf: Dict, have_map_images: bool) -> bool:
 
 def check_conf(conf: Dict) -> Tuple[int, str]:
     """(num_references, template_center) of a ``patch_alignment`` conf; bad values are errors."""
-    k_refs = int(conf.get("num_references", 1))
+    k_refs = int(conf.get("num_references", default_conf["num_references"]))
     if k_refs < 1:
         raise ValueError(f"patch_alignment.num_references must be >= 1, got {conf.get('num_references')!r}")
-    center = conf.get("template_center", "projection")
+    center = conf.get("template_center", default_conf["template_center"])
     if center not in ("keypoint", "projection"):
         raise ValueError(f"patch_alignment.template_center must be 'keypoint' or 'projection', got {center!r}")
     a = conf.get("max_reference_angle_deg")
