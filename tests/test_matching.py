@@ -180,3 +180,29 @@ def test_lightglue_disk_and_errors(tmp_path):
         m.match({**f, "descriptors": torch.rand(50, 64)}, f)
     with pytest.raises(RuntimeError, match="does not fit|lack"):
         build_matcher("lightglue", features="xfeat", weights=w)
+
+
+@pytest.mark.parametrize("mutual,ratio,dist,sym", [(True, None, None, False), (False, 0.9, None, False),
+                                                   (True, 0.9, 1.0, False), (True, 0.9, None, True),
+                                                   (False, 0.9, None, True)])
+def test_similarity_blocks_equal_one_block(monkeypatch, mutual, ratio, dist, sym):
+    """The unit-norm path computes similarities in blocks of query rows and merges the column
+    reductions (mutual check, symmetric ratio); any block size gives one block's result, with
+    padded references and exact duplicates (ties) among the descriptors."""
+    import hloc_bpnp.matching.nearest_neighbor as NN
+
+    g = torch.Generator().manual_seed(3)
+    q = torch.nn.functional.normalize(torch.randn(97, 16, generator=g), dim=-1)
+    refs = [torch.nn.functional.normalize(torch.randn(n, 16, generator=g), dim=-1) for n in (60, 23, 41)]
+    refs[0][:8] = q[:8]  # exact matches
+    refs[1][:3] = q[40:43] + 0.05 * torch.randn(3, 16, generator=g)
+    refs[2][5] = refs[2][6]  # a tie between two references
+    pad, mask = NN.pad_descriptors(refs)
+    monkeypatch.setattr(NN, "SIMILARITY_BLOCK", 1 << 30)
+    m_one, s_one = nn_match_batched(q, pad, mask, mutual, ratio, dist, sym, normalized=True)
+    assert int((m_one >= 0).sum()) >= 8
+    for block in (1, 7 * 60, 3 * 60 * 20, 3 * 60 * 96):
+        monkeypatch.setattr(NN, "SIMILARITY_BLOCK", block)
+        m, s = nn_match_batched(q, pad, mask, mutual, ratio, dist, sym, normalized=True)
+        # (the matrix product's rounding may differ between block shapes in the last bit)
+        assert torch.equal(m, m_one) and torch.allclose(s, s_one, atol=1e-6, rtol=0), block

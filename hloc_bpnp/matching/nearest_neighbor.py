@@ -51,35 +51,66 @@ def _two_smallest(d2: torch.Tensor, dim: int, need_second: bool):
     return best, idx, masked.amin(dim=dim)
 
 
+#: entries of the (B, rows, N1) similarity block computed at once by the unit-norm path: a block
+#: that stays in the CPU's caches and is reused (one (B, N0, N1) tensor of ~70 MB, allocated per
+#: query, spent more time in page faults than in the matrix product: 77 -> 30 ms for 4096 query
+#: keypoints against 3 x 1500, benchmarks/bench_matching.py)
+SIMILARITY_BLOCK = 1 << 21
+
+
 def _nn_match_similarity(q, r, mask1, mutual, ratio_threshold, distance_threshold, symmetric_ratio):
-    """``nn_match_batched`` for unit-norm descriptors, on the similarity tensor in place."""
+    """``nn_match_batched`` for unit-norm descriptors, on similarity blocks of query rows.
+
+    Row reductions (best, second best) are complete within a block; column reductions (a
+    reference's best and second best, for the mutual and the symmetric ratio checks) are
+    merged across blocks, so the result equals that of one (B, N0, N1) tensor.
+    """
     b, n1, _ = r.shape
     n0 = q.shape[0]
-    sim = torch.bmm(q.expand(b, -1, -1), r.transpose(1, 2))  # (B, N0, N1)
-    if not bool(mask1.all()):
-        sim.masked_fill_(~mask1[:, None, :], float("-inf"))
+    rt = r.transpose(1, 2)
+    has_pad = not bool(mask1.all())
+    use_ratio = ratio_threshold is not None and n1 >= 2
+    use_ratio1 = symmetric_ratio and ratio_threshold is not None and n0 >= 2
+    need_cols = mutual or symmetric_ratio
+    rows = max(1, min(n0, SIMILARITY_BLOCK // max(b * n1, 1)))
+    buf = q.new_empty((b, rows, n1))
+    s_best = q.new_empty((b, n0))
+    m0 = torch.empty((b, n0), dtype=torch.int64, device=q.device)
+    s_second = q.new_full((b, n0), float("-inf"))
+    neg_inf = q.new_full((), float("-inf"))
+    col_best = q.new_full((b, n1), float("-inf")) if need_cols else None
+    col_second = q.new_full((b, n1), float("-inf")) if use_ratio1 else None
+    for i in range(0, n0, rows):
+        j = min(i + rows, n0)
+        sim = torch.bmm(q[i:j].expand(b, -1, -1), rt, out=buf[:, : j - i])  # (B, rows, N1)
+        if has_pad:
+            sim.masked_fill_(~mask1[:, None, :], float("-inf"))
+        if need_cols:
+            cb = sim.amax(dim=1)  # (B, N1)
+            if use_ratio1:  # the column's second best: strictly below its best, as one tensor gives
+                cs = sim.masked_fill(sim >= cb[:, None, :], float("-inf")).amax(dim=1)
+                lower = torch.where(col_best != cb, torch.minimum(col_best, cb), neg_inf)
+                col_second = torch.maximum(torch.maximum(col_second, cs), lower)
+            col_best = torch.maximum(col_best, cb)
+        best_i, m_i = sim.max(dim=-1)
+        s_best[:, i:j], m0[:, i:j] = best_i, m_i
+        if use_ratio:
+            sim.scatter_(-1, m_i.unsqueeze(-1), float("-inf"))
+            s_second[:, i:j] = sim.amax(dim=-1)
     to_d2 = lambda s_: (2.0 - 2.0 * s_).clamp(min=0.0)  # noqa: E731  (-inf -> +inf)
-    s_best, m0 = sim.max(dim=-1)  # (B, N0)
     best = to_d2(s_best)
     valid = torch.isfinite(best)
-    if ratio_threshold is not None and n1 >= 2:
-        sim.scatter_(-1, m0.unsqueeze(-1), float("-inf"))
-        second = to_d2(sim.amax(dim=-1))
-        sim.scatter_(-1, m0.unsqueeze(-1), s_best.unsqueeze(-1))  # restore
-        valid &= best <= (ratio_threshold ** 2) * second
+    if use_ratio:
+        valid &= best <= (ratio_threshold ** 2) * to_d2(s_second)
     if distance_threshold is not None:
         valid &= best <= distance_threshold ** 2
-    if mutual or symmetric_ratio:
-        # column maxima by value: amax is ~15x faster than max-with-indices along dim 1 on
-        # CPU. Mutual = the query's best is also its reference's best (exact float ties, a
-        # measure-zero event for real descriptors, would keep both tied queries).
-        col_best = sim.amax(dim=1)  # (B, N1)
-        if mutual:
-            valid &= s_best >= torch.gather(col_best, 1, m0)
-        if symmetric_ratio and ratio_threshold is not None and n0 >= 2:
-            second1 = sim.masked_fill(sim >= col_best[:, None, :], float("-inf")).amax(dim=1)
-            ratio_ok = to_d2(col_best) <= (ratio_threshold ** 2) * to_d2(second1)
-            valid &= torch.gather(ratio_ok, 1, m0)
+    if mutual:
+        # mutual = the query's best is also its reference's best (exact float ties, a
+        # measure-zero event for real descriptors, would keep both tied queries)
+        valid &= s_best >= torch.gather(col_best, 1, m0)
+    if use_ratio1:
+        ratio_ok = to_d2(col_best) <= (ratio_threshold ** 2) * to_d2(col_second)
+        valid &= torch.gather(ratio_ok, 1, m0)
     scores = (1.0 - best / 4.0).clamp(0.0, 1.0)
     matches0 = torch.where(valid, m0, torch.full_like(m0, -1))
     scores0 = torch.where(valid, scores, torch.zeros_like(scores))
