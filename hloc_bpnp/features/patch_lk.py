@@ -100,13 +100,28 @@ def _windows(image: torch.Tensor, points: torch.Tensor, half: int, blur_sigma: f
     return (_with_gradients(win) if gradients else win), o.float()
 
 
-def _sample_windows(windows: torch.Tensor, origin: torch.Tensor, pts: torch.Tensor) -> torch.Tensor:
-    """Bilinear samples of (N, C, S, S) ``windows`` at (N, P, 2) COLMAP pixels -> (C, N, P)."""
-    S = windows.shape[-1]
-    local = pts - 0.5 - origin[:, None]  # pixel-index coordinates inside each window
-    g = (2 * local / (S - 1) - 1).to(windows.dtype)[:, :, None]  # (N, P, 1, 2)
-    out = F.grid_sample(windows, g, mode="bilinear", align_corners=True, padding_mode="border")  # (N, C, P, 1)
-    return out[..., 0].permute(1, 0, 2)
+def _window_patches(windows: torch.Tensor, origin: torch.Tensor, centers: torch.Tensor, radius: int) -> torch.Tensor:
+    """Bilinear samples of (N, C, S, S) ``windows`` on the (2 radius + 1)^2 pixel grid around
+    (N, 2) COLMAP pixels ``centers`` (:func:`_patch_grid`'s order) -> (C, N, P).
+
+    Every sample of a patch shares its centre's sub-pixel fraction, so the bilinear weights are
+    four per patch: one gather of a (2 radius + 2)^2 block per patch and four weighted slices,
+    ~3x faster on a CPU than ``grid_sample`` at the P points (same values within float rounding;
+    positions outside a window read its border)."""
+    N, C, S, _ = windows.shape
+    local = centers.to(windows.dtype) - 0.5 - origin  # pixel-index coordinates inside each window
+    fl = torch.floor(local)
+    frac = local - fl
+    base = fl.long() - int(radius)
+    ar = torch.arange(2 * int(radius) + 2, device=windows.device)
+    iy = (base[:, 1:] + ar).clamp(0, S - 1)  # (N, 2 radius + 2)
+    ix = (base[:, :1] + ar).clamp(0, S - 1)
+    n = torch.arange(N, device=windows.device)[:, None, None]
+    blk = windows.permute(0, 2, 3, 1)[n, iy[:, :, None], ix[:, None, :]]  # (N, Q, Q, C)
+    fx, fy = frac[:, 0].view(N, 1, 1, 1), frac[:, 1].view(N, 1, 1, 1)
+    top = torch.lerp(blk[:, :-1, :-1], blk[:, :-1, 1:], fx)
+    bottom = torch.lerp(blk[:, 1:, :-1], blk[:, 1:, 1:], fx)
+    return torch.lerp(top, bottom, fy).reshape(N, -1, C).permute(2, 0, 1)
 
 
 def prepare_image(image, blur_sigma: float = 1.0) -> torch.Tensor:
@@ -156,22 +171,22 @@ def align_patches(ref_image: torch.Tensor, image: torch.Tensor, ref_points: torc
         if ref_image.ndim != 4 or ref_image.shape[1] != 3 or image.ndim != 4 or image.shape[1] != 3:
             raise ValueError("align_patches(prepared=True) expects two (1, 3, H, W) prepare_image outputs")
         dev = image.device
+        grid, _ = _patch_grid(radius, dev)
 
-        def sample_ref(pts):
-            return sample_points(ref_image[:, :1], pts)[0]
+        def sample_ref(centers):
+            return sample_points(ref_image[:, :1], centers[:, None] + grid)[0]
 
-        def sample(pts):
-            return sample_points(image, pts)
+        def sample(centers):
+            return sample_points(image, centers[:, None] + grid)
     else:
         ref_image, image = as_gray_image(ref_image), as_gray_image(image)
         dev = image.device
         ref_sample = _crop_sampler(ref_image, ref_points, radius, max_shift_px, blur_sigma, False)
         sample = _crop_sampler(image, points, radius, max_shift_px, blur_sigma, True)
 
-        def sample_ref(pts):
-            return ref_sample(pts.to(ref_image.device))[0].to(dev)
-    grid, _ = _patch_grid(radius, dev)
-    T, _ = normalise_patches(sample_ref(ref_points.to(dev, torch.float32)[:, None] + grid))
+        def sample_ref(centers):
+            return ref_sample(centers.to(ref_image.device))[0].to(dev)
+    T, _ = normalise_patches(sample_ref(ref_points.to(dev, torch.float32)))
     return _lucas_kanade(sample, T, points, radius, iterations, max_shift_px, min_ncc, out_dtype)
 
 
@@ -192,13 +207,14 @@ def _patch_grid(radius: int, device) -> Tuple[torch.Tensor, torch.Tensor]:
 
 def _lucas_kanade(sample, T: torch.Tensor, points: torch.Tensor, radius: int, iterations: int, max_shift_px: float,
                   min_ncc: float, out_dtype) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Shifts of ``points`` (N, 2) whose patches, read by ``sample`` ((N, P, 2) pixels -> (3, N, P)
-    values and x / y derivatives), best match the normalised (N, P) templates ``T``."""
+    """Shifts of ``points`` (N, 2) whose patches, read by ``sample`` ((N, 2) patch centres ->
+    (3, N, P) values and x / y derivatives on :func:`_patch_grid`), best match the normalised
+    (N, P) templates ``T``."""
     N = points.shape[0]
     dev = T.device
     grid, w = _patch_grid(radius, dev)
-    p0 = points.to(dev, torch.float32)[:, None] + grid  # (N, P, 2)
-    d = torch.zeros(N, 1, 2, device=dev)
+    p0 = points.to(dev, torch.float32)  # (N, 2)
+    d = torch.zeros(N, 2, device=dev)
     for _ in range(int(iterations)):
         I, Ix, Iy = sample(p0 + d)
         In, sd = normalise_patches(I)
@@ -210,9 +226,8 @@ def _lucas_kanade(sample, T: torch.Tensor, points: torch.Tensor, radius: int, it
         gx, gy = (wx * res).sum(-1), (wy * res).sum(-1)
         det = a * c - b * b
         step = torch.stack([(c * gx - b * gy) / det, (a * gy - b * gx) / det], -1)
-        d = (d - step[:, None]).clamp(-max_shift_px, max_shift_px)
+        d = (d - step).clamp(-max_shift_px, max_shift_px)
     In, _ = normalise_patches(sample(p0 + d)[0])
-    d = d[:, 0]
     ncc = (In * T).mean(-1) * (grid.shape[0] / max(grid.shape[0] - 1, 1))  # std is the unbiased one
     valid = torch.isfinite(d).all(-1) & (ncc >= min_ncc)
     d = torch.where(valid[:, None], d, torch.zeros_like(d))
@@ -222,12 +237,13 @@ def _lucas_kanade(sample, T: torch.Tensor, points: torch.Tensor, radius: int, it
 def _crop_sampler(image: torch.Tensor, points: torch.Tensor, radius: int, max_shift_px: float, blur_sigma: float,
                   gradients: bool):
     """A sampler of crops of a raw gray image around ``points`` wide enough for patches of
-    ``radius`` moved by up to ``max_shift_px`` (blurred there)."""
+    ``radius`` moved by up to ``max_shift_px`` (blurred there): (N, 2) patch centres ->
+    (1 or 3, N, P) (:func:`_window_patches`)."""
     # the samples stay within radius + max shift + 1 (bilinear) + 1 (central difference)
     # of the window centre, the blur reads blur radius more: the crop's border never counts
     half = int(radius) + int(math.ceil(max_shift_px)) + _blur_radius(blur_sigma) + 3
     win, o = _windows(image, points.to(image.device), half, blur_sigma, gradients)
-    return lambda pts: _sample_windows(win, o, pts)
+    return lambda centers: _window_patches(win, o, centers, radius)
 
 
 def sample_patches(image, points: torch.Tensor, radius: int = 5, blur_sigma: float = 1.0) -> torch.Tensor:
@@ -237,9 +253,8 @@ def sample_patches(image, points: torch.Tensor, radius: int = 5, blur_sigma: flo
     points = torch.as_tensor(points)
     if points.shape[0] == 0:
         return torch.zeros(0, (2 * radius + 1) ** 2)
-    grid, _ = _patch_grid(radius, image.device)
     sample = _crop_sampler(image, points, radius, 0.0, blur_sigma, False)
-    return normalise_patches(sample(points.to(image.device, torch.float32)[:, None] + grid)[0])[0]
+    return normalise_patches(sample(points.to(image.device, torch.float32))[0])[0]
 
 
 def structure_tensors(image, points: torch.Tensor, radius: int = 5, blur_sigma: float = 1.0) -> torch.Tensor:
@@ -253,9 +268,9 @@ def structure_tensors(image, points: torch.Tensor, radius: int = 5, blur_sigma: 
     points = torch.as_tensor(points)
     if points.shape[0] == 0:
         return torch.zeros(0, 2, 2, dtype=torch.float64)
-    grid, w = _patch_grid(radius, image.device)
+    _, w = _patch_grid(radius, image.device)
     pts = points.to(image.device, torch.float32)
-    I, Ix, Iy = _crop_sampler(image, pts, radius, 0.0, blur_sigma, True)(pts[:, None] + grid)
+    I, Ix, Iy = _crop_sampler(image, pts, radius, 0.0, blur_sigma, True)(pts)
     jx, jy = _normalised_gradients(Ix, Iy, normalise_patches(I)[1])
     a, b, c = (w * jx * jx).sum(-1), (w * jx * jy).sum(-1), (w * jy * jy).sum(-1)
     return torch.stack([torch.stack([a, b], -1), torch.stack([b, c], -1)], -2).double().cpu()

@@ -243,8 +243,11 @@ class Localizer:
         if res.num_matches == 0:
             return res.fail(R.NO_MATCHES)
 
+        pa = self.conf["patch_alignment"]
+        # the pose is refined after the alignment; before it only where refine_first asks
+        refine = not pa["enabled"] or bool(pa.get("refine_first", PA.default_conf["refine_first"]))
         return localize_from_matches(kpts, names, m0, s0, self.map, camera, self.conf, res,
-                                     sigmas=feats.get("sigmas"), image=image)
+                                     sigmas=feats.get("sigmas"), image=image, refine=refine)
 
     def align_inliers(self, res: LocalizationResult, image: Optional[np.ndarray]) -> LocalizationResult:
         """Patch alignment of a localized result (in place): its inlier keypoints aligned to the
@@ -390,7 +393,8 @@ def query_gray_image(image, camera: Camera, name: str) -> torch.Tensor:
 
 
 def localize_from_matches(kpts: np.ndarray, names, matches0, scores0, lookup, camera: Camera,
-                          conf: Dict, res: LocalizationResult, sigmas=None, image=None) -> LocalizationResult:
+                          conf: Dict, res: LocalizationResult, sigmas=None, image=None,
+                          refine: bool = True) -> LocalizationResult:
     """The stages after matching, shared by :class:`Localizer` and the hloc plugin.
 
     Args:
@@ -408,6 +412,9 @@ def localize_from_matches(kpts: np.ndarray, names, matches0, scores0, lookup, ca
             with ``refinement.use_weights: uncertainty`` (or ``auto``, see :func:`weight_mode`).
         image: the query's (H, W[, 3]) image, needed by ``refinement.keypoint_covariance``
             (anisotropic keypoint noise from its structure tensors, :mod:`keypoint_noise`).
+        refine: False: the RANSAC pose is returned unrefined (no covariance, no structure
+            tensors), for a caller that refines it later (:meth:`Localizer.align_inliers`);
+            ``res.info["refinement_deferred"]`` says so.
     """
     t = time.perf_counter()
     kp_weights = None
@@ -415,6 +422,9 @@ def localize_from_matches(kpts: np.ndarray, names, matches0, scores0, lookup, ca
     if mode != conf["refinement"]["use_weights"]:  # 'auto' resolved for this query
         conf = {**conf, "refinement": {**conf["refinement"], "use_weights": mode}}
     res.info["correspondence_weights"] = mode
+    if not refine and conf["refinement"]["method"] == "bpnp":
+        conf = {**conf, "refinement": {**conf["refinement"], "method": "none"}}
+        res.info["refinement_deferred"] = True
     if mode == "uncertainty":
         kp_weights = correspondence_weights(sigmas)
     clustering = bool(conf["covisibility_clustering"]) and len(names) > 1

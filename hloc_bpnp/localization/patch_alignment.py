@@ -79,6 +79,11 @@ default_conf = {
     #   projection, 2 refs, 10 deg:  SIFT x0.63 / x0.64, x0.81 / x0.86, x1.00 / x0.87;
     #                                xfeat_refined x0.57 / x0.55, x0.81 / x0.90, x0.87 / x0.77
     "max_reference_angle_deg": 10.0,
+    # BPnP-refine the RANSAC pose before the alignment as well. The alignment reads only the
+    # RANSAC inliers and the camera centre (which map views are nearest), and the pose is
+    # refined from the aligned keypoints either way, so by default the first refinement (and
+    # its structure tensors) is skipped: 0.03 s less per query (README, "This round")
+    "refine_first": False,
 }
 
 
