@@ -403,7 +403,8 @@ def test_auto_weights_drop_the_detections_sigmas_after_alignment(monkeypatch):
 def test_pose_is_refined_once_after_the_alignment_unless_refine_first(monkeypatch):
     """With alignment the RANSAC pose goes to the alignment unrefined (no BPnP, no structure
     tensors before it: the alignment reads only the inliers and the camera centre) and is refined
-    once from the aligned keypoints; ``refine_first: true`` refines before as well, to the same
+    once from the aligned keypoints, weighted by the alignment's own Gauss-Newton matrices (no
+    image read for them either); ``refine_first: true`` refines before as well, to as good a
     pose. Without alignment the refinement is not deferred."""
     import hloc_bpnp.localization.keypoint_noise as KNm
     import hloc_bpnp.localization.pose_estimation as PE
@@ -426,16 +427,17 @@ def test_pose_is_refined_once_after_the_alignment_unless_refine_first(monkeypatc
             "refinement": {"keypoint_covariance": {"method": "structure_tensor"}}}
     out = {}
     for label, pa in (("deferred", {"enabled": True}), ("first", {"enabled": True, "refine_first": True}),
-                      ("off", {"enabled": False})):
+                      ("off", {"enabled": False}), ("image", {"enabled": True, "keypoint_covariance": "image"})):
         calls.update(first=0, tensors=0)
         res = Localizer(map_, {**base, "patch_alignment": pa}, map_images=images).localize_features(
             feats, CAM, image=qimage)
         assert res.success and res.covariance is not None
         out[label] = (res, dict(calls))
     (d, cd), (f, cf), (o, co) = out["deferred"], out["first"], out["off"]
-    assert cd == {"first": 0, "tensors": 1} and d.info["refinement_deferred"] is True
+    assert cd == {"first": 0, "tensors": 0} and d.info["refinement_deferred"] is True
+    assert out["image"][1] == {"first": 0, "tensors": 1}
     assert "cost_refined" in d.info["patch_alignment"]
-    assert cf == {"first": 1, "tensors": 2} and "refinement_deferred" not in f.info
+    assert cf == {"first": 1, "tensors": 1} and "refinement_deferred" not in f.info
     assert co == {"first": 1, "tensors": 1} and "refinement_deferred" not in o.info
     np.testing.assert_array_equal(np.asarray(d.inlier_mask), np.asarray(f.inlier_mask))
     # as accurate: the templates may differ where the centre decides between map views (here
@@ -443,7 +445,7 @@ def test_pose_is_refined_once_after_the_alignment_unless_refine_first(monkeypatc
     err = {k: (rotation_error_deg(r.pose.R, query.R).item(), center_error(r.pose, query).item())
            for k, (r, _) in out.items()}
     assert err["deferred"][0] < 1.2 * err["first"][0] and err["deferred"][1] < 1.2 * err["first"][1], err
-    for k in ("deferred", "first"):  # both aligned poses are better than the unaligned one
+    for k in ("deferred", "first", "image"):  # the aligned poses are better than the unaligned one
         assert err[k][0] < 0.5 * err["off"][0] and err[k][1] < 0.5 * err["off"][1], err
 
 
@@ -465,3 +467,29 @@ def test_window_patches_equal_bilinear_sampling_at_the_grid():
     out = _window_patches(win, origin, centers, 3)
     assert out.shape == (3, 64, 49)
     assert torch.allclose(out, ref, atol=1e-5), (out - ref).abs().max()
+
+
+@pytest.mark.parametrize("num_refs", [1, 2])
+def test_alignment_returns_the_structure_tensors_at_the_aligned_positions(num_refs):
+    """``align_to_map(..., return_tensors=True)``: the query patches' Gauss-Newton matrices at
+    the returned positions equal ``structure_tensors`` read there with the alignment's radius
+    and blur (rejected points: at their unmoved positions)."""
+    from hloc_bpnp.features.patch_lk import structure_tensors
+    from hloc_bpnp.localization.patch_alignment import align_to_map, MapImages
+
+    map_, images, query, qimage, feats = _noisy_query_scene()
+    rows = np.arange(len(map_.points3D))[:300]
+    x, _ = CAM.project_with_valid(query.transform(torch.as_tensor(map_.points3D[rows], dtype=torch.float64)))
+    start = x.numpy() + np.random.default_rng(5).normal(0, 0.7, (len(rows), 2))
+    conf = {"radius": 5, "iterations": 10, "blur_sigma": 1.0, "max_shift_px": 3.0, "min_ncc": 0.3,
+            "num_references": num_refs, "max_reference_angle_deg": None}
+    center = query.center.reshape(-1).numpy()
+    out, info, H = align_to_map(torch.from_numpy(qimage)[None, None], start, rows, map_, MapImages(images),
+                                list(images), center, conf, return_tensors=True)
+    assert H.shape == (len(rows), 2, 2) and H.dtype == torch.float64
+    ref = structure_tensors(torch.from_numpy(qimage)[None, None], torch.from_numpy(out), 5, 1.0)
+    assert torch.allclose(H, ref, rtol=1e-3, atol=1e-3 * float(ref.abs().max())), (H - ref).abs().max()
+    assert info["n_aligned"] > 0.8 * len(rows)
+    out2, info2 = align_to_map(torch.from_numpy(qimage)[None, None], start, rows, map_, MapImages(images),
+                               list(images), center, conf)
+    np.testing.assert_array_equal(out, out2)

@@ -133,7 +133,7 @@ def prepare_image(image, blur_sigma: float = 1.0) -> torch.Tensor:
 
 def align_patches(ref_image: torch.Tensor, image: torch.Tensor, ref_points: torch.Tensor, points: torch.Tensor,
                   radius: int = 5, iterations: int = 10, blur_sigma: float = 1.0, max_shift_px: float = 3.0,
-                  min_ncc: float = 0.5, prepared: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+                  min_ncc: float = 0.5, prepared: bool = False, return_tensors: bool = False):
     """Shifts that make ``image`` around ``points`` look like ``ref_image`` around ``ref_points``.
 
     Translation-only Lucas-Kanade (Gauss-Newton) on zero-mean, unit-variance patches with a
@@ -152,9 +152,12 @@ def align_patches(ref_image: torch.Tensor, image: torch.Tensor, ref_points: torc
         max_shift_px: bound of each shift coordinate (applied at every iteration).
         min_ncc: aligned patches correlating less than this are rejected.
         prepared: both images are already :func:`prepare_image` outputs (``blur_sigma`` unused).
+        return_tensors: also return the (N, 2, 2) float64 structure tensors of the moved
+            patches at the returned positions (:func:`structure_tensors` with this radius and
+            blur: the alignment's own Gauss-Newton matrices, no extra image reads).
     Returns:
-        ``(shift (N, 2), valid (N,) bool)``; rejected points have shift 0. Same dtype as
-        ``points``.
+        ``(shift (N, 2), valid (N,) bool[, tensors])``; rejected points have shift 0. Same dtype
+        as ``points``.
     """
     if radius < 1 or iterations < 1:
         raise ValueError(f"align_patches: radius and iterations must be >= 1, got {radius}, {iterations}")
@@ -166,7 +169,7 @@ def align_patches(ref_image: torch.Tensor, image: torch.Tensor, ref_points: torc
     N = points.shape[0]
     out_dtype = points.dtype if points.is_floating_point() else torch.float64
     if N == 0:
-        return points.new_zeros(0, 2, dtype=out_dtype), torch.zeros(0, dtype=torch.bool)
+        return _no_shifts(points, out_dtype, return_tensors)
     if prepared:
         if ref_image.ndim != 4 or ref_image.shape[1] != 3 or image.ndim != 4 or image.shape[1] != 3:
             raise ValueError("align_patches(prepared=True) expects two (1, 3, H, W) prepare_image outputs")
@@ -187,7 +190,14 @@ def align_patches(ref_image: torch.Tensor, image: torch.Tensor, ref_points: torc
         def sample_ref(centers):
             return ref_sample(centers.to(ref_image.device))[0].to(dev)
     T, _ = normalise_patches(sample_ref(ref_points.to(dev, torch.float32)))
-    return _lucas_kanade(sample, T, points, radius, iterations, max_shift_px, min_ncc, out_dtype)
+    out = _lucas_kanade(sample, T, points, radius, iterations, max_shift_px, min_ncc, out_dtype)
+    return out if return_tensors else out[:2]
+
+
+def _no_shifts(points: torch.Tensor, out_dtype, return_tensors: bool):
+    """The empty result of the alignment functions."""
+    out = (points.new_zeros(0, 2, dtype=out_dtype), torch.zeros(0, dtype=torch.bool))
+    return out + (torch.zeros(0, 2, 2, dtype=torch.float64),) if return_tensors else out
 
 
 def _normalised_gradients(Ix: torch.Tensor, Iy: torch.Tensor, sd: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -205,33 +215,50 @@ def _patch_grid(radius: int, device) -> Tuple[torch.Tensor, torch.Tensor]:
     return grid, torch.exp(-(grid ** 2).sum(-1) / (2 * (radius / 1.5) ** 2))
 
 
+def _gauss_newton_matrices(I: torch.Tensor, Ix: torch.Tensor, Iy: torch.Tensor, w: torch.Tensor):
+    """(normalised patches (N, P), their x / y derivatives (N, P) each, and the windowed 2x2
+    Gauss-Newton matrices ``(a, b, c)`` (N,) each) of raw (N, P) patches and gradients."""
+    In, sd = normalise_patches(I)
+    jx, jy = _normalised_gradients(Ix, Iy, sd)
+    return In, jx, jy, ((w * jx * jx).sum(-1), (w * jx * jy).sum(-1), (w * jy * jy).sum(-1))
+
+
+def _as_tensors(abc) -> torch.Tensor:
+    """(a, b, c) (N,) each -> (N, 2, 2) float64 symmetric matrices on the CPU."""
+    a, b, c = abc
+    return torch.stack([torch.stack([a, b], -1), torch.stack([b, c], -1)], -2).double().cpu()
+
+
 def _lucas_kanade(sample, T: torch.Tensor, points: torch.Tensor, radius: int, iterations: int, max_shift_px: float,
-                  min_ncc: float, out_dtype) -> Tuple[torch.Tensor, torch.Tensor]:
+                  min_ncc: float, out_dtype) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Shifts of ``points`` (N, 2) whose patches, read by ``sample`` ((N, 2) patch centres ->
     (3, N, P) values and x / y derivatives on :func:`_patch_grid`), best match the normalised
-    (N, P) templates ``T``."""
+    (N, P) templates ``T``: ``(shift, valid, (N, 2, 2) structure tensors at the returned
+    positions)``."""
     N = points.shape[0]
     dev = T.device
     grid, w = _patch_grid(radius, dev)
     p0 = points.to(dev, torch.float32)  # (N, 2)
     d = torch.zeros(N, 2, device=dev)
+    abc0 = None
     for _ in range(int(iterations)):
-        I, Ix, Iy = sample(p0 + d)
-        In, sd = normalise_patches(I)
+        In, jx, jy, (a, b, c) = _gauss_newton_matrices(*sample(p0 + d), w)
+        if abc0 is None:
+            abc0 = (a, b, c)  # at the start: the tensors of a rejected point
         res = In - T
         # the 2x2 normal equations in closed form
-        jx, jy = _normalised_gradients(Ix, Iy, sd)
-        wx, wy = jx * w, jy * w
-        a, b, c = (wx * jx).sum(-1) + 1e-3, (wx * jy).sum(-1), (wy * jy).sum(-1) + 1e-3
-        gx, gy = (wx * res).sum(-1), (wy * res).sum(-1)
+        a, c = a + 1e-3, c + 1e-3
+        gx, gy = (w * jx * res).sum(-1), (w * jy * res).sum(-1)
         det = a * c - b * b
         step = torch.stack([(c * gx - b * gy) / det, (a * gy - b * gx) / det], -1)
         d = (d - step).clamp(-max_shift_px, max_shift_px)
-    In, _ = normalise_patches(sample(p0 + d)[0])
+    In, _, _, abc = _gauss_newton_matrices(*sample(p0 + d), w)
     ncc = (In * T).mean(-1) * (grid.shape[0] / max(grid.shape[0] - 1, 1))  # std is the unbiased one
     valid = torch.isfinite(d).all(-1) & (ncc >= min_ncc)
+    abc0 = abc if abc0 is None else abc0
+    tensors = _as_tensors(tuple(torch.where(valid, x1, x0) for x1, x0 in zip(abc, abc0)))
     d = torch.where(valid[:, None], d, torch.zeros_like(d))
-    return d.to(points.device, out_dtype), valid.to(points.device)
+    return d.to(points.device, out_dtype), valid.to(points.device), tensors
 
 
 def _crop_sampler(image: torch.Tensor, points: torch.Tensor, radius: int, max_shift_px: float, blur_sigma: float,
@@ -270,29 +297,28 @@ def structure_tensors(image, points: torch.Tensor, radius: int = 5, blur_sigma: 
         return torch.zeros(0, 2, 2, dtype=torch.float64)
     _, w = _patch_grid(radius, image.device)
     pts = points.to(image.device, torch.float32)
-    I, Ix, Iy = _crop_sampler(image, pts, radius, 0.0, blur_sigma, True)(pts)
-    jx, jy = _normalised_gradients(Ix, Iy, normalise_patches(I)[1])
-    a, b, c = (w * jx * jx).sum(-1), (w * jx * jy).sum(-1), (w * jy * jy).sum(-1)
-    return torch.stack([torch.stack([a, b], -1), torch.stack([b, c], -1)], -2).double().cpu()
+    return _as_tensors(_gauss_newton_matrices(*_crop_sampler(image, pts, radius, 0.0, blur_sigma, True)(pts), w)[3])
 
 
 def align_to_templates(image, points: torch.Tensor, templates: torch.Tensor, radius: int = 5, iterations: int = 10,
                        blur_sigma: float = 1.0, max_shift_px: float = 3.0,
-                       min_ncc: float = 0.5) -> Tuple[torch.Tensor, torch.Tensor]:
+                       min_ncc: float = 0.5, return_tensors: bool = False):
     """:func:`align_patches` against given templates: shifts that make ``image`` around
     ``points`` (N, 2) look like ``templates`` (N, P) (normalised patches, e.g. averages of
-    :func:`sample_patches` over the views of a point). Returns ``(shift (N, 2), valid (N,))``."""
+    :func:`sample_patches` over the views of a point). Returns ``(shift (N, 2), valid (N,))``,
+    and with ``return_tensors`` the (N, 2, 2) structure tensors at the returned positions."""
     points = torch.as_tensor(points)
     out_dtype = points.dtype if points.is_floating_point() else torch.float64
     if points.shape[0] == 0:
-        return points.new_zeros(0, 2, dtype=out_dtype), torch.zeros(0, dtype=torch.bool)
+        return _no_shifts(points, out_dtype, return_tensors)
     image = as_gray_image(image)
     if templates.shape != (points.shape[0], (2 * radius + 1) ** 2):
         raise ValueError(f"align_to_templates: templates must be (N, {(2 * radius + 1) ** 2}) for {points.shape[0]} "
                          f"points and radius {radius}, got {tuple(templates.shape)}")
     sample = _crop_sampler(image, points, radius, max_shift_px, blur_sigma, True)
-    return _lucas_kanade(sample, templates.to(image.device, torch.float32), points, radius, iterations, max_shift_px,
-                         min_ncc, out_dtype)
+    out = _lucas_kanade(sample, templates.to(image.device, torch.float32), points, radius, iterations, max_shift_px,
+                        min_ncc, out_dtype)
+    return out if return_tensors else out[:2]
 
 
 def _to_float(img: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,8 @@ import torch
 
 from ..features.patch_lk import structure_tensors
 
-__all__ = ["default_conf", "METHODS", "check_conf", "enabled", "structure_tensor_sqrt_info", "keypoint_sqrt_info"]
+__all__ = ["default_conf", "METHODS", "check_conf", "enabled", "structure_tensor_sqrt_info", "sqrt_info_from_tensors",
+           "keypoint_sqrt_info"]
 
 METHODS = ("none", "structure_tensor")
 
@@ -61,11 +62,18 @@ def structure_tensor_sqrt_info(image, points: np.ndarray, radius: int = 7, blur_
     pixels ``points`` of a gray ``image`` ((H, W) or (1, 1, H, W), uint8 or float in [0, 1]):
     the ``sqrt_info`` of :func:`hloc_bpnp.bpnp.solve_pnp`."""
     pts = torch.as_tensor(np.asarray(points, np.float64).reshape(-1, 2))
-    n = pts.shape[0]
-    if n == 0:
+    if pts.shape[0] == 0:
+        return torch.zeros(0, 2, 2, dtype=torch.float64)
+    return sqrt_info_from_tensors(structure_tensors(image, pts, int(radius), float(blur_sigma)), floor)
+
+
+def sqrt_info_from_tensors(H: torch.Tensor, floor: float = 0.05) -> torch.Tensor:
+    """(N, 2, 2) ``L_i`` (module docstring) from given (N, 2, 2) structure tensors ``H_i`` (e.g.
+    the patch alignment's own Gauss-Newton matrices at the aligned positions)."""
+    H = torch.as_tensor(H, dtype=torch.float64)
+    if H.shape[0] == 0:
         return torch.zeros(0, 2, 2, dtype=torch.float64)
     eye = torch.eye(2, dtype=torch.float64)
-    H = structure_tensors(image, pts, int(radius), float(blur_sigma))
     # a flat patch (H ~ 0) gets a huge covariance, i.e. almost no weight, not a NaN
     Hinv = torch.linalg.inv(H + 1e-6 * eye)
     C = Hinv / Hinv.diagonal(dim1=-2, dim2=-1).sum(-1).div(2).median() + float(floor) ** 2 * eye

@@ -271,8 +271,9 @@ class Localizer:
         rows = order[pos]
         center = res.pose.to(torch.float64).center.reshape(-1).cpu().numpy()
         pts = np.asarray(res.points2D, np.float64).copy()
-        pts[inl], info = PA.align_to_map(gray, pts[inl], rows, self.map, self.map_images, res.retrieved, center,
-                                         self.conf["patch_alignment"])
+        pa = self.conf["patch_alignment"]
+        pts[inl], info, H = PA.align_to_map(gray, pts[inl], rows, self.map, self.map_images, res.retrieved, center,
+                                            pa, return_tensors=True)
         ref = self.conf["refinement"]
         # the weights localize_from_matches used ('auto' resolved there)
         mode = res.info.get("correspondence_weights", ref["use_weights"])
@@ -283,9 +284,14 @@ class Localizer:
             mode = False
         w = np.asarray(res.weights)[inl] if (mode and res.weights is not None) else None
         ref = {**ref, "use_weights": mode}
-        # the anisotropic noise of the aligned positions (the alignment's own Gauss-Newton matrices)
-        L = KN.keypoint_sqrt_info(gray, pts[inl], ref["keypoint_covariance"], res.name) if KN.enabled(self.conf) \
-            else None
+        # the anisotropic noise of the aligned positions: the alignment's own Gauss-Newton matrices,
+        # or structure tensors read again with refinement.keypoint_covariance's radius and blur
+        L = None
+        if KN.enabled(self.conf):
+            kc = ref["keypoint_covariance"]
+            L = KN.sqrt_info_from_tensors(H, kc["floor"]) \
+                if pa.get("keypoint_covariance", PA.default_conf["keypoint_covariance"]) == "alignment" \
+                else KN.keypoint_sqrt_info(gray, pts[inl], kc, res.name)
         pose, cov, rinfo = refine_bpnp(pts[inl], self.map.points3D[rows], res.camera, res.pose, ref, w, L)
         res.points2D, res.pose, res.covariance = pts, pose, cov
         res.info["patch_alignment"] = {**info, **{k: v for k, v in rinfo.items() if k.startswith(("cost", "ref"))},

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from ..features.patch_lk import (MapImages, align_patches, align_to_templates, as_gray_image, gray_image,
-                                prepare_image, sample_patches)
+                                prepare_image, sample_patches, structure_tensors)
 
 __all__ = ["default_conf", "check_conf", "resolve_enabled", "align_patches", "prepare_image", "gray_image",
            "MapImages", "reference_observations", "project_points", "align_to_map"]
@@ -84,6 +84,11 @@ default_conf = {
     # refined from the aligned keypoints either way, so by default the first refinement (and
     # its structure tensors) is skipped: 0.03 s less per query (README, "This round")
     "refine_first": False,
+    # the anisotropic keypoint noise of the aligned keypoints (with refinement.keypoint_covariance
+    # on): "alignment", the alignment's own Gauss-Newton matrices at the aligned positions (its
+    # radius and blur; free), or "image", refinement.keypoint_covariance's structure tensors
+    # read again around them
+    "keypoint_covariance": "alignment",
 }
 
 
@@ -126,6 +131,9 @@ def check_conf(conf: Dict) -> Tuple[int, str]:
     center = conf.get("template_center", default_conf["template_center"])
     if center not in ("keypoint", "projection"):
         raise ValueError(f"patch_alignment.template_center must be 'keypoint' or 'projection', got {center!r}")
+    kc = conf.get("keypoint_covariance", default_conf["keypoint_covariance"])
+    if kc not in ("alignment", "image"):
+        raise ValueError(f"patch_alignment.keypoint_covariance must be 'alignment' or 'image', got {kc!r}")
     a = conf.get("max_reference_angle_deg")
     if a is not None and (isinstance(a, bool) or not isinstance(a, (int, float)) or not 0 < a <= 180):
         raise ValueError(f"patch_alignment.max_reference_angle_deg must be null or in (0, 180] degrees, got {a!r}")
@@ -168,7 +176,7 @@ def reference_observations(map, rows: np.ndarray, candidates,
 
 def align_to_map(query_image: torch.Tensor, points2D: np.ndarray, rows: np.ndarray, map,
                  map_images: Callable[[str], torch.Tensor], candidates, center: np.ndarray,
-                 conf: Dict) -> Tuple[np.ndarray, Dict]:
+                 conf: Dict, return_tensors: bool = False):
     """Query keypoints ``points2D`` (M, 2) of 3D points ``rows`` (M,) aligned to their map
     observations (see :func:`reference_observations`).
 
@@ -177,7 +185,10 @@ def align_to_map(query_image: torch.Tensor, points2D: np.ndarray, rows: np.ndarr
         map_images: name -> (1, 1, H, W) gray map image (a :class:`MapImages`).
     Returns:
         ((M, 2) aligned positions, info {"n_aligned", "n_points", "median_shift_px",
-        "mean_references"}: the map views averaged per template, over the points with one).
+        "mean_references"}: the map views averaged per template, over the points with one),
+        and with ``return_tensors`` the (M, 2, 2) structure tensors of the query's patches at the
+        returned positions (the alignment's Gauss-Newton matrices; read with the alignment's
+        radius and blur where a point has no map view).
     """
     query = as_gray_image(query_image)
     out = np.asarray(points2D, np.float64).copy()
@@ -195,13 +206,17 @@ def align_to_map(query_image: torch.Tensor, points2D: np.ndarray, rows: np.ndarr
           float(conf["min_ncc"]))
     shifts = []
     n_ok = 0
+    tensors = torch.zeros(len(out), 2, 2, dtype=torch.float64)
+    done = np.zeros(len(out), bool)
     if k_refs == 1:
         for j in np.unique(owner[owner >= 0]).tolist():
             s = np.flatnonzero(owner == j)
             ref = ref_kp[s]
             if center_mode == "projection":
                 ref = project_points(map, names[j], np.asarray(rows, np.int64)[s])
-            d, ok = align_patches(image(names[j]), query, torch.from_numpy(ref), torch.from_numpy(out[s]), *lk)
+            d, ok, H = align_patches(image(names[j]), query, torch.from_numpy(ref), torch.from_numpy(out[s]), *lk,
+                                     return_tensors=True)
+            tensors[torch.from_numpy(s)], done[s] = H, True
             out[s] += d.cpu().numpy()
             n_ok += int(ok.sum())
             shifts.append(d[ok].norm(dim=-1).cpu().numpy())
@@ -234,12 +249,19 @@ def align_to_map(query_image: torch.Tensor, points2D: np.ndarray, rows: np.ndarr
         s = np.flatnonzero(seen)
         t = templ[s]
         t = (t - t.mean(-1, keepdim=True)) / (t.std(-1, keepdim=True) + 1e-6)
-        d, ok = align_to_templates(query, torch.from_numpy(out[s]), t, *lk)
+        d, ok, H = align_to_templates(query, torch.from_numpy(out[s]), t, *lk, return_tensors=True)
+        tensors[torch.from_numpy(s)], done[s] = H, True
         out[s] += d.cpu().numpy()
         n_ok += int(ok.sum())
         shifts.append(d[ok].norm(dim=-1).cpu().numpy())
     sh = np.concatenate(shifts) if shifts else np.zeros(0)
     n_seen = int((owner >= 0).sum())
     refs = (float(count[owner >= 0].mean()) if k_refs > 1 else 1.0) if n_seen else 0.0
-    return out, {"n_aligned": n_ok, "n_points": int(rows.shape[0]),
-                 "median_shift_px": float(np.median(sh)) if sh.size else 0.0, "mean_references": refs}
+    info = {"n_aligned": n_ok, "n_points": int(rows.shape[0]),
+            "median_shift_px": float(np.median(sh)) if sh.size else 0.0, "mean_references": refs}
+    if not return_tensors:
+        return out, info
+    if not done.all():  # points no map view observes were not aligned: their tensors from the image
+        rest = np.flatnonzero(~done)
+        tensors[torch.from_numpy(rest)] = structure_tensors(query, torch.from_numpy(out[rest]), lk[0], lk[2])
+    return out, info, tensors

@@ -55,7 +55,7 @@ def _two_smallest(d2: torch.Tensor, dim: int, need_second: bool):
 #: that stays in the CPU's caches and is reused (one (B, N0, N1) tensor of ~70 MB, allocated per
 #: query, spent more time in page faults than in the matrix product: 77 -> 30 ms for 4096 query
 #: keypoints against 3 x 1500, benchmarks/bench_matching.py)
-SIMILARITY_BLOCK = 1 << 21
+SIMILARITY_BLOCK = 1 << 20
 
 
 def _nn_match_similarity(q, r, mask1, mutual, ratio_threshold, distance_threshold, symmetric_ratio):
