@@ -493,3 +493,29 @@ def test_alignment_returns_the_structure_tensors_at_the_aligned_positions(num_re
     out2, info2 = align_to_map(torch.from_numpy(qimage)[None, None], start, rows, map_, MapImages(images),
                                list(images), center, conf)
     np.testing.assert_array_equal(out, out2)
+
+
+def test_aligned_refinement_takes_its_own_loss_scale(monkeypatch):
+    """``patch_alignment.loss_scale_px`` is the robust scale of the refinement from the aligned
+    keypoints only (null: ``refinement.loss_scale_px``); bad values are errors."""
+    import hloc_bpnp.localization.localizer as L
+
+    map_, images, query, qimage, feats = _noisy_query_scene()
+    scales = []
+    real = L.refine_bpnp
+
+    def spy(pts, X, cam, pose, ref, w=None, L_=None):
+        scales.append(ref["loss_scale_px"])
+        return real(pts, X, cam, pose, ref, w, L_)
+
+    monkeypatch.setattr(L, "refine_bpnp", spy)
+    base = {"retrieval": {"num_keyframes": 4}, "ransac": {"max_error_px": 4.0}, "refinement": {"loss_scale_px": 2.0}}
+    for pa_scale, expect in ((None, 2.0), (0.5, 0.5)):
+        scales.clear()
+        loc = Localizer(map_, {**base, "patch_alignment": {"enabled": True, "loss_scale_px": pa_scale}},
+                        map_images=images)
+        res = loc.localize_features(feats, CAM, image=qimage)
+        assert res.success and scales == [expect] and res.info["patch_alignment"]["loss_scale_px"] == expect
+    for bad in (0, -1.0, "0.5", True):
+        with pytest.raises(ValueError, match="patch_alignment.loss_scale_px must be null or > 0"):
+            Localizer(map_, {"patch_alignment": {"enabled": True, "loss_scale_px": bad}}, map_images=images)

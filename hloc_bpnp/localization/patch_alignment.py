@@ -89,6 +89,10 @@ default_conf = {
     # radius and blur; free), or "image", refinement.keypoint_covariance's structure tensors
     # read again around them
     "keypoint_covariance": "alignment",
+    # the robust loss scale (pixels) of the refinement from the aligned keypoints; null:
+    # refinement.loss_scale_px. Aligned keypoints are more precise than detections, so a
+    # tighter scale separates the inliers better (fast_learned: 0.5)
+    "loss_scale_px": None,
 }
 
 
@@ -134,6 +138,9 @@ def check_conf(conf: Dict) -> Tuple[int, str]:
     kc = conf.get("keypoint_covariance", default_conf["keypoint_covariance"])
     if kc not in ("alignment", "image"):
         raise ValueError(f"patch_alignment.keypoint_covariance must be 'alignment' or 'image', got {kc!r}")
+    ls = conf.get("loss_scale_px")
+    if ls is not None and (isinstance(ls, bool) or not isinstance(ls, (int, float)) or not ls > 0):
+        raise ValueError(f"patch_alignment.loss_scale_px must be null or > 0 pixels, got {ls!r}")
     a = conf.get("max_reference_angle_deg")
     if a is not None and (isinstance(a, bool) or not isinstance(a, (int, float)) or not 0 < a <= 180):
         raise ValueError(f"patch_alignment.max_reference_angle_deg must be null or in (0, 180] degrees, got {a!r}")
