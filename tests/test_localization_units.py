@@ -182,3 +182,31 @@ def test_auto_weights_use_sigmas_where_the_features_have_them():
     assert not torch.equal(auto_s.pose.t, none.pose.t)
     conf = merge(default_conf, {"refinement": {"use_weights": "auto"}})
     assert weight_mode(conf, True) == "uncertainty" and weight_mode(conf, False) is False
+
+
+def test_adaptive_loss_scale_follows_the_residual_noise():
+    """``loss_scale_px: adaptive``: 2.385 sigma (Cauchy) of the residuals at the initial pose,
+    sigma from their median norm; clamped; used by the BPnP refinement and recorded; a scale
+    that is neither a number nor 'adaptive' is an error."""
+    from hloc_bpnp.localization.pose_estimation import adaptive_loss_scale, default_conf, refine_bpnp
+
+    rng = np.random.default_rng(0)
+    cam = Camera("PINHOLE", 640, 480, torch.tensor([500.0, 500.0, 320.0, 240.0], dtype=torch.float64))
+    X = torch.from_numpy(np.c_[rng.uniform(-1, 1, (4000, 2)), rng.uniform(4, 6, 4000)])
+    pose = Pose.identity(dtype=torch.float64)
+    x_true = cam.project(X)
+    y0 = torch.zeros(6, dtype=torch.float64)
+    for sigma in (0.1, 0.5, 1.5):
+        x = x_true + sigma * torch.from_numpy(rng.standard_normal((4000, 2)))
+        c = adaptive_loss_scale(x, X, cam, y0, "cauchy")
+        assert abs(c / (2.385 * sigma) - 1) < 0.05, (sigma, c)
+        # whitening by L = 2 I doubles the residuals, and the scale with them
+        L = 2 * torch.eye(2, dtype=torch.float64).expand(4000, 2, 2)
+        assert adaptive_loss_scale(x, X, cam, y0, "cauchy", L) == pytest.approx(min(2 * c, 4.0), rel=1e-6)
+    assert adaptive_loss_scale(x_true, X, cam, y0, "cauchy") == 0.05  # clamped below
+    ref = {**default_conf["refinement"], "loss_scale_px": "adaptive"}
+    x = x_true + 0.2 * torch.from_numpy(rng.standard_normal((4000, 2)))
+    _, _, info = refine_bpnp(x.numpy(), X.numpy(), cam, pose, ref)
+    assert abs(info["loss_scale_px"] / (2.385 * 0.2) - 1) < 0.05
+    with pytest.raises(ValueError, match="loss_scale_px must be a number of pixels or 'adaptive'"):
+        refine_bpnp(x.numpy(), X.numpy(), cam, pose, {**ref, "loss_scale_px": "auto"})

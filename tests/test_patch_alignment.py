@@ -517,5 +517,5 @@ def test_aligned_refinement_takes_its_own_loss_scale(monkeypatch):
         res = loc.localize_features(feats, CAM, image=qimage)
         assert res.success and scales == [expect] and res.info["patch_alignment"]["loss_scale_px"] == expect
     for bad in (0, -1.0, "0.5", True):
-        with pytest.raises(ValueError, match="patch_alignment.loss_scale_px must be null or > 0"):
+        with pytest.raises(ValueError, match="patch_alignment.loss_scale_px must be null, > 0 pixels or .adaptive."):
             Localizer(map_, {"patch_alignment": {"enabled": True, "loss_scale_px": bad}}, map_images=images)

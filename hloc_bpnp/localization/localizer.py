@@ -285,7 +285,7 @@ class Localizer:
         w = np.asarray(res.weights)[inl] if (mode and res.weights is not None) else None
         ref = {**ref, "use_weights": mode}
         if pa.get("loss_scale_px") is not None:  # the aligned keypoints' own scale
-            ref["loss_scale_px"] = float(pa["loss_scale_px"])
+            ref["loss_scale_px"] = pa["loss_scale_px"]
         # the anisotropic noise of the aligned positions: the alignment's own Gauss-Newton matrices,
         # or structure tensors read again with refinement.keypoint_covariance's radius and blur
         L = None
@@ -297,7 +297,7 @@ class Localizer:
         pose, cov, rinfo = refine_bpnp(pts[inl], self.map.points3D[rows], res.camera, res.pose, ref, w, L)
         res.points2D, res.pose, res.covariance = pts, pose, cov
         res.info["patch_alignment"] = {**info, **{k: v for k, v in rinfo.items() if k.startswith(("cost", "ref"))},
-                                       "correspondence_weights": mode, "loss_scale_px": ref["loss_scale_px"]}
+                                       "correspondence_weights": mode, "loss_scale_px": rinfo["loss_scale_px"]}
         res.timings["alignment"] = time.perf_counter() - t
         return res
 

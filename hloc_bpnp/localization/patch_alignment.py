@@ -139,8 +139,8 @@ def check_conf(conf: Dict) -> Tuple[int, str]:
     if kc not in ("alignment", "image"):
         raise ValueError(f"patch_alignment.keypoint_covariance must be 'alignment' or 'image', got {kc!r}")
     ls = conf.get("loss_scale_px")
-    if ls is not None and (isinstance(ls, bool) or not isinstance(ls, (int, float)) or not ls > 0):
-        raise ValueError(f"patch_alignment.loss_scale_px must be null or > 0 pixels, got {ls!r}")
+    if ls is not None and ls != "adaptive" and (isinstance(ls, bool) or not isinstance(ls, (int, float)) or not ls > 0):
+        raise ValueError(f"patch_alignment.loss_scale_px must be null, > 0 pixels or 'adaptive', got {ls!r}")
     a = conf.get("max_reference_angle_deg")
     if a is not None and (isinstance(a, bool) or not isinstance(a, (int, float)) or not 0 < a <= 180):
         raise ValueError(f"patch_alignment.max_reference_angle_deg must be null or in (0, 180] degrees, got {a!r}")

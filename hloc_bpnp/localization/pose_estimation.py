@@ -51,6 +51,8 @@ default_conf = {
     "refinement": {
         "method": "bpnp",  # bpnp | pycolmap | none
         "loss": "cauchy",  # l2 | huber | cauchy -- measured: see configs/localization/default.yaml
+        # the robust loss scale c (pixels), or "adaptive": c = ADAPTIVE_SCALE_K * sigma, sigma the
+        # residuals' robust standard deviation at the initial (RANSAC) pose (adaptive_loss_scale)
         "loss_scale_px": 1.0,
         # BPnP correspondence weights: false | true (match scores) | uncertainty (1 / sigma^2 of a
         # refiner's keypoint sigmas, features xfeat_refined) | auto (uncertainty when the query's
@@ -73,6 +75,26 @@ class PoseEstimate:
     inlier_mask: Optional[np.ndarray] = None
     covariance: Optional[np.ndarray] = None
     info: Dict = field(default_factory=dict)
+
+
+#: c / sigma of the adaptive loss scale: the Cauchy loss's 95% efficiency constant under Gaussian
+#: noise (Huber's is 1.345; it is used for Huber too)
+ADAPTIVE_SCALE_K = {"cauchy": 2.385, "huber": 1.345, "l2": 1.0}
+
+
+def adaptive_loss_scale(x: torch.Tensor, X: torch.Tensor, camera: Camera, y: torch.Tensor, loss: str,
+                        sqrt_info: Optional[torch.Tensor] = None, bounds=(0.05, 4.0)) -> float:
+    """The ``"adaptive"`` robust loss scale (pixels) of the inliers ``x`` (M, 2) / ``X`` (M, 3)
+    at pose ``y`` (6,): ``ADAPTIVE_SCALE_K[loss] * sigma`` with ``sigma = median(|r_i|) / 1.1774``
+    (the median norm of a 2D Gaussian residual is 1.1774 sigma), ``r_i`` the reprojection
+    residuals (whitened by ``sqrt_info`` (M, 2, 2) when given), clamped to ``bounds``."""
+    r = camera.project(Pose.from_aa(y).transform(X)) - x
+    if sqrt_info is not None:
+        r = (sqrt_info.to(r.dtype) @ r.unsqueeze(-1)).squeeze(-1)
+    if r.shape[0] == 0:
+        return float(bounds[1])
+    sigma = float(r.norm(dim=-1).median()) / 1.1774
+    return float(min(max(ADAPTIVE_SCALE_K[loss] * sigma, bounds[0]), bounds[1]))
 
 
 def _rigid_to_pose(rigid) -> Pose:
@@ -137,6 +159,9 @@ def estimate_pose(
         ropts = pycolmap.AbsolutePoseRefinementOptions()
         ropts.refine_focal_length = bool(ref["refine_intrinsics"])
         ropts.refine_extra_params = bool(ref["refine_intrinsics"]) and camera.has_distortion
+        if isinstance(ref["loss_scale_px"], str):
+            raise ValueError(f"refinement.loss_scale_px {ref['loss_scale_px']!r} needs refinement.method 'bpnp'; "
+                             f"pycolmap's refinement takes a number of pixels")
         ropts.loss_function_scale = float(ref["loss_scale_px"])
         cam_ref = camera.to_pycolmap()
         out = pycolmap.refine_absolute_pose(rigid, p2, p3, inliers, cam_ref, ropts)
@@ -192,8 +217,13 @@ def refine_bpnp(points2D, points3D, camera: Camera, pose_init: Pose, ref_conf: D
     L = None if sqrt_info is None else torch.as_tensor(sqrt_info, dtype=dt)
     y0 = pose_init.to(dt).aa_t()
     cam = camera.to(dt)
-    loss, scale = ref_conf["loss"], float(ref_conf["loss_scale_px"])
+    loss, scale = ref_conf["loss"], ref_conf["loss_scale_px"]
     with torch.no_grad():
+        if scale == "adaptive":
+            scale = adaptive_loss_scale(x, X, cam, y0, loss, L)
+        elif isinstance(scale, str) or isinstance(scale, bool):
+            raise ValueError(f"refinement.loss_scale_px must be a number of pixels or 'adaptive', got {scale!r}")
+        scale = float(scale)
         res = solve_pnp(x, X, cam, weights=w, pose_init=y0, loss=loss, loss_scale=scale, sqrt_info=L)
         cost_init = robust_cost(x, X, cam, y0, w, loss, scale, L)
         cost_ref = robust_cost(x, X, cam, res.pose, w, loss, scale, L)
@@ -203,6 +233,7 @@ def refine_bpnp(points2D, points3D, camera: Camera, pose_init: Pose, ref_conf: D
         "bpnp_failure": res.failure or "",
         "cost_ransac": cost_init,
         "cost_refined": cost_ref,
+        "loss_scale_px": scale,
     }
     if not bool(res.valid) or not bool(torch.isfinite(res.pose).all()) or not cost_ref <= cost_init:
         info["refinement_rejected"] = True
