@@ -82,16 +82,18 @@ default_conf = {
     # BPnP-refine the RANSAC pose before the alignment as well. The alignment reads only the
     # RANSAC inliers and the camera centre (which map views are nearest), and the pose is
     # refined from the aligned keypoints either way, so by default the first refinement (and
-    # its structure tensors) is skipped: 0.03 s less per query (README, "This round")
+    # its structure tensors) is skipped: 0.03 s less per query, same medians (README, "one pose
+    # refinement per aligned query")
     "refine_first": False,
     # the anisotropic keypoint noise of the aligned keypoints (with refinement.keypoint_covariance
     # on): "alignment", the alignment's own Gauss-Newton matrices at the aligned positions (its
     # radius and blur; free), or "image", refinement.keypoint_covariance's structure tensors
     # read again around them
     "keypoint_covariance": "alignment",
-    # the robust loss scale (pixels) of the refinement from the aligned keypoints; null:
-    # refinement.loss_scale_px. Aligned keypoints are more precise than detections, so a
-    # tighter scale separates the inliers better (fast_learned: 0.5)
+    # the robust loss scale (pixels, or "adaptive") of the refinement from the aligned keypoints;
+    # null: refinement.loss_scale_px. Measured with fast_learned, paired: 0.3 px x0.76 / x0.79 on
+    # the temple but x1.22 rotation on Herz-Jesu-P8; "adaptive" x0.83 / x0.85 and x1.14. So no
+    # preset sets it (README, "the loss scale, measured, not adopted")
     "loss_scale_px": None,
 }
 

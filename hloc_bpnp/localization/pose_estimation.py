@@ -160,8 +160,8 @@ def estimate_pose(
         ropts.refine_focal_length = bool(ref["refine_intrinsics"])
         ropts.refine_extra_params = bool(ref["refine_intrinsics"]) and camera.has_distortion
         if isinstance(ref["loss_scale_px"], str):
-            raise ValueError(f"refinement.loss_scale_px {ref['loss_scale_px']!r} needs refinement.method 'bpnp'; "
-                             f"pycolmap's refinement takes a number of pixels")
+            raise ValueError(f"refinement.loss_scale_px {ref['loss_scale_px']!r}: pycolmap's refinement "
+                             f"(refinement.method 'pycolmap' or refine_intrinsics) takes a number of pixels")
         ropts.loss_function_scale = float(ref["loss_scale_px"])
         cam_ref = camera.to_pycolmap()
         out = pycolmap.refine_absolute_pose(rigid, p2, p3, inliers, cam_ref, ropts)
