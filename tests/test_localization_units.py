@@ -210,3 +210,24 @@ def test_adaptive_loss_scale_follows_the_residual_noise():
     assert abs(info["loss_scale_px"] / (2.385 * 0.2) - 1) < 0.05
     with pytest.raises(ValueError, match="loss_scale_px must be a number of pixels or 'adaptive'"):
         refine_bpnp(x.numpy(), X.numpy(), cam, pose, {**ref, "loss_scale_px": "auto"})
+
+
+def test_adaptive_loss_scale_is_refused_by_pycolmaps_refinement():
+    """pycolmap's refinement (method 'pycolmap', or refine_intrinsics) takes pixels only."""
+    import copy
+
+    from hloc_bpnp.localization.pose_estimation import default_conf, estimate_pose
+
+    rng = np.random.default_rng(1)
+    cam = Camera("PINHOLE", 640, 480, torch.tensor([500.0, 500.0, 320.0, 240.0], dtype=torch.float64))
+    X = torch.from_numpy(np.c_[rng.uniform(-1, 1, (200, 2)), rng.uniform(4, 6, 200)])
+    x = cam.project(X) + 0.3 * torch.from_numpy(rng.standard_normal((200, 2)))
+    for ref in ({"method": "pycolmap"}, {"method": "bpnp", "refine_intrinsics": True}):
+        conf = copy.deepcopy(default_conf)
+        conf["refinement"].update(ref, loss_scale_px="adaptive")
+        with pytest.raises(ValueError, match="pycolmap's refinement .* takes a number of pixels"):
+            estimate_pose(x.numpy(), X.numpy(), cam, conf)
+    conf = copy.deepcopy(default_conf)
+    conf["refinement"]["loss_scale_px"] = "adaptive"
+    est = estimate_pose(x.numpy(), X.numpy(), cam, conf)
+    assert est.success and 0.05 <= est.info["loss_scale_px"] <= 4.0
