@@ -245,7 +245,7 @@ class Localizer:
 
         pa = self.conf["patch_alignment"]
         # the pose is refined after the alignment; before it only where refine_first asks
-        refine = not pa["enabled"] or bool(pa.get("refine_first", PA.default_conf["refine_first"]))
+        refine = not pa["enabled"] or bool(pa["refine_first"])
         return localize_from_matches(kpts, names, m0, s0, self.map, camera, self.conf, res,
                                      sigmas=feats.get("sigmas"), image=image, refine=refine)
 
@@ -284,7 +284,7 @@ class Localizer:
             mode = False
         w = np.asarray(res.weights)[inl] if (mode and res.weights is not None) else None
         ref = {**ref, "use_weights": mode}
-        if pa.get("loss_scale_px") is not None:  # the aligned keypoints' own scale
+        if pa["loss_scale_px"] is not None:  # the aligned keypoints' own scale
             ref["loss_scale_px"] = pa["loss_scale_px"]
         # the anisotropic noise of the aligned positions: the alignment's own Gauss-Newton matrices,
         # or structure tensors read again with refinement.keypoint_covariance's radius and blur
@@ -292,7 +292,7 @@ class Localizer:
         if KN.enabled(self.conf):
             kc = ref["keypoint_covariance"]
             L = KN.sqrt_info_from_tensors(H, kc["floor"]) \
-                if pa.get("keypoint_covariance", PA.default_conf["keypoint_covariance"]) == "alignment" \
+                if pa["keypoint_covariance"] == "alignment" \
                 else KN.keypoint_sqrt_info(gray, pts[inl], kc, res.name)
         pose, cov, rinfo = refine_bpnp(pts[inl], self.map.points3D[rows], res.camera, res.pose, ref, w, L)
         res.points2D, res.pose, res.covariance = pts, pose, cov

@@ -88,9 +88,7 @@ def adaptive_loss_scale(x: torch.Tensor, X: torch.Tensor, camera: Camera, y: tor
     at pose ``y`` (6,): ``ADAPTIVE_SCALE_K[loss] * sigma`` with ``sigma = median(|r_i|) / 1.1774``
     (the median norm of a 2D Gaussian residual is 1.1774 sigma), ``r_i`` the reprojection
     residuals (whitened by ``sqrt_info`` (M, 2, 2) when given), clamped to ``bounds``."""
-    r = camera.project(Pose.from_aa(y).transform(X)) - x
-    if sqrt_info is not None:
-        r = (sqrt_info.to(r.dtype) @ r.unsqueeze(-1)).squeeze(-1)
+    r = whitened_residuals(x, X, camera, y, sqrt_info)
     if r.shape[0] == 0:
         return float(bounds[1])
     sigma = float(r.norm(dim=-1).median()) / 1.1774
@@ -221,7 +219,7 @@ def refine_bpnp(points2D, points3D, camera: Camera, pose_init: Pose, ref_conf: D
     with torch.no_grad():
         if scale == "adaptive":
             scale = adaptive_loss_scale(x, X, cam, y0, loss, L)
-        elif isinstance(scale, str) or isinstance(scale, bool):
+        elif isinstance(scale, (str, bool)):
             raise ValueError(f"refinement.loss_scale_px must be a number of pixels or 'adaptive', got {scale!r}")
         scale = float(scale)
         res = solve_pnp(x, X, cam, weights=w, pose_init=y0, loss=loss, loss_scale=scale, sqrt_info=L)
@@ -272,6 +270,18 @@ def covariance_at(x: torch.Tensor, X: torch.Tensor, camera: Camera, y: torch.Ten
     return cov[0]
 
 
+def whitened_residuals(x: torch.Tensor, X: torch.Tensor, camera: Camera, y: torch.Tensor,
+                       sqrt_info: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(M, 2) ``L_i (proj(R(y) X_i + t) - x_i)`` (``L_i`` the identity without ``sqrt_info``).
+
+    Args: x (M, 2), X (M, 3), y (6,) [axis-angle, t], sqrt_info (M, 2, 2) or None.
+    """
+    r = camera.project(Pose.from_aa(y).transform(X)) - x
+    if sqrt_info is not None:
+        r = (sqrt_info.to(r.dtype) @ r.unsqueeze(-1)).squeeze(-1)
+    return r
+
+
 def robust_cost(x: torch.Tensor, X: torch.Tensor, camera: Camera, y: torch.Tensor, weights, loss: str,
                 scale: float, sqrt_info: Optional[torch.Tensor] = None) -> float:
     """sum_i w_i rho(||L_i (x_i - proj(R(y) X_i + t))||^2): the objective BPnP minimises.
@@ -281,9 +291,7 @@ def robust_cost(x: torch.Tensor, X: torch.Tensor, camera: Camera, y: torch.Tenso
     """
     from ..bpnp import robust_rho
 
-    r = camera.project(Pose.from_aa(y).transform(X)) - x
-    if sqrt_info is not None:
-        r = (sqrt_info.to(r.dtype) @ r.unsqueeze(-1)).squeeze(-1)
+    r = whitened_residuals(x, X, camera, y, sqrt_info)
     rho, _ = robust_rho((r * r).sum(-1), loss, scale)
     if weights is not None:
         rho = rho * weights
