@@ -206,10 +206,10 @@ def test_adaptive_loss_scale_follows_the_residual_noise():
     assert adaptive_loss_scale(x_true, X, cam, y0, "cauchy") == 0.05  # clamped below
     ref = {**default_conf["refinement"], "loss_scale_px": "adaptive"}
     x = x_true + 0.2 * torch.from_numpy(rng.standard_normal((4000, 2)))
-    _, _, info = refine_bpnp(x.numpy(), X.numpy(), cam, pose, ref)
+    _, _, info = refine_bpnp(x.cpu().numpy(), X.cpu().numpy(), cam, pose, ref)
     assert abs(info["loss_scale_px"] / (2.385 * 0.2) - 1) < 0.05
     with pytest.raises(ValueError, match="loss_scale_px must be a number of pixels or 'adaptive'"):
-        refine_bpnp(x.numpy(), X.numpy(), cam, pose, {**ref, "loss_scale_px": "auto"})
+        refine_bpnp(x.cpu().numpy(), X.cpu().numpy(), cam, pose, {**ref, "loss_scale_px": "auto"})
 
 
 def test_adaptive_loss_scale_is_refused_by_pycolmaps_refinement():
@@ -226,8 +226,8 @@ def test_adaptive_loss_scale_is_refused_by_pycolmaps_refinement():
         conf = copy.deepcopy(default_conf)
         conf["refinement"].update(ref, loss_scale_px="adaptive")
         with pytest.raises(ValueError, match="pycolmap's refinement .* takes a number of pixels"):
-            estimate_pose(x.numpy(), X.numpy(), cam, conf)
+            estimate_pose(x.cpu().numpy(), X.cpu().numpy(), cam, conf)
     conf = copy.deepcopy(default_conf)
     conf["refinement"]["loss_scale_px"] = "adaptive"
-    est = estimate_pose(x.numpy(), X.numpy(), cam, conf)
+    est = estimate_pose(x.cpu().numpy(), X.cpu().numpy(), cam, conf)
     assert est.success and 0.05 <= est.info["loss_scale_px"] <= 4.0

@@ -480,10 +480,10 @@ def test_alignment_returns_the_structure_tensors_at_the_aligned_positions(num_re
     map_, images, query, qimage, feats = _noisy_query_scene()
     rows = np.arange(len(map_.points3D))[:300]
     x, _ = CAM.project_with_valid(query.transform(torch.as_tensor(map_.points3D[rows], dtype=torch.float64)))
-    start = x.numpy() + np.random.default_rng(5).normal(0, 0.7, (len(rows), 2))
+    start = x.cpu().numpy() + np.random.default_rng(5).normal(0, 0.7, (len(rows), 2))
     conf = {"radius": 5, "iterations": 10, "blur_sigma": 1.0, "max_shift_px": 3.0, "min_ncc": 0.3,
             "num_references": num_refs, "max_reference_angle_deg": None}
-    center = query.center.reshape(-1).numpy()
+    center = query.center.reshape(-1).cpu().numpy()
     out, info, H = align_to_map(torch.from_numpy(qimage)[None, None], start, rows, map_, MapImages(images),
                                 list(images), center, conf, return_tensors=True)
     assert H.shape == (len(rows), 2, 2) and H.dtype == torch.float64
