@@ -449,24 +449,54 @@ def test_pose_is_refined_once_after_the_alignment_unless_refine_first(monkeypatc
         assert err[k][0] < 0.5 * err["off"][0] and err[k][1] < 0.5 * err["off"][1], err
 
 
-def test_window_patches_equal_bilinear_sampling_at_the_grid():
+@pytest.mark.parametrize("gradients", [False, True])
+def test_window_patches_equal_bilinear_sampling_at_the_grid(gradients):
     """A patch's samples share its centre's sub-pixel fraction: the four-slice bilinear read of
-    the crops equals ``grid_sample`` at the patch's pixels, for any fraction (0 and near 1
-    included) and centres near the windows' borders."""
+    the windows equals ``grid_sample`` at the patch's pixels, for any fraction (0 and near 1
+    included) and centres near the windows' borders; the gradients (central differences of a
+    one pixel wider read) equal ``grid_sample`` of the windows' central differences (the windows
+    padded by replicating their borders)."""
     from hloc_bpnp.features.patch_lk import _patch_grid, _window_patches
 
     g = torch.Generator().manual_seed(2)
-    win = torch.rand(64, 3, 17, 17, generator=g)
+    win = torch.rand(64, 17, 17, generator=g)
     origin = torch.randint(-5, 300, (64, 2), generator=g).float()
     centers = origin + 0.5 + 3.0 + torch.rand(64, 2, generator=g) * 10
     centers[:3] = origin[:3] + 0.5 + torch.tensor([[8.0, 8.0], [8.999, 3.0], [3.0, 12.9999]])
     grid, _ = _patch_grid(3, "cpu")
     local = centers[:, None] + grid - 0.5 - origin[:, None]
-    ref = torch.nn.functional.grid_sample(win, (2 * local / 16 - 1)[:, :, None], mode="bilinear",
+    maps = win[:, None]
+    if gradients:
+        pad = torch.nn.functional.pad(maps, (1, 1, 1, 1), mode="replicate")
+        maps = torch.cat([maps, (pad[..., 1:-1, 2:] - pad[..., 1:-1, :-2]) / 2,
+                          (pad[..., 2:, 1:-1] - pad[..., :-2, 1:-1]) / 2], 1)
+    ref = torch.nn.functional.grid_sample(maps, (2 * local / 16 - 1)[:, :, None], mode="bilinear",
                                           align_corners=True, padding_mode="border")[..., 0].permute(1, 0, 2)
-    out = _window_patches(win, origin, centers, 3)
-    assert out.shape == (3, 64, 49)
+    out = _window_patches(win, origin, centers, 3, gradients)
+    assert out.shape == (3 if gradients else 1, 64, 49)
     assert torch.allclose(out, ref, atol=1e-5), (out - ref).abs().max()
+
+
+def test_crop_windows_equal_the_prepared_image_both_ways():
+    """The crop windows (blurred per crop for few points, the image blurred once for many)
+    equal :func:`prepare_image`'s blurred image at their pixels inside the image, border pixels
+    included (outside it the two read different extensions of the image)."""
+    from hloc_bpnp.features.patch_lk import _windows, prepare_image
+
+    g = torch.Generator().manual_seed(4)
+    img = (torch.rand(1, 1, 40, 50, generator=g) * 255).to(torch.uint8)
+    full = prepare_image(img, 1.0)[0, 0]
+    for n in (2, 60):  # 2 crops: blurred per crop; 60 crops cover more than the image
+        pts = torch.rand(n, 2, generator=g) * torch.tensor([50.0, 40.0])
+        pts[0] = torch.tensor([0.6, 39.9])  # crops past the border
+        win, o = _windows(img, pts, 6, 1.0)
+        assert win.shape == (n, 13, 13)
+        r = torch.arange(13)
+        ys, xs = o[:, 1:].long() + r, o[:, :1].long() + r
+        inside = ((ys >= 0) & (ys < 40))[:, :, None] & ((xs >= 0) & (xs < 50))[:, None, :]
+        assert (~inside).any() and inside.sum() > 50 * n
+        ref = full[ys.clamp(0, 39)[:, :, None], xs.clamp(0, 49)[:, None, :]]
+        assert torch.allclose(win[inside], ref[inside], atol=2e-6)
 
 
 @pytest.mark.parametrize("num_refs", [1, 2])

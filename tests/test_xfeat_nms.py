@@ -36,3 +36,46 @@ def test_subpixel_keypoints_are_the_soft_argmax_of_the_unfolded_window(radius):
     v = out["valid"]
     assert v.sum() > 50
     assert torch.allclose(out["keypoints"][v], expected[v], atol=1e-6)
+
+
+def _perturbed_running_stats(net: XFeatNet, seed: int) -> None:
+    """Non-trivial batch-norm statistics and weights (a random network's are 0 / 1)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in net.net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+
+
+def test_fused_inference_backbone_equals_the_network_and_follows_its_weights():
+    """Without gradients in eval mode the backbone runs a copy with batch norms folded into the
+    convolutions (channels last): the same outputs within float rounding; the copy is rebuilt
+    when the weights change, and it is in no state dict."""
+    torch.manual_seed(1)
+    net = XFeatNet({"max_keypoints": 200}).eval()
+    _perturbed_running_stats(net, 0)
+    img = torch.rand(1, 1, 96, 128)
+    keys = set(net.state_dict())
+    with torch.inference_mode():
+        fused = net.backbone(img)
+    with torch.no_grad():
+        net.conf["fused_inference"] = False
+        plain = net.backbone(img)
+        net.conf["fused_inference"] = True
+    for f, p in zip(fused, plain):
+        assert f.is_contiguous() and torch.allclose(f, p, atol=1e-5, rtol=1e-4), (f - p).abs().max()
+    assert set(net.state_dict()) == keys
+    # new weights (load_state_dict copies in place): the fused copy follows
+    other = XFeatNet({"max_keypoints": 200}).eval()
+    _perturbed_running_stats(other, 1)
+    net.load_state_dict(other.state_dict())
+    with torch.inference_mode():
+        fused2 = net.backbone(img)
+        plain2 = other.net(img)
+    assert not torch.allclose(fused2[0], fused[0], atol=1e-3)
+    for f, p in zip(fused2, plain2):
+        assert torch.allclose(f, p, atol=1e-5, rtol=1e-4), (f - p).abs().max()
+    # training and gradients use the network itself
+    net.train()
+    assert net.backbone(img)[0].requires_grad

@@ -35,9 +35,10 @@ def sample_points(img: torch.Tensor, pts: torch.Tensor) -> torch.Tensor:
 
 def normalise_patches(v: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """(..., P) patches -> (zero-mean, unit-variance patches, their standard deviations (..., 1))."""
-    mu = v.mean(-1, keepdim=True)
-    sd = v.std(-1, keepdim=True) + 1e-4
-    return (v - mu) / sd, sd
+    c = v - v.mean(-1, keepdim=True)
+    # the unbiased std, from the centred values (torch.std is ~10x slower on (N, 121) patches)
+    sd = (c.square().sum(-1, keepdim=True) / max(v.shape[-1] - 1, 1)).sqrt() + 1e-4
+    return c / sd, sd
 
 
 def _blur_radius(blur_sigma: float) -> int:
@@ -82,46 +83,78 @@ def _blur_windows(win: torch.Tensor, blur_sigma: float) -> torch.Tensor:
     return M @ win @ M.T
 
 
-def _windows(image: torch.Tensor, points: torch.Tensor, half: int, blur_sigma: float,
-             gradients: bool) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Square crops of a raw (1, 1, H, W) gray image (uint8 or float in [0, 1]) around (N, 2)
-    COLMAP pixels, blurred (and with their x / y central differences when ``gradients``):
-    ``(windows (N, 1 or 3, S, S) float32, origin (N, 2))`` with S = 2 * half + 1 and
-    ``origin`` the pixel index of each window's top-left pixel. Pixels outside the image repeat
-    its border (as :func:`prepare_image`'s replicate padding)."""
+def _windows(image: torch.Tensor, points: torch.Tensor, half: int, blur_sigma: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Square blurred windows of a raw (1, 1, H, W) gray image (uint8 or float in [0, 1]) around
+    (N, 2) COLMAP pixels: ``(windows (N, S, S) float32, origin (N, 2))`` with S = 2 * half + 1
+    and ``origin`` the pixel index of each window's top-left pixel. Pixels outside the image
+    repeat its border (as :func:`prepare_image`'s replicate padding).
+
+    Few points: the crop read is wider by the blur radius and only the window's own pixels are
+    blurred (a rectangular blur matrix), so every returned value has all its taps inside the
+    crop and no work goes into the crop's margin. Many points (crops covering more pixels than
+    the image): the image is blurred once and cropped. Both equal :func:`prepare_image`'s blurred
+    image at each pixel within float rounding."""
     H, W = image.shape[-2:]
     dev = image.device
+    br = _blur_radius(blur_sigma)
     o = torch.floor(points.to(dev, torch.float32) - 0.5).long() - half  # (N, 2) x, y
-    r = torch.arange(2 * half + 1, device=dev)
-    xs = (o[:, :1] + r).clamp(0, W - 1)  # (N, S)
+    S = 2 * half + 1
+    # blurring whole crops costs ~3 matrix multiply-adds per crop pixel and tap row; blurring the
+    # image once is cheaper when the crops cover more pixels than the image has
+    whole = br > 0 and points.shape[0] * (S + 2 * br) ** 2 > H * W
+    src = _blur(_to_float(image), blur_sigma) if whole else image
+    m = 0 if whole else br  # the margin read around each window
+    n_in = S + 2 * m
+    r = torch.arange(n_in, device=dev) - m
+    xs = (o[:, :1] + r).clamp(0, W - 1)  # (N, n_in)
     ys = (o[:, 1:] + r).clamp(0, H - 1)
-    win = _to_float(image[0, 0][ys[:, :, None], xs[:, None, :]][:, None])  # (N, 1, S, S)
-    win = _blur_windows(win, blur_sigma)
-    return (_with_gradients(win) if gradients else win), o.float()
+    lin = (ys[:, :, None] * W + xs[:, None, :]).reshape(-1)
+    crop = _to_float(src.reshape(-1).index_select(0, lin)).view(-1, n_in, n_in)  # (N, n_in, n_in)
+    if m:
+        M = _blur_matrix(n_in, float(blur_sigma))[m:n_in - m].to(dev, crop.dtype)  # rows with all taps inside
+        crop = M @ crop @ M.T  # (N, S, S)
+    return crop, o.float()
 
 
-def _window_patches(windows: torch.Tensor, origin: torch.Tensor, centers: torch.Tensor, radius: int) -> torch.Tensor:
-    """Bilinear samples of (N, C, S, S) ``windows`` on the (2 radius + 1)^2 pixel grid around
-    (N, 2) COLMAP pixels ``centers`` (:func:`_patch_grid`'s order) -> (C, N, P).
+def _window_patches(windows: torch.Tensor, origin: torch.Tensor, centers: torch.Tensor, radius: int,
+                    gradients: bool = False) -> torch.Tensor:
+    """Bilinear samples of (N, S, S) ``windows`` on the (2 radius + 1)^2 pixel grid around
+    (N, 2) COLMAP pixels ``centers`` (:func:`_patch_grid`'s order) -> (1, N, P), or with
+    ``gradients`` (3, N, P): the samples and the x / y central differences of the windows
+    sampled there.
 
     Every sample of a patch shares its centre's sub-pixel fraction, so the bilinear weights are
-    four per patch: one gather of a (2 radius + 2)^2 block per patch and four weighted slices,
-    ~3x faster on a CPU than ``grid_sample`` at the P points (same values within float rounding;
+    four per patch: one gather of a block per patch (a single ``index_select``) and four
+    weighted slices. The same shared fraction makes the interpolation commute with the central
+    differences, so the gradients are the differences of a patch one pixel wider, not reads of
+    two more images. On a CPU ~3x faster than ``grid_sample`` at the P points, and ~3.5x faster
+    again than advanced indexing of three-channel windows (same values within float rounding;
     positions outside a window read its border)."""
-    N, C, S, _ = windows.shape
+    N, S, _ = windows.shape
+    g = 1 if gradients else 0
+    rr = int(radius) + g  # the sampled patch's half size
     local = centers.to(windows.dtype) - 0.5 - origin  # pixel-index coordinates inside each window
     fl = torch.floor(local)
     frac = local - fl
-    base = fl.long() - int(radius)
-    ar = torch.arange(2 * int(radius) + 2, device=windows.device)
-    iy = (base[:, 1:] + ar).clamp(0, S - 1)  # (N, 2 radius + 2)
+    base = fl.long() - rr
+    Q = 2 * rr + 2
+    ar = torch.arange(Q, device=windows.device)
+    iy = (base[:, 1:] + ar).clamp(0, S - 1)  # (N, Q)
     ix = (base[:, :1] + ar).clamp(0, S - 1)
-    n = torch.arange(N, device=windows.device)[:, None, None]
-    blk = windows.permute(0, 2, 3, 1)[n, iy[:, :, None], ix[:, None, :]]  # (N, Q, Q, C)
-    fx, fy = frac[:, 0].view(N, 1, 1, 1), frac[:, 1].view(N, 1, 1, 1)
+    n = torch.arange(N, device=windows.device)[:, None, None] * (S * S)
+    lin = (n + iy[:, :, None] * S + ix[:, None, :]).reshape(-1)
+    blk = windows.reshape(-1).index_select(0, lin).view(N, Q, Q)
+    fx, fy = frac[:, 0].view(N, 1, 1), frac[:, 1].view(N, 1, 1)
     top = torch.lerp(blk[:, :-1, :-1], blk[:, :-1, 1:], fx)
     bottom = torch.lerp(blk[:, 1:, :-1], blk[:, 1:, 1:], fx)
-    return torch.lerp(top, bottom, fy).reshape(N, -1, C).permute(2, 0, 1)
+    p = torch.lerp(top, bottom, fy)  # (N, 2 rr + 1, 2 rr + 1)
+    if not gradients:
+        return p.reshape(1, N, -1)
+    out = torch.empty(3, N, Q - 3, Q - 3, dtype=p.dtype, device=p.device)
+    out[0] = p[:, 1:-1, 1:-1]
+    torch.sub(p[:, 1:-1, 2:], p[:, 1:-1, :-2], out=out[1]).mul_(0.5)
+    torch.sub(p[:, 2:, 1:-1], p[:, :-2, 1:-1], out=out[2]).mul_(0.5)
+    return out.reshape(3, N, -1)
 
 
 def prepare_image(image, blur_sigma: float = 1.0) -> torch.Tensor:
@@ -266,11 +299,11 @@ def _crop_sampler(image: torch.Tensor, points: torch.Tensor, radius: int, max_sh
     """A sampler of crops of a raw gray image around ``points`` wide enough for patches of
     ``radius`` moved by up to ``max_shift_px`` (blurred there): (N, 2) patch centres ->
     (1 or 3, N, P) (:func:`_window_patches`)."""
-    # the samples stay within radius + max shift + 1 (bilinear) + 1 (central difference)
-    # of the window centre, the blur reads blur radius more: the crop's border never counts
-    half = int(radius) + int(math.ceil(max_shift_px)) + _blur_radius(blur_sigma) + 3
-    win, o = _windows(image, points.to(image.device), half, blur_sigma, gradients)
-    return lambda centers: _window_patches(win, o, centers, radius)
+    # the samples stay within radius + max shift + 1 (bilinear) + 1 (central difference) of the
+    # window centre (and the centre's floor): one pixel to spare
+    half = int(radius) + int(math.ceil(max_shift_px)) + 3
+    win, o = _windows(image, points.to(image.device), half, blur_sigma)
+    return lambda centers: _window_patches(win, o, centers, radius, gradients)
 
 
 def sample_patches(image, points: torch.Tensor, radius: int = 5, blur_sigma: float = 1.0) -> torch.Tensor:

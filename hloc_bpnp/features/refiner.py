@@ -57,9 +57,11 @@ def normalize_patches(patches: torch.Tensor) -> torch.Tensor:
     """(…, 2, S, S) [image, heatmap] -> network input: image standardised per patch, heatmap
     divided by its centre value (the detector's maximum)."""
     img, heat = patches[..., :1, :, :], patches[..., 1:2, :, :]
-    mu = img.mean(dim=(-1, -2), keepdim=True)
-    sd = img.std(dim=(-1, -2), keepdim=True)
-    img = (img - mu) / (sd + 1e-3)
+    img = img - img.mean(dim=(-1, -2), keepdim=True)
+    # the unbiased std from the centred values (torch.std is ~10x slower on many small patches)
+    n = max(img.shape[-1] * img.shape[-2] - 1, 1)
+    sd = (img.square().sum(dim=(-1, -2), keepdim=True) / n).sqrt()
+    img = img / (sd + 1e-3)
     r = heat.shape[-1] // 2
     heat = heat / heat[..., r:r + 1, r:r + 1].clamp_min(1e-6)
     return torch.cat([img, heat], dim=-3)
@@ -148,7 +150,9 @@ class KeypointRefiner(nn.Module):
         if patches.shape[0] == 0:
             z = patches.new_zeros(0, 3)
         else:
-            h = self.head[:-1](self.features(normalize_patches(patches)))
+            # channels last: the CPU convolutions of many tiny patches run ~2x faster (same values)
+            x = normalize_patches(patches).contiguous(memory_format=torch.channels_last)
+            h = self.head[:-1](self.features(x))
             last = self.head[-1]
             # the log-variance reads the features without training them: its losses (the
             # uncertainty terms, BPnP's NLL) otherwise overwhelm the offsets' features and the

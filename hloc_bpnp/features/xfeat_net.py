@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import merge
+from .inference import InferenceCache
 from .refiner import apply_refiner
 
 
@@ -83,6 +84,10 @@ class XFeatNet(nn.Module):
         subpixel_in_cell: the soft-argmax window only reads the maximum's own 8x8 cell.
         detach_descriptor_keypoints: sample descriptors at detached positions (then only the
             geometry, i.e. the pose loss, moves keypoints).
+        fused_inference: without gradients in eval mode, run a copy of the backbone with its
+            batch norms folded into the convolutions, channels last
+            (:func:`~hloc_bpnp.features.inference.fused_inference_copy`: same outputs within
+            float rounding, ~25% faster on a CPU), rebuilt when the weights change.
     """
 
     size_multiple = 32
@@ -96,6 +101,7 @@ class XFeatNet(nn.Module):
         "subpixel_temperature": 1.0,
         "subpixel_in_cell": True,
         "detach_descriptor_keypoints": False,
+        "fused_inference": True,
     }
 
     def __init__(self, conf: Optional[Dict[str, Any]] = None) -> None:
@@ -108,6 +114,7 @@ class XFeatNet(nn.Module):
         self.register_buffer("window", torch.stack([xx.reshape(-1), yy.reshape(-1)], -1), persistent=False)
         #: optional learned sub-pixel refiner (not part of :meth:`weights_module`)
         self.refiner = None
+        self._fused = InferenceCache()
 
     def weights_module(self) -> nn.Module:
         """The module whose state dict is a weights file (XFeatModel, the layout of ``xfeat.pt``)."""
@@ -130,6 +137,14 @@ class XFeatNet(nn.Module):
         B, _, h, w = p.shape
         return p.permute(0, 2, 3, 1).reshape(B, h, w, 8, 8).permute(0, 1, 3, 2, 4).reshape(B, 1, h * 8, w * 8)
 
+    def backbone(self, image: torch.Tensor):
+        """XFeatModel's ``(feats, keypoint logits, reliability)`` of ``image``; without gradients
+        in eval mode (and ``fused_inference``) from the fused copy, as contiguous tensors."""
+        if self.training or torch.is_grad_enabled() or not self.conf["fused_inference"]:
+            return self.net(image)
+        out = self._fused.get(self.net)(image.contiguous(memory_format=torch.channels_last))
+        return tuple(t.contiguous() for t in out)
+
     def forward(self, image: torch.Tensor, max_keypoints: Optional[int] = None,
                 return_maps: bool = False) -> Dict[str, torch.Tensor]:
         """Detect and describe.
@@ -149,7 +164,7 @@ class XFeatNet(nn.Module):
         B, _, H, W = image.shape
         if H % 32 or W % 32:
             raise ValueError(f"XFeat needs H and W multiples of 32, got {H}x{W}")
-        feats, logits, rel = self.net(image)
+        feats, logits, rel = self.backbone(image)
         dense = F.normalize(feats, dim=1)
         heat = self.heatmap(logits)  # (B, 1, H, W)
         k = min(int(max_keypoints or self.conf["max_keypoints"]), H * W)
