@@ -103,4 +103,3 @@ def extractor_conf(net: nn.Module, weights_path: Union[str, Path], resize_max: O
             fconf[k] = c[k]
     fconf["max_keypoints"] = int(max_keypoints or c["max_keypoints"])
     return fconf
-

@@ -74,15 +74,6 @@ def _blur_matrix(size: int, blur_sigma: float) -> torch.Tensor:
     return M.float()
 
 
-def _blur_windows(win: torch.Tensor, blur_sigma: float) -> torch.Tensor:
-    """:func:`_blur` of many small (N, 1, S, S) windows as two batched matrix products (equal
-    to it within float rounding, and ~10x faster on a CPU than a convolution over N images)."""
-    if _blur_radius(blur_sigma) == 0:
-        return win
-    M = _blur_matrix(int(win.shape[-1]), float(blur_sigma)).to(win.device, win.dtype)
-    return M @ win @ M.T
-
-
 def _windows(image: torch.Tensor, points: torch.Tensor, half: int, blur_sigma: float) -> Tuple[torch.Tensor, torch.Tensor]:
     """Square blurred windows of a raw (1, 1, H, W) gray image (uint8 or float in [0, 1]) around
     (N, 2) COLMAP pixels: ``(windows (N, S, S) float32, origin (N, 2))`` with S = 2 * half + 1
