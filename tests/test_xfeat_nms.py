@@ -79,3 +79,12 @@ def test_fused_inference_backbone_equals_the_network_and_follows_its_weights():
     # training and gradients use the network itself
     net.train()
     assert net.backbone(img)[0].requires_grad
+
+
+def test_fused_inference_is_not_a_feature_preset_key():
+    """The fused backbone changes no result, so it is not part of the XFeat feature preset: maps
+    saved before it (whose saved config is compared with the requested one) stay reusable."""
+    from hloc_bpnp.features.learned import XFeat
+
+    assert "fused_inference" not in XFeat.default_conf
+    assert XFeatNet.default_conf["fused_inference"] is True

@@ -138,8 +138,10 @@ class XFeat(_RefinableExtractor):
     ``refiner_conf``: its architecture (must match the file). The refiner moves keypoints only.
     """
 
-    #: the network's options (minus training-only ones) + the weights file
-    _NET_KEYS = [k for k in XFeatNet.default_conf if k != "detach_descriptor_keypoints"]
+    #: the network's options + the weights file, minus a training-only option and an execution
+    #: detail that changes no result (``fused_inference``: on ``self.net.conf``, so saved maps and
+    #: feature caches keyed by the preset stay valid)
+    _NET_KEYS = [k for k in XFeatNet.default_conf if k not in ("detach_descriptor_keypoints", "fused_inference")]
     default_conf: Dict[str, Any] = {"weights": None, "grayscale": False, "refiner": None,
                                     "refiner_conf": dict(KeypointRefiner.default_conf),
                                     **{k: XFeatNet.default_conf[k] for k in _NET_KEYS}}
