@@ -397,9 +397,10 @@ def test_keyframes_with_their_tracking_features_localize_as_well_on_fountain(sha
 
 
 # ---------------------------------------------------------------------------- tracker fallback
-def _fallback_tracker(X, conf=None):
+def _fallback_tracker(X, conf=None, loc_preset=None):
     """A SequenceLocalizer holding only what ``_track_by_keyframes`` reads: one keyframe
-    ``kf`` whose keypoint i observes points3D row i, matched one-to-one to the frame."""
+    ``kf`` whose keypoint i observes points3D row i, matched one-to-one to the frame; the
+    localizer's conf is the default or ``loc_preset`` merged into it."""
     from types import SimpleNamespace
 
     from hloc_bpnp.config import merge
@@ -412,19 +413,25 @@ def _fallback_tracker(X, conf=None):
     sl.conf = merge(default_conf, {"tracking": {"guided_margin_px": 1e4, **(conf or {})}})
     sl._pending_cov = None
     map_ = SimpleNamespace(lock=threading.Lock(), kp_to_point={"kf": np.arange(n)}, points3D=X)
+    from hloc_bpnp.config import load_config
+
+    lconf = merge(loc_conf, load_config("localization", loc_preset)) if loc_preset else loc_conf
     sl.localizer = SimpleNamespace(
-        conf=loc_conf, map=map_,
+        conf=lconf, map=map_,
         match_2d3d=lambda feats, names, subsets: Correspondences(
             np.arange(n), np.arange(n), np.ones(n, np.float32)))
     return sl
 
 
-@pytest.mark.parametrize("ratio", [0.5, 0.2])
-def test_fallback_checks_a_gated_pose_explaining_few_pairs_with_ransac(ratio):
+@pytest.mark.parametrize("ratio,loc_preset", [(0.5, None), (0.2, None), (0.5, "fast_learned")])
+def test_fallback_checks_a_gated_pose_explaining_few_pairs_with_ransac(ratio, loc_preset):
     """200 pairs fit the true pose, 80 fit the (wrong) prediction: the gated BPnP from the
     prediction converges there with 80 of 280 inliers; under tracking.min_inlier_ratio_projection
     (0.5) LO-RANSAC finds the true pose with more inliers and it wins; with the check at 0.2 the
-    gated pose is kept (the check is what moves the pose)."""
+    gated pose is kept (the check is what moves the pose). With ``fast_learned`` (the
+    ``realtime`` sequence preset's localization: ``use_weights: auto``) the fallback's LO-RANSAC
+    must run too: it once passed the unresolved ``auto`` to a BPnP refinement that refused it
+    and stopped the whole sequence run."""
     rng = np.random.default_rng(0)
     f, cx, cy = 500.0, 320.0, 240.0
     truth = Pose(torch.eye(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64))
@@ -438,7 +445,7 @@ def test_fallback_checks_a_gated_pose_explaining_few_pairs_with_ransac(ratio):
     X = np.concatenate([lift(uv_a, rng.uniform(4, 8, 200), np.zeros(3)),
                         lift(uv_b, rng.uniform(4, 8, 80), np.array([1.5, 0.0, 0.0]))])
     kpts = np.concatenate([uv_a, uv_b])
-    sl = _fallback_tracker(X, {"min_inlier_ratio_projection": ratio})
+    sl = _fallback_tracker(X, {"min_inlier_ratio_projection": ratio}, loc_preset)
     info = {}
     out, reason = sl._track_by_keyframes(kpts, {}, PINHOLE, pred, None, ["kf"], info)
     assert out is not None, reason

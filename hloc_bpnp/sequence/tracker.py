@@ -653,7 +653,9 @@ class SequenceLocalizer:
         # a gated pose that explains less than min_inlier_ratio_projection of the matches may
         # be a local optimum near a poor prediction (large motion): LO-RANSAC decides
         if not gated_ok or inl.sum() < float(tc["min_inlier_ratio_projection"]) * len(corr):
-            est = estimate_pose(x, X, camera, self.localizer.conf, corr.weight)
+            # RANSAC only: the tracker refines its pose below, with the motion prior (and the
+            # localizer's unresolved `use_weights: auto` is not a refinement BPnP could take)
+            est = estimate_pose(x, X, camera, self._ransac_conf(), corr.weight)
             info["ransac"] = True
             if not est.success:
                 if gated_ok:
