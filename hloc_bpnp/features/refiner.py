@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import merge
+from .patch_lk import normalise_patches
 
 
 def extract_patches(maps: torch.Tensor, centers: torch.Tensor, size: int) -> torch.Tensor:
@@ -57,11 +58,7 @@ def normalize_patches(patches: torch.Tensor) -> torch.Tensor:
     """(…, 2, S, S) [image, heatmap] -> network input: image standardised per patch, heatmap
     divided by its centre value (the detector's maximum)."""
     img, heat = patches[..., :1, :, :], patches[..., 1:2, :, :]
-    img = img - img.mean(dim=(-1, -2), keepdim=True)
-    # the unbiased std from the centred values (torch.std is ~10x slower on many small patches)
-    n = max(img.shape[-1] * img.shape[-2] - 1, 1)
-    sd = (img.square().sum(dim=(-1, -2), keepdim=True) / n).sqrt()
-    img = img / (sd + 1e-3)
+    img = normalise_patches(img.flatten(-2), eps=1e-3)[0].view_as(img)
     r = heat.shape[-1] // 2
     heat = heat / heat[..., r:r + 1, r:r + 1].clamp_min(1e-6)
     return torch.cat([img, heat], dim=-3)

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from ..features.patch_lk import (MapImages, align_patches, align_to_templates, as_gray_image, gray_image,
-                                prepare_image, sample_patches, structure_tensors)
+                                normalise_patches, prepare_image, sample_patches, structure_tensors)
 
 __all__ = ["default_conf", "check_conf", "resolve_enabled", "align_patches", "prepare_image", "gray_image",
            "MapImages", "reference_observations", "project_points", "align_to_map"]
@@ -257,7 +257,7 @@ def align_to_map(query_image: torch.Tensor, points2D: np.ndarray, rows: np.ndarr
                 count[todo[hit]] += 1
         s = np.flatnonzero(seen)
         t = templ[s]
-        t = (t - t.mean(-1, keepdim=True)) / (t.std(-1, keepdim=True) + 1e-6)
+        t = normalise_patches(t, eps=1e-6)[0]
         d, ok, H = align_to_templates(query, torch.from_numpy(out[s]), t, *lk, return_tensors=True)
         tensors[torch.from_numpy(s)], done[s] = H, True
         out[s] += d.cpu().numpy()
