@@ -79,6 +79,9 @@ default_conf = {
     #   projection, 2 refs, 10 deg:  SIFT x0.63 / x0.64, x0.81 / x0.86, x1.00 / x0.87;
     #                                xfeat_refined x0.57 / x0.55, x0.81 / x0.90, x0.87 / x0.77
     "max_reference_angle_deg": 10.0,
+    # which map images count as a further reference (k >= 2, projection templates): "observing"
+    # (the point's track) or "visible" (also those that see it in front, inside the image)
+    "reference_views": "observing",
     # BPnP-refine the RANSAC pose before the alignment as well. The alignment reads only the
     # RANSAC inliers and the camera centre (which map views are nearest), and the pose is
     # refined from the aligned keypoints either way, so by default the first refinement (and
@@ -146,14 +149,20 @@ def check_conf(conf: Dict) -> Tuple[int, str]:
     a = conf.get("max_reference_angle_deg")
     if a is not None and (isinstance(a, bool) or not isinstance(a, (int, float)) or not 0 < a <= 180):
         raise ValueError(f"patch_alignment.max_reference_angle_deg must be null or in (0, 180] degrees, got {a!r}")
+    views = conf.get("reference_views", default_conf["reference_views"])
+    if views not in ("observing", "visible"):
+        raise ValueError(f"patch_alignment.reference_views must be 'observing' or 'visible', got {views!r}")
     return k_refs, center
 
 
-def project_points(map, name: str, rows: np.ndarray) -> np.ndarray:
-    """(M, 2) COLMAP pixels of the map's 3D points ``rows`` in map image ``name`` (its pose and camera)."""
+def project_points(map, name: str, rows: np.ndarray, return_depth: bool = False):
+    """(M, 2) COLMAP pixels of the map's 3D points ``rows`` in map image ``name`` (its pose and
+    camera), and with ``return_depth`` whether each is in front of that camera ((M,) bool)."""
     pose, cam = map.pose(name).to(torch.float64), map.camera(name).to(torch.float64)
     X = torch.from_numpy(np.asarray(map.points3D[rows], np.float64))
-    return cam.project(pose.transform(X)).cpu().numpy()
+    pc = pose.transform(X)
+    x = cam.project(pc).cpu().numpy()
+    return (x, (pc[:, 2] > 0).cpu().numpy()) if return_depth else x
 
 
 def reference_observations(map, rows: np.ndarray, candidates,
@@ -236,6 +245,7 @@ def align_to_map(query_image: torch.Tensor, points2D: np.ndarray, rows: np.ndarr
         seen = owner >= 0
         rows64 = np.asarray(rows, np.int64)
         max_angle = conf.get("max_reference_angle_deg")
+        visible = conf.get("reference_views", default_conf["reference_views"]) == "visible"
         for n in names:
             todo = np.flatnonzero(seen & (count < k_refs))
             if todo.size == 0:
@@ -250,6 +260,14 @@ def align_to_map(query_image: torch.Tensor, points2D: np.ndarray, rows: np.ndarr
                 if todo.size == 0:
                     continue
             hit, kp = _observations_in(map, n, rows64[todo])
+            if visible and center_mode == "projection":
+                # a further reference also where the map image sees the point without observing it
+                proj, front = project_points(map, n, rows64[todo], return_depth=True)
+                cam = map.camera(n)
+                m = lk[0] + 3 * lk[2] + 2
+                inside = front & (proj[:, 0] >= m) & (proj[:, 0] <= cam.width - m) & (proj[:, 1] >= m) & \
+                    (proj[:, 1] <= cam.height - m)
+                hit = hit | ((count[todo] > 0) & inside)
             if hit.any() and center_mode == "projection":
                 kp = project_points(map, n, rows64[todo[hit]])
             if hit.any():
