@@ -84,12 +84,6 @@ default_conf = {
     # patch sampled every `stride` pixels, `iterations` Levenberg-Marquardt steps, the depth
     # bounded by max_shift_px of motion in the view of largest parallax
     "stride": 1,
-    # plane: also compare each point's patch in up to `extra_views` views outside its track that
-    # could see it (nearest in ray angle, within max_angle_deg), those correlating at least
-    # `extra_min_ncc` at the start (the others taken as occluded)
-    "extra_views": 0,
-    "extra_min_ncc": 0.7,
-    "extra_max_angle_deg": 60.0,
 }
 
 
@@ -217,8 +211,7 @@ def _refine_on_planes(rec, kp, regs, cameras, poses, source, conf):
         xyz, tracks, cameras, poses, lambda i: source(regs[i].name), radius=int(conf["radius"]),
         blur_sigma=float(conf["blur_sigma"]), iterations=int(conf["iterations"]),
         max_depth_px=float(conf["max_shift_px"]), max_angle_deg=float(conf["max_angle_deg"]),
-        min_ncc=float(conf["min_ncc"]), stride=int(conf["stride"]), extra_views=int(conf["extra_views"]),
-        extra_min_ncc=float(conf["extra_min_ncc"]), extra_max_angle_deg=float(conf["extra_max_angle_deg"]))
+        min_ncc=float(conf["min_ncc"]), stride=int(conf["stride"]))
     new = {i: k.copy() for i, k in kp.items()}
     obs = [(j, int(e.image_id), int(e.point2D_idx)) for j, p in enumerate(pids) if refined[j]
            for e in rec.points3D[p].track.elements if int(e.image_id) in regs]

@@ -106,45 +106,11 @@ def _sample_obs(problem: _Problem, images: Dict[int, torch.Tensor], q: torch.Ten
     return out
 
 
-def _extra_views(xyz, rows, ref_img, tracks, cameras, poses, centers, cos_max, k, margin):
-    """Up to ``k`` views per point row, outside its track, that could see it: nearest in ray
-    angle to the reference view's ray (cosine >= ``cos_max``), in front of the camera, projected
-    at least ``margin`` pixels inside the image. Returns (point rows, image ids) lists."""
-    X = xyz[torch.tensor(rows)].to(torch.float64)
-    ids = sorted(poses)
-    C = torch.from_numpy(np.stack([centers[i] for i in ids])).to(torch.float64)  # (N, 3)
-    Cref = torch.from_numpy(np.stack([centers[i] for i in ref_img])).to(torch.float64)  # (P, 3)
-    u_ref = torch.nn.functional.normalize(X - Cref, dim=-1)
-    u = torch.nn.functional.normalize(X[:, None] - C[None], dim=-1)  # (P, N, 3)
-    cos = (u * u_ref[:, None]).sum(-1)
-    ok = cos >= cos_max
-    for j, i in enumerate(ids):
-        pc = poses[i].transform(X)
-        front = pc[:, 2] > 0
-        x = cameras[i].project(pc)
-        cam = cameras[i]
-        inside = (x[:, 0] >= margin) & (x[:, 0] <= cam.width - margin) & (x[:, 1] >= margin) & \
-            (x[:, 1] <= cam.height - margin)
-        ok[:, j] &= front & inside
-    member = {i: j for j, i in enumerate(ids)}
-    for row, p in enumerate(rows):
-        for i in tracks[p]:
-            if int(i) in member:
-                ok[row, member[int(i)]] = False
-    score = torch.where(ok, cos, torch.full_like(cos, -2.0))
-    kk = min(int(k), len(ids))
-    best_cos, best = score.topk(kk, dim=1)
-    sel = best_cos > -2.0
-    r, c = sel.nonzero(as_tuple=True)
-    return r.tolist(), [ids[j] for j in best[r, c].tolist()]
-
-
 def refine_points_on_planes(xyz: torch.Tensor, tracks: Sequence[Sequence[int]], cameras: Dict[int, Camera],
                             poses: Dict[int, Pose], image_of: Callable[[int], torch.Tensor], radius: int = 5,
                             blur_sigma: float = 1.0, iterations: int = 10, max_depth_px: float = 3.0,
                             max_tilt: float = 1.2, max_angle_deg: float = 60.0,
-                            min_ncc: float = 0.5, stride: int = 1, extra_views: int = 0,
-                            extra_min_ncc: float = 0.7, extra_max_angle_deg: float = 60.0) -> Tuple[torch.Tensor, torch.Tensor, Dict]:
+                            min_ncc: float = 0.5, stride: int = 1) -> Tuple[torch.Tensor, torch.Tensor, Dict]:
     """Refine the depths of (P, 3) points ``xyz`` along the ray of one reference view each, with
     the normal of a (2 radius + 1)^2-pixel plane patch, so that the patch agrees in all views.
 
@@ -164,14 +130,6 @@ def refine_points_on_planes(xyz: torch.Tensor, tracks: Sequence[Sequence[int]], 
         min_ncc: a point whose patches correlate less than this on average keeps its position.
         stride: the patch's sampling step in the reference view, pixels (2: a quarter of the
             samples over the same support).
-        extra_views: besides the views of its track, each point's patch is also compared in up
-            to this many other views (those nearest in ray angle to the reference's, within
-            ``extra_max_angle_deg`` and ``max_angle_deg``, the point in front of the camera and its patch inside the image)
-            whose patch at the starting point correlates at least ``extra_min_ncc`` with the
-            reference's (the others are taken as occluded). A track of 2-3 views fixes a depth
-            from one or two image pairs; the views that see the point without a matched keypoint
-            add their parallax.
-        extra_min_ncc: the correlation gate of those views.
     Returns:
         ``(xyz (P, 3), refined (P,) bool, stats)``; ``stats`` has ``"n_points"``,
         ``"n_refined"``, ``"median_depth_px"`` (of the refined points' moves) and
@@ -184,8 +142,6 @@ def refine_points_on_planes(xyz: torch.Tensor, tracks: Sequence[Sequence[int]], 
     P = len(xyz)
     centers = {i: p.center.reshape(-1).to(torch.float64).cpu().numpy() for i, p in poses.items()}
     cos_max = float(np.cos(np.deg2rad(max_angle_deg)))
-    stats = {"n_points": P, "n_refined": 0, "median_depth_px": 0.0, "ncc_before": float("nan"),
-             "ncc_after": float("nan"), "n_extra_views": 0}
     rows, ref_img, obs_pt, obs_img = [], [], [], []
     X_np = xyz.cpu().numpy()
     for p, track in enumerate(tracks):
@@ -205,37 +161,19 @@ def refine_points_on_planes(xyz: torch.Tensor, tracks: Sequence[Sequence[int]], 
         ref_img.append(ids[r])
         obs_pt += [row] * len(others)
         obs_img += others
-    n_track_obs = len(obs_pt)
-    if int(extra_views) > 0 and rows:
-        cos_extra = max(cos_max, float(np.cos(np.deg2rad(extra_max_angle_deg))))
-        e_pt, e_img = _extra_views(xyz, rows, ref_img, tracks, cameras, poses, centers, cos_extra,
-                                   int(extra_views), 2 * int(radius) + 2)
-        obs_pt += e_pt
-        obs_img += e_img
+    stats = {"n_points": P, "n_refined": 0, "median_depth_px": 0.0, "ncc_before": float("nan"),
+             "ncc_after": float("nan")}
     refined = torch.zeros(P, dtype=torch.bool)
     if not rows:
         return xyz.clone(), refined, stats
     rows_t = torch.tensor(rows)
-    images = {i: prepare_image(image_of(i), blur_sigma) for i in set(ref_img) | set(obs_img)}
     prob = _Problem(xyz[rows_t], ref_img, obs_pt, obs_img, cameras, poses, int(radius), int(stride))
+    images = {i: prepare_image(image_of(i), blur_sigma) for i in set(ref_img) | set(obs_img)}
     n_pts, G = len(rows), len(prob.grid)
-    ref_patch = torch.zeros(n_pts, G, dtype=torch.float64)
+    template = torch.zeros(n_pts, G, dtype=torch.float64)
     for i, s in prob.ref_groups.items():
-        ref_patch[s] = _sample(images[i], (prob.x_ref[s][:, None] + prob.grid).float())[0].double()
-    ref_patch = _normalise(ref_patch)[0]
-    template = ref_patch[prob.obs_pt]  # (O, G)
-    stats["n_extra_views"] = 0
-    if len(obs_pt) > n_track_obs:  # the extra views: keep those that correlate (not occluded)
-        I = _normalise(_sample_obs(prob, images, prob.project(torch.zeros(n_pts, 3, dtype=torch.float64)))[0])[0]
-        ncc = (I * template).sum(-1) / (G - 1)
-        keep = torch.ones(len(obs_pt), dtype=torch.bool)
-        keep[n_track_obs:] = ncc[n_track_obs:] >= float(extra_min_ncc)
-        stats["n_extra_views"] = int(keep[n_track_obs:].sum())
-        k = keep.cpu().numpy()
-        obs_pt = np.asarray(obs_pt)[k].tolist()
-        obs_img = np.asarray(obs_img)[k].tolist()
-        prob = _Problem(xyz[rows_t], ref_img, obs_pt, obs_img, cameras, poses, int(radius), int(stride))
-        template = ref_patch[prob.obs_pt]
+        template[s] = _sample(images[i], (prob.x_ref[s][:, None] + prob.grid).float())[0].double()
+    template = _normalise(template)[0][prob.obs_pt]  # (O, G)
     count = torch.bincount(prob.obs_pt, minlength=n_pts).double()
 
     def per_point(v):
@@ -283,7 +221,6 @@ def refine_points_on_planes(xyz: torch.Tensor, tracks: Sequence[Sequence[int]], 
     if good.any():
         stats.update(n_refined=int(good.sum()), median_depth_px=float(theta[good, 0].abs().median()),
                      ncc_before=float(ncc0[good].median()), ncc_after=float(ncc[good].median()))
-    logger.info("Plane refinement: %d/%d points refined (median depth move %.2f px, NCC %.3f -> %.3f), "
-                "%d views outside the tracks", stats["n_refined"], P, stats["median_depth_px"], stats["ncc_before"],
-                stats["ncc_after"], stats["n_extra_views"])
+    logger.info("Plane refinement: %d/%d points refined (median depth move %.2f px, NCC %.3f -> %.3f)",
+                stats["n_refined"], P, stats["median_depth_px"], stats["ncc_before"], stats["ncc_after"])
     return out, refined, stats
