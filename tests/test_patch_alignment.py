@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from hloc_bpnp.geometry import Camera, center_error, rotation_error_deg
 from hloc_bpnp.localization import Localizer
-from hloc_bpnp.localization.patch_alignment import align_patches, reference_observations
+from hloc_bpnp.localization.patch_alignment import align_patches, reference_observations, visible_rows
 from hloc_bpnp.mapping import Map
 from hloc_bpnp.synthetic import look_at
 from map_fixtures import reconstruction_from_observations
@@ -180,8 +180,8 @@ def test_further_references_only_within_the_angle_limit():
 
 def test_further_references_from_views_that_see_the_point_without_observing_it():
     """``reference_views: visible``: a map image whose track lacks a point (no matched keypoint
-    there) still gives a second template where the point projects inside it, in front, within
-    the angle limit; ``observing`` (the default) needs the track. The templates are exact renders,
+    there) still gives a template where the point projects inside it, in front (a further one
+    within the angle limit); ``observing`` (the default) needs the track. The templates are exact renders,
     so the aligned keypoints land on the points' projections either way."""
     tex = _texture(1)
     map_, map_poses, query, observe = _plane_scene()
@@ -213,11 +213,52 @@ def test_further_references_from_views_that_see_the_point_without_observing_it()
                       float(np.median(np.linalg.norm(np.asarray(res.points2D)[inl] - x_true, axis=1))))
     (r_obs, e_obs), (r_vis, e_vis) = out["observing"], out["visible"]
     # two map views retrieved: a thinned track holds both for about half of the matched points
-    # (measured 1.34 references per template); most points are inside both views (1.66)
+    # (measured 1.34 references per template); most points are inside both views
     assert r_obs < 1.5 and r_vis > r_obs + 0.2, out
     assert e_obs < 0.2 and e_vis < 0.2, out
     with pytest.raises(ValueError, match="reference_views must be 'observing' or 'visible'"):
         Localizer(thin, {"patch_alignment": {"enabled": True, "reference_views": "all"}}, map_images=images)
+    with pytest.raises(ValueError, match="'visible' needs template_center 'projection'"):
+        Localizer(thin, {"patch_alignment": {"enabled": True, "reference_views": "visible", "template_center": "keypoint"}},
+                  map_images=images)
+
+
+def test_visible_rows_need_the_point_in_front_and_inside_and_observed_somewhere():
+    map_, map_poses, query, _ = _plane_scene(n_points=200)
+    names = list(map_poses)
+    rows = np.arange(len(map_.points3D))
+    shown = visible_rows(map_, rows, names, 10.0)
+    # every view of this map observes every point
+    assert all(s.all() for s in shown)
+    # a map image's view of points it does not observe: inside (margin) and in front only
+    far = look_at((1.6, 0.0, -2.5), np.array([2.6, 0.0, 0.0]), up=(0.0, -1.0, 0.0))  # part of the plane in view
+    proj = CAM.project(far.transform(torch.from_numpy(map_.points3D))).cpu().numpy()
+    pc = far.transform(torch.from_numpy(map_.points3D)).cpu().numpy()
+    inside = (pc[:, 2] > 0) & np.all((proj >= 10) & (proj <= np.array([CAM.width, CAM.height]) - 10), axis=1)
+    assert 0 < inside.sum() < len(rows)
+
+    class OneMore:  # map_ with one more image that observes nothing
+        def __init__(self, m):
+            self.m, self.points3D = m, m.points3D
+            self.kp_to_point = {**m.kp_to_point, "far.png": np.zeros(0, np.int64)}
+            self.features = {**m.features, "far.png": {"keypoints": np.zeros((0, 2))}}
+
+        def pose(self, n):
+            return far if n == "far.png" else self.m.pose(n)
+
+        def camera(self, n):
+            return CAM if n == "far.png" else self.m.camera(n)
+
+    both = visible_rows(OneMore(map_), rows, names[:1] + ["far.png"], 10.0)
+    np.testing.assert_array_equal(both[1], inside)
+    # a camera facing away: the points project (mirrored) inside its image but are behind it
+    away = look_at((0.0, 0.0, -4.5), np.array([0.0, 0.0, -9.0]), up=(0.0, -1.0, 0.0))
+    proj_away = CAM.project(away.transform(torch.from_numpy(map_.points3D))).cpu().numpy()
+    assert np.all((proj_away >= 10) & (proj_away <= np.array([CAM.width, CAM.height]) - 10), axis=1).any()
+    far = away
+    assert not visible_rows(OneMore(map_), rows, names[:1] + ["far.png"], 10.0)[1].any()
+    # alone, no image of the list observes any point: none is shown
+    assert not visible_rows(OneMore(map_), rows, ["far.png"], 10.0)[0].any()
 
 
 def test_template_center_is_checked():

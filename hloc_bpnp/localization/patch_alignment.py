@@ -44,7 +44,7 @@ from ..features.patch_lk import (MapImages, align_patches, align_to_templates, a
                                 normalise_patches, prepare_image, sample_patches, structure_tensors)
 
 __all__ = ["default_conf", "check_conf", "resolve_enabled", "align_patches", "prepare_image", "gray_image",
-           "MapImages", "reference_observations", "project_points", "align_to_map"]
+           "MapImages", "reference_observations", "visible_rows", "project_points", "align_to_map"]
 
 logger = logging.getLogger(__name__)
 
@@ -79,8 +79,10 @@ default_conf = {
     #   projection, 2 refs, 10 deg:  SIFT x0.63 / x0.64, x0.81 / x0.86, x1.00 / x0.87;
     #                                xfeat_refined x0.57 / x0.55, x0.81 / x0.90, x0.87 / x0.77
     "max_reference_angle_deg": 10.0,
-    # which map images count as a further reference (k >= 2, projection templates): "observing"
-    # (the point's track) or "visible" (also those that see it in front, inside the image)
+    # which map images give a point's templates: "observing" (those in its track: a matched
+    # keypoint there) or "visible" (also those that have it in front of the camera, its template
+    # inside the image; needs template_center: projection). A point in a track of 2-3 views
+    # otherwise takes its template from a view further from the query than the nearest one
     "reference_views": "observing",
     # BPnP-refine the RANSAC pose before the alignment as well. The alignment reads only the
     # RANSAC inliers and the camera centre (which map views are nearest), and the pose is
@@ -152,6 +154,9 @@ def check_conf(conf: Dict) -> Tuple[int, str]:
     views = conf.get("reference_views", default_conf["reference_views"])
     if views not in ("observing", "visible"):
         raise ValueError(f"patch_alignment.reference_views must be 'observing' or 'visible', got {views!r}")
+    if views == "visible" and center != "projection":
+        raise ValueError("patch_alignment.reference_views 'visible' needs template_center 'projection' (a map image "
+                         "that does not observe a point has no keypoint of it)")
     return k_refs, center
 
 
@@ -192,6 +197,24 @@ def reference_observations(map, rows: np.ndarray, candidates,
     return owner, kps, names
 
 
+def visible_rows(map, rows: np.ndarray, names: List[str], margin: float) -> List[np.ndarray]:
+    """Which ``points3D`` rows (M,) each map image of ``names`` shows: (M,) bool per image, true
+    where the image observes the point (a keypoint of its track) and also where the point is in
+    front of its camera and projected at least ``margin`` pixels inside the image. Rows that no
+    image of ``names`` observes are shown nowhere (their match to the map is not confirmed)."""
+    rows = np.asarray(rows, np.int64)
+    observed = [_observations_in(map, n, rows)[0] for n in names]
+    any_obs = np.any(observed, axis=0) if observed else np.zeros(rows.shape[0], bool)
+    out = []
+    for n, obs in zip(names, observed):
+        proj, front = project_points(map, n, rows, return_depth=True)
+        cam = map.camera(n)
+        inside = (proj[:, 0] >= margin) & (proj[:, 0] <= cam.width - margin) & (proj[:, 1] >= margin) & \
+            (proj[:, 1] <= cam.height - margin)
+        out.append(obs | (any_obs & front & inside))
+    return out
+
+
 def align_to_map(query_image: torch.Tensor, points2D: np.ndarray, rows: np.ndarray, map,
                  map_images: Callable[[str], torch.Tensor], candidates, center: np.ndarray,
                  conf: Dict, return_tensors: bool = False):
@@ -211,7 +234,6 @@ def align_to_map(query_image: torch.Tensor, points2D: np.ndarray, rows: np.ndarr
     query = as_gray_image(query_image)
     out = np.asarray(points2D, np.float64).copy()
     k_refs, center_mode = check_conf(conf)
-    owner, ref_kp, names = reference_observations(map, rows, candidates, center)
 
     def image(name):
         img, cam = map_images(name), map.camera(name)
@@ -222,6 +244,17 @@ def align_to_map(query_image: torch.Tensor, points2D: np.ndarray, rows: np.ndarr
 
     lk = (int(conf["radius"]), int(conf["iterations"]), float(conf["blur_sigma"]), float(conf["max_shift_px"]),
           float(conf["min_ncc"]))
+    shown = None
+    if conf.get("reference_views", default_conf["reference_views"]) == "visible":
+        names = _by_distance(map, candidates, center)
+        # the template (radius + the blur's support) inside the image
+        shown = visible_rows(map, rows, names, lk[0] + 3 * lk[2] + 1)
+        owner = np.full(len(out), -1, np.int64)
+        for j in range(len(names) - 1, -1, -1):
+            owner[shown[j]] = j
+        ref_kp = np.zeros((len(out), 2))
+    else:
+        owner, ref_kp, names = reference_observations(map, rows, candidates, center)
     shifts = []
     n_ok = 0
     tensors = torch.zeros(len(out), 2, 2, dtype=torch.float64)
@@ -245,7 +278,6 @@ def align_to_map(query_image: torch.Tensor, points2D: np.ndarray, rows: np.ndarr
         seen = owner >= 0
         rows64 = np.asarray(rows, np.int64)
         max_angle = conf.get("max_reference_angle_deg")
-        visible = conf.get("reference_views", default_conf["reference_views"]) == "visible"
         for n in names:
             todo = np.flatnonzero(seen & (count < k_refs))
             if todo.size == 0:
@@ -259,15 +291,10 @@ def align_to_map(query_image: torch.Tensor, points2D: np.ndarray, rows: np.ndarr
                 todo = todo[(count[todo] == 0) | (cos >= np.cos(np.deg2rad(float(max_angle))))]
                 if todo.size == 0:
                     continue
-            hit, kp = _observations_in(map, n, rows64[todo])
-            if visible and center_mode == "projection":
-                # a further reference also where the map image sees the point without observing it
-                proj, front = project_points(map, n, rows64[todo], return_depth=True)
-                cam = map.camera(n)
-                m = lk[0] + 3 * lk[2] + 2
-                inside = front & (proj[:, 0] >= m) & (proj[:, 0] <= cam.width - m) & (proj[:, 1] >= m) & \
-                    (proj[:, 1] <= cam.height - m)
-                hit = hit | ((count[todo] > 0) & inside)
+            if shown is None:
+                hit, kp = _observations_in(map, n, rows64[todo])
+            else:
+                hit = shown[names.index(n)][todo]
             if hit.any() and center_mode == "projection":
                 kp = project_points(map, n, rows64[todo[hit]])
             if hit.any():
