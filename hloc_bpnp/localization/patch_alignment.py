@@ -219,7 +219,8 @@ def align_to_map(query_image: torch.Tensor, points2D: np.ndarray, rows: np.ndarr
                  map_images: Callable[[str], torch.Tensor], candidates, center: np.ndarray,
                  conf: Dict, return_tensors: bool = False):
     """Query keypoints ``points2D`` (M, 2) of 3D points ``rows`` (M,) aligned to their map
-    observations (see :func:`reference_observations`).
+    observations (see :func:`reference_observations`), or with ``reference_views: visible`` to
+    the 3D points' projections in the nearest map views that show them (:func:`visible_rows`).
 
     Args:
         query_image: (1, 1, H, W) gray query image (uint8, or float in [0, 1]).
@@ -278,7 +279,7 @@ def align_to_map(query_image: torch.Tensor, points2D: np.ndarray, rows: np.ndarr
         seen = owner >= 0
         rows64 = np.asarray(rows, np.int64)
         max_angle = conf.get("max_reference_angle_deg")
-        for n in names:
+        for jn, n in enumerate(names):
             todo = np.flatnonzero(seen & (count < k_refs))
             if todo.size == 0:
                 break
@@ -294,7 +295,7 @@ def align_to_map(query_image: torch.Tensor, points2D: np.ndarray, rows: np.ndarr
             if shown is None:
                 hit, kp = _observations_in(map, n, rows64[todo])
             else:
-                hit = shown[names.index(n)][todo]
+                hit = shown[jn][todo]
             if hit.any() and center_mode == "projection":
                 kp = project_points(map, n, rows64[todo[hit]])
             if hit.any():
