@@ -152,6 +152,23 @@ def test_registry_accepts_new_extractor():
         register_extractor("test_grid")(type("Other", (Extractor,), {}))
 
 
+def test_keypoints_past_the_border_are_clamped_into_the_image():
+    """A detector (or a refiner's offset) that puts a keypoint past the border: the output stays
+    in COLMAP's image extent [0, W] x [0, H], which LightGlue requires."""
+    @register_extractor("test_border")
+    class Border(Extractor):
+        def _init(self, conf):
+            pass
+
+        def _extract(self, images):
+            b, _, h, w = images.shape
+            k = torch.tensor([[-1.3, 5.0], [w + 0.7, h - 1.0], [3.0, h + 2.0], [10.0, 10.0]])
+            return [{"keypoints": k, "descriptors": torch.ones(len(k), 4), "scores": torch.ones(len(k))}] * b
+
+    f = build_extractor({"model": "test_border"}).extract(np.zeros((40, 60)))
+    assert f["keypoints"].tolist() == [[0.0, 5.5], [60.0, 39.5], [3.5, 40.0], [10.5, 10.5]]
+
+
 # ---------------------------------------------------------------- learned (random weights)
 def _save(module, path):
     torch.save(module.state_dict(), path)

@@ -179,8 +179,12 @@ class Extractor(ConfiguredModule):
         s = torch.tensor([sx, sy], dtype=torch.float32)
         kpts = res["keypoints"].detach().float().cpu().reshape(-1, 2)
         desc = res["descriptors"].detach().float().cpu()
+        # a refiner's offset can carry a border keypoint up to a pixel past the image; COLMAP's
+        # image spans [0, W] x [0, H], and matchers (LightGlue) refuse keypoints outside it
+        kp = (kpts + 0.5) * s
+        kp = torch.stack([kp[:, 0].clamp(0.0, float(w)), kp[:, 1].clamp(0.0, float(h))], -1)
         out: Features = {
-            "keypoints": (kpts + 0.5) * s,
+            "keypoints": kp,
             "descriptors": desc.reshape(kpts.shape[0], desc.shape[-1]),
             "scores": res["scores"].detach().float().cpu().reshape(-1),
             "image_size": torch.tensor([w, h], dtype=torch.int64),
