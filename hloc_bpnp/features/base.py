@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..geometry.camera import clamp_to_image
 from ..registry import ConfiguredModule, Registry
 
 logger = logging.getLogger(__name__)
@@ -181,10 +182,8 @@ class Extractor(ConfiguredModule):
         desc = res["descriptors"].detach().float().cpu()
         # a refiner's offset can carry a border keypoint up to a pixel past the image; COLMAP's
         # image spans [0, W] x [0, H], and matchers (LightGlue) refuse keypoints outside it
-        kp = (kpts + 0.5) * s
-        kp = torch.stack([kp[:, 0].clamp(0.0, float(w)), kp[:, 1].clamp(0.0, float(h))], -1)
         out: Features = {
-            "keypoints": kp,
+            "keypoints": clamp_to_image((kpts + 0.5) * s, w, h),
             "descriptors": desc.reshape(kpts.shape[0], desc.shape[-1]),
             "scores": res["scores"].detach().float().cpu().reshape(-1),
             "image_size": torch.tensor([w, h], dtype=torch.int64),

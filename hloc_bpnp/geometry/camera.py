@@ -32,6 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
+import numpy as np
 import torch
 
 CAMERA_MODELS = {
@@ -42,6 +43,15 @@ CAMERA_MODELS = {
     "OPENCV": 8,
 }
 DISTORTED_MODELS = ("SIMPLE_RADIAL", "RADIAL", "OPENCV")
+
+
+def clamp_to_image(xy, width: float, height: float):
+    """(..., 2) COLMAP pixels (torch or numpy) clamped into the image's extent [0, W] x [0, H]
+    (matchers such as LightGlue refuse keypoints outside it)."""
+    if isinstance(xy, torch.Tensor):
+        return torch.stack([xy[..., 0].clamp(0.0, float(width)), xy[..., 1].clamp(0.0, float(height))], -1)
+    xy = np.asarray(xy)
+    return np.stack([np.clip(xy[..., 0], 0.0, float(width)), np.clip(xy[..., 1], 0.0, float(height))], -1)
 
 
 def _check_model(model: str, params: torch.Tensor) -> None:

@@ -57,7 +57,7 @@ import torch
 from tqdm import tqdm
 
 from ..features.patch_lk import MapImages, align_patches, align_to_templates, sample_patches
-from ..geometry.camera import Camera
+from ..geometry.camera import Camera, clamp_to_image
 from ..geometry.pose import Pose
 from .point_refinement import refine_points_on_planes
 
@@ -326,6 +326,10 @@ def adjust_keypoints(rec, features: Mapping[str, Mapping], images, conf=None,
     else:
         raise ValueError(f"keypoint_adjustment.method must be 'reference', 'consensus' or 'plane', "
                          f"got {conf['method']!r}")
+    for i, im in regs.items():  # a moved observation stays in the image (LightGlue refuses others)
+        cam = rec.cameras[im.camera_id]
+        moved = np.any(new[i] != kp[i], axis=1)
+        new[i][moved] = clamp_to_image(new[i][moved], cam.width, cam.height)
     stats = {"n_observations": len(obs), "n_aligned": n_ok, "n_tried": n_try,
              "median_shift_px": float(np.median(np.concatenate(shifts))) if shifts and n_ok else 0.0}
     if obs:
