@@ -365,15 +365,16 @@ class Camera:
         uv = p_cam[..., :2] / z
         return self.denormalize(distort(self.model, self.dist, uv))
 
-    def project_with_valid(self, p_cam: torch.Tensor, min_depth: float = 1e-6):
-        """(pixels (..., N, 2), valid (..., N)) where valid means in front and inside the image."""
+    def project_with_valid(self, p_cam: torch.Tensor, min_depth: float = 1e-6, margin: float = 0.0):
+        """(pixels (..., N, 2), valid (..., N)) where valid means in front and inside the image,
+        at least ``margin`` pixels from its border."""
         x = self.project(p_cam)
         valid = (
             (p_cam[..., 2] > min_depth)
-            & (x[..., 0] >= 0)
-            & (x[..., 1] >= 0)
-            & (x[..., 0] <= self.width)
-            & (x[..., 1] <= self.height)
+            & (x[..., 0] >= margin)
+            & (x[..., 1] >= margin)
+            & (x[..., 0] <= self.width - margin)
+            & (x[..., 1] <= self.height - margin)
         )
         return x, valid
 

@@ -160,14 +160,16 @@ def check_conf(conf: Dict) -> Tuple[int, str]:
     return k_refs, center
 
 
-def project_points(map, name: str, rows: np.ndarray, return_depth: bool = False):
-    """(M, 2) COLMAP pixels of the map's 3D points ``rows`` in map image ``name`` (its pose and
-    camera), and with ``return_depth`` whether each is in front of that camera ((M,) bool)."""
+def _in_camera(map, name: str, rows: np.ndarray):
+    """(map image ``name``'s camera (float64), its (M, 3) camera-frame points of ``rows``)."""
     pose, cam = map.pose(name).to(torch.float64), map.camera(name).to(torch.float64)
-    X = torch.from_numpy(np.asarray(map.points3D[rows], np.float64))
-    pc = pose.transform(X)
-    x = cam.project(pc).cpu().numpy()
-    return (x, (pc[:, 2] > 0).cpu().numpy()) if return_depth else x
+    return cam, pose.transform(torch.from_numpy(np.asarray(map.points3D[rows], np.float64)))
+
+
+def project_points(map, name: str, rows: np.ndarray) -> np.ndarray:
+    """(M, 2) COLMAP pixels of the map's 3D points ``rows`` in map image ``name`` (its pose and camera)."""
+    cam, pc = _in_camera(map, name, rows)
+    return cam.project(pc).cpu().numpy()
 
 
 def reference_observations(map, rows: np.ndarray, candidates,
@@ -207,11 +209,9 @@ def visible_rows(map, rows: np.ndarray, names: List[str], margin: float) -> List
     any_obs = np.any(observed, axis=0) if observed else np.zeros(rows.shape[0], bool)
     out = []
     for n, obs in zip(names, observed):
-        proj, front = project_points(map, n, rows, return_depth=True)
-        cam = map.camera(n)
-        inside = (proj[:, 0] >= margin) & (proj[:, 0] <= cam.width - margin) & (proj[:, 1] >= margin) & \
-            (proj[:, 1] <= cam.height - margin)
-        out.append(obs | (any_obs & front & inside))
+        cam, pc = _in_camera(map, n, rows)
+        inside = cam.project_with_valid(pc, min_depth=0.0, margin=margin)[1].cpu().numpy()
+        out.append(obs | (any_obs & inside))
     return out
 
 
