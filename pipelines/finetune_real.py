@@ -33,9 +33,12 @@ variant per loss combination. Per evaluation scene and variant ``DIR/results.jso
   from the other images' known poses with the variant's keypoints).
 * ``limited``: the same folds, each localized query's pose re-solved from 50 of its inliers
   (20 seeded draws; :mod:`hloc_bpnp.protocols.limited`).
-* ``loo_weighted`` / ``limited_weighted`` (variants with a refiner): the same fold maps and
-  matches, the BPnP refinement weighing each correspondence by the refiner's keypoint
-  uncertainty (``refinement.use_weights: uncertainty``, 1 / sigma^2).
+* ``loo_unweighted`` / ``limited_unweighted`` (variants with a refiner): the same fold maps
+  and matches, the BPnP refinement without the refiner's weights. The ``default`` localization
+  preset weighs each correspondence by the refiner's keypoint uncertainty (``use_weights:
+  auto``, 1 / sigma^2), so ``loo`` / ``limited`` of a refined variant are weighted. With a
+  ``--loc-config`` that does not weigh, the extra entries are ``loo_weighted`` /
+  ``limited_weighted`` (``use_weights: uncertainty``) instead.
 * ``loo_aligned`` / ``limited_aligned`` (every variant): the same fold maps and matches, each
   localized query's inlier keypoints aligned to the map's observations of their 3D points
   (``localization.patch_alignment``), then BPnP again; ``limited`` draws from the aligned
@@ -133,30 +136,45 @@ def noisy_features(scene, fconf, sigma, seed=0):
     return out
 
 
+def loo_variants(lconf, has_refiner):
+    """The localization variants :func:`loo_runs` evaluates on the same fold maps for a
+    localization conf ``lconf`` (a preset's dict): ``({label: conf overrides}, {label: whether its
+    BPnP weighs by the refiner's uncertainties})``. ``loo`` is the preset itself; with a refiner,
+    ``unweighted`` (``use_weights: false``) where the preset weighs (``auto``) or ``weighted``
+    (``uncertainty``) where it does not; ``aligned`` adds the patch alignment."""
+    from hloc_bpnp.localization.localizer import weight_mode
+
+    mode = (lconf.get("refinement") or {}).get("use_weights", False)
+    plain = bool(weight_mode({"refinement": {"use_weights": mode}}, has_refiner))
+    variants = {"loo": {"refinement": {"method": "bpnp"}}}
+    uses = {"loo": plain}
+    if has_refiner:
+        other = "unweighted" if plain else "weighted"
+        variants[other] = {"refinement": {"method": "bpnp", "use_weights": False if plain else "uncertainty"}}
+        uses[other] = not plain
+    # the query's inlier keypoints aligned to the map's observations (localization.patch_alignment),
+    # then BPnP again
+    variants["aligned"] = {"refinement": {"method": "bpnp"}, "patch_alignment": {"enabled": True}}
+    uses["aligned"] = plain
+    return variants, uses
+
+
 def loo_runs(scene, fconf, mapping, loc_config, progress=False, features=None, queries=None):
     """Leave-one-out of ``queries`` (default: all images) with features ``fconf``:
     ``{label: (results {query: LocalizationResult}, LimitedCollector)}`` for the label ``loo``
-    (BPnP refinement as ``loc_config``) and, when the features have a refiner, ``weighted``
-    (the same fold maps and matches, BPnP weighing correspondences by the refiner's keypoint
-    uncertainties, ``refinement.use_weights: uncertainty``) and ``aligned`` (the same, the
-    inlier keypoints aligned to the map's observations, ``patch_alignment``)."""
+    (BPnP refinement as ``loc_config``), when the features have a refiner the other weighting
+    of the same fold maps and matches -- ``weighted`` (BPnP weighing correspondences by the
+    refiner's keypoint uncertainties, ``refinement.use_weights: uncertainty``) where the preset
+    does not weigh, ``unweighted`` (``use_weights: false``) where it does (``auto``, the
+    ``default`` preset) -- and ``aligned`` (the same, the inlier keypoints aligned to the map's
+    observations, ``patch_alignment``)."""
     from hloc_bpnp.protocols.leave_one_out import leave_one_out
     from hloc_bpnp.protocols.limited import LimitedCollector
 
     mconf = merge(load_config("mapping", mapping), {"features": fconf})
     lconf = load_config("localization", loc_config) if isinstance(loc_config, str) else dict(loc_config or {})
-    variants = {"loo": {"refinement": {"method": "bpnp"}}}
-    if fconf.get("refiner"):
-        variants["weighted"] = {"refinement": {"method": "bpnp", "use_weights": "uncertainty"}}
-    # the same fold maps, the query's inlier keypoints aligned to the map's observations
-    # (localization.patch_alignment), then BPnP again
-    variants["aligned"] = {"refinement": {"method": "bpnp"}, "patch_alignment": {"enabled": True}}
-    # the limited poses weigh correspondences as the localizer's refinement does
-    from hloc_bpnp.localization.localizer import weight_mode
-
-    mode = (lconf.get("refinement") or {}).get("use_weights", False)
-    plain = bool(weight_mode({"refinement": {"use_weights": mode}}, bool(fconf.get("refiner"))))
-    uses = {"loo": plain, "weighted": True, "aligned": plain}
+    variants, uses = loo_variants(lconf, bool(fconf.get("refiner")))
+    # the limited poses weigh correspondences as each variant's refinement does
     lims = {k: LimitedCollector(scene, k, use_weights=uses[k]) for k in variants}
 
     def hook(query, fold_map, results):
@@ -181,8 +199,9 @@ def summarize_loo(scene, results, limited):
 
 
 def loo_metrics(scene, runs):
-    """``{label: (results, [collectors])}`` -> ``loo``/``limited`` (+ ``loo_weighted``/
-    ``limited_weighted``) entries of a variant's metrics."""
+    """``{label: (results, [collectors])}`` -> ``loo``/``limited`` (+ ``loo_LABEL`` /
+    ``limited_LABEL`` for the other labels: ``weighted`` or ``unweighted``, ``aligned``) entries
+    of a variant's metrics."""
     m = {}
     for label, (res, lims) in runs.items():
         suffix = "" if label == "loo" else f"_{label}"
@@ -489,12 +508,13 @@ def main(argv=None):
         for scene_name, m in per.items():
             ci = m.get("sampson_ratio_ci")
             cis = f"[{ci[0]:.3f},{ci[1]:.3f}]" if ci else ""
-            for suffix in ("", "_weighted", "_aligned"):
+            for suffix in ("", "_weighted", "_unweighted", "_aligned"):
                 if suffix and f"loo{suffix}" not in m:
                     continue
                 loo, lim = m.get(f"loo{suffix}") or {}, m.get(f"limited{suffix}") or {}
                 loc = f"{loo.get('n_localized', 0)}/{loo.get('n_queries', 0)}" if loo else ""
-                name = label + {"": "", "_weighted": " +weights", "_aligned": " +aligned"}[suffix]
+                name = label + {"": "", "_weighted": " +weights", "_unweighted": " -weights",
+                                "_aligned": " +aligned"}[suffix]
                 print(f"{name:20s} {scene_name:32s} {m.get('sampson_px', float('nan')):10.4f} {cis:>15s} {loc:>6s} "
                       f"{f(loo.get('median_rot_deg'))} {f(loo.get('median_pos_cm'))} | limited "
                       f"{f(lim.get('median_rot_deg'))} {f(lim.get('median_pos_cm'))}")

@@ -80,6 +80,24 @@ def test_pipeline_refuses_homography_images_of_an_eval_scene(shared_data, tmp_pa
                                d + "/templeR0013.png"])
 
 
+def test_loo_variants_add_the_other_weighting():
+    """With a refiner, the evaluation adds the weighting its localization preset does not use:
+    ``unweighted`` for the ``default`` preset (``use_weights: auto``), ``weighted`` for one that
+    never weighs; the limited poses weigh as each variant's BPnP does. Without a refiner there
+    are no sigmas, hence no extra variant and no weights."""
+    from hloc_bpnp.config import load_config
+
+    loo_variants = _finetune_real().loo_variants
+    v, uses = loo_variants(load_config("localization", "default"), True)
+    assert list(v) == ["loo", "unweighted", "aligned"] and v["unweighted"]["refinement"]["use_weights"] is False
+    assert uses == {"loo": True, "unweighted": False, "aligned": True}
+    v, uses = loo_variants(load_config("localization", "fast"), True)
+    assert list(v) == ["loo", "weighted", "aligned"] and v["weighted"]["refinement"]["use_weights"] == "uncertainty"
+    assert uses == {"loo": False, "weighted": True, "aligned": False}
+    v, uses = loo_variants(load_config("localization", "default"), False)
+    assert list(v) == ["loo", "aligned"] and not any(uses.values())
+
+
 def test_not_a_scene_folder(tmp_path):
     from hloc_bpnp.training.real import load_real_scene
 
@@ -344,7 +362,10 @@ def test_adapted_variant_never_trains_on_the_images_it_evaluates(shared_data, tm
     assert warped[0] | warped[1] == trained_on[0]
     assert m["n_matches"] > 0 and m["sampson_px"] > 0 and m["sampson_px_pretrained_same_matches"] > 0
     assert len(m["sampson_ratio_ci"]) == 2
-    for key in ("loo", "loo_weighted"):
+    # the default preset weighs by the refiner's sigmas (use_weights: auto): the extra entries
+    # are the same folds without them; the pretrained network has no sigmas, hence no extra entry
+    for key in ("loo", "loo_unweighted"):
         assert m[key]["n_queries"] == 8, key
-    assert "limited_weighted" in m and "loo_weighted" not in res["variants"]["pretrained"]["temple8"]
+    assert "limited_unweighted" in m and "loo_weighted" not in m
+    assert not {"loo_weighted", "loo_unweighted"} & set(res["variants"]["pretrained"]["temple8"])
     assert (out / "refiner_adapted_temple8_fold1.pt").is_file()

@@ -182,6 +182,13 @@ def test_auto_weights_use_sigmas_where_the_features_have_them():
     assert not torch.equal(auto_s.pose.t, none.pose.t)
     conf = merge(default_conf, {"refinement": {"use_weights": "auto"}})
     assert weight_mode(conf, True) == "uncertainty" and weight_mode(conf, False) is False
+    # the `default` preset (what `hloc-bpnp localize` uses) weighs a refiner's keypoints and
+    # leaves features without sigmas (SIFT) unweighted; the base conf never weighs
+    from hloc_bpnp.localization.localizer import localization_config
+
+    preset = localization_config("default")
+    assert weight_mode(preset, True) == "uncertainty" and weight_mode(preset, False) is False
+    assert weight_mode(localization_config(None), True) is False
 
 
 def test_adaptive_loss_scale_follows_the_residual_noise():
