@@ -161,13 +161,9 @@ def loo_variants(lconf, has_refiner):
 
 def loo_runs(scene, fconf, mapping, loc_config, progress=False, features=None, queries=None):
     """Leave-one-out of ``queries`` (default: all images) with features ``fconf``:
-    ``{label: (results {query: LocalizationResult}, LimitedCollector)}`` for the label ``loo``
-    (BPnP refinement as ``loc_config``), when the features have a refiner the other weighting
-    of the same fold maps and matches -- ``weighted`` (BPnP weighing correspondences by the
-    refiner's keypoint uncertainties, ``refinement.use_weights: uncertainty``) where the preset
-    does not weigh, ``unweighted`` (``use_weights: false``) where it does (``auto``, the
-    ``default`` preset) -- and ``aligned`` (the same, the inlier keypoints aligned to the map's
-    observations, ``patch_alignment``)."""
+    ``{label: (results {query: LocalizationResult}, LimitedCollector)}`` for the labels of
+    :func:`loo_variants` (``loo``: BPnP refinement as ``loc_config``), all on the same fold maps
+    and matches."""
     from hloc_bpnp.protocols.leave_one_out import leave_one_out
     from hloc_bpnp.protocols.limited import LimitedCollector
 
