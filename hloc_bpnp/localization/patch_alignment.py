@@ -204,15 +204,21 @@ def visible_rows(map, rows: np.ndarray, names: List[str], margin: float) -> List
     where the image observes the point (a keypoint of its track) and also where the point is in
     front of its camera and projected at least ``margin`` pixels inside the image. Rows that no
     image of ``names`` observes are shown nowhere (their match to the map is not confirmed)."""
+    return _visibility(map, rows, names, margin)[0]
+
+
+def _visibility(map, rows: np.ndarray, names: List[str], margin: float):
+    """:func:`visible_rows` and, per image, the (M, 2) projections of the rows it was read from."""
     rows = np.asarray(rows, np.int64)
     observed = [_observations_in(map, n, rows)[0] for n in names]
     any_obs = np.any(observed, axis=0) if observed else np.zeros(rows.shape[0], bool)
-    out = []
+    shown, pixels = [], []
     for n, obs in zip(names, observed):
         cam, pc = _in_camera(map, n, rows)
-        inside = cam.project_with_valid(pc, min_depth=0.0, margin=margin)[1].cpu().numpy()
-        out.append(obs | (any_obs & inside))
-    return out
+        x, inside = cam.project_with_valid(pc, min_depth=0.0, margin=margin)
+        shown.append(obs | (any_obs & inside.cpu().numpy()))
+        pixels.append(x.cpu().numpy())
+    return shown, pixels
 
 
 def align_to_map(query_image: torch.Tensor, points2D: np.ndarray, rows: np.ndarray, map,
@@ -245,15 +251,16 @@ def align_to_map(query_image: torch.Tensor, points2D: np.ndarray, rows: np.ndarr
 
     lk = (int(conf["radius"]), int(conf["iterations"]), float(conf["blur_sigma"]), float(conf["max_shift_px"]),
           float(conf["min_ncc"]))
-    shown = None
+    shown = None  # visible: per view, the points it shows and their projections there
     if conf.get("reference_views", default_conf["reference_views"]) == "visible":
         names = _by_distance(map, candidates, center)
         # the template (radius + the blur's support) inside the image
-        shown = visible_rows(map, rows, names, lk[0] + 3 * lk[2] + 1)
+        shown, pixels = _visibility(map, rows, names, lk[0] + 3 * lk[2] + 1)
         owner = np.full(len(out), -1, np.int64)
-        for j in range(len(names) - 1, -1, -1):
-            owner[shown[j]] = j
         ref_kp = np.zeros((len(out), 2))
+        for j in range(len(names) - 1, -1, -1):  # the nearest view that shows the point
+            owner[shown[j]] = j
+            ref_kp[shown[j]] = pixels[j][shown[j]]
     else:
         owner, ref_kp, names = reference_observations(map, rows, candidates, center)
     shifts = []
@@ -264,7 +271,7 @@ def align_to_map(query_image: torch.Tensor, points2D: np.ndarray, rows: np.ndarr
         for j in np.unique(owner[owner >= 0]).tolist():
             s = np.flatnonzero(owner == j)
             ref = ref_kp[s]
-            if center_mode == "projection":
+            if center_mode == "projection" and shown is None:
                 ref = project_points(map, names[j], np.asarray(rows, np.int64)[s])
             d, ok, H = align_patches(image(names[j]), query, torch.from_numpy(ref), torch.from_numpy(out[s]), *lk,
                                      return_tensors=True)
@@ -294,10 +301,11 @@ def align_to_map(query_image: torch.Tensor, points2D: np.ndarray, rows: np.ndarr
                     continue
             if shown is None:
                 hit, kp = _observations_in(map, n, rows64[todo])
+                if hit.any() and center_mode == "projection":
+                    kp = project_points(map, n, rows64[todo[hit]])
             else:
                 hit = shown[jn][todo]
-            if hit.any() and center_mode == "projection":
-                kp = project_points(map, n, rows64[todo[hit]])
+                kp = pixels[jn][todo[hit]]
             if hit.any():
                 templ[todo[hit]] += sample_patches(image(n), torch.from_numpy(kp), lk[0], lk[2])
                 count[todo[hit]] += 1
