@@ -119,7 +119,7 @@ def main(argv=None):
         rows.append((f"consensus per keypoint from the {label}, {args.rounds} rounds", sampson(pos), time.time() - t))
 
     dark = (rs.patches[:, 0] < args.dark_level).float().mean((1, 2)) > args.dark_fraction
-    sil = (dark[m[:, 0]] | dark[m[:, 1]]).numpy()
+    sil = (dark[m[:, 0]] | dark[m[:, 1]]).cpu().numpy()
     print(f"\n{scene.name if hasattr(scene, 'name') else args.scene.name}: {m.shape[0]} matches, "
           f"{len(images)} images, patches {2 * args.radius + 1}x{2 * args.radius + 1}; "
           f"{sil.mean():.1%} of the matches touch the silhouette")
