@@ -113,7 +113,7 @@ def test_refiner_loading_is_strict(tmp_path):
 
 def test_in_cell_soft_argmax_reads_one_cell_only():
     torch.manual_seed(0)
-    net = XFeatNet({"max_keypoints": 300, "detection_threshold": 0.0}).eval()
+    net = XFeatNet({"max_keypoints": 300, "detection_threshold": 0.0, "subpixel_in_cell": True}).eval()
     img = torch.rand(1, 1, 64, 96)
     with torch.no_grad():
         out = net(img, return_maps=True)
