@@ -19,7 +19,7 @@ the maximum's cell zero weight (every soft-argmax reads one softmax). It is off 
 because measured it is worse: XFeat's maxima pile up on the cell borders (on the Middlebury
 temple 3x as many in the last column of a cell as in an inner one), and a one-sided window
 pulls each of them into its cell (mean -0.25 px in the last column, +0.22 px in the first).
-The median Sampson error of verified matches under the known poses is 3-6% higher with it
+The median Sampson error of verified matches under the known poses is 3-7% higher with it
 (temple 0.592 against 0.574 px, fountain-P11 0.731 / 0.688, Herz-Jesu-P8 0.706 / 0.661).
 
 An optional :class:`~hloc_bpnp.features.refiner.KeypointRefiner` (``self.refiner``) adds a
