@@ -58,6 +58,7 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import Dict
 
 import numpy as np
 import torch
@@ -270,6 +271,35 @@ def adapted_variant(d, scene, fconf, tconf, dconf, S, k, args, need_pose, scales
     return m
 
 
+def given_refiners(specs, fconf: Dict, taken) -> Dict[str, Dict]:
+    """{label: features conf} of ``--refiner LABEL=FEATURES_YAML`` arguments. The file must name a
+    refiner and match the evaluated base features (``fconf``) in every other key: a refiner runs
+    on the positions it was trained on (e.g. ``subpixel_in_cell``), so a mismatch is an error."""
+    out = {}
+    for spec in specs:
+        label, sep, path = spec.partition("=")
+        if not sep or not label or not path:
+            raise SystemExit(f"--refiner {spec!r}: expected LABEL=FEATURES_YAML")
+        if label in taken or label in out:
+            raise SystemExit(f"--refiner {spec!r}: the label {label!r} is taken")
+        path = Path(path)
+        if not path.is_file():
+            raise SystemExit(f"--refiner {spec!r}: {path} is not a file")
+        conf = load_config("features", path)
+        if not conf.get("refiner"):
+            raise SystemExit(f"--refiner {spec!r}: {path} names no refiner")
+        ref = Path(conf["refiner"])
+        conf["refiner"] = str(ref if ref.is_absolute() else path.parent / ref)
+        base = {k: v for k, v in fconf.items() if k not in ("refiner", "refiner_conf", "preset")}
+        differ = sorted(k for k in set(base) | set(conf) - {"refiner", "refiner_conf", "preset"}
+                        if base.get(k) != conf.get(k))
+        if differ:
+            raise SystemExit(f"--refiner {spec!r}: {path} differs from the evaluated features in "
+                             + ", ".join(f"{k} ({conf.get(k)!r} vs {base.get(k)!r})" for k in differ))
+        out[label] = conf
+    return out
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--train", type=Path, nargs="*", default=[], help="training scene folders")
@@ -284,6 +314,9 @@ def main(argv=None):
     p.add_argument("--output", type=Path, required=True)
     p.add_argument("--quick", action="store_true", help="small budget (<= 20 min here for 2 + 1 scenes)")
     p.add_argument("--no-train", action="store_true", help="evaluate pretrained and shipped only")
+    p.add_argument("--refiner", action="append", default=[], metavar="LABEL=FEATURES_YAML",
+                   help="also evaluate a refiner trained earlier, as variant LABEL: the features.yaml that "
+                        "finetune_real or `hloc-bpnp finetune` wrote beside it (repeatable)")
     p.add_argument("--ablation", action="store_true", help="also train one variant per loss combination")
     p.add_argument("--config", default=None, help="refiner training preset (default refiner_<features>[_quick])")
     p.add_argument("--loc-config", default="default", help="localization preset for the evaluation")
@@ -360,6 +393,8 @@ def main(argv=None):
         refiners["shipped"] = (load_refiner(sp, shipped_conf.get("refiner_conf") or None), sp)
     except (FileNotFoundError, KeyError) as e:
         logger.warning("no shipped refiner: %s", e)
+    for label, conf in given_refiners(args.refiner, fconf, set(refiners) | {"refined", "adapted"}).items():
+        refiners[label] = (load_refiner(conf["refiner"], conf.get("refiner_conf") or None), Path(conf["refiner"]))
     histories = {}
 
     def training_preset(preset):

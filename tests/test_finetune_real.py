@@ -98,6 +98,34 @@ def test_loo_variants_add_the_other_weighting():
     assert list(v) == ["loo", "aligned"] and not any(uses.values())
 
 
+def test_given_refiners_must_match_the_evaluated_features(tmp_path):
+    """``--refiner LABEL=FEATURES_YAML`` loads a refiner trained earlier; its features.yaml must
+    name a refiner (a relative path is read beside the file) and agree with the evaluated base
+    features in every other key, e.g. a file written before ``subpixel_in_cell`` existed."""
+    from hloc_bpnp.config import load_config
+
+    given_refiners = _finetune_real().given_refiners
+    fconf = load_config("features", "xfeat")
+    good = {**{k: v for k, v in fconf.items() if k != "preset"}, "refiner": "refiner.pt",
+            "refiner_conf": {"patch_size": 9}}
+    (tmp_path / "features.yaml").write_text(yaml.safe_dump(good))
+    out = given_refiners([f"mine={tmp_path / 'features.yaml'}"], fconf, {"pretrained"})
+    assert out["mine"]["refiner"] == str(tmp_path / "refiner.pt")
+    old = {k: v for k, v in good.items() if k != "subpixel_in_cell"}
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump(old))
+    with pytest.raises(SystemExit, match="differs from the evaluated features in subpixel_in_cell"):
+        given_refiners([f"old={tmp_path / 'old.yaml'}"], fconf, set())
+    (tmp_path / "none.yaml").write_text(yaml.safe_dump({**good, "refiner": None}))
+    with pytest.raises(SystemExit, match="names no refiner"):
+        given_refiners([f"x={tmp_path / 'none.yaml'}"], fconf, set())
+    with pytest.raises(SystemExit, match="is taken"):
+        given_refiners([f"pretrained={tmp_path / 'features.yaml'}"], fconf, {"pretrained"})
+    with pytest.raises(SystemExit, match="LABEL=FEATURES_YAML"):
+        given_refiners([str(tmp_path / "features.yaml")], fconf, set())
+    with pytest.raises(SystemExit, match="is not a file"):
+        given_refiners([f"x={tmp_path / 'missing.yaml'}"], fconf, set())
+
+
 def test_not_a_scene_folder(tmp_path):
     from hloc_bpnp.training.real import load_real_scene
 

