@@ -272,7 +272,12 @@ class Localizer:
             raise ValueError(f"query {res.name!r}: 3D point ids of its correspondences not in the map")
         rows = order[pos]
         detected = np.asarray(res.points2D, np.float64).copy()
-        self._align_and_refine(res, gray, detected, rows)
+        # per correspondence: its aligned position and tensor once aligned (a re-selection round
+        # aligns only the inliers it adds: a point's alignment does not depend on the pose)
+        cache = {"aligned": detected.copy(), "tensors": torch.zeros(len(detected), 2, 2, dtype=torch.float64),
+                 "done": np.zeros(len(detected), bool)}
+        res.info["patch_alignment"] = {}
+        self._align_and_refine(res, gray, detected, rows, cache)
         rounds, max_rounds = 0, int(self.conf["refinement"]["reselect_rounds"])
         min_inliers = max(int(self.conf["acceptance"]["min_inliers"]), MIN_RESELECTED)
         while rounds < max_rounds:
@@ -281,20 +286,33 @@ class Localizer:
             if np.array_equal(new, np.asarray(res.inlier_mask, bool)) or new.sum() < min_inliers:
                 break
             res.inlier_mask, res.num_inliers, rounds = new, int(new.sum()), rounds + 1
-            self._align_and_refine(res, gray, detected, rows)
-        res.info["patch_alignment"]["reselect_rounds"] = rounds
+            self._align_and_refine(res, gray, detected, rows, cache)
+        inl = np.asarray(res.inlier_mask, bool)
+        shift = np.linalg.norm(cache["aligned"] - detected, axis=1)[inl]
+        res.info["patch_alignment"].update(n_points=int(inl.sum()), n_aligned=int((shift > 0).sum()),
+                                           median_shift_px=float(np.median(shift[shift > 0])) if (shift > 0).any()
+                                           else 0.0, reselect_rounds=rounds)
         res.timings["alignment"] = time.perf_counter() - t
         return res
 
-    def _align_and_refine(self, res: LocalizationResult, gray, detected: np.ndarray, rows: np.ndarray):
-        """One alignment of ``res``'s inliers from their ``detected`` (M, 2) positions (``rows``:
-        the (M,) map rows of all its correspondences) and one BPnP refinement from ``res.pose``."""
+    def _align_and_refine(self, res: LocalizationResult, gray, detected: np.ndarray, rows: np.ndarray, cache: Dict):
+        """Align ``res``'s inliers not aligned yet (``cache``: per correspondence its aligned
+        position, tensor and whether it was aligned) from their ``detected`` (M, 2) positions
+        (``rows``: the (M,) map rows of all its correspondences), then one BPnP refinement of
+        ``res.pose`` from all its inliers' aligned positions."""
         inl = np.flatnonzero(np.asarray(res.inlier_mask))
-        center = res.pose.to(torch.float64).center.reshape(-1).cpu().numpy()
-        pts = detected.copy()
+        todo = inl[~cache["done"][inl]]
         pa = self.conf["patch_alignment"]
-        pts[inl], info, H = PA.align_to_map(gray, pts[inl], rows[inl], self.map, self.map_images, res.retrieved,
-                                            center, pa, return_tensors=True)
+        if todo.size:
+            center = res.pose.to(torch.float64).center.reshape(-1).cpu().numpy()
+            out, info, H = PA.align_to_map(gray, detected[todo], rows[todo], self.map, self.map_images, res.retrieved,
+                                           center, pa, return_tensors=True)
+            cache["aligned"][todo], cache["tensors"][torch.from_numpy(todo)] = out, H.to(torch.float64)
+            cache["done"][todo] = True
+            if not res.info["patch_alignment"]:  # the first alignment's counts (updated at the end)
+                res.info["patch_alignment"].update(info)
+        pts = detected.copy()
+        pts[inl] = cache["aligned"][inl]
         ref = self.conf["refinement"]
         # the weights localize_from_matches used ('auto' resolved there)
         mode = res.info.get("correspondence_weights", ref["use_weights"])
@@ -312,13 +330,13 @@ class Localizer:
         L = None
         if KN.enabled(self.conf):
             kc = ref["keypoint_covariance"]
-            L = KN.sqrt_info_from_tensors(H, kc["floor"]) \
+            L = KN.sqrt_info_from_tensors(cache["tensors"][torch.from_numpy(inl)], kc["floor"]) \
                 if pa["keypoint_covariance"] == "alignment" \
                 else KN.keypoint_sqrt_info(gray, pts[inl], kc, res.name)
         pose, cov, rinfo = refine_bpnp(pts[inl], self.map.points3D[rows[inl]], res.camera, res.pose, ref, w, L)
         res.points2D, res.pose, res.covariance = pts, pose, cov
-        res.info["patch_alignment"] = {**info, **{k: v for k, v in rinfo.items() if k.startswith(("cost", "ref"))},
-                                       "correspondence_weights": mode, "loss_scale_px": rinfo["loss_scale_px"]}
+        res.info["patch_alignment"].update({k: v for k, v in rinfo.items() if k.startswith(("cost", "ref"))})
+        res.info["patch_alignment"].update(correspondence_weights=mode, loss_scale_px=rinfo["loss_scale_px"])
 
     def retrieve(self, feats) -> Tuple[list, np.ndarray]:
         """Top-k map keyframes for a query's features: (names, global scores)."""
