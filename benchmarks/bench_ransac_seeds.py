@@ -1,0 +1,94 @@
+#!/usr/bin/env python
+"""How much a leave-one-out result depends on RANSAC's random seed, with and without the inlier
+re-selection at the refined pose (``refinement.reselect_rounds``).
+
+The leave-one-out fold maps of a scene are built once; every held-out image is then localized
+with RANSAC seeds 0..S-1 for each setting. The table gives, per setting, the median error over
+the queries for each seed (mean, min and max over the seeds), the geometric mean over all
+queries and seeds, and the mean over the queries of the log-error's standard deviation over the
+seeds (0: the seed does not matter).
+
+    python benchmarks/bench_ransac_seeds.py --scene ../shared/data/middlebury_templeRing_partial \\
+        --setup xfeat_refined_adjusted@fast_learned --seeds 5 --rounds 0 2
+"""
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench_loc_variants import read_scene  # noqa: E402
+from bench_loc_warm import fold_maps  # noqa: E402
+
+
+def seed_errors(scene, maps, config: str, rounds: int, seeds: int):
+    """(rotation deg, position cm) errors, each (seeds, queries); inf where not localized."""
+    from hloc_bpnp.config import load_config, merge
+    from hloc_bpnp.geometry.metrics import center_error, rotation_error_deg
+    from hloc_bpnp.io.image import read_image
+    from hloc_bpnp.localization import Localizer
+    from hloc_bpnp.localization.patch_alignment import MapImages
+
+    images = MapImages(scene.image_dir)
+    queries = list(maps)
+    rot, pos = np.full((seeds, len(queries)), np.inf), np.full((seeds, len(queries)), np.inf)
+    base = load_config("localization", config)
+    qimages = {q: read_image(Path(scene.image_dir) / q) for q in queries}
+    for s in tqdm(range(seeds), desc=f"{config}, {rounds} rounds", leave=False):
+        conf = merge(base, {"ransac": {"seed": s}, "refinement": {"reselect_rounds": rounds}})
+        for i, q in enumerate(queries):
+            res = Localizer(maps[q], conf, map_images=images).localize(qimages[q], scene[q].camera, name=q)
+            if res.success:
+                gt = scene[q].pose.to(torch.float64)
+                rot[s, i] = float(rotation_error_deg(res.pose.R.double(), gt.R))
+                pos[s, i] = float(center_error(res.pose.to(torch.float64), gt)) * 100
+    return rot, pos
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--scene", type=Path, required=True, help="Middlebury or Strecha folder")
+    p.add_argument("--setup", action="append", required=True, metavar="MAPPING@CONFIG",
+                   help="a mapping preset @ a localization preset (repeatable)")
+    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--rounds", type=int, nargs="+", default=[0, 2], help="refinement.reselect_rounds values")
+    p.add_argument("--queries", type=int, default=None, help="only the first N images are held out")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(args.threads)
+    scene = read_scene(args.scene)
+    queries = scene.names[:args.queries] if args.queries else scene.names
+    rows = []
+    for setup in args.setup:
+        if "@" not in setup:
+            raise SystemExit(f"--setup {setup!r}: expected MAPPING@CONFIG")
+        mapping, config = setup.split("@", 1)
+        maps = fold_maps(scene, mapping, config, queries)
+        for r in args.rounds:
+            t = time.perf_counter()
+            rot, pos = seed_errors(scene, maps, config, r, args.seeds)
+            sec = (time.perf_counter() - t) / rot.size
+            rows.append((setup, r, rot, pos, sec))
+    print(f"{args.scene.name}: {len(queries)} held-out queries x {args.seeds} RANSAC seeds, {args.threads} threads")
+    print("| setup | reselect rounds | median rot deg: mean [min, max] over seeds | median pos cm: mean [min, max] "
+          "| geometric mean rot / pos | per-query log-sd rot / pos | failed | s / query |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for setup, r, rot, pos, sec in rows:
+        ok = np.isfinite(rot).all(0) & np.isfinite(pos).all(0)
+        mr, mp = np.median(rot, 1), np.median(pos, 1)
+        gm = np.exp(np.log(rot[:, ok]).mean()), np.exp(np.log(pos[:, ok]).mean())
+        sd = np.log(rot[:, ok]).std(0).mean(), np.log(pos[:, ok]).std(0).mean()
+        print(f"| {setup} | {r} | {mr.mean():.5f} [{mr.min():.5f}, {mr.max():.5f}] | {mp.mean():.5f} "
+              f"[{mp.min():.5f}, {mp.max():.5f}] | {gm[0]:.5f} / {gm[1]:.5f} | {sd[0]:.3f} / {sd[1]:.3f} | "
+              f"{int((~np.isfinite(rot)).sum())} | {sec:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
