@@ -98,3 +98,22 @@ def test_aligned_path_reselects_from_the_detected_keypoints():
             poses[rounds].append(res.pose.aa_t().numpy())
     spread = {r: max(np.abs(p - ps[0]).max() for p in ps) for r, ps in poses.items()}
     assert spread[3] < 0.2 * spread[0], spread
+
+
+def test_reported_refinement_outcome_is_the_last_rounds(monkeypatch):
+    """``info["refinement_rejected"]`` describes the pose returned: a first refinement rejected,
+    then a re-selection round accepted, leaves no stale flag."""
+    import hloc_bpnp.localization.pose_estimation as PE
+
+    real, calls = PE.refine_bpnp, []
+
+    def first_rejected(*a, **k):
+        pose, cov, info = real(*a, **k)
+        calls.append(1)
+        return (pose, cov, {**info, "refinement_rejected": True}) if len(calls) == 1 else (pose, cov, info)
+
+    monkeypatch.setattr(PE, "refine_bpnp", first_rejected)
+    x, X = _borderline_problem()
+    est = estimate_pose(x, X, CAM, _conf(3, 0))
+    assert est.success and est.info["reselect_rounds"] >= 1 and len(calls) >= 2
+    assert "refinement_rejected" not in est.info

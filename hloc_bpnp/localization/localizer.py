@@ -335,6 +335,7 @@ class Localizer:
                 else KN.keypoint_sqrt_info(gray, pts[inl], kc, res.name)
         pose, cov, rinfo = refine_bpnp(pts[inl], self.map.points3D[rows[inl]], res.camera, res.pose, ref, w, L)
         res.points2D, res.pose, res.covariance = pts, pose, cov
+        res.info["patch_alignment"].pop("refinement_rejected", None)  # the last refinement's outcome
         res.info["patch_alignment"].update({k: v for k, v in rinfo.items() if k.startswith(("cost", "ref"))})
         res.info["patch_alignment"].update(correspondence_weights=mode, loss_scale_px=rinfo["loss_scale_px"])
 

@@ -211,6 +211,7 @@ def estimate_pose(
             w = weights[inliers] if (weights is not None and ref["use_weights"]) else None
             L = None if sqrt_info is None else torch.as_tensor(sqrt_info)[torch.from_numpy(inliers)]
             pose, covariance, rinfo = refine_bpnp(p2[inliers], p3[inliers], cam_used, pose, ref, w, L)
+            info.pop("refinement_rejected", None)  # the last refinement's outcome
             info.update(rinfo)
         n_in = int(inliers.sum())
         info["reselect_rounds"] = rounds
