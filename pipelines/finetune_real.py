@@ -17,8 +17,9 @@ or, without them, the last quarter of each training scene's images (pairs among 
 pairs mixing both halves are dropped).
 
 Variants: ``pretrained`` (no refiner), ``shipped`` (the refiner in the package, if present),
-``refined`` (the shipped default losses trained in this run), and with ``--ablation`` one
-variant per loss combination. Per evaluation scene and variant ``DIR/results.json`` has::
+``refined`` (the shipped default losses trained in this run), with ``--ablation`` one
+variant per loss combination, and one per ``--refiner LABEL=FEATURES_YAML`` (a refiner trained
+earlier, its base features checked against the evaluated ones). Per evaluation scene and variant ``DIR/results.json`` has::
 
     {"sampson_px": S, "n_matches": N,
      "loo": {"n_localized", "n_queries", "median_rot_deg", "median_pos_cm"},
@@ -280,8 +281,8 @@ def given_refiners(specs, fconf: Dict, taken) -> Dict[str, Dict]:
         label, sep, path = spec.partition("=")
         if not sep or not label or not path:
             raise SystemExit(f"--refiner {spec!r}: expected LABEL=FEATURES_YAML")
-        if label in taken or label in out:
-            raise SystemExit(f"--refiner {spec!r}: the label {label!r} is taken")
+        if label in taken or label in out or label.startswith(("noise_", "loss_")):
+            raise SystemExit(f"--refiner {spec!r}: the label {label!r} is taken (or names another kind of variant)")
         path = Path(path)
         if not path.is_file():
             raise SystemExit(f"--refiner {spec!r}: {path} is not a file")
@@ -313,7 +314,7 @@ def main(argv=None):
                    help="frozen detector the refiner trains on (feature and mapping preset of that name)")
     p.add_argument("--output", type=Path, required=True)
     p.add_argument("--quick", action="store_true", help="small budget (<= 20 min here for 2 + 1 scenes)")
-    p.add_argument("--no-train", action="store_true", help="evaluate pretrained and shipped only")
+    p.add_argument("--no-train", action="store_true", help="evaluate pretrained, shipped and --refiner files only")
     p.add_argument("--refiner", action="append", default=[], metavar="LABEL=FEATURES_YAML",
                    help="also evaluate a refiner trained earlier, as variant LABEL: the features.yaml that "
                         "finetune_real or `hloc-bpnp finetune` wrote beside it (repeatable)")

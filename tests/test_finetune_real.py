@@ -120,6 +120,8 @@ def test_given_refiners_must_match_the_evaluated_features(tmp_path):
         given_refiners([f"x={tmp_path / 'none.yaml'}"], fconf, set())
     with pytest.raises(SystemExit, match="is taken"):
         given_refiners([f"pretrained={tmp_path / 'features.yaml'}"], fconf, {"pretrained"})
+    with pytest.raises(SystemExit, match="is taken"):  # the sensitivity rows' prefix
+        given_refiners([f"noise_1px={tmp_path / 'features.yaml'}"], fconf, set())
     with pytest.raises(SystemExit, match="LABEL=FEATURES_YAML"):
         given_refiners([str(tmp_path / "features.yaml")], fconf, set())
     with pytest.raises(SystemExit, match="is not a file"):
