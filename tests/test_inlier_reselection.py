@@ -3,7 +3,6 @@ hloc_bpnp/localization/pose_estimation.py): RANSAC's inlier set depends on its r
 correspondences sit near the threshold; classifying them again at the refined pose brings the
 seeds to the few inlier sets that select themselves, on the plain and on the patch-aligned path."""
 import numpy as np
-import pytest
 import torch
 
 from hloc_bpnp.config import merge
@@ -18,7 +17,7 @@ def _borderline_problem(seed=0, n=400):
     3-5 px (around RANSAC's 4 px threshold) and a tenth gross outliers."""
     rng = np.random.default_rng(seed)
     X = rng.uniform([-2, -2, 4], [2, 2, 8], (n, 3))
-    x = CAM.project(torch.from_numpy(X)).numpy() + rng.normal(size=(n, 2)) * 1.2
+    x = CAM.project(torch.from_numpy(X)).cpu().numpy() + rng.normal(size=(n, 2)) * 1.2
     k = rng.permutation(n)
     far, gross = k[: n // 4], k[n // 4: n // 4 + n // 10]
     ang = rng.uniform(0, 2 * np.pi, far.size)
@@ -34,7 +33,7 @@ def _conf(rounds, seed):
 
 def test_reselect_inliers_is_ransacs_test_at_a_given_pose():
     X = np.array([[0.0, 0.0, 5.0], [0.0, 0.0, 5.0], [0.0, 0.0, 5.0], [0.0, 0.0, -5.0]])
-    x = CAM.project(torch.from_numpy(X)).numpy()
+    x = CAM.project(torch.from_numpy(X)).cpu().numpy()
     x[1, 0] += 3.9
     x[2, 1] += 4.1
     pose = Pose(torch.eye(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64))
@@ -48,7 +47,7 @@ def _poses(rounds):
     for seed in range(5):
         est = estimate_pose(x, X, CAM, _conf(rounds, seed))
         assert est.success
-        out.append((est.pose.aa_t().numpy(), est))
+        out.append((est.pose.aa_t().cpu().numpy(), est))
     return x, X, out
 
 
@@ -95,7 +94,7 @@ def test_aligned_path_reselects_from_the_detected_keypoints():
             info = res.info["patch_alignment"]
             assert info["reselect_rounds"] <= rounds
             assert res.num_inliers == int(np.asarray(res.inlier_mask).sum())
-            poses[rounds].append(res.pose.aa_t().numpy())
+            poses[rounds].append(res.pose.aa_t().cpu().numpy())
     spread = {r: max(np.abs(p - ps[0]).max() for p in ps) for r, ps in poses.items()}
     assert spread[3] < 0.2 * spread[0], spread
 

@@ -31,7 +31,7 @@ from .camera_prior import guess_camera
 from .correspondences import Correspondences, covisibility_clusters, gather_2d3d
 from ..features.feature_dict import as_numpy, select_keypoints, to_numpy, to_torch
 from .pose_estimation import default_conf as pose_default_conf
-from .pose_estimation import MIN_RESELECTED, RESOLVED_WEIGHT_MODES, estimate_pose, refine_bpnp, reselect_inliers
+from .pose_estimation import RESOLVED_WEIGHT_MODES, estimate_pose, next_inliers, refine_bpnp
 from . import keypoint_noise as KN
 from . import patch_alignment as PA
 from ..features.patch_lk import gray_image
@@ -278,12 +278,10 @@ class Localizer:
                  "done": np.zeros(len(detected), bool)}
         res.info["patch_alignment"] = {}
         self._align_and_refine(res, gray, detected, rows, cache)
-        rounds, max_rounds = 0, int(self.conf["refinement"]["reselect_rounds"])
-        min_inliers = max(int(self.conf["acceptance"]["min_inliers"]), MIN_RESELECTED)
-        while rounds < max_rounds:
-            new = reselect_inliers(detected, self.map.points3D[rows], res.camera, res.pose,
-                                   self.conf["ransac"]["max_error_px"])
-            if np.array_equal(new, np.asarray(res.inlier_mask, bool)) or new.sum() < min_inliers:
+        rounds = 0
+        while rounds < int(self.conf["refinement"]["reselect_rounds"]):
+            new = next_inliers(detected, self.map.points3D[rows], res.camera, res.pose, self.conf, res.inlier_mask)
+            if new is None:
                 break
             res.inlier_mask, res.num_inliers, rounds = new, int(new.sum()), rounds + 1
             self._align_and_refine(res, gray, detected, rows, cache)

@@ -198,26 +198,34 @@ def estimate_pose(
         if ref["use_weights"] not in RESOLVED_WEIGHT_MODES:
             raise ValueError(f"refinement.use_weights must be false, true (match scores) or 'uncertainty' "
                              f"('auto' is resolved per query by localizer.weight_mode), got {ref['use_weights']!r}")
-        w = weights[inliers] if (weights is not None and ref["use_weights"]) else None
-        L = None if sqrt_info is None else torch.as_tensor(sqrt_info)[torch.from_numpy(inliers)]
-        pose, covariance, rinfo = refine_bpnp(p2[inliers], p3[inliers], cam_used, pose, ref, w, L)
-        info.update(rinfo)
         rounds = 0
-        while rounds < int(ref["reselect_rounds"]):
-            new = reselect_inliers(p2, p3, cam_used, pose, conf["ransac"]["max_error_px"])
-            if np.array_equal(new, inliers) or new.sum() < max(acc["min_inliers"], MIN_RESELECTED):
-                break
-            inliers, rounds = new, rounds + 1
+        while True:
             w = weights[inliers] if (weights is not None and ref["use_weights"]) else None
             L = None if sqrt_info is None else torch.as_tensor(sqrt_info)[torch.from_numpy(inliers)]
             pose, covariance, rinfo = refine_bpnp(p2[inliers], p3[inliers], cam_used, pose, ref, w, L)
             info.pop("refinement_rejected", None)  # the last refinement's outcome
             info.update(rinfo)
+            new = next_inliers(p2, p3, cam_used, pose, conf, inliers) if rounds < int(ref["reselect_rounds"]) else None
+            if new is None:
+                break
+            inliers, rounds = new, rounds + 1
         n_in = int(inliers.sum())
         info["reselect_rounds"] = rounds
     elif ref["method"] not in ("pycolmap", "none"):
         raise ValueError(f"Unknown refinement method {ref['method']!r} (bpnp | pycolmap | none)")
     return PoseEstimate(True, None, pose, cam_used, n_in, inliers, covariance, info)
+
+
+def next_inliers(points2D: np.ndarray, points3D: np.ndarray, camera: Camera, pose: Pose, conf: Dict,
+                 current: np.ndarray) -> Optional[np.ndarray]:
+    """One re-selection round's (M,) inlier mask at ``pose`` (:func:`reselect_inliers` with
+    ``conf["ransac"]["max_error_px"]``), or None where the rounds stop: the set is ``current``
+    again, or has fewer than ``max(acceptance.min_inliers, MIN_RESELECTED)`` correspondences."""
+    new = reselect_inliers(points2D, points3D, camera, pose, conf["ransac"]["max_error_px"])
+    if np.array_equal(new, np.asarray(current, bool)) or new.sum() < max(int(conf["acceptance"]["min_inliers"]),
+                                                                         MIN_RESELECTED):
+        return None
+    return new
 
 
 def reselect_inliers(points2D: np.ndarray, points3D: np.ndarray, camera: Camera, pose: Pose,
