@@ -8,6 +8,13 @@ the queries for each seed (mean, min and max over the seeds), the geometric mean
 queries and seeds, and the mean over the queries of the log-error's standard deviation over the
 seeds (0: the seed does not matter).
 
+With two or more setups, a second table compares each setup with the first one at the same
+rounds, query by query (the same held-out images): the ratio of their medians over the queries
+(each query's error its geometric mean over the seeds) with a 95% bootstrap interval that
+resamples the queries, and on how many queries the setup is the more accurate. It says
+whether a difference between two medians of a few dozen queries is larger than the choice of
+queries would make it. ``--json FILE`` keeps every error for other comparisons.
+
     python benchmarks/bench_ransac_seeds.py --scene ../shared/data/middlebury_templeRing_partial \\
         --setup xfeat_refined_adjusted@fast_learned --seeds 5 --rounds 0 2
 """
@@ -65,6 +72,8 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, nargs="+", default=[0, 2], help="refinement.reselect_rounds values")
     p.add_argument("--queries", type=int, default=None, help="only the first N images are held out")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json", type=Path, default=None, help="write every error (setup, rounds, seed, query) here")
+    p.add_argument("--bootstrap", type=int, default=2000, help="query resamplings of the paired comparison")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
@@ -91,6 +100,44 @@ def main(argv=None):
         print(f"| {setup} | {r} | {mr.mean():.5f} [{mr.min():.5f}, {mr.max():.5f}] | {mp.mean():.5f} "
               f"[{mp.min():.5f}, {mp.max():.5f}] | {gm[0]:.5f} / {gm[1]:.5f} | {sd[0]:.3f} / {sd[1]:.3f} | "
               f"{int((~np.isfinite(rot)).sum())} | {sec:.3f} |")
+    first = rows[0][0]
+    pairs = [(a, b) for a in rows for b in rows if a[0] == first and b[0] != first and a[1] == b[1]]
+    if pairs:
+        print(f"\nPaired against {first} (same queries; per query the geometric mean over the seeds; "
+              f"{args.bootstrap} query resamplings):")
+        print("| setup | reselect rounds | median ratio rot [95% CI] | median ratio pos [95% CI] | "
+              "queries more accurate rot / pos |")
+        print("| --- | --- | --- | --- | --- |")
+        for a, b in pairs:
+            cells = []
+            wins = []
+            for k in (2, 3):
+                ea, eb = per_query(a[k]), per_query(b[k])
+                ratio, lo, hi = paired_median_ratio(ea, eb, args.bootstrap)
+                cells.append(f"{ratio:.3f} [{lo:.3f}, {hi:.3f}]")
+                wins.append(f"{int((eb < ea).sum())}/{len(ea)}")
+            print(f"| {b[0]} | {b[1]} | {cells[0]} | {cells[1]} | {wins[0]} / {wins[1]} |")
+    if args.json is not None:
+        from hloc_bpnp.io.json_io import write_json
+
+        write_json(args.json, {"scene": args.scene.name, "queries": list(queries), "seeds": args.seeds,
+                               "rows": [{"setup": su, "rounds": r, "rot_deg": rot.tolist(), "pos_cm": pos.tolist(),
+                                         "seconds_per_call": sec} for su, r, rot, pos, sec in rows]})
+
+
+def per_query(err: np.ndarray) -> np.ndarray:
+    """(queries,) geometric mean over the seeds of (seeds, queries) errors (inf where any failed)."""
+    with np.errstate(divide="ignore"):
+        return np.exp(np.log(err).mean(0))
+
+
+def paired_median_ratio(ea: np.ndarray, eb: np.ndarray, n: int = 2000, seed: int = 0):
+    """``median(eb) / median(ea)`` over the same queries, and its 95% bootstrap interval (queries
+    resampled together for both)."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(ea), (n, len(ea)))
+    boot = np.median(eb[idx], 1) / np.median(ea[idx], 1)
+    return float(np.median(eb) / np.median(ea)), float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))
 
 
 if __name__ == "__main__":

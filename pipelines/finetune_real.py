@@ -51,7 +51,8 @@ evaluated with a refiner trained on the OTHER folds' images only (no evaluated i
 trains its refiner): Sampson on the matches among the fold's images (``sampson_px``, with
 ``sampson_px_pretrained_same_matches`` and the paired ratio), loo / limited of the fold's
 images as queries. Its training preset is ``--adapt-config`` (default ``refiner_xfeat_map``,
-the one ``finetune --map`` uses).
+the one ``finetune --map`` uses); ``--adapt-init shipped`` starts each fold's refiner from the
+shipped one instead of an untrained one.
 """
 import argparse
 import json
@@ -218,7 +219,7 @@ def interleaved_folds(names, k):
     return [names[i::k] for i in range(k)]
 
 
-def adapted_variant(d, scene, fconf, tconf, dconf, S, k, args, need_pose, scales=("preset",)):
+def adapted_variant(d, scene, fconf, tconf, dconf, S, k, args, need_pose, scales=("preset",), init=None):
     """Map adaptation, as a user of ``hloc-bpnp finetune --map`` would run it: the eval scene's
     images in ``k`` interleaved folds; per fold a refiner trained on the OTHER folds' images only
     (their matches and leave-one-out 2D-3D problems), then the fold's images evaluated with it:
@@ -244,7 +245,8 @@ def adapted_variant(d, scene, fconf, tconf, dconf, S, k, args, need_pose, scales
         if uses_homographies(tconf):  # the training folds' own images only
             homog = homography_sets([Path(scene.image_dir) / n for n in others], fconf, S, hconf, args.cache_dir,
                                     f"{d.name}_fold{i}")
-        out = train_refiner(tr, va, tconf, progress=False, homographies=homog[0], val_homographies=homog[1])
+        out = train_refiner(tr, va, tconf, progress=False, homographies=homog[0], val_homographies=homog[1],
+                            init=init)
         t_train += time.time() - t0
         path = args.output / f"refiner_adapted_{d.name}_fold{i}.pt"
         save_refiner(out["refiner"], path)
@@ -283,20 +285,12 @@ def given_refiners(specs, fconf: Dict, taken) -> Dict[str, Dict]:
             raise SystemExit(f"--refiner {spec!r}: expected LABEL=FEATURES_YAML")
         if label in taken or label in out or label.startswith(("noise_", "loss_")):
             raise SystemExit(f"--refiner {spec!r}: the label {label!r} is taken (or names another kind of variant)")
-        path = Path(path)
-        if not path.is_file():
-            raise SystemExit(f"--refiner {spec!r}: {path} is not a file")
-        conf = load_config("features", path)
-        if not conf.get("refiner"):
-            raise SystemExit(f"--refiner {spec!r}: {path} names no refiner")
-        ref = Path(conf["refiner"])
-        conf["refiner"] = str(ref if ref.is_absolute() else path.parent / ref)
-        base = {k: v for k, v in fconf.items() if k not in ("refiner", "refiner_conf", "preset")}
-        differ = sorted(k for k in set(base) | set(conf) - {"refiner", "refiner_conf", "preset"}
-                        if base.get(k) != conf.get(k))
-        if differ:
-            raise SystemExit(f"--refiner {spec!r}: {path} differs from the evaluated features in "
-                             + ", ".join(f"{k} ({conf.get(k)!r} vs {base.get(k)!r})" for k in differ))
+        from hloc_bpnp.features.refiner import refiner_of_features
+
+        try:
+            conf = refiner_of_features(Path(path), fconf, source=f"--refiner {spec!r}")
+        except (ValueError, FileNotFoundError) as e:
+            raise SystemExit(str(e))
         out[label] = conf
     return out
 
@@ -337,6 +331,8 @@ def main(argv=None):
                    help="every K-th image of each --homography-images folder: one K for all, or one per source")
     p.add_argument("--adapt-config", default=None,
                    help="training preset of the 'adapted' variant (default refiner_<features>_map, as finetune --map)")
+    p.add_argument("--adapt-init", choices=("zero", "shipped"), default="zero",
+                   help="what the 'adapted' refiners start from: zero (an untrained refiner) or the shipped one")
     args = p.parse_args(argv)
     if not args.no_train and not args.train and not args.train_map:
         raise SystemExit("--train SCENE... (or --train-map MODEL IMAGES) is required unless --no-train")
@@ -418,6 +414,12 @@ def main(argv=None):
         results["config"]["adapt_finetune"] = apreset
         aconf, adconf, ascales, aS = training_preset(apreset)
         aconf["homography_data"] = aconf["homography_data"] or {}
+        results["config"]["adapt_init"] = args.adapt_init
+        adapt_init = None
+        if args.adapt_init == "shipped":
+            if "shipped" not in refiners:
+                raise SystemExit("--adapt-init shipped: the package has no shipped refiner for these features")
+            adapt_init = refiners["shipped"][0]
     if not args.no_train:
         t0 = time.time()
         train, val = [], []
@@ -525,7 +527,7 @@ def main(argv=None):
         if args.adapt_folds:
             t = time.time()
             m = adapted_variant(d, scene, fconf, aconf, adconf, aS, args.adapt_folds, args, needs_pose_problems(aconf),
-                                ascales)
+                                ascales, init=adapt_init)
             histories.setdefault("adapted", {})[d.name] = m.pop("training")
             results["train_seconds"] += m["train_seconds"]
             results["variants"].setdefault("adapted", {})[d.name] = m

@@ -109,11 +109,14 @@ def test_given_refiners_must_match_the_evaluated_features(tmp_path):
     good = {**{k: v for k, v in fconf.items() if k != "preset"}, "refiner": "refiner.pt",
             "refiner_conf": {"patch_size": 9}}
     (tmp_path / "features.yaml").write_text(yaml.safe_dump(good))
+    with pytest.raises(SystemExit, match="refiner weights not found"):
+        given_refiners([f"mine={tmp_path / 'features.yaml'}"], fconf, {"pretrained"})
+    (tmp_path / "refiner.pt").write_bytes(b"")
     out = given_refiners([f"mine={tmp_path / 'features.yaml'}"], fconf, {"pretrained"})
-    assert out["mine"]["refiner"] == str(tmp_path / "refiner.pt")
+    assert out["mine"]["refiner"] == str((tmp_path / "refiner.pt").resolve())
     old = {k: v for k, v in good.items() if k != "subpixel_in_cell"}
     (tmp_path / "old.yaml").write_text(yaml.safe_dump(old))
-    with pytest.raises(SystemExit, match="differs from the evaluated features in subpixel_in_cell"):
+    with pytest.raises(SystemExit, match="differs from the features it would run on in subpixel_in_cell"):
         given_refiners([f"old={tmp_path / 'old.yaml'}"], fconf, set())
     (tmp_path / "none.yaml").write_text(yaml.safe_dump({**good, "refiner": None}))
     with pytest.raises(SystemExit, match="names no refiner"):

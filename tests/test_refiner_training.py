@@ -93,6 +93,28 @@ def test_training_moves_and_removes_a_keypoint_bias():
     assert out["history"][0]["val_sampson_px"] == pytest.approx(before)
 
 
+def test_training_from_a_given_refiner_starts_and_scores_from_it():
+    from hloc_bpnp.features.refiner import KeypointRefiner
+
+    tr, va = synthetic_scene(seed=0), synthetic_scene(seed=1)
+    conf = {"steps": 100, "eval_every": 50, "lr": 0.01, "batch_matches": 512, "sampson": {"uncertainty": False}}
+    first = train_refiner([tr], [va], conf, progress=False)["refiner"]
+    trained = median_sampson(first, [va])
+    assert trained < 0.5 * median_sampson(None, [va])
+    state = {k: v.clone() for k, v in first.state_dict().items()}
+    # no learning: the start is the given refiner, and it is kept (nothing beats it)
+    out = train_refiner([tr], [va], {**conf, "steps": 20, "eval_every": 10, "lr": 0.0}, progress=False, init=first)
+    assert out["history"][0]["val_sampson_px"] == pytest.approx(trained)
+    assert out["best_step"] == 0
+    assert median_sampson(out["refiner"], [va]) == pytest.approx(trained)
+    # the given refiner itself is not trained in place
+    more = train_refiner([tr], [va], {**conf, "steps": 50}, progress=False, init=first)
+    assert all(torch.equal(v, first.state_dict()[k]) for k, v in state.items())
+    assert more["refiner"] is not first
+    with pytest.raises(ValueError, match="architecture"):
+        train_refiner([tr], [va], {**conf, "steps": 1}, progress=False, init=KeypointRefiner({"channels": 8}))
+
+
 def test_bpnp_posterior_nll_reaches_offsets_and_weights():
     sc = synthetic_scene(bias=(0.0, 0.0))
     from hloc_bpnp.features.refiner import KeypointRefiner

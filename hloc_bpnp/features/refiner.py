@@ -212,3 +212,42 @@ def load_refiner(path, conf: Optional[Dict[str, Any]] = None, source: str = "ref
                            f"e.g. {extra[:3]} (wrong file or refiner config?)")
     load_state_strict(ref, state, src)
     return ref.eval()
+
+
+def refiner_of_features(features, base: Dict[str, Any], source: str = "refiner") -> Dict[str, Any]:
+    """The features conf of a refined preset, checked against the ``base`` features it must run on.
+
+    Args:
+        features: a features preset name (e.g. ``xfeat_refined``, the shipped refiner) or the path
+            of a ``features.yaml`` that ``hloc-bpnp finetune`` / ``finetune_real.py`` wrote beside
+            a ``refiner.pt`` (a relative ``refiner`` path is read from the file's folder).
+        base: the detector's features conf the refiner will run on.
+    Returns:
+        the conf, its ``refiner`` an absolute path to the weights file.
+    Raises:
+        ValueError: naming ``source`` and the file: no refiner in it, or a key other than
+            ``refiner`` / ``refiner_conf`` differs from ``base`` (a refiner runs on the
+            positions it was trained on, e.g. ``subpixel_in_cell``).
+    """
+    from pathlib import Path
+
+    from ..config import load_config
+    from ..weights import resolve_refiner
+
+    is_file = Path(str(features)).suffix in (".yaml", ".yml")
+    if is_file and not Path(features).is_file():
+        raise ValueError(f"{source}: {features} is not a file")
+    conf = load_config("features", features)
+    if not conf.get("refiner"):
+        raise ValueError(f"{source}: {features} names no refiner")
+    ref = Path(str(conf["refiner"])).expanduser()
+    if is_file and not ref.is_absolute():
+        ref = Path(features).parent / ref
+    conf["refiner"] = str(resolve_refiner(ref if is_file else conf["refiner"], str(features)).resolve())
+    skip = {"refiner", "refiner_conf", "preset"}
+    b = {k: v for k, v in base.items() if k not in skip}
+    differ = sorted(k for k in (set(b) | set(conf)) - skip if b.get(k) != conf.get(k))
+    if differ:
+        raise ValueError(f"{source}: {features} differs from the features it would run on in "
+                         + ", ".join(f"{k} ({conf.get(k)!r} vs {b.get(k)!r})" for k in differ))
+    return conf

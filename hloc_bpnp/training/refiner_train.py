@@ -344,11 +344,15 @@ def pose_losses(refiner, scene: RefinerScene, problems: Sequence[PoseProblem], s
 
 def train_refiner(train: Sequence[RefinerScene], val: Sequence[RefinerScene], conf: Optional[Dict] = None,
                   progress: bool = True, homographies: Sequence[HomographyPairs] = (),
-                  val_homographies: Sequence[HomographyPairs] = ()) -> Dict[str, Any]:
-    """Train a refiner from zero initialisation.
+                  val_homographies: Sequence[HomographyPairs] = (),
+                  init: Optional[KeypointRefiner] = None) -> Dict[str, Any]:
+    """Train a refiner from zero initialisation, or from ``init``.
 
     ``homographies`` / ``val_homographies``: unposed warp pairs for the ``homography`` loss and
     its validation (:mod:`hloc_bpnp.training.homography_data`).
+    ``init``: a trained refiner to start from (e.g. the shipped cross-scene one, adapted to a
+    user's map); its architecture must be the config's ``refiner``. The selection scores are then
+    relative to it (score 1 = ``init``), and it is kept if no step beats it.
 
     Returns:
         ``refiner`` (best validation state, eval mode), ``history`` (rows of step, losses,
@@ -389,6 +393,11 @@ def train_refiner(train: Sequence[RefinerScene], val: Sequence[RefinerScene], co
     torch.manual_seed(int(conf["seed"]))
     gen = torch.Generator().manual_seed(int(conf["seed"]))
     ref = KeypointRefiner(conf["refiner"])
+    if init is not None:
+        if dict(init.conf) != dict(ref.conf):
+            raise ValueError(f"train_refiner: the init refiner's architecture {dict(init.conf)} is not the config's "
+                             f"refiner {dict(ref.conf)}")
+        ref.load_state_dict(init.state_dict())
     opt = torch.optim.Adam(ref.parameters(), lr=float(conf["lr"]), weight_decay=float(conf["weight_decay"]))
     counts = torch.tensor([s.matches.shape[0] for s in train], dtype=torch.float64)
     hist: List[Dict[str, float]] = []
@@ -406,7 +415,7 @@ def train_refiner(train: Sequence[RefinerScene], val: Sequence[RefinerScene], co
                                       else math.nan)
         return r
 
-    start = evaluate(None)
+    start = evaluate(None if init is None else ref.eval())
     hist.append({"step": 0, **start})
     part = "val" if val else "train"
 
