@@ -331,8 +331,9 @@ def main(argv=None):
                    help="every K-th image of each --homography-images folder: one K for all, or one per source")
     p.add_argument("--adapt-config", default=None,
                    help="training preset of the 'adapted' variant (default refiner_<features>_map, as finetune --map)")
-    p.add_argument("--adapt-init", choices=("zero", "shipped"), default="zero",
-                   help="what the 'adapted' refiners start from: zero (an untrained refiner) or the shipped one")
+    p.add_argument("--adapt-init", default="zero", metavar="zero|shipped|FEATURES_YAML",
+                   help="what the 'adapted' refiners start from: zero (an untrained refiner), the shipped one, or "
+                        "a refiner trained earlier (the features.yaml beside it)")
     args = p.parse_args(argv)
     if not args.no_train and not args.train and not args.train_map:
         raise SystemExit("--train SCENE... (or --train-map MODEL IMAGES) is required unless --no-train")
@@ -420,6 +421,14 @@ def main(argv=None):
             if "shipped" not in refiners:
                 raise SystemExit("--adapt-init shipped: the package has no shipped refiner for these features")
             adapt_init = refiners["shipped"][0]
+        elif args.adapt_init != "zero":
+            from hloc_bpnp.features.refiner import refiner_of_features
+
+            try:
+                ic = refiner_of_features(Path(args.adapt_init), fconf, source="--adapt-init")
+            except (ValueError, FileNotFoundError) as e:
+                raise SystemExit(str(e))
+            adapt_init = load_refiner(ic["refiner"], ic.get("refiner_conf") or None)
     if not args.no_train:
         t0 = time.time()
         train, val = [], []

@@ -173,3 +173,30 @@ def test_dihedral_augmentation_maps_offsets_back():
         assert torch.equal(dihedral_offsets_back(peak(q), kk), peak(p)), k
     mixed = torch.randint(0, 8, (N,), generator=torch.Generator().manual_seed(1))
     assert torch.equal(dihedral_offsets_back(peak(dihedral_patches(p, mixed)), mixed), peak(p))
+
+
+def test_refiner_of_features_resolves_and_checks_the_base_features(tmp_path):
+    """The shipped preset or a features.yaml beside a refiner.pt: the weights file resolved (and
+    required), and any base key that differs from the features it would run on refused."""
+    import yaml
+
+    from hloc_bpnp.config import load_config
+    from hloc_bpnp.features.refiner import refiner_of_features
+    from hloc_bpnp.weights import bundled_weights
+
+    base = load_config("features", "xfeat")
+    shipped = refiner_of_features("xfeat_refined", base)
+    assert shipped["refiner"] == str(bundled_weights("xfeat_refiner").resolve())
+    with pytest.raises(ValueError, match=r"--x: xfeat_refined differs .* in max_keypoints"):
+        refiner_of_features("xfeat_refined", {**base, "max_keypoints": 2048}, source="--x")
+    mine = {**{k: v for k, v in base.items() if k != "preset"}, "refiner": "sub/refiner.pt"}
+    (tmp_path / "features.yaml").write_text(yaml.safe_dump(mine))
+    with pytest.raises(FileNotFoundError, match="refiner weights not found"):
+        refiner_of_features(tmp_path / "features.yaml", base)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "refiner.pt").write_bytes(b"")
+    assert refiner_of_features(tmp_path / "features.yaml", base)["refiner"] == str((tmp_path / "sub" / "refiner.pt").resolve())
+    with pytest.raises(ValueError, match="is not a file"):
+        refiner_of_features(tmp_path / "missing.yaml", base)
+    with pytest.raises(ValueError, match="names no refiner"):
+        refiner_of_features("xfeat", base)

@@ -228,6 +228,7 @@ def refiner_of_features(features, base: Dict[str, Any], source: str = "refiner")
         ValueError: naming ``source`` and the file: no refiner in it, or a key other than
             ``refiner`` / ``refiner_conf`` differs from ``base`` (a refiner runs on the
             positions it was trained on, e.g. ``subpixel_in_cell``).
+        FileNotFoundError: an unknown preset, or the weights file it names is missing.
     """
     from pathlib import Path
 
