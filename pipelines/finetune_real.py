@@ -51,8 +51,9 @@ evaluated with a refiner trained on the OTHER folds' images only (no evaluated i
 trains its refiner): Sampson on the matches among the fold's images (``sampson_px``, with
 ``sampson_px_pretrained_same_matches`` and the paired ratio), loo / limited of the fold's
 images as queries. Its training preset is ``--adapt-config`` (default ``refiner_xfeat_map``,
-the one ``finetune --map`` uses); ``--adapt-init shipped`` starts each fold's refiner from the
-shipped one instead of an untrained one.
+the one ``finetune --map`` uses); ``--adapt-init shipped`` (or a ``features.yaml`` of a refiner
+trained earlier, on other scenes) starts each fold's refiner from that one instead of an
+untrained one.
 """
 import argparse
 import json
@@ -285,14 +286,19 @@ def given_refiners(specs, fconf: Dict, taken) -> Dict[str, Dict]:
             raise SystemExit(f"--refiner {spec!r}: expected LABEL=FEATURES_YAML")
         if label in taken or label in out or label.startswith(("noise_", "loss_")):
             raise SystemExit(f"--refiner {spec!r}: the label {label!r} is taken (or names another kind of variant)")
-        from hloc_bpnp.features.refiner import refiner_of_features
-
-        try:
-            conf = refiner_of_features(Path(path), fconf, source=f"--refiner {spec!r}")
-        except (ValueError, FileNotFoundError) as e:
-            raise SystemExit(str(e))
-        out[label] = conf
+        out[label] = checked_refiner(path, fconf, f"--refiner {spec!r}")
     return out
+
+
+def checked_refiner(path, fconf: Dict, option: str) -> Dict:
+    """The features conf of a refiner trained earlier (:func:`hloc_bpnp.features.refiner.refiner_of_features`:
+    it must run on ``fconf``'s base features); any problem ends the run naming ``option``."""
+    from hloc_bpnp.features.refiner import refiner_of_features
+
+    try:
+        return refiner_of_features(Path(path), fconf, source=option)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(str(e))
 
 
 def main(argv=None):
@@ -422,12 +428,7 @@ def main(argv=None):
                 raise SystemExit("--adapt-init shipped: the package has no shipped refiner for these features")
             adapt_init = refiners["shipped"][0]
         elif args.adapt_init != "zero":
-            from hloc_bpnp.features.refiner import refiner_of_features
-
-            try:
-                ic = refiner_of_features(Path(args.adapt_init), fconf, source="--adapt-init")
-            except (ValueError, FileNotFoundError) as e:
-                raise SystemExit(str(e))
+            ic = checked_refiner(args.adapt_init, fconf, "--adapt-init")
             adapt_init = load_refiner(ic["refiner"], ic.get("refiner_conf") or None)
     if not args.no_train:
         t0 = time.time()
