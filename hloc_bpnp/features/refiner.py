@@ -18,6 +18,7 @@ standardised per patch; the heatmap patch is divided by its centre value.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Dict, Optional
 
 import torch
@@ -230,8 +231,6 @@ def refiner_of_features(features, base: Dict[str, Any], source: str = "refiner")
             positions it was trained on, e.g. ``subpixel_in_cell``).
         FileNotFoundError: an unknown preset, or the weights file it names is missing.
     """
-    from pathlib import Path
-
     from ..config import load_config
     from ..weights import resolve_refiner
 

@@ -271,20 +271,21 @@ class Localizer:
         if len(all_ids) == 0 or np.any(all_ids[order[pos]] != ids):
             raise ValueError(f"query {res.name!r}: 3D point ids of its correspondences not in the map")
         rows = order[pos]
+        X = self.map.points3D[rows]  # (M, 3) the correspondences' points, gathered once for all rounds
         detected = np.asarray(res.points2D, np.float64).copy()
         # per correspondence: its aligned position and tensor once aligned (a re-selection round
         # aligns only the inliers it adds: a point's alignment does not depend on the pose)
         cache = {"aligned": detected.copy(), "tensors": torch.zeros(len(detected), 2, 2, dtype=torch.float64),
                  "done": np.zeros(len(detected), bool)}
         res.info["patch_alignment"] = {}
-        self._align_and_refine(res, gray, detected, rows, cache)
+        self._align_and_refine(res, gray, detected, rows, X, cache)
         rounds = 0
         while rounds < int(self.conf["refinement"]["reselect_rounds"]):
-            new = next_inliers(detected, self.map.points3D[rows], res.camera, res.pose, self.conf, res.inlier_mask)
+            new = next_inliers(detected, X, res.camera, res.pose, self.conf, res.inlier_mask)
             if new is None:
                 break
             res.inlier_mask, res.num_inliers, rounds = new, int(new.sum()), rounds + 1
-            self._align_and_refine(res, gray, detected, rows, cache)
+            self._align_and_refine(res, gray, detected, rows, X, cache)
         inl = np.asarray(res.inlier_mask, bool)
         shift = np.linalg.norm(cache["aligned"] - detected, axis=1)[inl]
         res.info["patch_alignment"].update(n_points=int(inl.sum()), n_aligned=int((shift > 0).sum()),
@@ -293,11 +294,12 @@ class Localizer:
         res.timings["alignment"] = time.perf_counter() - t
         return res
 
-    def _align_and_refine(self, res: LocalizationResult, gray, detected: np.ndarray, rows: np.ndarray, cache: Dict):
+    def _align_and_refine(self, res: LocalizationResult, gray, detected: np.ndarray, rows: np.ndarray, X: np.ndarray,
+                          cache: Dict):
         """Align ``res``'s inliers not aligned yet (``cache``: per correspondence its aligned
         position, tensor and whether it was aligned) from their ``detected`` (M, 2) positions
-        (``rows``: the (M,) map rows of all its correspondences), then one BPnP refinement of
-        ``res.pose`` from all its inliers' aligned positions."""
+        (``rows``: the (M,) map rows of all its correspondences, ``X`` their (M, 3) points),
+        then one BPnP refinement of ``res.pose`` from all its inliers' aligned positions."""
         inl = np.flatnonzero(np.asarray(res.inlier_mask))
         todo = inl[~cache["done"][inl]]
         pa = self.conf["patch_alignment"]
@@ -331,7 +333,7 @@ class Localizer:
             L = KN.sqrt_info_from_tensors(cache["tensors"][torch.from_numpy(inl)], kc["floor"]) \
                 if pa["keypoint_covariance"] == "alignment" \
                 else KN.keypoint_sqrt_info(gray, pts[inl], kc, res.name)
-        pose, cov, rinfo = refine_bpnp(pts[inl], self.map.points3D[rows[inl]], res.camera, res.pose, ref, w, L)
+        pose, cov, rinfo = refine_bpnp(pts[inl], X[inl], res.camera, res.pose, ref, w, L)
         res.points2D, res.pose, res.covariance = pts, pose, cov
         res.info["patch_alignment"].pop("refinement_rejected", None)  # the last refinement's outcome
         res.info["patch_alignment"].update({k: v for k, v in rinfo.items() if k.startswith(("cost", "ref"))})
