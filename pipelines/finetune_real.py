@@ -33,7 +33,7 @@ earlier, its base features checked against the evaluated ones). Per evaluation s
 * ``loo``: leave-one-out as ``pipelines/strecha.py`` (map re-extracted and re-triangulated
   from the other images' known poses with the variant's keypoints).
 * ``limited``: the same folds, each localized query's pose re-solved from 50 of its inliers
-  (20 seeded draws; :mod:`hloc_bpnp.protocols.limited`).
+  (200 seeded draws, paired across variants by the query keypoints; :mod:`hloc_bpnp.protocols.limited`).
 * ``loo_unweighted`` / ``limited_unweighted`` (variants with a refiner): the same fold maps
   and matches, the BPnP refinement without the refiner's weights. The ``default`` localization
   preset weighs each correspondence by the refiner's keypoint uncertainty (``use_weights:

@@ -93,6 +93,16 @@ def test_exact_features_give_exact_pose(scene, exact_map, camera):
         assert {"retrieval", "matching", "pose"} <= set(res.timings)
 
 
+def test_correspondences_name_their_query_keypoints(scene, exact_map):
+    name = next(iter(scene.query_poses))
+    feats, _ = scene.observe(PINHOLE, scene.query_poses[name], rng=np.random.default_rng(1))
+    res = Localizer(exact_map, {"retrieval": {"num_keyframes": 3}}).localize_features(feats, PINHOLE)
+    assert res.success and res.keypoint_ids.shape == (len(res.points2D),)
+    kp = np.asarray(feats["keypoints"], np.float64)
+    np.testing.assert_allclose(res.points2D, kp[res.keypoint_ids], atol=1e-5)
+    assert res.to_dict(with_correspondences=True)["keypoint_ids"] == res.keypoint_ids.tolist()
+
+
 def test_error_degrades_gracefully_with_noise(scene, exact_map):
     loc = Localizer(exact_map)
     name, gt = next(iter(scene.query_poses.items()))

@@ -170,7 +170,7 @@ def test_limited_protocol_sees_keypoint_noise():
     e0 = limited_pose_errors(res(0.0), fmap, pose)
     e1 = limited_pose_errors(res(0.5), fmap, pose)
     e2 = limited_pose_errors(res(2.0), fmap, pose)
-    assert e0["pos_cm"].shape == (20,) and np.median(e0["pos_cm"]) < 1e-4
+    assert e0["pos_cm"].shape == (200,) and np.median(e0["pos_cm"]) < 1e-4
     assert np.median(e1["pos_cm"]) < np.median(e2["pos_cm"]) and np.median(e1["rot_deg"]) < np.median(e2["rot_deg"])
     few = res(0.0)
     few.inlier_mask = np.arange(200) < 30

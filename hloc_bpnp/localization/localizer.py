@@ -506,6 +506,7 @@ def localize_from_matches(kpts: np.ndarray, names, matches0, scores0, lookup, ca
             best, best_corr, best_cluster = est, c, cl
     res.timings["pose"] = time.perf_counter() - t
     res.points2D = kpts[best_corr.query_idx]
+    res.keypoint_ids = np.asarray(best_corr.query_idx, np.int64)
     res.point3D_ids = lookup.point3D_ids[best_corr.point_idx]
     res.weights = best_corr.weight if kp_weights is None else kp_weights[best_corr.query_idx]
     res.inlier_mask = best.inlier_mask

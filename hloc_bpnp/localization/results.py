@@ -52,7 +52,10 @@ class LocalizationResult:
         camera: the camera used (possibly with refined intrinsics).
         camera_source: 'given', 'exif' or 'image_size' (guessed prior).
         num_inliers, inlier_mask: RANSAC inliers over the 2D-3D correspondences.
-        points2D: (M, 2) query keypoints of the correspondences; point3D_ids: (M,) COLMAP ids.
+        points2D: (M, 2) query keypoints of the correspondences; point3D_ids: (M,) COLMAP ids;
+            keypoint_ids: (M,) the index of each correspondence's keypoint in the query's
+            features (the same detection in every variant of a feature preset whose refiner
+            moves positions only).
         weights: (M,) match scores used as correspondence weights.
         covariance: (6, 6) pose covariance sigma^2 (J^T W J)^-1 from the BPnP solve, in the
             solver tangent space [d_w (left rotation perturbation, rad), d_t], or None.
@@ -73,6 +76,7 @@ class LocalizationResult:
     inlier_mask: Optional[np.ndarray] = None
     points2D: Optional[np.ndarray] = None
     point3D_ids: Optional[np.ndarray] = None
+    keypoint_ids: Optional[np.ndarray] = None
     weights: Optional[np.ndarray] = None
     covariance: Optional[np.ndarray] = None
     retrieved: List[str] = field(default_factory=list)
@@ -119,6 +123,8 @@ class LocalizationResult:
         if with_correspondences and self.points2D is not None:
             d["points2D"] = np.asarray(self.points2D, dtype=float).tolist()
             d["point3D_ids"] = np.asarray(self.point3D_ids).astype(int).tolist()
+            if self.keypoint_ids is not None:
+                d["keypoint_ids"] = np.asarray(self.keypoint_ids).astype(int).tolist()
             if self.inlier_mask is not None:
                 d["inlier_mask"] = np.asarray(self.inlier_mask).astype(bool).tolist()
             if self.weights is not None:

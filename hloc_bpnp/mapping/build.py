@@ -24,6 +24,7 @@ from ..features.feature_dict import as_numpy, to_numpy
 from ..io.atomic import atomic_open, atomic_write_text
 from ..io.scene import Scene
 from .keypoint_adjustment import adjust_if_enabled
+from .point_triangulation import weigh_points_if_enabled
 from .keypoint_adjustment import default_conf as adjustment_defaults
 
 logger = logging.getLogger(__name__)
@@ -49,6 +50,10 @@ default_conf = {
         "ransac_max_trials": 10000,
     },
     "triangulation": {},         # overrides of pycolmap.IncrementalPipelineOptions
+    # after triangulation (or SfM): each point re-solved with weights 1 / sigma^2 of its
+    # observations' keypoint uncertainties, poses fixed (mapping/point_triangulation.py).
+    # auto: when the features carry a refiner's sigmas (xfeat_refined) | uncertainty | false
+    "triangulation_weights": "auto",
     # after triangulation: each track's observations aligned to each other on the images, the
     # points re-triangulated (mapping/keypoint_adjustment.py; needs the images; use with query
     # patch alignment)
@@ -365,6 +370,7 @@ def build_map_from_poses(scene: Scene, images: Optional[ImagesLike] = None, conf
     image_dir = None if isinstance(images, Mapping) else images
     rec = triangulate_known_poses(reference, feats, matches, geoms, image_dir=image_dir,
                                   options=conf["triangulation"], workdir=workdir, verbose=verbose)
+    weigh_points_if_enabled(rec, feats, conf["triangulation_weights"])
     timings["triangulation"] = time.time() - t0
     t0 = time.time()
     feats = adjust_if_enabled(rec, feats, images, conf["keypoint_adjustment"], progress=progress)
@@ -465,5 +471,6 @@ def build_map_sfm(images: ImagesLike, conf=None, camera_mode: Optional[str] = No
     logger.info("SfM registered %d / %d images; timings (s): %s", rec.num_reg_images(), len(names),
                 {k: round(v, 2) for k, v in timings.items()})
     # poses (and cameras) as SfM left them
+    weigh_points_if_enabled(rec, feats, conf["triangulation_weights"])
     feats = adjust_if_enabled(rec, feats, images, conf["keypoint_adjustment"], progress=progress)
     return Map.from_reconstruction(rec, feats, conf, global_model=global_model)

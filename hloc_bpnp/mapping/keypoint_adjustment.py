@@ -57,9 +57,9 @@ import torch
 from tqdm import tqdm
 
 from ..features.patch_lk import MapImages, align_patches, align_to_templates, sample_patches
-from ..geometry.camera import Camera, clamp_to_image
-from ..geometry.pose import Pose
+from ..geometry.camera import clamp_to_image
 from .point_refinement import refine_points_on_planes
+from .point_triangulation import registered_views, retriangulate, track_observations, write_points
 
 logger = logging.getLogger(__name__)
 
@@ -228,49 +228,6 @@ def _refine_on_planes(rec, kp, regs, cameras, poses, source, conf):
     return new, moves, len(obs), n_try, start
 
 
-def _retriangulate(xyz: torch.Tensor, obs_row: torch.Tensor, obs_img: np.ndarray, uv: torch.Tensor,
-                   cameras: Dict[int, Camera], poses: Dict[int, Pose], iterations: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Gauss-Newton on the reprojection error of (P, 3) points ``xyz`` from their observations
-    (``obs_row`` (M,) point row, ``obs_img`` (M,) image id, ``uv`` (M, 2) pixels), poses fixed.
-    A point whose step puts it behind one of its cameras or does not lower its error keeps its
-    position. Returns ``(xyz (P, 3), residual norms (M,))``."""
-    P = xyz.shape[0]
-    groups = {int(i): torch.from_numpy(np.flatnonzero(obs_img == i)) for i in np.unique(obs_img)}
-
-    def residuals(X, need_jac):
-        r = torch.zeros(len(uv), 2, dtype=torch.float64)
-        J = torch.zeros(len(uv), 2, 3, dtype=torch.float64)
-        z = torch.zeros(len(uv), dtype=torch.float64)
-        for i, s in groups.items():
-            Xo = X[obs_row[s]].detach().requires_grad_(need_jac)
-            pc = poses[i].transform(Xo)
-            proj = cameras[i].project(pc)
-            r[s] = (proj - uv[s]).detach()
-            z[s] = pc[:, 2].detach()
-            if need_jac:
-                for c in range(2):
-                    (g,) = torch.autograd.grad(proj[:, c].sum(), Xo, retain_graph=c == 0)
-                    J[s, c] = g
-        return r, J, z
-
-    def per_point(v):
-        return torch.zeros(P, dtype=torch.float64).index_add_(0, obs_row, v)
-
-    X = xyz.clone()
-    for _ in range(int(iterations)):
-        r, J, _ = residuals(X, True)
-        H = torch.zeros(P, 3, 3, dtype=torch.float64).index_add_(0, obs_row, J.transpose(1, 2) @ J)
-        g = torch.zeros(P, 3, dtype=torch.float64).index_add_(0, obs_row, torch.einsum("mci,mc->mi", J, r))
-        H = H + 1e-9 * H.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-12)[:, None, None] * torch.eye(3, dtype=torch.float64)
-        step = torch.linalg.solve(H, g[..., None])[..., 0]
-        Xn = X - torch.where(torch.isfinite(step), step, torch.zeros_like(step))
-        rn, _, zn = residuals(Xn, False)
-        ok = (per_point((rn ** 2).sum(-1)) <= per_point((r ** 2).sum(-1))) & (per_point((zn <= 0).double()) == 0)
-        X = torch.where(ok[:, None], Xn, X)
-    r, _, _ = residuals(X, False)
-    return X, r.norm(dim=-1)
-
-
 def adjust_keypoints(rec, features: Mapping[str, Mapping], images, conf=None,
                      progress: bool = False) -> Tuple[Dict[str, dict], Dict]:
     """Align each track's observations to each other (``conf["method"]``), re-triangulate.
@@ -295,12 +252,9 @@ def adjust_keypoints(rec, features: Mapping[str, Mapping], images, conf=None,
     conf = adjustment_config(conf)
     t0 = time.time()
     source = _as_image_source(images)
-    regs = {int(i): im for i, im in rec.images.items() if im.has_pose}
-    cameras, poses, centers, kp = {}, {}, {}, {}
+    regs, cameras, poses = registered_views(rec)
+    centers, kp = {}, {}
     for i, im in regs.items():
-        cameras[i] = Camera.from_pycolmap(rec.cameras[im.camera_id])
-        cfw = im.cam_from_world() if callable(im.cam_from_world) else im.cam_from_world
-        poses[i] = Pose.from_pycolmap(cfw)
         centers[i] = poses[i].center.reshape(-1).cpu().numpy()
         if im.name not in features:
             raise KeyError(f"keypoint adjustment: no features for map image {im.name!r}")
@@ -309,9 +263,8 @@ def adjust_keypoints(rec, features: Mapping[str, Mapping], images, conf=None,
             raise ValueError(f"keypoint adjustment: image {im.name!r} has {len(k)} keypoints but "
                              f"{len(im.points2D)} 2D points in the model")
         kp[i] = k
-    obs = [(int(pid), int(e.image_id), int(e.point2D_idx))  # (point id, image id, 2D idx)
-           for pid, p in rec.points3D.items() for e in p.track.elements if int(e.image_id) in regs]
-    for j in sorted({o[1] for o in obs}):
+    pids, obs_row, obs_img, idx = track_observations(rec, regs)
+    for j in np.unique(obs_img).tolist():
         im, cam = source(regs[j].name), rec.cameras[regs[j].camera_id]
         if (int(cam.width), int(cam.height)) != (im.shape[-1], im.shape[-2]):
             raise ValueError(f"keypoint adjustment: image {regs[j].name!r} is {im.shape[-1]}x{im.shape[-2]} px "
@@ -330,26 +283,17 @@ def adjust_keypoints(rec, features: Mapping[str, Mapping], images, conf=None,
         cam = rec.cameras[im.camera_id]
         moved = np.any(new[i] != kp[i], axis=1)
         new[i][moved] = clamp_to_image(new[i][moved], cam.width, cam.height)
-    stats = {"n_observations": len(obs), "n_aligned": n_ok, "n_tried": n_try,
+    stats = {"n_observations": len(obs_img), "n_aligned": n_ok, "n_tried": n_try,
              "median_shift_px": float(np.median(np.concatenate(shifts))) if shifts and n_ok else 0.0}
-    if obs:
-        pids = sorted({o[0] for o in obs})
-        row = {p: j for j, p in enumerate(pids)}
-        obs_row = torch.tensor([row[o[0]] for o in obs], dtype=torch.long)
-        obs_img = np.array([o[1] for o in obs], np.int64)
-        idx = np.array([o[2] for o in obs], np.int64)
+    if len(obs_img):
         uv_old = torch.from_numpy(np.stack([kp[i][k] for i, k in zip(obs_img, idx)]))
         uv = torch.from_numpy(np.stack([new[i][k] for i, k in zip(obs_img, idx)]))
         X0 = torch.from_numpy(np.stack([np.asarray(rec.points3D[p].xyz, np.float64) for p in pids]))
-        _, r0 = _retriangulate(X0, obs_row, obs_img, uv_old, cameras, poses, 0)
+        _, r0 = retriangulate(X0, obs_row, obs_img, uv_old, cameras, poses, 0)
         if start:
             X0 = torch.from_numpy(np.stack([start.get(p, np.asarray(rec.points3D[p].xyz, np.float64)) for p in pids]))
-        X, r = _retriangulate(X0, obs_row, obs_img, uv, cameras, poses, int(conf["gn_iterations"]))
-        mean_err = torch.zeros(len(pids), dtype=torch.float64).index_add_(0, obs_row, r) / torch.bincount(
-            obs_row, minlength=len(pids)).clamp_min(1)
-        for p, x, e in zip(pids, X.cpu().numpy(), mean_err.cpu().numpy()):
-            rec.points3D[p].xyz = x
-            rec.points3D[p].error = float(e)
+        X, r = retriangulate(X0, obs_row, obs_img, uv, cameras, poses, int(conf["gn_iterations"]))
+        write_points(rec, pids, X, obs_row, r)
         stats.update(reprojection_px_before=float(r0.median()), reprojection_px_after=float(r.median()))
     for i, im in regs.items():
         pts = im.points2D  # pycolmap's own list: assigning an element's xy moves the model's 2D point

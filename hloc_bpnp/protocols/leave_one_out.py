@@ -60,6 +60,7 @@ def leave_one_out(
     from ..mapping import Map, extract_features, make_pairs, match_pairs, mapping_config, verify_pairs
     from ..mapping.build import features_to_numpy, resolve_presets
     from ..mapping.keypoint_adjustment import adjust_if_enabled
+    from ..mapping.point_triangulation import weigh_points_if_enabled
     from ..mapping.reconstruction import triangulate_known_poses
 
     conf = resolve_presets(mapping_config(mapping_conf))
@@ -119,6 +120,7 @@ def leave_one_out(
         rec = triangulate_known_poses(
             reference, {n: feats[n] for n in others}, {p: m for p, m in matches.items() if keep(p)},
             {p: g for p, g in geoms.items() if keep(p)}, options=conf["triangulation"])
+        weigh_points_if_enabled(rec, feats, conf["triangulation_weights"])
         if conf["keypoint_adjustment"]["enabled"] and map_images is None:
             map_images = MapImages(images)
         # the fold's own tracks, from its map images only

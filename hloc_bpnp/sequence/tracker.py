@@ -504,6 +504,7 @@ class SequenceLocalizer:
         res.pose = pose
         res.camera = camera
         res.points2D = kpts[q_idx]
+        res.keypoint_ids = np.asarray(q_idx, np.int64)
         res.point3D_ids = ids
         res.inlier_mask = inl
         res.num_inliers = int(inl.sum())
