@@ -33,7 +33,6 @@ from ..features.feature_dict import as_numpy, select_keypoints, to_numpy, to_tor
 from .pose_estimation import default_conf as pose_default_conf
 from .pose_estimation import RESOLVED_WEIGHT_MODES, estimate_pose, next_inliers, refine_bpnp
 from . import keypoint_noise as KN
-from .point_noise import correspondence_sqrt_info, point_uncertainty_on
 from . import patch_alignment as PA
 from ..features.patch_lk import gray_image
 from .results import LocalizationResult
@@ -474,8 +473,6 @@ def localize_from_matches(kpts: np.ndarray, names, matches0, scores0, lookup, ca
         res.info["refinement_deferred"] = True
     if mode == "uncertainty":
         kp_weights = correspondence_weights(sigmas)
-    point_unc = point_uncertainty_on(conf, mode, lookup, res.name)
-    res.info["point_uncertainty"] = point_unc
     clustering = bool(conf["covisibility_clustering"]) and len(names) > 1
     corr = gather_2d3d(matches0, scores0, [lookup.kp_to_point[n] for n in names], with_frames=clustering)
     res.timings["correspondences"] = time.perf_counter() - t
@@ -503,12 +500,8 @@ def localize_from_matches(kpts: np.ndarray, names, matches0, scores0, lookup, ca
     best = best_corr = best_cluster = None
     for cl, c in candidates:
         w = c.weight if kp_weights is None else kp_weights[c.query_idx]
-        pn = None
-        if point_unc:
-            pn = (np.asarray(sigmas.cpu() if hasattr(sigmas, "cpu") else sigmas, np.float64).reshape(-1)[c.query_idx] ** 2,
-                  lookup.point_covariances(c.point_idx))
         est = estimate_pose(kpts[c.query_idx], lookup.points3D[c.point_idx], camera, conf, w,
-                            None if kp_sqrt_info is None else kp_sqrt_info[torch.from_numpy(c.query_idx)], pn)
+                            None if kp_sqrt_info is None else kp_sqrt_info[torch.from_numpy(c.query_idx)])
         if best is None or (est.success, est.num_inliers) > (best.success, best.num_inliers):
             best, best_corr, best_cluster = est, c, cl
     res.timings["pose"] = time.perf_counter() - t
@@ -528,10 +521,4 @@ def localize_from_matches(kpts: np.ndarray, names, matches0, scores0, lookup, ca
     res.pose, res.covariance = best.pose, best.covariance
     if best.camera is not None:
         res.camera = best.camera
-    if point_unc:  # each correspondence's noise at the final pose (keypoint + 3D point), for its users
-        s_all = np.asarray(sigmas.cpu() if hasattr(sigmas, "cpu") else sigmas, np.float64).reshape(-1)
-        res.sqrt_info = correspondence_sqrt_info(s_all[best_corr.query_idx] ** 2,
-                                                 lookup.point_covariances(best_corr.point_idx),
-                                                 lookup.points3D[best_corr.point_idx], res.pose,
-                                                 res.camera).cpu().numpy()
     return res

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional
 
 import numpy as np
 import pycolmap
@@ -37,7 +37,6 @@ import torch
 from ..geometry import Camera, Pose
 from . import results as R
 from .keypoint_noise import default_conf as keypoint_covariance_conf
-from .point_noise import correspondence_sqrt_info
 
 logger = logging.getLogger(__name__)
 
@@ -69,9 +68,6 @@ default_conf = {
         # refiner's keypoint sigmas, features xfeat_refined) | auto (uncertainty when the query's
         # features carry sigmas, else none; localizer.weight_mode)
         "use_weights": False,
-        # add each correspondence's 3D point uncertainty (from the map's keypoint sigmas) to the
-        # query keypoint's: auto | true | false (point_noise.py; needs use_weights uncertainty)
-        "point_uncertainty": "auto",
         # rounds of inlier re-selection at the refined pose (0: RANSAC's inliers as they are);
         # each refines again on the correspondences within ransac.max_error_px of it
         "reselect_rounds": 2,
@@ -140,7 +136,6 @@ def estimate_pose(
     conf: Dict,
     weights: Optional[np.ndarray] = None,
     sqrt_info: Optional[torch.Tensor] = None,
-    point_noise: Optional[Tuple[np.ndarray, torch.Tensor]] = None,
 ) -> PoseEstimate:
     """LO-RANSAC + acceptance test + refinement for one query.
 
@@ -152,10 +147,6 @@ def estimate_pose(
         weights: (M,) optional correspondence weights (match scores).
         sqrt_info: (M, 2, 2) optional anisotropic keypoint noise of the BPnP refinement
             (:mod:`keypoint_noise`; ``solve_pnp``'s ``sqrt_info``).
-        point_noise: optional ``(kp_var (M,) pixels^2, point_cov (M, 3, 3))``: each BPnP
-            refinement weighs the correspondences by the keypoint's and the 3D point's noise
-            together (:mod:`point_noise`, projected at the pose it starts from; ``sqrt_info``
-            gives the keypoints' shape), instead of ``weights``.
     """
     acc = conf["acceptance"]
     M = len(points2D)
@@ -211,11 +202,6 @@ def estimate_pose(
         while True:
             w = weights[inliers] if (weights is not None and ref["use_weights"]) else None
             L = None if sqrt_info is None else torch.as_tensor(sqrt_info)[torch.from_numpy(inliers)]
-            if point_noise is not None:
-                L = correspondence_sqrt_info(np.asarray(point_noise[0])[inliers],
-                                             torch.as_tensor(point_noise[1])[torch.from_numpy(inliers)],
-                                             p3[inliers], pose, cam_used, L)
-                w = None
             pose, covariance, rinfo = refine_bpnp(p2[inliers], p3[inliers], cam_used, pose, ref, w, L)
             info.pop("refinement_rejected", None)  # the last refinement's outcome
             info.update(rinfo)

@@ -57,9 +57,6 @@ class LocalizationResult:
             features (the same detection in every variant of a feature preset whose refiner
             moves positions only).
         weights: (M,) match scores used as correspondence weights.
-        sqrt_info: (M, 2, 2) with ``refinement.point_uncertainty``: each correspondence's
-            square-root information (its keypoint's and its 3D point's noise at the final pose,
-            normalised; :mod:`~hloc_bpnp.localization.point_noise`), else None.
         covariance: (6, 6) pose covariance sigma^2 (J^T W J)^-1 from the BPnP solve, in the
             solver tangent space [d_w (left rotation perturbation, rad), d_t], or None.
         retrieved: names of the retrieved keyframes, with their global scores.
@@ -81,7 +78,6 @@ class LocalizationResult:
     point3D_ids: Optional[np.ndarray] = None
     keypoint_ids: Optional[np.ndarray] = None
     weights: Optional[np.ndarray] = None
-    sqrt_info: Optional[np.ndarray] = None
     covariance: Optional[np.ndarray] = None
     retrieved: List[str] = field(default_factory=list)
     retrieval_scores: List[float] = field(default_factory=list)

@@ -434,51 +434,6 @@ class Map:
         order = sorted(idx, key=lambda i: (-counts[i], self._image_list[i]))
         return [(self._image_list[i], int(counts[i])) for i in order]
 
-    @property
-    def has_point_uncertainty(self) -> bool:
-        """True when every map image's features carry keypoint ``sigmas`` (a refined feature
-        preset), which :meth:`point_covariances` needs."""
-        return bool(self.image_names) and all("sigmas" in self.features[n] for n in self.image_names)
-
-    def point_covariances(self, rows: np.ndarray) -> torch.Tensor:
-        """(M, 3, 3) float64 first-order covariances of the given ``points3D`` rows (M,) from
-        their observations' keypoint ``sigmas`` (:mod:`hloc_bpnp.geometry.point_uncertainty`),
-        world units squared. The information of every point is computed once per map version.
-
-        Raises:
-            ValueError: a map image whose features have no sigmas (named).
-            IndexError: a row out of range.
-        """
-        from ..geometry.point_uncertainty import covariances_from_information, point_information
-
-        rows = np.asarray(rows, np.int64).reshape(-1)
-        with self.lock:
-            if np.any((rows < 0) | (rows >= self._num_points)):
-                raise IndexError(f"points3D rows out of range [0, {self._num_points}): "
-                                 f"{rows[(rows < 0) | (rows >= self._num_points)][:5].tolist()}")
-            cached = getattr(self, "_point_info", None)
-            if cached is None or cached[0] != self.version:
-                X, obs, Rs, ts, fs, sig = [], [], [], [], [], []
-                for n in self.image_names:
-                    f = self.features[n]
-                    if "sigmas" not in f:
-                        raise ValueError(f"point covariances: map image {n!r} has no keypoint 'sigmas' "
-                                         f"(build the map with a refined feature preset, e.g. xfeat_refined)")
-                    kp = np.flatnonzero(self.kp_to_point[n] >= 0)
-                    r = self.kp_to_point[n][kp]
-                    pose, cam = self.pose(n), self.camera(n)
-                    obs.append(r)
-                    X.append(self._xyz[r])
-                    sig.append(np.asarray(f["sigmas"], np.float64).reshape(-1)[kp])
-                    Rs.append(pose.R.to(torch.float64).reshape(1, 3, 3).expand(len(r), 3, 3))
-                    ts.append(pose.t.to(torch.float64).reshape(1, 3).expand(len(r), 3))
-                    fs.append(cam.f.to(torch.float64).reshape(1, 2).expand(len(r), 2))
-                info = point_information(self._num_points, torch.from_numpy(np.concatenate(X)),
-                                         torch.from_numpy(np.concatenate(obs)), torch.cat(Rs), torch.cat(ts),
-                                         torch.cat(fs), torch.from_numpy(np.concatenate(sig)))
-                cached = self._point_info = (self.version, covariances_from_information(info))
-            return cached[1][torch.from_numpy(rows)]
-
     def num_shared_points(self, name0: str, name1: str) -> int:
         """Number of 3D points observed by both images."""
         a = self.kp_to_point[self._image(name0).name]

@@ -56,10 +56,8 @@ def limited_pose_errors(result, fold_map, gt_pose, n: int = 50, draws: int = 200
             points2D, point3D_ids, inlier_mask).
         fold_map: the :class:`~hloc_bpnp.mapping.Map` it was localized against.
         gt_pose: the query's cam_from_world :class:`~hloc_bpnp.geometry.pose.Pose`.
-        use_weights: weigh the correspondences as the localizer's refinement did
-            (``refinement.use_weights``): by ``result.sqrt_info`` where the result has it
-            (``refinement.point_uncertainty``: the keypoint's and the 3D point's noise), else by
-            ``result.weights``.
+        use_weights: weigh the correspondences with ``result.weights`` as the localizer's
+            refinement did (``refinement.use_weights``).
         The draws are :func:`paired_draws` over ``result.keypoint_ids`` (a result without them,
         e.g. read from an older log, draws over the inliers' order instead).
     Returns:
@@ -90,17 +88,12 @@ def limited_pose_errors(result, fold_map, gt_pose, n: int = 50, draws: int = 200
     cam = result.camera if result.camera is not None else None
     if cam is None:
         raise ValueError(f"query {result.name!r}: result has no camera")
-    w = L = None
+    w = None
     if use_weights:
-        si = getattr(result, "sqrt_info", None)
-        if si is not None:
-            L = torch.as_tensor(np.asarray(si)[inl], dtype=torch.float64)[sel]
-        elif result.weights is None:
+        if result.weights is None:
             raise ValueError(f"query {result.name!r}: use_weights but the result has no correspondence weights")
-        else:
-            w = torch.as_tensor(np.asarray(result.weights)[inl], dtype=torch.float64)[sel]
-    res = solve_pnp(p2[sel], X[sel], cam.to(torch.float64), weights=w, pose_init=init, loss="cauchy", loss_scale=2.0,
-                    sqrt_info=L)
+        w = torch.as_tensor(np.asarray(result.weights)[inl], dtype=torch.float64)[sel]
+    res = solve_pnp(p2[sel], X[sel], cam.to(torch.float64), weights=w, pose_init=init, loss="cauchy", loss_scale=2.0)
     est = Pose.from_aa(res.pose.detach().to(torch.float64))
     gt = gt_pose.to(torch.float64)
     dR = est.R @ gt.R.transpose(-1, -2)
