@@ -61,20 +61,25 @@ def test_mapping_step_modes_and_errors():
     rec, feats, _ = _tracks()
     before = {p: np.array(pt.xyz) for p, pt in rec.points3D.items()}
     plain = {n: {k: v for k, v in f.items() if k != "sigmas"} for n, f in feats.items()}
-    assert weigh_points_if_enabled(rec, plain, "auto") is None  # no sigmas: pycolmap's points stay
-    assert weigh_points_if_enabled(rec, feats, False) is None
+    assert weigh_points_if_enabled(rec, plain, {"triangulation_weights": "auto"}) is None  # no sigmas: pycolmap's points stay
+    assert weigh_points_if_enabled(rec, feats, {"triangulation_weights": False}) is None
     assert all(np.array_equal(before[p], rec.points3D[p].xyz) for p in before)
     with pytest.raises(ValueError, match=r"uncertainty needs keypoint 'sigmas'.*map/0.png"):
-        weigh_points_if_enabled(rec, plain, "uncertainty")
+        weigh_points_if_enabled(rec, plain, {"triangulation_weights": "uncertainty"})
     with pytest.raises(ValueError, match="must be one of"):
-        weigh_points_if_enabled(rec, feats, "yes")
+        weigh_points_if_enabled(rec, feats, {"triangulation_weights": "yes"})
     bad = {n: dict(f) for n, f in feats.items()}
     bad["map/3.png"]["sigmas"] = -bad["map/3.png"]["sigmas"]
     with pytest.raises(ValueError, match=r"map/3.png.*not finite and > 0"):
-        weigh_points_if_enabled(rec, bad, "auto")
+        weigh_points_if_enabled(rec, bad, {"triangulation_weights": "auto"})
     bad["map/3.png"]["sigmas"] = feats["map/3.png"]["sigmas"][:-1]
     with pytest.raises(ValueError, match=r"map/3.png.*sigmas but"):
-        weigh_points_if_enabled(rec, bad, "uncertainty")
-    stats = weigh_points_if_enabled(rec, feats, "auto")
+        weigh_points_if_enabled(rec, bad, {"triangulation_weights": "uncertainty"})
+    # a map whose keypoints are adjusted afterwards is not weighed by auto (the sigmas describe
+    # the detections), only by an explicit uncertainty
+    adj = {"enabled": True}
+    assert weigh_points_if_enabled(rec, feats, {"triangulation_weights": "auto", "keypoint_adjustment": adj}) is None
+    assert all(np.array_equal(before[p], rec.points3D[p].xyz) for p in before)
+    stats = weigh_points_if_enabled(rec, feats, {"triangulation_weights": "auto"})
     assert stats is not None and stats["n_points"] == len(before)
     assert stats["reprojection_px_after"] > 0

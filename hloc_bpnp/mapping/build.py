@@ -370,7 +370,7 @@ def build_map_from_poses(scene: Scene, images: Optional[ImagesLike] = None, conf
     image_dir = None if isinstance(images, Mapping) else images
     rec = triangulate_known_poses(reference, feats, matches, geoms, image_dir=image_dir,
                                   options=conf["triangulation"], workdir=workdir, verbose=verbose)
-    weigh_points_if_enabled(rec, feats, conf["triangulation_weights"])
+    weigh_points_if_enabled(rec, feats, conf)
     timings["triangulation"] = time.time() - t0
     t0 = time.time()
     feats = adjust_if_enabled(rec, feats, images, conf["keypoint_adjustment"], progress=progress)
@@ -471,6 +471,6 @@ def build_map_sfm(images: ImagesLike, conf=None, camera_mode: Optional[str] = No
     logger.info("SfM registered %d / %d images; timings (s): %s", rec.num_reg_images(), len(names),
                 {k: round(v, 2) for k, v in timings.items()})
     # poses (and cameras) as SfM left them
-    weigh_points_if_enabled(rec, feats, conf["triangulation_weights"])
+    weigh_points_if_enabled(rec, feats, conf)
     feats = adjust_if_enabled(rec, feats, images, conf["keypoint_adjustment"], progress=progress)
     return Map.from_reconstruction(rec, feats, conf, global_model=global_model)

@@ -120,7 +120,7 @@ def leave_one_out(
         rec = triangulate_known_poses(
             reference, {n: feats[n] for n in others}, {p: m for p, m in matches.items() if keep(p)},
             {p: g for p, g in geoms.items() if keep(p)}, options=conf["triangulation"])
-        weigh_points_if_enabled(rec, feats, conf["triangulation_weights"])
+        weigh_points_if_enabled(rec, feats, conf)
         if conf["keypoint_adjustment"]["enabled"] and map_images is None:
             map_images = MapImages(images)
         # the fold's own tracks, from its map images only
