@@ -52,7 +52,8 @@ default_conf = {
     "triangulation": {},         # overrides of pycolmap.IncrementalPipelineOptions
     # after triangulation (or SfM): each point re-solved with weights 1 / sigma^2 of its
     # observations' keypoint uncertainties, poses fixed (mapping/point_triangulation.py).
-    # auto: when the features carry a refiner's sigmas (xfeat_refined) | uncertainty | false
+    # auto: when the features carry a refiner's sigmas (xfeat_refined) and keypoint_adjustment
+    # is off (it moves the observations off the detections) | uncertainty | false
     "triangulation_weights": "auto",
     # after triangulation: each track's observations aligned to each other on the images, the
     # points re-triangulated (mapping/keypoint_adjustment.py; needs the images; use with query
