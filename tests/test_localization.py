@@ -103,6 +103,18 @@ def test_correspondences_name_their_query_keypoints(scene, exact_map):
     assert res.to_dict(with_correspondences=True)["keypoint_ids"] == res.keypoint_ids.tolist()
 
 
+def test_map_rows_of_point_ids(exact_map):
+    from hloc_bpnp.io.colmap import rows_of_ids
+
+    ids = exact_map.point3D_ids
+    rows = np.array([[3, 0], [len(ids) - 1, 7]])
+    np.testing.assert_array_equal(exact_map.rows_of(ids[rows]), rows)
+    assert exact_map.rows_of(np.array([-1, ids.max() + 1, ids[5]])).tolist() == [-1, -1, 5]
+    assert rows_of_ids(np.zeros(0, np.int64), [4, -1]).tolist() == [-1, -1]
+    with pytest.raises(ValueError, match="must increase past the map's last id"):
+        exact_map._append_points(np.zeros((1, 3)), np.array([ids.max()]))
+
+
 def test_error_degrades_gracefully_with_noise(scene, exact_map):
     loc = Localizer(exact_map)
     name, gt = next(iter(scene.query_poses.items()))

@@ -24,7 +24,7 @@ MODEL_FILES = ("cameras", "images", "points3D")
 
 __all__ = [
     "MODEL_FILES", "model_format", "read_model", "write_model", "scene_from_model",
-    "ImageObservations", "ModelPoints", "points_and_observations", "image_id_by_name",
+    "ImageObservations", "ModelPoints", "points_and_observations", "rows_of_ids", "image_id_by_name",
     "get_image", "covisibility",
 ]
 
@@ -161,13 +161,7 @@ class ModelPoints:
 
     def index_of(self, ids: np.ndarray) -> np.ndarray:
         """Row of each 3D point id in ``xyz`` (-1 for id -1 or unknown ids); any shape."""
-        ids = np.asarray(ids, dtype=np.int64)
-        pos = np.searchsorted(self.point3D_ids, ids)
-        pos = np.clip(pos, 0, max(len(self.point3D_ids) - 1, 0))
-        ok = (len(self.point3D_ids) > 0) & (ids >= 0)
-        if len(self.point3D_ids):
-            ok = ok & (self.point3D_ids[pos] == ids)
-        return np.where(ok, pos, -1)
+        return rows_of_ids(self.point3D_ids, ids)
 
     def xyz_of(self, ids: np.ndarray) -> np.ndarray:
         """(..., 3) coordinates of point ids (NaN where the id is -1 or unknown)."""
@@ -181,6 +175,17 @@ class ModelPoints:
         obs = self.images[name]
         m = obs.triangulated
         return obs.xy[m], self.xyz_of(obs.point3D_ids[m]), obs.point3D_ids[m]
+
+
+def rows_of_ids(sorted_ids: np.ndarray, ids) -> np.ndarray:
+    """Row of each 3D point id of ``ids`` (any shape) in the increasing (P,) ``sorted_ids``, -1
+    where it is not there (id -1 included)."""
+    sorted_ids = np.asarray(sorted_ids, np.int64)
+    ids = np.asarray(ids, dtype=np.int64)
+    if len(sorted_ids) == 0:
+        return np.full(ids.shape, -1, np.int64)
+    pos = np.clip(np.searchsorted(sorted_ids, ids), 0, len(sorted_ids) - 1)
+    return np.where((sorted_ids[pos] == ids) & (ids >= 0), pos, -1).astype(np.int64)
 
 
 def points_and_observations(path_or_rec) -> ModelPoints:

@@ -264,13 +264,9 @@ class Localizer:
             raise ValueError("patch_alignment: the Localizer has no map images (Localizer(map, conf, map_images=))")
         t = time.perf_counter()
         gray = query_gray_image(image, res.camera, res.name)
-        ids = np.asarray(res.point3D_ids)
-        all_ids = np.asarray(self.map.point3D_ids)
-        order = np.argsort(all_ids, kind="stable")
-        pos = np.clip(np.searchsorted(all_ids[order], ids), 0, max(len(all_ids) - 1, 0))
-        if len(all_ids) == 0 or np.any(all_ids[order[pos]] != ids):
+        rows = self.map.rows_of(res.point3D_ids)
+        if np.any(rows < 0):
             raise ValueError(f"query {res.name!r}: 3D point ids of its correspondences not in the map")
-        rows = order[pos]
         X = self.map.points3D[rows]  # (M, 3) the correspondences' points, gathered once for all rounds
         detected = np.asarray(res.points2D, np.float64).copy()
         # per correspondence: its aligned position and tensor once aligned (a re-selection round

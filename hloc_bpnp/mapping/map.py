@@ -246,8 +246,14 @@ class Map:
 
     # ------------------------------------------------------------------ growth
     def _append_points(self, xyz: np.ndarray, ids: np.ndarray) -> np.ndarray:
-        """Append points (amortised O(1) per point); returns their rows."""
+        """Append points (amortised O(1) per point); returns their rows. Their ids must be
+        increasing and above every id in the map (:meth:`rows_of` relies on it; pycolmap's new
+        point ids are)."""
         n, q = self._num_points, len(xyz)
+        ids = np.asarray(ids, np.int64)
+        if q and (np.any(np.diff(ids) <= 0) or (n and ids[0] <= self._ids[n - 1])):
+            raise ValueError(f"Map: new 3D point ids must increase past the map's last id {int(self._ids[n - 1]) if n else None}, "
+                             f"got {ids[:5].tolist()}")
         if n + q > len(self._xyz):
             cap = max(2 * len(self._xyz), n + q)
             xyz_buf = np.zeros((cap, 3), np.float64)
@@ -433,6 +439,14 @@ class Map:
         idx = np.flatnonzero(counts >= max(1, min_count))
         order = sorted(idx, key=lambda i: (-counts[i], self._image_list[i]))
         return [(self._image_list[i], int(counts[i])) for i in order]
+
+    def rows_of(self, point3D_ids) -> np.ndarray:
+        """Row in :attr:`points3D` of each COLMAP point id (any shape), -1 where the map has no
+        such point."""
+        from ..io.colmap import rows_of_ids
+
+        with self.lock:
+            return rows_of_ids(self.point3D_ids, point3D_ids)
 
     def num_shared_points(self, name0: str, name1: str) -> int:
         """Number of 3D points observed by both images."""

@@ -66,6 +66,7 @@ def limited_pose_errors(result, fold_map, gt_pose, n: int = 50, draws: int = 200
     """
     from ..bpnp import solve_pnp
     from ..geometry.pose import Pose
+    from ..io.colmap import rows_of_ids
 
     if not result.success or result.inlier_mask is None or result.points2D is None:
         return None
@@ -73,8 +74,8 @@ def limited_pose_errors(result, fold_map, gt_pose, n: int = 50, draws: int = 200
     if inl.size < n:
         return None
     ids = np.asarray(result.point3D_ids)[inl]
-    rows = np.searchsorted(fold_map.point3D_ids, ids)
-    if np.any(rows >= len(fold_map.point3D_ids)) or np.any(fold_map.point3D_ids[rows] != ids):
+    rows = rows_of_ids(fold_map.point3D_ids, ids)
+    if np.any(rows < 0):
         raise ValueError(f"query {result.name!r}: inlier 3D point ids not in the fold map")
     p2 = torch.as_tensor(np.asarray(result.points2D)[inl], dtype=torch.float64)
     X = torch.as_tensor(fold_map.points3D[rows], dtype=torch.float64)

@@ -430,8 +430,10 @@ class SequenceLocalizer:
         """(N, 3) world points of a localized frame's inliers, from their COLMAP ids."""
         ids = np.asarray(res.point3D_ids)[np.asarray(res.inlier_mask, bool)]
         with self.map.lock:
-            pos = np.clip(np.searchsorted(self.map.point3D_ids, ids), 0, max(len(self.map.point3D_ids) - 1, 0))
-            return self.map.points3D[pos]
+            rows = self.map.rows_of(ids)
+            if np.any(rows < 0):
+                raise ValueError(f"frame {res.name!r}: inlier 3D point ids not in the map: {ids[rows < 0][:5].tolist()}")
+            return self.map.points3D[rows]
 
     def _inliers(self, res: LocalizationResult):
         """(points3D rows, keypoint indices) of a localized frame's inliers (rows from the
@@ -440,13 +442,11 @@ class SequenceLocalizer:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
         inl = np.asarray(res.inlier_mask, bool)
         ids = np.asarray(res.point3D_ids)[inl]
-        with self.map.lock:
-            pid = self.map.point3D_ids
-            pos = np.clip(np.searchsorted(pid, ids), 0, max(len(pid) - 1, 0))
-            ok = pid[pos] == ids
+        rows = self.map.rows_of(ids)
+        ok = rows >= 0
         q = self._tracked_kp
         kp = np.asarray(q)[inl][ok] if q is not None and len(q) == len(inl) else np.zeros(0, np.int64)
-        return pos[ok], kp
+        return rows[ok], kp
 
     # ------------------------------------------------------------------ tracking
     def _local_keyframes(self, pred: Optional[Pose] = None) -> List[str]:
