@@ -115,6 +115,28 @@ def test_map_rows_of_point_ids(exact_map):
         exact_map._append_points(np.zeros((1, 3)), np.array([ids.max()]))
 
 
+def test_map_point_errors_are_track_errors_over_focal(exact_map):
+    """``Map.point_errors``: pycolmap's mean track reprojection error of each point (pixels)
+    divided by its cameras' focal length (an angle), row for row with ``points3D``; NaN where
+    the model has none (pycolmap's -1, e.g. points added by hand as in this map)."""
+    from hloc_bpnp.io.colmap import angular_point_errors
+
+    ids = exact_map.point3D_ids
+    assert len(exact_map.point_errors) == len(ids) and np.all(np.isnan(exact_map.point_errors))
+    rec = exact_map.reconstruction.__class__(exact_map.reconstruction)  # a copy
+    px = 0.2 + 0.01 * np.arange(len(ids))
+    for i, e in zip(ids.tolist(), px):
+        rec.points3D[i].error = float(e)
+    rec.points3D[int(ids[3])].error = -1.0
+    out = angular_point_errors(rec)
+    want = px / float(PINHOLE.f.double().mean())
+    want[3] = np.nan
+    np.testing.assert_allclose(out, want)
+    m = Map.from_reconstruction(rec, exact_map.features, exact_map.conf, exact_map.global_model,
+                                exact_map.global_index)
+    np.testing.assert_allclose(m.point_errors, want)
+
+
 def test_error_degrades_gracefully_with_noise(scene, exact_map):
     loc = Localizer(exact_map)
     name, gt = next(iter(scene.query_poses.items()))

@@ -103,13 +103,56 @@ def test_pycolmap_refinement_failure_is_reported_as_such(monkeypatch):
     assert not est.success and est.failure_reason == R.REFINEMENT_FAILED and est.num_inliers == 200
 
 
-def test_correspondence_weights_are_normalised_inverse_variances():
-    from hloc_bpnp.localization.localizer import correspondence_weights
+def test_uncertainty_weights_add_the_points_track_error():
+    """Inverse variances ``1 / (sigma_q^2 + point_noise (f e_X)^2)`` per candidate, divided by
+    their median: ``point_noise`` 0 (or no point errors) is the keypoints' ``1 / sigma^2``; an
+    unknown (NaN) point error takes the median of the known ones; bad input is an error."""
+    from types import SimpleNamespace
 
-    w = correspondence_weights(torch.tensor([1.0, 2.0, 0.5]))
-    assert np.allclose(w, [1.0, 0.25, 4.0])
+    from hloc_bpnp.localization.correspondences import Correspondences
+    from hloc_bpnp.localization.localizer import uncertainty_weights
+
+    cam = SimpleNamespace(f=torch.tensor([200.0, 200.0]))
+    corr = Correspondences(np.array([0, 1, 2, 2]), np.array([0, 1, 2, 3]), np.ones(4))
+    sig = torch.tensor([1.0, 2.0, 0.5])
+    inv_kp = np.array([1.0, 0.25, 4.0, 4.0]) / 2.5  # the median of 1 / sigma^2 is 2.5
+    assert np.allclose(uncertainty_weights(sig, corr, None, cam, 0.5), inv_kp)
+    err = np.array([0.0, 0.01, 0.005, np.nan])  # radians: 0, 2 and 1 px at f = 200; NaN -> 1 px
+    assert np.allclose(uncertainty_weights(sig, corr, err, cam, 0.0), inv_kp)
+    var = np.array([1.0, 4.0 + 0.5 * 4.0, 0.25 + 0.5, 0.25 + 0.5])
+    assert np.allclose(uncertainty_weights(sig, corr, err, cam, 0.5), (1 / var) / np.median(1 / var))
     with pytest.raises(ValueError, match="finite and > 0"):
-        correspondence_weights(np.array([1.0, 0.0]))
+        uncertainty_weights(np.array([1.0, 0.0, 1.0]), corr, err, cam, 0.5)
+    with pytest.raises(ValueError, match="point_noise must be"):
+        uncertainty_weights(sig, corr, err, cam, -1.0)
+
+
+def test_points_with_large_track_errors_weigh_less():
+    """Half of the map's points displaced (their track errors say so), every keypoint equally
+    precise: ``point_noise`` brings the pose closer to the truth than the keypoints' sigmas alone."""
+    from hloc_bpnp.config import merge
+    from hloc_bpnp.localization.localizer import default_conf, localize_from_matches
+
+    errs = {}
+    for pn in (0.0, 0.5):
+        e = []
+        for seed in range(3):
+            cam, xq, sig, lookup = _uncertainty_problem(seed)
+            rng = np.random.default_rng(10 + seed)
+            n = len(xq)
+            xq = cam.project(torch.from_numpy(lookup.points3D)).numpy() + rng.normal(size=(n, 2)) * 0.1
+            bad = np.arange(n) % 2 == 1
+            X = lookup.points3D.copy()
+            X[bad] += rng.normal(size=(bad.sum(), 3)) * 0.02  # ~2 px at 500 px focal and 4-8 m
+            lookup.points3D = X
+            lookup.point_errors = np.where(bad, 2.0, 0.1) / 500.0
+            conf = merge(default_conf, {"refinement": {"use_weights": "uncertainty", "point_noise": pn}})
+            res = localize_from_matches(xq, ["kf"], [np.arange(n)], [np.ones(n)], lookup, cam, conf,
+                                        LocalizationResult(name="q", camera=cam), sigmas=np.full(n, 0.1))
+            assert res.success
+            e.append(float(res.pose.t.norm()) + float(res.pose.R.sub(torch.eye(3, dtype=res.pose.R.dtype)).norm()))
+        errs[pn] = np.median(e)
+    assert errs[0.5] < 0.6 * errs[0.0], errs
 
 
 def _uncertainty_problem(seed=0, n=300):

@@ -155,9 +155,15 @@ def test_add_keyframe_grows_every_lookup_in_place(exact, tmp_path):
     assert name in map_.global_index.names
     img = map_.reconstruction.find_image_with_name(name)
     assert img.num_points3D == len(obs_rows[keep]) + len(rows)
+    if free_nb is not None:  # the new point's track error: its mean reprojection error / focal
+        r = [np.linalg.norm(PINHOLE.project(p.transform(torch.tensor(new_xyz))).numpy()[0] - kp)
+             for p, kp in ((scene.query_poses[name], feats["keypoints"][k_new]),
+                           (map_.pose(nb), map_.features[nb]["keypoints"][free_nb]))]
+        assert np.isclose(map_.point_errors[rows[0]], np.mean(r) / float(PINHOLE.f.double().mean()))
     # save / load: the same map
     m2 = Map.load(map_.save(tmp_path / "m"))
     assert m2.image_names == map_.image_names and np.allclose(m2.points3D, map_.points3D)
+    np.testing.assert_allclose(m2.point_errors, map_.point_errors, rtol=1e-9, atol=1e-15)
     assert all(np.array_equal(m2.kp_to_point[n], map_.kp_to_point[n]) for n in m2.image_names)
     assert m2.images_observing(obs_rows[keep])[0] == map_.images_observing(obs_rows[keep])[0]
     with pytest.raises(ValueError, match="already a map image"):

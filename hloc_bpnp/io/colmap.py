@@ -25,7 +25,7 @@ MODEL_FILES = ("cameras", "images", "points3D")
 __all__ = [
     "MODEL_FILES", "model_format", "read_model", "write_model", "scene_from_model",
     "ImageObservations", "ModelPoints", "points_and_observations", "rows_of_ids", "image_id_by_name",
-    "get_image", "covisibility",
+    "get_image", "covisibility", "angular_point_errors",
 ]
 
 
@@ -215,6 +215,28 @@ def points_and_observations(path_or_rec) -> ModelPoints:
                 p3d[j] = p.point3D_id
         images[img.name] = ImageObservations(int(image_id), img.name, int(img.camera_id), xy, p3d)
     return ModelPoints(ids, xyz, colors, errors, lengths, images)
+
+
+def angular_point_errors(path_or_rec, points: Optional[ModelPoints] = None) -> np.ndarray:
+    """(M,) mean track reprojection error of each 3D point (COLMAP's ``Point3D.error``, pixels)
+    divided by the mean focal length of the cameras that observe it: an angle (radians, small
+    angle), comparable across cameras and image sizes. NaN where the model has no error for
+    the point (pycolmap's -1) or no observation of it. Rows follow
+    :func:`points_and_observations` (``points``, computed when not given)."""
+    rec = _as_reconstruction(path_or_rec)
+    mp = points if points is not None else points_and_observations(rec)
+    fsum = np.zeros(len(mp.point3D_ids))
+    count = np.zeros(len(mp.point3D_ids))
+    for obs in mp.images.values():
+        rows = mp.index_of(obs.point3D_ids[obs.point3D_ids >= 0])
+        rows = rows[rows >= 0]
+        cam = rec.cameras[obs.camera_id]
+        np.add.at(fsum, rows, float(cam.mean_focal_length()))
+        np.add.at(count, rows, 1.0)
+    out = np.full(len(mp.point3D_ids), np.nan)
+    ok = (count > 0) & (mp.errors >= 0)
+    out[ok] = mp.errors[ok] / (fsum[ok] / count[ok])
+    return out
 
 
 def covisibility(path_or_rec, min_shared: int = 1) -> Dict[str, Dict[str, int]]:

@@ -12,7 +12,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Union
+from typing import Dict, Optional, Union
 
 import numpy as np
 from tqdm import tqdm
@@ -35,14 +35,15 @@ class ModelLookup:
     kp_to_point: Dict[str, np.ndarray]
     points3D: np.ndarray
     point3D_ids: np.ndarray
+    point_errors: Optional[np.ndarray] = None  # (P,) angular track errors, as Map.point_errors
 
     @classmethod
     def from_reconstruction(cls, rec) -> "ModelLookup":
-        from ..io.colmap import points_and_observations
+        from ..io.colmap import angular_point_errors, points_and_observations
 
         mp = points_and_observations(rec)
         kp = {n: mp.index_of(obs.point3D_ids).astype(np.int64) for n, obs in mp.images.items()}
-        return cls(kp, mp.xyz.astype(np.float64), mp.point3D_ids.astype(np.int64))
+        return cls(kp, mp.xyz.astype(np.float64), mp.point3D_ids.astype(np.int64), angular_point_errors(rec, mp))
 
 
 def localize_from_hloc(

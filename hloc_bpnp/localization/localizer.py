@@ -413,14 +413,36 @@ def weight_mode(conf: Dict, has_sigmas: bool, name: str = "query"):
     return mode
 
 
-def correspondence_weights(sigmas) -> np.ndarray:
-    """Inverse variances ``1 / sigma^2`` of (N,) keypoint standard deviations (pixels), divided
-    by their median, so that weight 1 is a typical keypoint and the robust loss scale keeps its
-    meaning in pixels; non-finite or non-positive sigmas are an error."""
+def uncertainty_weights(sigmas, corr: Correspondences, point_errors: Optional[np.ndarray], camera: Camera,
+                        point_noise: float) -> np.ndarray:
+    """(M,) BPnP weights of the 2D-3D candidates ``corr``: inverse variances
+    ``1 / (sigma_q^2 + point_noise * (f e_X)^2)``, divided by their median (a typical
+    correspondence weighs 1, so the robust loss scale keeps its meaning in pixels).
+
+    Args:
+        sigmas: (Nq,) the query keypoints' standard deviations (pixels, a refiner's ``sigmas``).
+        corr: the candidates (``query_idx``, ``point_idx`` rows of the map's points).
+        point_errors: (P,) each 3D point's mean track reprojection error as an angle
+            (:attr:`hloc_bpnp.mapping.Map.point_errors`), or None; ``f e_X`` is it in the
+            query's pixels (``f`` the query camera's mean focal length). NaN (unknown) errors take
+            the median of the candidates' known ones.
+        point_noise: the factor on the point's variance (``refinement.point_noise``; 0: the
+            keypoints' own ``1 / sigma^2``). The map's error is a mean residual norm over the
+            track; a point the map's views disagree on (a silhouette, a merged track) is no
+            better seen from the query. Measured: README, "This round".
+    """
     s = np.asarray(sigmas.cpu() if hasattr(sigmas, "cpu") else sigmas, dtype=np.float64).reshape(-1)
     if s.size and (not np.all(np.isfinite(s)) or np.any(s <= 0)):
         raise ValueError(f"keypoint sigmas must be finite and > 0, got range [{s.min()}, {s.max()}]")
-    w = 1.0 / s ** 2
+    if not (np.isfinite(point_noise) and point_noise >= 0):
+        raise ValueError(f"refinement.point_noise must be a number >= 0, got {point_noise!r}")
+    var = s[corr.query_idx] ** 2
+    if point_noise > 0 and point_errors is not None and len(corr):
+        e = np.asarray(point_errors, np.float64)[corr.point_idx]
+        known = np.isfinite(e)
+        e = np.where(known, e, np.median(e[known]) if known.any() else 0.0)
+        var = var + point_noise * (e * float(camera.f.double().mean())) ** 2
+    w = 1.0 / var
     return w / np.median(w) if w.size else w
 
 
@@ -450,8 +472,10 @@ def localize_from_matches(kpts: np.ndarray, names, matches0, scores0, lookup, ca
         conf: merged localization conf.
         res: the result to fill (also returned).
         sigmas: (Nq,) optional keypoint standard deviations (pixels; a refiner's
-            ``sigmas``), the correspondence weights ``1 / sigma^2`` of the BPnP refinement
-            with ``refinement.use_weights: uncertainty`` (or ``auto``, see :func:`weight_mode`).
+            ``sigmas``): with ``refinement.use_weights: uncertainty`` (or ``auto``, see
+            :func:`weight_mode`) the BPnP refinement weighs each correspondence by
+            :func:`uncertainty_weights` (the keypoint's variance plus its 3D point's, from
+            ``lookup.point_errors`` when it has them).
         image: the query's (H, W[, 3]) image, needed by ``refinement.keypoint_covariance``
             (anisotropic keypoint noise from its structure tensors, :mod:`keypoint_noise`).
         refine: False: the RANSAC pose is returned unrefined (no covariance, no structure
@@ -459,7 +483,6 @@ def localize_from_matches(kpts: np.ndarray, names, matches0, scores0, lookup, ca
             ``res.info["refinement_deferred"]`` says so.
     """
     t = time.perf_counter()
-    kp_weights = None
     mode = weight_mode(conf, sigmas is not None, res.name)
     if mode != conf["refinement"]["use_weights"]:  # 'auto' resolved for this query
         conf = {**conf, "refinement": {**conf["refinement"], "use_weights": mode}}
@@ -467,13 +490,15 @@ def localize_from_matches(kpts: np.ndarray, names, matches0, scores0, lookup, ca
     if not refine and conf["refinement"]["method"] == "bpnp":
         conf = {**conf, "refinement": {**conf["refinement"], "method": "none"}}
         res.info["refinement_deferred"] = True
-    if mode == "uncertainty":
-        kp_weights = correspondence_weights(sigmas)
     clustering = bool(conf["covisibility_clustering"]) and len(names) > 1
     corr = gather_2d3d(matches0, scores0, [lookup.kp_to_point[n] for n in names], with_frames=clustering)
     res.timings["correspondences"] = time.perf_counter() - t
     if len(corr) == 0:
         return res.fail(R.NO_2D3D)
+    if mode == "uncertainty":  # the candidates' weights become their inverse variances
+        corr = Correspondences(corr.query_idx, corr.point_idx, uncertainty_weights(
+            sigmas, corr, getattr(lookup, "point_errors", None), camera,
+            float(conf["refinement"]["point_noise"])), corr.frames)
     t = time.perf_counter()
     kp_sqrt_info = None
     if KN.enabled(conf):
@@ -495,8 +520,7 @@ def localize_from_matches(kpts: np.ndarray, names, matches0, scores0, lookup, ca
                 candidates.append((cl, sub))
     best = best_corr = best_cluster = None
     for cl, c in candidates:
-        w = c.weight if kp_weights is None else kp_weights[c.query_idx]
-        est = estimate_pose(kpts[c.query_idx], lookup.points3D[c.point_idx], camera, conf, w,
+        est = estimate_pose(kpts[c.query_idx], lookup.points3D[c.point_idx], camera, conf, c.weight,
                             None if kp_sqrt_info is None else kp_sqrt_info[torch.from_numpy(c.query_idx)])
         if best is None or (est.success, est.num_inliers) > (best.success, best.num_inliers):
             best, best_corr, best_cluster = est, c, cl
@@ -504,7 +528,7 @@ def localize_from_matches(kpts: np.ndarray, names, matches0, scores0, lookup, ca
     res.points2D = kpts[best_corr.query_idx]
     res.keypoint_ids = np.asarray(best_corr.query_idx, np.int64)
     res.point3D_ids = lookup.point3D_ids[best_corr.point_idx]
-    res.weights = best_corr.weight if kp_weights is None else kp_weights[best_corr.query_idx]
+    res.weights = best_corr.weight
     res.inlier_mask = best.inlier_mask
     res.num_inliers = best.num_inliers
     res.info.update(best.info)

@@ -68,6 +68,10 @@ default_conf = {
         # refiner's keypoint sigmas, features xfeat_refined) | auto (uncertainty when the query's
         # features carry sigmas, else none; localizer.weight_mode)
         "use_weights": False,
+        # with uncertainty weights, each correspondence's variance is sigma_q^2 + point_noise *
+        # (its 3D point's mean track reprojection error, in the query's pixels)^2
+        # (localizer.uncertainty_weights); 0: the keypoint's sigma alone
+        "point_noise": 0.5,
         # rounds of inlier re-selection at the refined pose (0: RANSAC's inliers as they are);
         # each refines again on the correspondences within ransac.max_error_px of it
         "reselect_rounds": 2,

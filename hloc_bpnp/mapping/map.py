@@ -114,6 +114,9 @@ class Map:
         image_names: registered map images, sorted.
         points3D: (P, 3) float64 world coordinates.
         point3D_ids: (P,) int64 pycolmap ids; row i <-> ``points3D[i]``.
+        point_errors: (P,) float64 each point's mean track reprojection error as an angle
+            (pixels / focal length, :func:`~hloc_bpnp.io.colmap.angular_point_errors`), NaN
+            where unknown; BPnP's correspondence weights read it (``refinement.point_noise``).
         kp_to_point: name -> (N,) int64 row into ``points3D``, -1 for untriangulated keypoints.
         global_model: object with ``encode(feats or descriptors) -> (Dg,) float32``.
         global_index: :class:`hloc_bpnp.retrieval.GlobalIndex` over ``image_names``.
@@ -121,7 +124,7 @@ class Map:
     """
 
     def __init__(self, reconstruction, features, image_names, points3D, point3D_ids, kp_to_point,
-                 global_model, global_index, conf, *, _obs_ptr=None, _obs_image=None):
+                 global_model, global_index, conf, *, point_errors=None, _obs_ptr=None, _obs_image=None):
         self.reconstruction = reconstruction
         self.features = features
         self.image_names = list(image_names)
@@ -131,6 +134,11 @@ class Map:
         self._xyz[:n] = points3D
         self._ids = np.zeros(max(n, 16), np.int64)
         self._ids[:n] = point3D_ids
+        self._err = np.full(max(n, 16), np.nan)
+        if point_errors is not None:
+            if len(point_errors) != n:
+                raise ValueError(f"Map: {len(point_errors)} point errors for {n} points")
+            self._err[:n] = point_errors
         self._num_points = n
         self.kp_to_point = kp_to_point
         self.global_model = global_model
@@ -166,6 +174,12 @@ class Map:
         """(P,) int64 pycolmap ids, increasing; row i <-> ``points3D[i]``."""
         return self._ids[: self._num_points]
 
+    @property
+    def point_errors(self) -> np.ndarray:
+        """(P,) float64 mean track reprojection error of each point, an angle (pixels / focal
+        length; NaN where unknown). A view; rows never move."""
+        return self._err[: self._num_points]
+
     def image_version(self, name: str) -> int:
         """Changes whenever the keypoint -> point table of ``name`` changes (caches key on it)."""
         return self._image_version.get(name, 0)
@@ -191,7 +205,7 @@ class Map:
             ValueError: its keypoint count differs from the model's 2D points.
         """
         from ..config import load_config
-        from ..io.colmap import points_and_observations
+        from ..io.colmap import angular_point_errors, points_and_observations
         from ..retrieval.index import GlobalIndex
         from .global_model import build_global_model
 
@@ -240,15 +254,15 @@ class Map:
         elif sorted(global_index.names) != names:
             raise ValueError("global_index names differ from the registered images of the reconstruction")
         m = cls(rec, feats, names, points3D, point3D_ids, kp_to_point, global_model, global_index, conf,
-                _obs_ptr=obs_ptr, _obs_image=obs_img[order])
+                point_errors=angular_point_errors(rec, mp), _obs_ptr=obs_ptr, _obs_image=obs_img[order])
         logger.info("Map: %s", m.stats())
         return m
 
     # ------------------------------------------------------------------ growth
-    def _append_points(self, xyz: np.ndarray, ids: np.ndarray) -> np.ndarray:
-        """Append points (amortised O(1) per point); returns their rows. Their ids must be
-        increasing and above every id in the map (:meth:`rows_of` relies on it; pycolmap's new
-        point ids are)."""
+    def _append_points(self, xyz: np.ndarray, ids: np.ndarray, errors: Optional[np.ndarray] = None) -> np.ndarray:
+        """Append points (amortised O(1) per point) with their angular ``errors`` (NaN when not
+        given); returns their rows. Their ids must be increasing and above every id in the map
+        (:meth:`rows_of` relies on it; pycolmap's new point ids are)."""
         n, q = self._num_points, len(xyz)
         ids = np.asarray(ids, np.int64)
         if q and (np.any(np.diff(ids) <= 0) or (n and ids[0] <= self._ids[n - 1])):
@@ -260,9 +274,12 @@ class Map:
             xyz_buf[:n] = self._xyz[:n]
             ids_buf = np.zeros(cap, np.int64)
             ids_buf[:n] = self._ids[:n]
-            self._xyz, self._ids = xyz_buf, ids_buf
+            err_buf = np.full(cap, np.nan)
+            err_buf[:n] = self._err[:n]
+            self._xyz, self._ids, self._err = xyz_buf, ids_buf, err_buf
         self._xyz[n:n + q] = xyz
         self._ids[n:n + q] = ids
+        self._err[n:n + q] = np.nan if errors is None else errors
         self._num_points = n + q  # published last: readers never see a row before its data
         return np.arange(n, n + q, dtype=np.int64)
 
@@ -304,6 +321,7 @@ class Map:
         if global_vector is None:
             global_vector = np.asarray(self.global_model.encode(feats), np.float32).reshape(-1)
         with self.lock:
+            new_err = self._track_errors(new_xyz, new_tracks, name, camera, pose, kpts)
             if name in self._name_to_idx:
                 raise ValueError(f"Image {name!r} is already a map image")
             if len(obs_rows) and (obs_rows.min() < 0 or obs_rows.max() >= self._num_points):
@@ -331,11 +349,13 @@ class Map:
             image_ids = {nm: self._image_by_name[nm].image_id for tr in new_tracks for nm, _ in tr
                          if nm != name}
             new_ids = []
-            for xyz, track in zip(new_xyz, new_tracks):
+            for xyz, track, (ang, px) in zip(new_xyz, new_tracks, zip(*new_err)):
                 elems = [pycolmap.TrackElement(image_id if nm == name else int(image_ids[nm]), int(k))
                          for nm, k in track]
-                new_ids.append(int(rec.add_point3D(xyz, pycolmap.Track(elems))))
-            rows = self._append_points(new_xyz, np.asarray(new_ids, np.int64))
+                pid = int(rec.add_point3D(xyz, pycolmap.Track(elems)))
+                rec.points3D[pid].error = float(px)
+                new_ids.append(pid)
+            rows = self._append_points(new_xyz, np.asarray(new_ids, np.int64), new_err[0])
             changed: Dict[str, np.ndarray] = {}
             for r, track in zip(rows.tolist(), new_tracks):
                 obs = self._obs_extra.setdefault(r, [])
@@ -364,6 +384,32 @@ class Map:
             self.version += 1
         return rows
 
+    def _track_errors(self, xyz: np.ndarray, tracks, name: str, camera: Camera, pose: Pose,
+                      kpts: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """Mean reprojection error of each new point (Q, 3) over its track (``name`` is the image
+        being added, with ``camera``, ``pose`` and keypoints ``kpts``): ``(angles (Q,), pixels
+        (Q,))``, the angle being pixels / focal length per observation (as
+        :attr:`point_errors`)."""
+        q = len(tracks)
+        ang_sum, px_sum, count = np.zeros(q), np.zeros(q), np.zeros(q)
+        by_image: Dict[str, List[Tuple[int, int]]] = {}
+        for j, track in enumerate(tracks):
+            for nm, k in track:
+                by_image.setdefault(nm, []).append((j, int(k)))
+        for nm, obs in by_image.items():
+            cam, P = (camera, pose) if nm == name else (self.camera(nm), self.pose(nm))
+            uv = kpts if nm == name else np.asarray(self.features[nm]["keypoints"], np.float64)
+            j = np.array([o[0] for o in obs], np.int64)
+            k = np.array([o[1] for o in obs], np.int64)
+            X = torch.as_tensor(xyz[j], dtype=torch.float64)
+            proj = cam.to(torch.float64).project(P.to(torch.float64).transform(X)).cpu().numpy()
+            r = np.linalg.norm(proj - uv[k], axis=-1)
+            np.add.at(px_sum, j, r)
+            np.add.at(ang_sum, j, r / float(cam.f.double().mean()))
+            np.add.at(count, j, 1.0)
+        count = np.maximum(count, 1.0)
+        return ang_sum / count, px_sum / count
+
     def set_pose(self, name: str, pose: Pose) -> None:
         """Move a map image (e.g. after a local bundle adjustment)."""
         with self.lock:
@@ -374,7 +420,8 @@ class Map:
 
     def update_points(self, rows: np.ndarray, xyz: np.ndarray) -> None:
         """Move points (e.g. after a local bundle adjustment) in the lookups and the
-        reconstruction. rows (Q,), xyz (Q, 3)."""
+        reconstruction. rows (Q,), xyz (Q, 3). Their :attr:`point_errors` stay those of their
+        triangulation."""
         rows = np.asarray(rows, np.int64)
         xyz = np.asarray(xyz, np.float64).reshape(-1, 3)
         with self.lock:
