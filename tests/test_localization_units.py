@@ -123,8 +123,9 @@ def test_uncertainty_weights_add_the_points_track_error():
     assert np.allclose(uncertainty_weights(sig, corr, err, cam, 0.5), (1 / var) / np.median(1 / var))
     with pytest.raises(ValueError, match="finite and > 0"):
         uncertainty_weights(np.array([1.0, 0.0, 1.0]), corr, err, cam, 0.5)
-    with pytest.raises(ValueError, match="point_noise must be"):
-        uncertainty_weights(sig, corr, err, cam, -1.0)
+    for bad in (-1.0, "high", None, True):
+        with pytest.raises(ValueError, match="point_noise must be"):
+            uncertainty_weights(sig, corr, err, cam, bad)
 
 
 def test_points_with_large_track_errors_weigh_less():

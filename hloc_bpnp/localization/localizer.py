@@ -414,7 +414,7 @@ def weight_mode(conf: Dict, has_sigmas: bool, name: str = "query"):
 
 
 def uncertainty_weights(sigmas, corr: Correspondences, point_errors: Optional[np.ndarray], camera: Camera,
-                        point_noise: float) -> np.ndarray:
+                        point_noise) -> np.ndarray:
     """(M,) BPnP weights of the 2D-3D candidates ``corr``: inverse variances
     ``1 / (sigma_q^2 + point_noise * (f e_X)^2)``, divided by their median (a typical
     correspondence weighs 1, so the robust loss scale keeps its meaning in pixels).
@@ -434,8 +434,13 @@ def uncertainty_weights(sigmas, corr: Correspondences, point_errors: Optional[np
     s = np.asarray(sigmas.cpu() if hasattr(sigmas, "cpu") else sigmas, dtype=np.float64).reshape(-1)
     if s.size and (not np.all(np.isfinite(s)) or np.any(s <= 0)):
         raise ValueError(f"keypoint sigmas must be finite and > 0, got range [{s.min()}, {s.max()}]")
-    if not (np.isfinite(point_noise) and point_noise >= 0):
+    try:
+        pn = float(point_noise)
+    except (TypeError, ValueError):
+        pn = float("nan")
+    if isinstance(point_noise, bool) or not (np.isfinite(pn) and pn >= 0):
         raise ValueError(f"refinement.point_noise must be a number >= 0, got {point_noise!r}")
+    point_noise = pn
     var = s[corr.query_idx] ** 2
     if point_noise > 0 and point_errors is not None and len(corr):
         e = np.asarray(point_errors, np.float64)[corr.point_idx]
@@ -498,7 +503,7 @@ def localize_from_matches(kpts: np.ndarray, names, matches0, scores0, lookup, ca
     if mode == "uncertainty":  # the candidates' weights become their inverse variances
         corr = Correspondences(corr.query_idx, corr.point_idx, uncertainty_weights(
             sigmas, corr, getattr(lookup, "point_errors", None), camera,
-            float(conf["refinement"]["point_noise"])), corr.frames)
+            conf["refinement"]["point_noise"]), corr.frames)
     t = time.perf_counter()
     kp_sqrt_info = None
     if KN.enabled(conf):
