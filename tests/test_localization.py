@@ -135,6 +135,9 @@ def test_map_point_errors_are_track_errors_over_focal(exact_map):
     m = Map.from_reconstruction(rec, exact_map.features, exact_map.conf, exact_map.global_model,
                                 exact_map.global_index)
     np.testing.assert_allclose(m.point_errors, want)
+    from hloc_bpnp.localization.hloc_plugin import ModelLookup  # the hloc plugin's map reads them too
+
+    np.testing.assert_allclose(ModelLookup.from_reconstruction(rec).point_errors, want)
 
 
 def test_error_degrades_gracefully_with_noise(scene, exact_map):
