@@ -28,7 +28,7 @@ from ..geometry.pose import Pose
 logger = logging.getLogger(__name__)
 
 __all__ = ["MODES", "retriangulate", "registered_views", "track_observations", "write_points", "weigh_points",
-           "weigh_points_if_enabled", "resolve_mode"]
+           "weigh_points_if_enabled", "weights_enabled", "resolve_mode"]
 
 #: values of a mapping config's ``triangulation_weights``
 MODES = ("auto", "uncertainty", False)
@@ -179,15 +179,19 @@ def weigh_points(rec, features: Mapping[str, Mapping], iterations: int = 5) -> D
             "reprojection_px_before": float(r0.median()), "reprojection_px_after": float(r.median())}
 
 
-def weigh_points_if_enabled(rec, features: Mapping[str, Mapping], conf: Mapping) -> Optional[Dict[str, float]]:
-    """The mapping pipelines' step: :func:`weigh_points` when the mapping config ``conf``'s
-    ``triangulation_weights`` resolves to on for the registered images' features
-    (:func:`resolve_mode`, with ``conf["keypoint_adjustment"]["enabled"]``); returns its stats,
-    or None when off."""
-    names = {im.name for im in rec.images.values() if im.has_pose}
+def weights_enabled(conf: Mapping, features: Mapping[str, Mapping]) -> bool:
+    """Whether a mapping config ``conf`` (a built map's ``Map.conf`` too) weighs points seen in
+    images with these ``features``: its ``triangulation_weights`` (absent: off, as maps built
+    before the key) resolved by :func:`resolve_mode` with ``conf["keypoint_adjustment"]["enabled"]``."""
     adjusted = bool((conf.get("keypoint_adjustment") or {}).get("enabled", False))
-    if not resolve_mode(conf.get("triangulation_weights", False), {n: f for n, f in features.items() if n in names},
-                        adjusted):
+    return resolve_mode(conf.get("triangulation_weights", False), features, adjusted)
+
+
+def weigh_points_if_enabled(rec, features: Mapping[str, Mapping], conf: Mapping) -> Optional[Dict[str, float]]:
+    """The mapping pipelines' step: :func:`weigh_points` when :func:`weights_enabled` for the
+    registered images' features; returns its stats, or None when off."""
+    names = {im.name for im in rec.images.values() if im.has_pose}
+    if not weights_enabled(conf, {n: f for n, f in features.items() if n in names}):
         return None
     stats = weigh_points(rec, features)
     logger.info("Points re-triangulated with the keypoints' uncertainties: %d points, median move %.3g, "

@@ -148,6 +148,25 @@ def _triangulate(tracks: List[List[Tuple[int, int]]], kpts: Sequence[np.ndarray]
     return out
 
 
+def weigh_triangulated(tri, kpts: Sequence[np.ndarray], sigmas: Sequence[np.ndarray], cameras: Sequence[Camera],
+                        poses: Sequence[Pose], iterations: int = 5):
+    """The triangulated points (``_triangulate``'s (xyz, track) list) re-solved by Gauss-Newton with
+    weights ``1 / sigma^2`` of their observations' keypoint sigmas, poses fixed (the map
+    builder's ``triangulation_weights``, shared solve)."""
+    from ..mapping.point_triangulation import retriangulate
+
+    obs = [(i, v, k) for i, (_, track) in enumerate(tri) for v, k in track]
+    row = torch.tensor([o[0] for o in obs], dtype=torch.long)
+    img = np.array([o[1] for o in obs], np.int64)
+    uv = torch.as_tensor(np.stack([kpts[v][k] for _, v, k in obs]), dtype=torch.float64)
+    w = torch.as_tensor([1.0 / float(sigmas[v][k]) ** 2 for _, v, k in obs], dtype=torch.float64)
+    xyz = torch.as_tensor(np.stack([x for x, _ in tri]), dtype=torch.float64)
+    cams = {v: c.to(torch.float64) for v, c in enumerate(cameras)}
+    pos = {v: p.to(torch.float64) for v, p in enumerate(poses)}
+    X, _ = retriangulate(xyz, row, img, uv, cams, pos, iterations, weights=w)
+    return [(x, track) for x, (_, track) in zip(X.cpu().numpy(), tri)]
+
+
 def insert_keyframe(map_, name: str, camera: Camera, pose: Pose, feats: Mapping[str, np.ndarray],
                     inlier_kp: np.ndarray, inlier_rows: np.ndarray, neighbours: Sequence[str], matcher,
                     conf: Mapping, global_vector: Optional[np.ndarray] = None) -> Dict:
@@ -173,6 +192,7 @@ def insert_keyframe(map_, name: str, camera: Camera, pose: Pose, feats: Mapping[
         ``num_extra_observations`` (matches to existing points), ``neighbours``.
     """
     from ..features.feature_dict import select_keypoints, to_torch
+    from ..mapping.point_triangulation import weights_enabled
 
     if name in map_.features:
         raise ValueError(f"Frame {name!r} is already a map image")
@@ -241,6 +261,9 @@ def insert_keyframe(map_, name: str, camera: Camera, pose: Pose, feats: Mapping[
                 taken[v - 1].add(j)
     views_kpts = [kpts] + [np.asarray(f["keypoints"], np.float64) for f in nb_feats]
     tri = _triangulate(list(tracks.values()), views_kpts, [camera] + nb_cams, [pose] + nb_poses, conf)
+    if tri and weights_enabled(map_.conf, dict(zip([name] + list(neighbours), [feats] + nb_feats))):
+        tri = weigh_triangulated(tri, views_kpts, [np.asarray(f["sigmas"], np.float64) for f in [feats] + nb_feats],
+                                  [camera] + nb_cams, [pose] + nb_poses)
 
     # 3. one in-place insertion into the map
     view_names = [name] + list(neighbours)
