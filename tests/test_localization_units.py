@@ -128,14 +128,33 @@ def test_uncertainty_weights_add_the_points_track_error():
             uncertainty_weights(sig, corr, err, cam, bad)
 
 
+def test_track_weights_need_no_keypoint_sigmas():
+    """``use_weights: track``: ``1 / (median(v) + v)``, ``v = point_noise (f e_X)^2``, divided by
+    the median; a map without any track error is an error naming the query."""
+    from types import SimpleNamespace
+
+    from hloc_bpnp.localization.correspondences import Correspondences
+    from hloc_bpnp.localization.localizer import track_weights
+
+    cam = SimpleNamespace(f=torch.tensor([100.0, 100.0]))
+    corr = Correspondences(np.array([0, 1, 2]), np.array([0, 1, 2]), np.ones(3))
+    e = np.array([0.01, 0.02, 0.04])  # 1, 2, 4 px -> v = 0.5, 2, 8; median 2
+    w = 1 / (2.0 + np.array([0.5, 2.0, 8.0]))
+    assert np.allclose(track_weights(corr, e, cam, 0.5), w / np.median(w))
+    assert np.allclose(track_weights(corr, e, cam, 0.0), 1.0)
+    with pytest.raises(ValueError, match="'q7'.*no track errors"):
+        track_weights(corr, np.full(3, np.nan), cam, 0.5, "q7")
+
+
 def test_points_with_large_track_errors_weigh_less():
     """Half of the map's points displaced (their track errors say so), every keypoint equally
-    precise: ``point_noise`` brings the pose closer to the truth than the keypoints' sigmas alone."""
+    precise: ``point_noise`` brings the pose closer to the truth than the keypoints' sigmas alone,
+    and so do ``track`` weights, which need no sigmas."""
     from hloc_bpnp.config import merge
     from hloc_bpnp.localization.localizer import default_conf, localize_from_matches
 
     errs = {}
-    for pn in (0.0, 0.5):
+    for pn in (0.0, 0.5, "track"):
         e = []
         for seed in range(3):
             cam, xq, sig, lookup = _uncertainty_problem(seed)
@@ -147,13 +166,15 @@ def test_points_with_large_track_errors_weigh_less():
             X[bad] += rng.normal(size=(bad.sum(), 3)) * 0.02  # ~2 px at 500 px focal and 4-8 m
             lookup.points3D = X
             lookup.point_errors = np.where(bad, 2.0, 0.1) / 500.0
-            conf = merge(default_conf, {"refinement": {"use_weights": "uncertainty", "point_noise": pn}})
+            mode = "track" if pn == "track" else "uncertainty"
+            conf = merge(default_conf, {"refinement": {"use_weights": mode, "point_noise": 0.5 if pn == "track" else pn}})
             res = localize_from_matches(xq, ["kf"], [np.arange(n)], [np.ones(n)], lookup, cam, conf,
                                         LocalizationResult(name="q", camera=cam), sigmas=np.full(n, 0.1))
             assert res.success
             e.append(float(res.pose.t.norm()) + float(res.pose.R.sub(torch.eye(3, dtype=res.pose.R.dtype)).norm()))
         errs[pn] = np.median(e)
     assert errs[0.5] < 0.6 * errs[0.0], errs
+    assert errs["track"] < 0.6 * errs[0.0], errs  # the same without keypoint sigmas
 
 
 def _uncertainty_problem(seed=0, n=300):

@@ -403,7 +403,7 @@ def weight_mode(conf: Dict, has_sigmas: bool, name: str = "query"):
     """
     mode = conf["refinement"]["use_weights"]
     if mode not in WEIGHT_MODES:
-        raise ValueError(f"refinement.use_weights must be false, true (match scores), 'uncertainty' or 'auto', "
+        raise ValueError(f"refinement.use_weights must be false, true (match scores), 'uncertainty', 'track' or 'auto', "
                          f"got {mode!r}")
     if mode == "auto":
         return "uncertainty" if has_sigmas else False
@@ -411,6 +411,32 @@ def weight_mode(conf: Dict, has_sigmas: bool, name: str = "query"):
         raise ValueError(f"query {name!r}: refinement.use_weights is 'uncertainty' but its features have "
                          f"no keypoint 'sigmas' (use a feature preset with a refiner, e.g. xfeat_refined)")
     return mode
+
+
+def point_noise_factor(point_noise) -> float:
+    """``refinement.point_noise`` as a float >= 0 (else an error naming the key)."""
+    try:
+        pn = float(point_noise)
+    except (TypeError, ValueError):
+        pn = float("nan")
+    if isinstance(point_noise, bool) or not (np.isfinite(pn) and pn >= 0):
+        raise ValueError(f"refinement.point_noise must be a number >= 0, got {point_noise!r}")
+    return pn
+
+
+def point_variances(corr: Correspondences, point_errors: Optional[np.ndarray], camera: Camera,
+                    point_noise) -> np.ndarray:
+    """(M,) ``point_noise * (f e_X)^2`` of the candidates' 3D points, pixels^2 of the query:
+    ``e_X`` their angular track errors (:attr:`hloc_bpnp.mapping.Map.point_errors`), ``f`` the
+    query camera's mean focal length; unknown (NaN) errors take the median of the known ones;
+    zeros without errors or with ``point_noise`` 0."""
+    pn = point_noise_factor(point_noise)
+    if pn == 0 or point_errors is None or not len(corr):
+        return np.zeros(len(corr))
+    e = np.asarray(point_errors, np.float64)[corr.point_idx]
+    known = np.isfinite(e)
+    e = np.where(known, e, np.median(e[known]) if known.any() else 0.0)
+    return pn * (e * float(camera.f.double().mean())) ** 2
 
 
 def uncertainty_weights(sigmas, corr: Correspondences, point_errors: Optional[np.ndarray], camera: Camera,
@@ -422,10 +448,8 @@ def uncertainty_weights(sigmas, corr: Correspondences, point_errors: Optional[np
     Args:
         sigmas: (Nq,) the query keypoints' standard deviations (pixels, a refiner's ``sigmas``).
         corr: the candidates (``query_idx``, ``point_idx`` rows of the map's points).
-        point_errors: (P,) each 3D point's mean track reprojection error as an angle
-            (:attr:`hloc_bpnp.mapping.Map.point_errors`), or None; ``f e_X`` is it in the
-            query's pixels (``f`` the query camera's mean focal length). NaN (unknown) errors take
-            the median of the candidates' known ones.
+        point_errors: (P,) each 3D point's mean track reprojection error as an angle, or None
+            (:func:`point_variances`).
         point_noise: the factor on the point's variance (``refinement.point_noise``; 0: the
             keypoints' own ``1 / sigma^2``). The map's error is a mean residual norm over the
             track; a point the map's views disagree on (a silhouette, a merged track) is no
@@ -434,20 +458,26 @@ def uncertainty_weights(sigmas, corr: Correspondences, point_errors: Optional[np
     s = np.asarray(sigmas.cpu() if hasattr(sigmas, "cpu") else sigmas, dtype=np.float64).reshape(-1)
     if s.size and (not np.all(np.isfinite(s)) or np.any(s <= 0)):
         raise ValueError(f"keypoint sigmas must be finite and > 0, got range [{s.min()}, {s.max()}]")
-    try:
-        pn = float(point_noise)
-    except (TypeError, ValueError):
-        pn = float("nan")
-    if isinstance(point_noise, bool) or not (np.isfinite(pn) and pn >= 0):
-        raise ValueError(f"refinement.point_noise must be a number >= 0, got {point_noise!r}")
-    point_noise = pn
-    var = s[corr.query_idx] ** 2
-    if point_noise > 0 and point_errors is not None and len(corr):
-        e = np.asarray(point_errors, np.float64)[corr.point_idx]
-        known = np.isfinite(e)
-        e = np.where(known, e, np.median(e[known]) if known.any() else 0.0)
-        var = var + point_noise * (e * float(camera.f.double().mean())) ** 2
-    w = 1.0 / var
+    w = 1.0 / (s[corr.query_idx] ** 2 + point_variances(corr, point_errors, camera, point_noise))
+    return w / np.median(w) if w.size else w
+
+
+def track_weights(corr: Correspondences, point_errors: Optional[np.ndarray], camera: Camera, point_noise,
+                  name: str = "query") -> np.ndarray:
+    """(M,) BPnP weights from the candidates' 3D points' track errors alone, for features
+    without keypoint sigmas (``refinement.use_weights: track``): ``1 / (m + v_X)``, ``v_X`` from
+    :func:`point_variances` and ``m`` its median over the candidates (the keypoints' variance
+    taken equal to a typical point's), divided by the median.
+
+    Raises:
+        ValueError: the map's points carry no track error at all (names the query).
+    """
+    if point_errors is None or not np.isfinite(np.asarray(point_errors, np.float64)[corr.point_idx]).any():
+        raise ValueError(f"query {name!r}: refinement.use_weights is 'track' but the map's 3D points have no "
+                         f"track errors (e.g. points added by hand, without a reprojection error)")
+    v = point_variances(corr, point_errors, camera, point_noise)
+    var = np.median(v) + v if v.size else v
+    w = 1.0 / np.maximum(var, 1e-12)
     return w / np.median(w) if w.size else w
 
 
@@ -500,10 +530,11 @@ def localize_from_matches(kpts: np.ndarray, names, matches0, scores0, lookup, ca
     res.timings["correspondences"] = time.perf_counter() - t
     if len(corr) == 0:
         return res.fail(R.NO_2D3D)
-    if mode == "uncertainty":  # the candidates' weights become their inverse variances
-        corr = Correspondences(corr.query_idx, corr.point_idx, uncertainty_weights(
-            sigmas, corr, getattr(lookup, "point_errors", None), camera,
-            conf["refinement"]["point_noise"]), corr.frames)
+    if mode in ("uncertainty", "track"):  # the candidates' weights become their inverse variances
+        pe, pn = getattr(lookup, "point_errors", None), conf["refinement"]["point_noise"]
+        w = uncertainty_weights(sigmas, corr, pe, camera, pn) if mode == "uncertainty" \
+            else track_weights(corr, pe, camera, pn, res.name)
+        corr = Correspondences(corr.query_idx, corr.point_idx, w, corr.frames)
     t = time.perf_counter()
     kp_sqrt_info = None
     if KN.enabled(conf):

@@ -41,8 +41,9 @@ from .keypoint_noise import default_conf as keypoint_covariance_conf
 logger = logging.getLogger(__name__)
 
 #: the ``refinement.use_weights`` values :func:`estimate_pose` takes: none, match scores, a
-#: refiner's keypoint uncertainties (``auto`` is resolved per query by ``localizer.weight_mode``)
-RESOLVED_WEIGHT_MODES = (False, True, "scores", "uncertainty")
+#: refiner's keypoint uncertainties, the 3D points' track errors alone (features without sigmas;
+#: ``localizer.track_weights``); ``auto`` is resolved per query by ``localizer.weight_mode``
+RESOLVED_WEIGHT_MODES = (False, True, "scores", "uncertainty", "track")
 
 default_conf = {
     "ransac": {
@@ -65,7 +66,8 @@ default_conf = {
         # residuals' robust standard deviation at the initial (RANSAC) pose (adaptive_loss_scale)
         "loss_scale_px": 1.0,
         # BPnP correspondence weights: false | true (match scores) | uncertainty (1 / sigma^2 of a
-        # refiner's keypoint sigmas, features xfeat_refined) | auto (uncertainty when the query's
+        # refiner's keypoint sigmas, features xfeat_refined) | track (the 3D points' track errors
+        # alone, any features; localizer.track_weights) | auto (uncertainty when the query's
         # features carry sigmas, else none; localizer.weight_mode)
         "use_weights": False,
         # with uncertainty weights, each correspondence's variance is sigma_q^2 + point_noise *
