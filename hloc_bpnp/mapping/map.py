@@ -390,25 +390,26 @@ class Map:
         being added, with ``camera``, ``pose`` and keypoints ``kpts``): ``(angles (Q,), pixels
         (Q,))``, the angle being pixels / focal length per observation (as
         :attr:`point_errors`)."""
-        q = len(tracks)
-        ang_sum, px_sum, count = np.zeros(q), np.zeros(q), np.zeros(q)
-        by_image: Dict[str, List[Tuple[int, int]]] = {}
-        for j, track in enumerate(tracks):
-            for nm, k in track:
-                by_image.setdefault(nm, []).append((j, int(k)))
-        for nm, obs in by_image.items():
-            cam, P = (camera, pose) if nm == name else (self.camera(nm), self.pose(nm))
-            uv = kpts if nm == name else np.asarray(self.features[nm]["keypoints"], np.float64)
-            j = np.array([o[0] for o in obs], np.int64)
-            k = np.array([o[1] for o in obs], np.int64)
-            X = torch.as_tensor(xyz[j], dtype=torch.float64)
-            proj = cam.to(torch.float64).project(P.to(torch.float64).transform(X)).cpu().numpy()
-            r = np.linalg.norm(proj - uv[k], axis=-1)
-            np.add.at(px_sum, j, r)
-            np.add.at(ang_sum, j, r / float(cam.f.double().mean()))
-            np.add.at(count, j, 1.0)
-        count = np.maximum(count, 1.0)
-        return ang_sum / count, px_sum / count
+        from .point_triangulation import retriangulate
+
+        views = sorted({nm for track in tracks for nm, _ in track})
+        if not views:
+            return np.zeros(len(tracks)), np.zeros(len(tracks))
+        vid = {nm: i for i, nm in enumerate(views)}
+        cams = {vid[nm]: (camera if nm == name else self.camera(nm)).to(torch.float64) for nm in views}
+        poses = {vid[nm]: (pose if nm == name else self.pose(nm)).to(torch.float64) for nm in views}
+        obs = [(j, vid[nm], int(k)) for j, track in enumerate(tracks) for nm, k in track]
+        row = torch.tensor([o[0] for o in obs], dtype=torch.long)
+        img = np.array([o[1] for o in obs], np.int64)
+        uv = torch.as_tensor(np.stack([(kpts if views[v] == name else self.features[views[v]]["keypoints"])[k]
+                                       for _, v, k in obs]), dtype=torch.float64)
+        # the shared fixed-pose residuals (no Gauss-Newton step), averaged per point
+        _, r = retriangulate(torch.as_tensor(xyz, dtype=torch.float64), row, img, uv, cams, poses, 0)
+        focal = torch.tensor([float(cams[v].f.double().mean()) for v in img.tolist()], dtype=torch.float64)
+        count = torch.bincount(row, minlength=len(tracks)).clamp_min(1).double()
+        px = torch.zeros(len(tracks), dtype=torch.float64).index_add_(0, row, r) / count
+        ang = torch.zeros(len(tracks), dtype=torch.float64).index_add_(0, row, r / focal) / count
+        return ang.cpu().numpy(), px.cpu().numpy()
 
     def set_pose(self, name: str, pose: Pose) -> None:
         """Move a map image (e.g. after a local bundle adjustment)."""
