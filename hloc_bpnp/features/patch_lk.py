@@ -158,7 +158,8 @@ def prepare_image(image, blur_sigma: float = 1.0) -> torch.Tensor:
 
 def align_patches(ref_image: torch.Tensor, image: torch.Tensor, ref_points: torch.Tensor, points: torch.Tensor,
                   radius: int = 5, iterations: int = 10, blur_sigma: float = 1.0, max_shift_px: float = 3.0,
-                  min_ncc: float = 0.5, prepared: bool = False, return_tensors: bool = False):
+                  min_ncc: float = 0.5, prepared: bool = False, return_tensors: bool = False,
+                  return_residuals: bool = False):
     """Shifts that make ``image`` around ``points`` look like ``ref_image`` around ``ref_points``.
 
     Translation-only Lucas-Kanade (Gauss-Newton) on zero-mean, unit-variance patches with a
@@ -180,9 +181,13 @@ def align_patches(ref_image: torch.Tensor, image: torch.Tensor, ref_points: torc
         return_tensors: also return the (N, 2, 2) float64 structure tensors of the moved
             patches at the returned positions (:func:`structure_tensors` with this radius and
             blur: the alignment's own Gauss-Newton matrices, no extra image reads).
+        return_residuals: also return the (N,) float64 residual variance of each point's
+            normalised patch against its template at the returned position (the Gaussian
+            window's weighted mean of the squared difference; ~``2 (1 - NCC)``). With it the
+            Lucas-Kanade covariance of a shift is ``variance * tensor^-1``.
     Returns:
-        ``(shift (N, 2), valid (N,) bool[, tensors])``; rejected points have shift 0. Same dtype
-        as ``points``.
+        ``(shift (N, 2), valid (N,) bool[, tensors][, variances])``; rejected points have shift 0
+        (their tensors and variances at the start position). Same dtype as ``points``.
     """
     if radius < 1 or iterations < 1:
         raise ValueError(f"align_patches: radius and iterations must be >= 1, got {radius}, {iterations}")
@@ -194,7 +199,7 @@ def align_patches(ref_image: torch.Tensor, image: torch.Tensor, ref_points: torc
     N = points.shape[0]
     out_dtype = points.dtype if points.is_floating_point() else torch.float64
     if N == 0:
-        return _no_shifts(points, out_dtype, return_tensors)
+        return _no_shifts(points, out_dtype, return_tensors, return_residuals)
     if prepared:
         if ref_image.ndim != 4 or ref_image.shape[1] != 3 or image.ndim != 4 or image.shape[1] != 3:
             raise ValueError("align_patches(prepared=True) expects two (1, 3, H, W) prepare_image outputs")
@@ -216,13 +221,19 @@ def align_patches(ref_image: torch.Tensor, image: torch.Tensor, ref_points: torc
             return ref_sample(centers.to(ref_image.device))[0].to(dev)
     T, _ = normalise_patches(sample_ref(ref_points.to(dev, torch.float32)))
     out = _lucas_kanade(sample, T, points, radius, iterations, max_shift_px, min_ncc, out_dtype)
-    return out if return_tensors else out[:2]
+    return _returned(out, return_tensors, return_residuals)
 
 
-def _no_shifts(points: torch.Tensor, out_dtype, return_tensors: bool):
+def _returned(out, return_tensors: bool, return_residuals: bool):
+    """``(shift, valid)`` of a ``(shift, valid, tensors, variances)`` result, plus what was asked for."""
+    return out[:2] + ((out[2],) if return_tensors else ()) + ((out[3],) if return_residuals else ())
+
+
+def _no_shifts(points: torch.Tensor, out_dtype, return_tensors: bool, return_residuals: bool = False):
     """The empty result of the alignment functions."""
-    out = (points.new_zeros(0, 2, dtype=out_dtype), torch.zeros(0, dtype=torch.bool))
-    return out + (torch.zeros(0, 2, 2, dtype=torch.float64),) if return_tensors else out
+    out = (points.new_zeros(0, 2, dtype=out_dtype), torch.zeros(0, dtype=torch.bool),
+           torch.zeros(0, 2, 2, dtype=torch.float64), torch.zeros(0, dtype=torch.float64))
+    return _returned(out, return_tensors, return_residuals)
 
 
 def _normalised_gradients(Ix: torch.Tensor, Iy: torch.Tensor, sd: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -255,22 +266,22 @@ def _as_tensors(abc) -> torch.Tensor:
 
 
 def _lucas_kanade(sample, T: torch.Tensor, points: torch.Tensor, radius: int, iterations: int, max_shift_px: float,
-                  min_ncc: float, out_dtype) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                  min_ncc: float, out_dtype) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Shifts of ``points`` (N, 2) whose patches, read by ``sample`` ((N, 2) patch centres ->
     (3, N, P) values and x / y derivatives on :func:`_patch_grid`), best match the normalised
     (N, P) templates ``T``: ``(shift, valid, (N, 2, 2) structure tensors at the returned
-    positions)``."""
+    positions, (N,) float64 windowed residual variances there)``."""
     N = points.shape[0]
     dev = T.device
     grid, w = _patch_grid(radius, dev)
     p0 = points.to(dev, torch.float32)  # (N, 2)
     d = torch.zeros(N, 2, device=dev)
-    abc0 = None
+    abc0 = var0 = None
     for _ in range(int(iterations)):
         In, jx, jy, (a, b, c) = _gauss_newton_matrices(*sample(p0 + d), w)
-        if abc0 is None:
-            abc0 = (a, b, c)  # at the start: the tensors of a rejected point
         res = In - T
+        if abc0 is None:  # at the start: the tensors and residuals of a rejected point
+            abc0, var0 = (a, b, c), (w * res * res).sum(-1) / w.sum()
         # the 2x2 normal equations in closed form
         a, c = a + 1e-3, c + 1e-3
         gx, gy = (w * jx * res).sum(-1), (w * jy * res).sum(-1)
@@ -280,10 +291,12 @@ def _lucas_kanade(sample, T: torch.Tensor, points: torch.Tensor, radius: int, it
     In, _, _, abc = _gauss_newton_matrices(*sample(p0 + d), w)
     ncc = (In * T).mean(-1) * (grid.shape[0] / max(grid.shape[0] - 1, 1))  # std is the unbiased one
     valid = torch.isfinite(d).all(-1) & (ncc >= min_ncc)
-    abc0 = abc if abc0 is None else abc0
+    var = (w * (In - T) ** 2).sum(-1) / w.sum()
+    abc0, var0 = (abc, var) if abc0 is None else (abc0, var0)
     tensors = _as_tensors(tuple(torch.where(valid, x1, x0) for x1, x0 in zip(abc, abc0)))
+    var = torch.where(valid, var, var0).double().cpu()
     d = torch.where(valid[:, None], d, torch.zeros_like(d))
-    return d.to(points.device, out_dtype), valid.to(points.device), tensors
+    return d.to(points.device, out_dtype), valid.to(points.device), tensors, var
 
 
 def _crop_sampler(image: torch.Tensor, points: torch.Tensor, radius: int, max_shift_px: float, blur_sigma: float,
@@ -327,15 +340,16 @@ def structure_tensors(image, points: torch.Tensor, radius: int = 5, blur_sigma: 
 
 def align_to_templates(image, points: torch.Tensor, templates: torch.Tensor, radius: int = 5, iterations: int = 10,
                        blur_sigma: float = 1.0, max_shift_px: float = 3.0,
-                       min_ncc: float = 0.5, return_tensors: bool = False):
+                       min_ncc: float = 0.5, return_tensors: bool = False, return_residuals: bool = False):
     """:func:`align_patches` against given templates: shifts that make ``image`` around
     ``points`` (N, 2) look like ``templates`` (N, P) (normalised patches, e.g. averages of
     :func:`sample_patches` over the views of a point). Returns ``(shift (N, 2), valid (N,))``,
-    and with ``return_tensors`` the (N, 2, 2) structure tensors at the returned positions."""
+    with ``return_tensors`` the (N, 2, 2) structure tensors at the returned positions and with
+    ``return_residuals`` the (N,) residual variances there (see :func:`align_patches`)."""
     points = torch.as_tensor(points)
     out_dtype = points.dtype if points.is_floating_point() else torch.float64
     if points.shape[0] == 0:
-        return _no_shifts(points, out_dtype, return_tensors)
+        return _no_shifts(points, out_dtype, return_tensors, return_residuals)
     image = as_gray_image(image)
     if templates.shape != (points.shape[0], (2 * radius + 1) ** 2):
         raise ValueError(f"align_to_templates: templates must be (N, {(2 * radius + 1) ** 2}) for {points.shape[0]} "
@@ -343,7 +357,7 @@ def align_to_templates(image, points: torch.Tensor, templates: torch.Tensor, rad
     sample = _crop_sampler(image, points, radius, max_shift_px, blur_sigma, True)
     out = _lucas_kanade(sample, templates.to(image.device, torch.float32), points, radius, iterations, max_shift_px,
                         min_ncc, out_dtype)
-    return out if return_tensors else out[:2]
+    return _returned(out, return_tensors, return_residuals)
 
 
 def _to_float(img: torch.Tensor) -> torch.Tensor:

@@ -95,6 +95,13 @@ default_conf = {
     # radius and blur; free), or "image", refinement.keypoint_covariance's structure tensors
     # read again around them
     "keypoint_covariance": "alignment",
+    # with keypoint_covariance "alignment": each aligned keypoint's Gauss-Newton matrix divided by
+    # its own residual variance at convergence (the normalised patch against its template), so its
+    # covariance is the Lucas-Kanade estimate sigma^2 H^-1 and a keypoint whose patch does not look
+    # like its template weighs less, however sharp its texture. false: H^-1 alone (the earlier
+    # design). Measured with `fast_learned` and `xfeat_refined_adjusted` fold maps (README, "This
+    # round: the aligned keypoints weighed by their own residuals")
+    "residual_variance": True,
     # the robust loss scale (pixels, or "adaptive") of the refinement from the aligned keypoints;
     # null: refinement.loss_scale_px. Measured with fast_learned, paired: 0.3 px x0.76 / x0.79 on
     # the temple but x1.22 rotation on Herz-Jesu-P8; "adaptive" x0.83 / x0.85 and x1.14. So no
@@ -145,6 +152,9 @@ def check_conf(conf: Dict) -> Tuple[int, str]:
     kc = conf.get("keypoint_covariance", default_conf["keypoint_covariance"])
     if kc not in ("alignment", "image"):
         raise ValueError(f"patch_alignment.keypoint_covariance must be 'alignment' or 'image', got {kc!r}")
+    rv = conf.get("residual_variance", default_conf["residual_variance"])
+    if not isinstance(rv, bool):
+        raise ValueError(f"patch_alignment.residual_variance must be true or false, got {rv!r}")
     ls = conf.get("loss_scale_px")
     if ls is not None and ls != "adaptive" and (isinstance(ls, bool) or not isinstance(ls, (int, float)) or not ls > 0):
         raise ValueError(f"patch_alignment.loss_scale_px must be null, > 0 pixels or 'adaptive', got {ls!r}")
@@ -236,7 +246,10 @@ def align_to_map(query_image: torch.Tensor, points2D: np.ndarray, rows: np.ndarr
         "mean_references"}: the map views averaged per template, over the points with one),
         and with ``return_tensors`` the (M, 2, 2) structure tensors of the query's patches at the
         returned positions (the alignment's Gauss-Newton matrices; read with the alignment's
-        radius and blur where a point has no map view).
+        radius and blur where a point has no map view). With ``conf["residual_variance"]`` each
+        is divided by its patch's residual variance against the template (an information
+        matrix: the inverse of the Lucas-Kanade covariance); a point no map view shows takes
+        the median variance of the aligned ones.
     """
     query = as_gray_image(query_image)
     out = np.asarray(points2D, np.float64).copy()
@@ -266,6 +279,7 @@ def align_to_map(query_image: torch.Tensor, points2D: np.ndarray, rows: np.ndarr
     shifts = []
     n_ok = 0
     tensors = torch.zeros(len(out), 2, 2, dtype=torch.float64)
+    variances = torch.full((len(out),), float("nan"), dtype=torch.float64)
     done = np.zeros(len(out), bool)
     if k_refs == 1:
         for j in np.unique(owner[owner >= 0]).tolist():
@@ -273,9 +287,9 @@ def align_to_map(query_image: torch.Tensor, points2D: np.ndarray, rows: np.ndarr
             ref = ref_kp[s]
             if center_mode == "projection" and shown is None:
                 ref = project_points(map, names[j], np.asarray(rows, np.int64)[s])
-            d, ok, H = align_patches(image(names[j]), query, torch.from_numpy(ref), torch.from_numpy(out[s]), *lk,
-                                     return_tensors=True)
-            tensors[torch.from_numpy(s)], done[s] = H, True
+            d, ok, H, v = align_patches(image(names[j]), query, torch.from_numpy(ref), torch.from_numpy(out[s]), *lk,
+                                        return_tensors=True, return_residuals=True)
+            tensors[torch.from_numpy(s)], variances[torch.from_numpy(s)], done[s] = H, v, True
             out[s] += d.cpu().numpy()
             n_ok += int(ok.sum())
             shifts.append(d[ok].norm(dim=-1).cpu().numpy())
@@ -312,8 +326,9 @@ def align_to_map(query_image: torch.Tensor, points2D: np.ndarray, rows: np.ndarr
         s = np.flatnonzero(seen)
         t = templ[s]
         t = normalise_patches(t, eps=1e-6)[0]
-        d, ok, H = align_to_templates(query, torch.from_numpy(out[s]), t, *lk, return_tensors=True)
-        tensors[torch.from_numpy(s)], done[s] = H, True
+        d, ok, H, v = align_to_templates(query, torch.from_numpy(out[s]), t, *lk, return_tensors=True,
+                                         return_residuals=True)
+        tensors[torch.from_numpy(s)], variances[torch.from_numpy(s)], done[s] = H, v, True
         out[s] += d.cpu().numpy()
         n_ok += int(ok.sum())
         shifts.append(d[ok].norm(dim=-1).cpu().numpy())
@@ -327,4 +342,9 @@ def align_to_map(query_image: torch.Tensor, points2D: np.ndarray, rows: np.ndarr
     if not done.all():  # points no map view observes were not aligned: their tensors from the image
         rest = np.flatnonzero(~done)
         tensors[torch.from_numpy(rest)] = structure_tensors(query, torch.from_numpy(out[rest]), lk[0], lk[2])
+    if conf.get("residual_variance", default_conf["residual_variance"]):
+        known = torch.isfinite(variances)
+        variances[~known] = variances[known].median() if known.any() else 1.0
+        # a patch identical to its template (e.g. a map image aligned to itself) divides by 1e-6, not 0
+        tensors = tensors / variances.clamp_min(1e-6)[:, None, None]
     return out, info, tensors
