@@ -8,7 +8,8 @@ weighs each observation by ``1 / sigma^2`` (Gauss-Markov). The mapping step
 ``triangulation_weights`` (:func:`weigh_points_if_enabled`) re-solves each point that way after
 triangulation, poses and cameras fixed, from pycolmap's point as the start; the same weights
 are what BPnP gives the query's correspondences (``refinement.use_weights``). Measured: README,
-"This round".
+"Previous round: `limited` measured with paired draws, and the map's points weighted by the
+refiner's uncertainties".
 
 :func:`retriangulate` is the batched Gauss-Newton solve shared with keypoint adjustment.
 

@@ -13,8 +13,9 @@ priority and takes the ``n`` inliers whose keypoints come first
 moves keypoints but keeps them the same detections) whose inliers share keypoints then draw
 the same correspondences, so the comparison does not change wholesale when one inlier more or
 less re-indexes the pool. Measured on the Middlebury temple and the Strecha scenes (README,
-"This round"): with 20 unpaired draws a variant's median moved by 2-10% with the draws' seed alone,
-as much as the gains it is meant to show; 200 paired draws are the default.
+"Previous round: `limited` measured with paired draws, and the map's points weighted by the
+refiner's uncertainties"): with 20 unpaired draws a variant's median moved by 2-10% with the
+draws' seed alone, as much as the gains it is meant to show; 200 paired draws are the default.
 Use it as a ``fold_hook`` of
 :func:`hloc_bpnp.protocols.leave_one_out.leave_one_out` (the 3D points come from the fold's map).
 """
