@@ -244,6 +244,10 @@ def _nan_rank_worker(rank, world, init_file, scenes, conf, out_dir):
         changed = [k for k, v in tr.model.state_dict().items()
                    if not (torch.equal(v, before[k]) or (rank == 1 and torch.isnan(v).all()))]
         torch.save({"row": row, "changed": changed}, os.path.join(out_dir, f"rank{rank}.pt"))
+        # the trainer (and the tensors its all-reduces touched) released before the barrier and the
+        # group's destruction, as in _ddp_worker: without it a process aborted at exit once in a
+        # full run here ("terminate called without an active exception", a Gloo thread at shutdown)
+        del tr
         dist.barrier()
     finally:
         dist.destroy_process_group()
