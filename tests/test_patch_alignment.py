@@ -615,6 +615,7 @@ def test_alignment_returns_the_structure_tensors_at_the_aligned_positions(num_re
     v = H[:, 0, 0] / H3[:, 0, 0]
     assert torch.allclose(H3 * v[:, None, None], H, rtol=1e-9, atol=0)
     assert bool((v > 0).all()) and float(v.median()) < 0.05, v.median()  # exact renderings: small residuals
+    assert info["median_residual_variance"] == pytest.approx(float(v.median()), rel=1e-6)
 
 
 def test_lucas_kanade_residual_variances_measure_how_well_the_patches_agree():
@@ -663,6 +664,9 @@ def test_aligned_keypoints_whose_patches_disagree_with_the_map_weigh_less():
                 "refinement": {"keypoint_covariance": {"method": "structure_tensor"}}}
         res = Localizer(map_, conf, map_images=images).localize_features(feats, CAM, image=qimage)
         assert res.success
+        # the occluded half's patches match nothing: the median variance is 0.041 (0.016 without
+        # the occluder)
+        assert res.info["patch_alignment"]["median_residual_variance"] > 0.025
         errors[rv] = (rotation_error_deg(res.pose.R, query.R).item(), center_error(res.pose, query).item())
     # measured: 0.0565 deg / 0.0041 -> 0.0367 deg / 0.0028 (without the occluder 0.0405 -> 0.0255)
     assert errors[True][0] < 0.8 * errors[False][0] and errors[True][1] < 0.8 * errors[False][1], errors

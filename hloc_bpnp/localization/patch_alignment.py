@@ -252,7 +252,10 @@ def align_to_map(query_image: torch.Tensor, points2D: np.ndarray, rows: np.ndarr
         map_images: name -> (1, 1, H, W) gray map image (a :class:`MapImages`).
     Returns:
         ((M, 2) aligned positions, info {"n_aligned", "n_points", "median_shift_px",
-        "mean_references"}: the map views averaged per template, over the points with one),
+        "mean_references": the map views averaged per template, over the points with one,
+        "median_residual_variance": of the patches of the points with a template against it
+        (rejected ones at their start), 0 for a perfect match, ~2 for unrelated patches; None
+        where no point has one}),
         and with ``return_tensors`` the (M, 2, 2) structure tensors of the query's patches at the
         returned positions (the alignment's Gauss-Newton matrices; read with the alignment's
         radius and blur where a point has no map view). With ``conf["residual_variance"]`` each
@@ -345,7 +348,8 @@ def align_to_map(query_image: torch.Tensor, points2D: np.ndarray, rows: np.ndarr
     n_seen = int((owner >= 0).sum())
     refs = (float(count[owner >= 0].mean()) if k_refs > 1 else 1.0) if n_seen else 0.0
     info = {"n_aligned": n_ok, "n_points": int(rows.shape[0]),
-            "median_shift_px": float(np.median(sh)) if sh.size else 0.0, "mean_references": refs}
+            "median_shift_px": float(np.median(sh)) if sh.size else 0.0, "mean_references": refs,
+            "median_residual_variance": float(variances[torch.from_numpy(done)].median()) if done.any() else None}
     if not return_tensors:
         return out, info
     if not done.all():  # points no map view observes were not aligned: their tensors from the image
