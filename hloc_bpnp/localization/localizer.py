@@ -453,7 +453,8 @@ def uncertainty_weights(sigmas, corr: Correspondences, point_errors: Optional[np
         point_noise: the factor on the point's variance (``refinement.point_noise``; 0: the
             keypoints' own ``1 / sigma^2``). The map's error is a mean residual norm over the
             track; a point the map's views disagree on (a silhouette, a merged track) is no
-            better seen from the query. Measured: README, "Previous round: each correspondence weighed by its 3D point's track error too".
+            better seen from the query. Measured: README, "Previous round: each correspondence
+            weighed by its 3D point's track error too".
     """
     s = np.asarray(sigmas.cpu() if hasattr(sigmas, "cpu") else sigmas, dtype=np.float64).reshape(-1)
     if s.size and (not np.all(np.isfinite(s)) or np.any(s <= 0)):
