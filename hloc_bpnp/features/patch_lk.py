@@ -259,6 +259,11 @@ def _gauss_newton_matrices(I: torch.Tensor, Ix: torch.Tensor, Iy: torch.Tensor, 
     return In, jx, jy, ((w * jx * jx).sum(-1), (w * jx * jy).sum(-1), (w * jy * jy).sum(-1))
 
 
+def _residual_variance(res: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """(N,) window-weighted mean of the squared (N, P) residuals of normalised patches."""
+    return (w * res * res).sum(-1) / w.sum()
+
+
 def _as_tensors(abc) -> torch.Tensor:
     """(a, b, c) (N,) each -> (N, 2, 2) float64 symmetric matrices on the CPU."""
     a, b, c = abc
@@ -281,7 +286,7 @@ def _lucas_kanade(sample, T: torch.Tensor, points: torch.Tensor, radius: int, it
         In, jx, jy, (a, b, c) = _gauss_newton_matrices(*sample(p0 + d), w)
         res = In - T
         if abc0 is None:  # at the start: the tensors and residuals of a rejected point
-            abc0, var0 = (a, b, c), (w * res * res).sum(-1) / w.sum()
+            abc0, var0 = (a, b, c), _residual_variance(res, w)
         # the 2x2 normal equations in closed form
         a, c = a + 1e-3, c + 1e-3
         gx, gy = (w * jx * res).sum(-1), (w * jy * res).sum(-1)
@@ -291,7 +296,7 @@ def _lucas_kanade(sample, T: torch.Tensor, points: torch.Tensor, radius: int, it
     In, _, _, abc = _gauss_newton_matrices(*sample(p0 + d), w)
     ncc = (In * T).mean(-1) * (grid.shape[0] / max(grid.shape[0] - 1, 1))  # std is the unbiased one
     valid = torch.isfinite(d).all(-1) & (ncc >= min_ncc)
-    var = (w * (In - T) ** 2).sum(-1) / w.sum()
+    var = _residual_variance(In - T, w)
     abc0, var0 = (abc, var) if abc0 is None else (abc0, var0)
     tensors = _as_tensors(tuple(torch.where(valid, x1, x0) for x1, x0 in zip(abc, abc0)))
     var = torch.where(valid, var, var0).double().cpu()
