@@ -13,7 +13,9 @@ rounds, query by query (the same held-out images): the ratio of their medians ov
 (each query's error its geometric mean over the seeds) with a 95% bootstrap interval that
 resamples the queries, and on how many queries the setup is the more accurate. It says
 whether a difference between two medians of a few dozen queries is larger than the choice of
-queries would make it. ``--json FILE`` keeps every error for other comparisons.
+queries would make it. ``--json FILE`` keeps every error for other comparisons. Setups with the
+same mapping preset share its fold maps, built once per run: localization presets compare on
+identical maps, and each extra one costs no map building.
 
     python benchmarks/bench_ransac_seeds.py --scene ../shared/data/middlebury_templeRing_partial \\
         --setup xfeat_refined_adjusted@fast_learned --seeds 5 --rounds 0 2
@@ -80,11 +82,14 @@ def main(argv=None):
     scene = read_scene(args.scene)
     queries = scene.names[:args.queries] if args.queries else scene.names
     rows = []
+    built = {}  # mapping -> its fold maps: setups that share a mapping localize against the same maps
     for setup in args.setup:
         if "@" not in setup:
             raise SystemExit(f"--setup {setup!r}: expected MAPPING@CONFIG")
         mapping, config = setup.split("@", 1)
-        maps = fold_maps(scene, mapping, config, queries)
+        if mapping not in built:
+            built[mapping] = fold_maps(scene, mapping, config, queries)
+        maps = built[mapping]
         for r in args.rounds:
             rot, pos, sec = seed_errors(scene, maps, config, r, args.seeds)
             rows.append((setup, r, rot, pos, sec))

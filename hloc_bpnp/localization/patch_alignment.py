@@ -34,7 +34,7 @@ H^-1``, with ``H`` the query patch's Gauss-Newton matrix and ``sigma^2`` the res
 of the normalised patch against its template at convergence. A sharp patch that does not look
 like its template (another surface point, an occluder, a silhouette) weighs little. On the
 temple its residual variance correlates with the keypoint's error at the true pose at 0.68
-(Spearman), ``H`` alone at -0.14; the flagship's median fell by 25-29% (README, "This round:
+(Spearman), ``H`` alone at -0.14; the flagship's median fell by 25-29% (README, "Previous round:
 the aligned keypoints weighed by their own residuals").
 
 The Lucas-Kanade step itself lives in :mod:`hloc_bpnp.features.patch_lk`.
