@@ -1,7 +1,7 @@
 """Photometric refinement of 3D points on local planes (hloc_bpnp/mapping/point_refinement.py
 and keypoint_adjustment's ``plane`` method), on exactly rendered views of the textured plane
 z = 0: points pushed off the plane along z come back onto it; the fitted normal matters where
-the plane is oblique to the views; unrelated images move nothing."""
+the plane is oblique to the views, and is the plane's; unrelated images move nothing."""
 import numpy as np
 import pytest
 import torch
@@ -65,6 +65,14 @@ def test_points_return_to_the_surface_and_the_normal_matters():
     # a quarter of the samples over the same support does nearly as well
     X2, _, _ = _refine(noisy, poses, images, radius=6, stride=2)
     assert _depth_px(X2, truth, poses) < 0.1 * before
+    # the fitted normals are the plane's (z = 0, facing the cameras at z < 0), not the rays'
+    n = stats["normals"]
+    assert n.shape == (len(noisy), 3) and torch.isnan(n[~refined]).all()
+    angle = torch.rad2deg(torch.acos((n[refined] @ torch.tensor([0.0, 0.0, -1.0], dtype=n.dtype)).clamp(-1, 1)))
+    ray = torch.nn.functional.normalize(ref.center.reshape(1, 3) - noisy, dim=-1)
+    start = torch.rad2deg(torch.acos(ray[:, 2].neg().clamp(-1, 1)))  # the start: facing the reference camera
+    # measured: 1.0 deg median (0.9 quantile 1.8) from a start of 42.7 deg
+    assert float(start.median()) > 30 and float(angle.median()) < 3.0, (angle.median(), start.median())
     # fronto-parallel patches (no normal) fit the oblique plane worse
     X0, _, _ = _refine(noisy, poses, images, max_tilt=0.0)
     assert after < 0.7 * _depth_px(X0, truth, poses), (after, _depth_px(X0, truth, poses))

@@ -80,10 +80,14 @@ class _Problem:
         """(P, 3) points for (P, 3) parameters (depth in px of the largest parallax, normal tilts)."""
         return self.C + (self.d0 + theta[:, 0] * self.depth_per_px)[:, None] * self.u
 
+    def normal(self, theta: torch.Tensor) -> torch.Tensor:
+        """(P, 3) unit normals of the points' planes (facing the reference view) for (P, 3) parameters."""
+        return torch.nn.functional.normalize(-self.u + theta[:, 1:2] * self.e1 + theta[:, 2:3] * self.e2, dim=-1)
+
     def plane_points(self, theta: torch.Tensor) -> torch.Tensor:
         """(P, G, 3) world points where the reference view's grid rays meet each point's plane."""
         X = self.point(theta)
-        n = torch.nn.functional.normalize(-self.u + theta[:, 1:2] * self.e1 + theta[:, 2:3] * self.e2, dim=-1)
+        n = self.normal(theta)
         lam = ((X - self.C) * n).sum(-1, keepdim=True) / (self.rays * n[:, None]).sum(-1).clamp_max(-1e-6)
         return self.C[:, None] + lam[..., None] * self.rays
 
@@ -132,8 +136,10 @@ def refine_points_on_planes(xyz: torch.Tensor, tracks: Sequence[Sequence[int]], 
             samples over the same support).
     Returns:
         ``(xyz (P, 3), refined (P,) bool, stats)``; ``stats`` has ``"n_points"``,
-        ``"n_refined"``, ``"median_depth_px"`` (of the refined points' moves) and
-        ``"ncc_before"`` / ``"ncc_after"`` (medians over refined points).
+        ``"n_refined"``, ``"median_depth_px"`` (of the refined points' moves),
+        ``"ncc_before"`` / ``"ncc_after"`` (medians over refined points) and ``"normals"``:
+        (P, 3) float64 world unit normals of the refined points' planes, facing their
+        reference view, NaN for the others.
     """
     if int(radius) < 1 or int(stride) < 1 or int(stride) > 2 * int(radius):
         raise ValueError(f"plane refinement: radius must be >= 1 and stride in [1, 2 radius], got radius {radius!r}, "
@@ -164,6 +170,7 @@ def refine_points_on_planes(xyz: torch.Tensor, tracks: Sequence[Sequence[int]], 
     stats = {"n_points": P, "n_refined": 0, "median_depth_px": 0.0, "ncc_before": float("nan"),
              "ncc_after": float("nan")}
     refined = torch.zeros(P, dtype=torch.bool)
+    stats["normals"] = torch.full((P, 3), float("nan"), dtype=torch.float64)
     if not rows:
         return xyz.clone(), refined, stats
     rows_t = torch.tensor(rows)
@@ -218,6 +225,7 @@ def refine_points_on_planes(xyz: torch.Tensor, tracks: Sequence[Sequence[int]], 
     out = xyz.clone()
     out[rows_t[good]] = prob.point(theta)[good]
     refined[rows_t[good]] = True
+    stats["normals"][rows_t[good]] = prob.normal(theta)[good]
     if good.any():
         stats.update(n_refined=int(good.sum()), median_depth_px=float(theta[good, 0].abs().median()),
                      ncc_before=float(ncc0[good].median()), ncc_after=float(ncc[good].median()))
