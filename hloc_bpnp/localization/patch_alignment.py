@@ -108,8 +108,8 @@ default_conf = {
     # its own residual variance at convergence (the normalised patch against its template), so its
     # covariance is the Lucas-Kanade estimate sigma^2 H^-1 and a keypoint whose patch does not look
     # like its template weighs less, however sharp its texture. false: H^-1 alone (the earlier
-    # design). Measured with `fast_learned` and `xfeat_refined_adjusted` fold maps (README, "This
-    # round: the aligned keypoints weighed by their own residuals")
+    # design). Measured with `fast_learned` and `xfeat_refined_adjusted` fold maps (README,
+    # "Previous round: the aligned keypoints weighed by their own residuals")
     "residual_variance": True,
     # the robust loss scale (pixels, or "adaptive") of the refinement from the aligned keypoints;
     # null: refinement.loss_scale_px. Measured with fast_learned, paired: 0.3 px x0.76 / x0.79 on

@@ -168,9 +168,8 @@ def refine_points_on_planes(xyz: torch.Tensor, tracks: Sequence[Sequence[int]], 
         obs_pt += [row] * len(others)
         obs_img += others
     stats = {"n_points": P, "n_refined": 0, "median_depth_px": 0.0, "ncc_before": float("nan"),
-             "ncc_after": float("nan")}
+             "ncc_after": float("nan"), "normals": torch.full((P, 3), float("nan"), dtype=torch.float64)}
     refined = torch.zeros(P, dtype=torch.bool)
-    stats["normals"] = torch.full((P, 3), float("nan"), dtype=torch.float64)
     if not rows:
         return xyz.clone(), refined, stats
     rows_t = torch.tensor(rows)
