@@ -1,4 +1,4 @@
-"""Camera models vs pycolmap, pose algebra and conversions, error metrics."""
+"""Camera models vs pycolmap, pose algebra and conversions, error metrics, plane-induced warps."""
 import math
 
 import numpy as np
@@ -11,6 +11,7 @@ from hloc_bpnp.geometry import (
     Pose,
     center_error,
     is_rotation,
+    plane_induced_affine,
     project_to_so3,
     rotation_error_deg,
     so3_exp,
@@ -165,3 +166,68 @@ def test_center_error():
     a = Pose.from_center(torch.eye(3, dtype=torch.float64), torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))
     b = Pose.from_center(torch.eye(3, dtype=torch.float64), torch.tensor([1.0, 2.0, 3.01], dtype=torch.float64))
     assert abs(center_error(a, b).item() - 0.01) < 1e-12
+
+
+def _two_views():
+    """Two pinhole views of points on an oblique plane: (cam, pose_a, pose_b, X (N, 3), n (3,), d)
+    with the plane n.X = d."""
+    cam = Camera("PINHOLE", 640, 480, torch.tensor([500.0, 510.0, 320.0, 240.0], dtype=torch.float64))
+    pose_a = Pose.identity()
+    pose_b = Pose(so3_exp(torch.tensor([0.05, -0.5, 0.1], dtype=torch.float64)),
+                  torch.tensor([1.2, -0.1, 0.3], dtype=torch.float64))
+    n = torch.nn.functional.normalize(torch.tensor([0.4, -0.2, -1.0], dtype=torch.float64), dim=0)
+    g = torch.Generator().manual_seed(0)
+    uv = (torch.rand(40, 2, generator=g, dtype=torch.float64) - 0.5) * 0.6
+    rays = torch.cat([uv, torch.ones(40, 1, dtype=torch.float64)], 1)
+    d = -4.0  # the plane n.X = d, about 4 in front of camera a
+    X = rays * (d / (rays @ n))[:, None]
+    return cam, pose_a, pose_b, X, n, d
+
+
+def test_plane_induced_affine_is_the_homographys_jacobian():
+    cam, pose_a, pose_b, X, n, d = _two_views()
+    x_a = cam.project(pose_a.transform(X))
+    A, valid = plane_induced_affine(x_a, cam, pose_a, cam, pose_b, X, n.expand_as(X))
+    assert valid.all() and A.shape == (len(X), 2, 2) and A.dtype == torch.float64
+    # camera a is the world frame: on the plane n.X = d, X_b = R X + t n.X / d, so the homography
+    # is K (R + t n^T / d) K^-1
+    K = cam.K
+    Hm = K @ (pose_b.R + pose_b.t[:, None] @ n[None] / d) @ torch.linalg.inv(K)
+
+    def h(x):
+        y = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1) @ Hm.T
+        return y[:, :2] / y[:, 2:]
+
+    J = torch.stack([torch.autograd.functional.jacobian(lambda v: h(v[None])[0], x) for x in x_a])
+    torch.testing.assert_close(A, J, atol=1e-4, rtol=1e-4)  # central differences of 1 px
+    # the plane's image of the point itself: x_b = h(x_a)
+    torch.testing.assert_close(h(x_a), cam.project(pose_b.transform(X)))
+    # a normal of any length or sign is the same plane
+    A2, _ = plane_induced_affine(x_a, cam, pose_a, cam, pose_b, X, -3 * n.expand_as(X))
+    torch.testing.assert_close(A2, A)
+    # a camera moved along its axis towards a fronto-parallel plane magnifies by the depth ratio
+    front = torch.tensor([0.0, 0.0, -1.0], dtype=torch.float64).expand_as(X)
+    Xf = X.clone()
+    Xf[:, 2] = 4.0
+    closer = Pose(torch.eye(3, dtype=torch.float64), torch.tensor([0.0, 0.0, -2.0], dtype=torch.float64))
+    Af, ok = plane_induced_affine(cam.project(Xf), cam, pose_a, cam, closer, Xf, front)
+    assert ok.all()
+    torch.testing.assert_close(Af, 2.0 * torch.eye(2, dtype=torch.float64).expand_as(Af), atol=1e-9, rtol=1e-9)
+
+
+def test_plane_induced_affine_marks_missing_and_impossible_planes():
+    cam, pose_a, pose_b, X, n, d = _two_views()
+    x_a = cam.project(pose_a.transform(X))
+    N = n.expand_as(X).clone()
+    N[0] = float("nan")  # no normal
+    N[1] = 0.0
+    # a plane containing camera a's ray: the rays run along it
+    N[2] = torch.nn.functional.normalize(torch.linalg.cross(X[2], torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64)), dim=0)
+    behind = Pose(torch.eye(3, dtype=torch.float64), torch.tensor([0.0, 0.0, -10.0], dtype=torch.float64))
+    A, valid = plane_induced_affine(x_a, cam, pose_a, cam, pose_b, X, N)
+    assert not valid[:3].any() and valid[3:].all()
+    torch.testing.assert_close(A[:3], torch.eye(2, dtype=torch.float64).expand(3, 2, 2))
+    _, v_behind = plane_induced_affine(x_a, cam, pose_a, cam, behind, X, n.expand_as(X))  # plane behind view b
+    assert not v_behind.any()
+    with pytest.raises(ValueError, match=r"points2D \(N, 2\)"):
+        plane_induced_affine(x_a[:3], cam, pose_a, cam, pose_b, X, N)

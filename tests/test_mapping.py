@@ -267,6 +267,52 @@ def test_map_save_load_roundtrip(tmp_path, ring_map):
         Map.load(tmp_path / "map")
 
 
+def test_map_keeps_point_normals_through_save_load_and_growth(tmp_path, ring_map):
+    """``Map.point_normals``: given by id for some points (unit length on the way in), NaN for the
+    others; saved to ``point_normals.npz`` and read back; a map without any has no file (a stale
+    one is removed); new points get none; bad files name themselves."""
+    m0 = ring_map
+    ids = m0.point3D_ids[::3]
+    g = np.random.default_rng(0)
+    normals = g.normal(size=(len(ids), 3)) * 5
+    m = Map.from_reconstruction(m0.reconstruction, m0.features, m0.conf, global_model=m0.global_model,
+                                point_normals=(ids, normals))
+    P = len(m.points3D)
+    assert m.point_normals.shape == (P, 3)
+    known = np.isfinite(m.point_normals).all(axis=1)
+    np.testing.assert_array_equal(np.flatnonzero(known), np.arange(0, P, 3))
+    np.testing.assert_allclose(m.point_normals[known], normals / np.linalg.norm(normals, axis=1, keepdims=True))
+    assert np.isnan(m.point_normals[~known]).all()
+    m.save(tmp_path / "map")
+    m2 = Map.load(tmp_path / "map")
+    np.testing.assert_allclose(m2.point_normals, m.point_normals, rtol=1e-12)  # NaN rows equal too
+    # growth: the buffers double, the normals move with them; the new points have none
+    rows = m2._append_points(np.zeros((3 * P, 3)), m2.point3D_ids[-1] + 1 + np.arange(3 * P))
+    np.testing.assert_allclose(m2.point_normals[:P], m.point_normals, rtol=1e-12)
+    assert np.isnan(m2.point_normals[rows]).all() and m2.point_normals.shape == (4 * P, 3)
+    # a map without normals writes no file, and removes a stale one
+    m0.save(tmp_path / "map")
+    assert not (tmp_path / "map" / "point_normals.npz").exists()
+    assert np.isnan(Map.load(tmp_path / "map").point_normals).all()
+    # bad normals: unknown ids, zero or non-finite vectors, wrong shapes, a broken file
+    with pytest.raises(ValueError, match="not in the reconstruction"):
+        Map.from_reconstruction(m0.reconstruction, m0.features, m0.conf, global_model=m0.global_model,
+                                point_normals=(np.array([10 ** 9]), np.ones((1, 3))))
+    with pytest.raises(ValueError, match="not finite nonzero"):
+        Map.from_reconstruction(m0.reconstruction, m0.features, m0.conf, global_model=m0.global_model,
+                                point_normals=(ids[:1], np.zeros((1, 3))))
+    with pytest.raises(ValueError, match=r"normals \(K, 3\)"):
+        Map.from_reconstruction(m0.reconstruction, m0.features, m0.conf, global_model=m0.global_model,
+                                point_normals=(ids, normals[:, :2]))
+    m.save(tmp_path / "map")
+    np.savez(tmp_path / "map" / "point_normals.npz", point3D_ids=np.array([10 ** 9]), normals=np.ones((1, 3)))
+    with pytest.raises(ValueError, match=r"point_normals.npz: point normals: 1 of 1 point ids are not in"):
+        Map.load(tmp_path / "map")
+    (tmp_path / "map" / "point_normals.npz").write_bytes(b"not a numpy file")
+    with pytest.raises(ValueError, match="point_normals.npz: not a point normals file"):
+        Map.load(tmp_path / "map")
+
+
 def test_map_rejects_mismatched_features(ring_map):
     m = ring_map
     feats = {n: dict(f) for n, f in m.features.items()}

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from hloc_bpnp.mapping.keypoint_adjustment import adjust_keypoints, adjustment_config
+from hloc_bpnp.mapping import Map
+from hloc_bpnp.mapping.keypoint_adjustment import adjust_if_enabled, adjust_keypoints, adjustment_config
 from hloc_bpnp.mapping.point_refinement import refine_points_on_planes
 from hloc_bpnp.synthetic import look_at
 from map_fixtures import reconstruction_from_observations
@@ -131,6 +132,23 @@ def test_plane_adjustment_of_a_map_moves_points_and_observations_together():
     assert stats["n_aligned"] > 0.8 * stats["n_tried"]
     for im in rec.images.values():
         np.testing.assert_allclose(out[im.name]["keypoints"], np.array([p.xy for p in im.points2D]), atol=1e-4)
+    # the fitted planes' normals, by point id, for the map to keep: the plane's (-z, facing the views)
+    ids, normals = stats["point_normals"]
+    assert len(ids) > 0.8 * len(rec.points3D) and set(ids.tolist()) <= set(rec.points3D)
+    angle = np.rad2deg(np.arccos(np.clip(normals @ np.array([0.0, 0.0, -1.0]), -1, 1)))
+    assert np.median(angle) < 3.0, np.median(angle)
+    conf = {"retrieval": {"global_descriptor": {"type": "vlad", "num_clusters": 4}}}
+    map_ = Map.from_reconstruction(rec, out, conf, point_normals=stats["point_normals"])
+    rows = map_.rows_of(ids)
+    np.testing.assert_allclose(map_.point_normals[rows], normals, atol=1e-12)
+    assert np.isfinite(map_.point_normals).all(axis=1).sum() == len(ids)
+    # the mapping pipelines' step hands them over; the other methods fit none
+    _, handed = adjust_if_enabled(rec, feats, {names[i]: im for i, im in images.items()},
+                                  adjustment_config({"enabled": True, "method": "plane"}))
+    assert handed is not None and len(handed[0]) > 0.8 * len(rec.points3D)
+    _, stats_c = adjust_keypoints(rec, feats, {names[i]: im for i, im in images.items()}, {"method": "consensus"})
+    assert len(stats_c["point_normals"][0]) == 0 and stats_c["point_normals"][1].shape == (0, 3)
+    assert adjust_if_enabled(rec, feats, None, adjustment_config()) == (feats, None)
 
 
 def test_unknown_method_is_an_error():

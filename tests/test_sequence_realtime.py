@@ -141,6 +141,7 @@ def test_add_keyframe_grows_every_lookup_in_place(exact, tmp_path):
     assert map_.reconstruction is rec_before  # extended, never copied
     assert name in map_.image_names and map_.image_names == sorted(map_.image_names)
     assert len(map_.image_names) == n_images + 1 and len(map_.points3D) == n_points + len(rows)
+    assert map_.point_normals.shape == (len(map_.points3D), 3) and np.isnan(map_.point_normals[rows]).all()
     assert np.all(map_.kp_to_point[name][obs_kp[keep]] == obs_rows[keep])
     untouched = [n for n in tables_before if n != nb or free_nb is None]
     assert all(map_.kp_to_point[n] is tables_before[n] for n in untouched)  # no copies of other images

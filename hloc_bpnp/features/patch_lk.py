@@ -14,7 +14,7 @@ import functools
 import math
 from collections import OrderedDict
 from pathlib import Path
-from typing import Mapping, Tuple, Union
+from typing import Mapping, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -316,15 +316,45 @@ def _crop_sampler(image: torch.Tensor, points: torch.Tensor, radius: int, max_sh
     return lambda centers: _window_patches(win, o, centers, radius, gradients)
 
 
-def sample_patches(image, points: torch.Tensor, radius: int = 5, blur_sigma: float = 1.0) -> torch.Tensor:
+def sample_patches(image, points: torch.Tensor, radius: int = 5, blur_sigma: float = 1.0,
+                   affines: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Zero-mean, unit-variance (N, P) patches of a gray ``image`` (as :func:`align_patches`
-    reads it) around (N, 2) COLMAP pixels ``points``; P = (2 radius + 1)^2, float32."""
+    reads it) around (N, 2) COLMAP pixels ``points``; P = (2 radius + 1)^2, float32.
+
+    ``affines`` (N, 2, 2), optional: each patch's grid warped, its sample at grid offset ``g``
+    (pixels, :func:`_patch_grid`'s order) read at ``points + A g``: a template seen from another
+    view (e.g. :func:`~hloc_bpnp.geometry.plane_induced_affine`). The blur stays that of
+    ``image``'s pixels. The identity gives the unwarped patches (within float rounding)."""
     image = as_gray_image(image)
     points = torch.as_tensor(points)
     if points.shape[0] == 0:
         return torch.zeros(0, (2 * radius + 1) ** 2)
-    sample = _crop_sampler(image, points, radius, 0.0, blur_sigma, False)
-    return normalise_patches(sample(points.to(image.device, torch.float32))[0])[0]
+    if affines is None:
+        sample = _crop_sampler(image, points, radius, 0.0, blur_sigma, False)
+        return normalise_patches(sample(points.to(image.device, torch.float32))[0])[0]
+    return normalise_patches(_warped_patches(image, points, torch.as_tensor(affines), radius, blur_sigma))[0]
+
+
+def _warped_patches(image: torch.Tensor, points: torch.Tensor, affines: torch.Tensor, radius: int,
+                    blur_sigma: float) -> torch.Tensor:
+    """(N, P) raw (not normalised) samples of ``image`` blurred by ``blur_sigma`` at ``points +
+    A g`` for the (2 radius + 1)^2 grid offsets ``g``: bilinear reads of windows wide enough for
+    the largest warped grid."""
+    N = points.shape[0]
+    if affines.shape != (N, 2, 2):
+        raise ValueError(f"sample_patches: affines must be (N, 2, 2) = ({N}, 2, 2), got {tuple(affines.shape)}")
+    dev = image.device
+    A = affines.to(dev, torch.float32)
+    g = _patch_grid(radius, dev)[0]  # (P, 2) x, y offsets
+    reach = float((A.abs().sum(-1).amax()) * radius) if N else 0.0  # the largest |offset| along x or y
+    half = int(math.ceil(reach)) + 2
+    win, o = _windows(image, points.to(dev), half, blur_sigma)  # (N, S, S)
+    S = win.shape[-1]
+    pts = points.to(dev, torch.float32)[:, None] + torch.einsum("nij,pj->npi", A, g)  # (N, P, 2)
+    local = pts - 0.5 - o[:, None]  # pixel-index coordinates inside each window
+    grid = (2 * local + 1) / S - 1
+    return F.grid_sample(win[:, None], grid[:, None], mode="bilinear", align_corners=False,
+                         padding_mode="border")[:, 0, 0]
 
 
 def structure_tensors(image, points: torch.Tensor, radius: int = 5, blur_sigma: float = 1.0) -> torch.Tensor:

@@ -108,6 +108,12 @@ class Localizer:
                 raise ValueError("patch_alignment is enabled but no map images were given: "
                                  "Localizer(map, conf, map_images=FOLDER) (hloc-bpnp localize --map-images)")
             PA.check_conf(self.conf["patch_alignment"])
+            normals = getattr(map, "point_normals", None)
+            if self.conf["patch_alignment"].get("template_warp", "none") != "none" and (
+                    normals is None or not np.isfinite(normals).all(axis=1).any()):
+                logger.warning("patch_alignment.template_warp %r needs the map's point normals, and this map has none "
+                               "(build it with keypoint_adjustment method 'plane'): its templates are not warped",
+                               self.conf["patch_alignment"]["template_warp"])
         KN.enabled(self.conf)  # checks refinement.keypoint_covariance now, not at the first query
         self._ref_cache: Dict[str, Tuple[Dict, Optional[np.ndarray]]] = {}
 
@@ -302,7 +308,8 @@ class Localizer:
         if todo.size:
             center = res.pose.to(torch.float64).center.reshape(-1).cpu().numpy()
             out, info, H = PA.align_to_map(gray, detected[todo], rows[todo], self.map, self.map_images, res.retrieved,
-                                           center, pa, return_tensors=True)
+                                           center, pa, return_tensors=True, query_pose=res.pose,
+                                           query_camera=res.camera)
             cache["aligned"][todo], cache["tensors"][torch.from_numpy(todo)] = out, H.to(torch.float64)
             cache["done"][todo] = True
             if not res.info["patch_alignment"]:  # the first alignment's counts (updated at the end)

@@ -51,9 +51,11 @@ import torch
 
 from ..features.patch_lk import (MapImages, align_patches, align_to_templates, as_gray_image, gray_image,
                                 normalise_patches, prepare_image, sample_patches, structure_tensors)
+from ..geometry import plane_induced_affine
 
 __all__ = ["default_conf", "check_conf", "resolve_enabled", "align_patches", "prepare_image", "gray_image",
-           "MapImages", "reference_observations", "visible_rows", "project_points", "align_to_map"]
+           "MapImages", "reference_observations", "visible_rows", "project_points", "template_affines",
+           "align_to_map"]
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +113,18 @@ default_conf = {
     # design). Measured with `fast_learned` and `xfeat_refined_adjusted` fold maps (README,
     # "Previous round: the aligned keypoints weighed by their own residuals")
     "residual_variance": True,
+    # how a map view's template is sampled: "none", on the view's pixel grid; "plane", on the
+    # query's pixel grid carried into the view through the plane of the point's surface (the map's
+    # Map.point_normals, fitted by keypoint_adjustment's `plane` method; the query at its RANSAC
+    # pose), so that the template shows the patch as the query sees it, foreshortening included.
+    # Points without a normal, or whose warp is extreme (its determinant outside
+    # [1/warp_max_scale^2, warp_max_scale^2], or a singular value above warp_max_scale), keep
+    # the unwarped template. "plane_if_better": a point with a warped template is aligned to both,
+    # and keeps the alignment whose patch agrees better with its template (the lower residual
+    # variance; one more Lucas-Kanade pass over those points). README, "Templates warped through
+    # the map's planes"
+    "template_warp": "none",
+    "warp_max_scale": 2.0,
     # the robust loss scale (pixels, or "adaptive") of the refinement from the aligned keypoints;
     # null: refinement.loss_scale_px. Measured with fast_learned, paired: 0.3 px x0.76 / x0.79 on
     # the temple but x1.22 rotation on Herz-Jesu-P8; "adaptive" x0.83 / x0.85 and x1.14. So no
@@ -173,6 +187,12 @@ def check_conf(conf: Dict) -> Tuple[int, str]:
     views = conf.get("reference_views", default_conf["reference_views"])
     if views not in ("observing", "visible"):
         raise ValueError(f"patch_alignment.reference_views must be 'observing' or 'visible', got {views!r}")
+    warp = conf.get("template_warp", default_conf["template_warp"])
+    if warp not in ("none", "plane", "plane_if_better"):
+        raise ValueError(f"patch_alignment.template_warp must be 'none', 'plane' or 'plane_if_better', got {warp!r}")
+    ms = conf.get("warp_max_scale", default_conf["warp_max_scale"])
+    if isinstance(ms, bool) or not isinstance(ms, (int, float)) or not ms > 1:
+        raise ValueError(f"patch_alignment.warp_max_scale must be a number > 1, got {ms!r}")
     if views == "visible" and center != "projection":
         raise ValueError("patch_alignment.reference_views 'visible' needs template_center 'projection' (a map image "
                          "that does not observe a point has no keypoint of it)")
@@ -240,9 +260,36 @@ def _visibility(map, rows: np.ndarray, names: List[str], margin: float):
     return shown, pixels
 
 
+def template_affines(map, name: str, rows: np.ndarray, points2D: np.ndarray, query_pose, query_camera,
+                     max_scale: float) -> Tuple[torch.Tensor, np.ndarray]:
+    """The warps of the templates of ``points3D`` rows (M,) in map image ``name``: each point's
+    plane (:attr:`~hloc_bpnp.mapping.Map.point_normals`) carries the query's pixel grid around
+    its keypoint ``points2D`` (M, 2) (the query at ``query_pose`` / ``query_camera``) into the
+    map image (:func:`~hloc_bpnp.geometry.plane_induced_affine`).
+
+    Returns:
+        ``(A (M, 2, 2) float32, warped (M,) bool)``: ``A`` the identity where a point has no
+        normal, the plane's warp is not valid, or it scales by more than ``max_scale`` (its
+        determinant outside ``[max_scale^-2, max_scale^2]`` or a singular value above it).
+    """
+    rows = np.asarray(rows, np.int64)
+    normals = getattr(map, "point_normals", None)
+    if normals is None or not len(rows):
+        return torch.eye(2).expand(len(rows), 2, 2).clone(), np.zeros(len(rows), bool)
+    A, valid = plane_induced_affine(torch.from_numpy(np.asarray(points2D, np.float64)), query_camera, query_pose,
+                                    map.camera(name), map.pose(name),
+                                    torch.from_numpy(np.asarray(map.points3D[rows], np.float64)),
+                                    torch.from_numpy(np.asarray(normals[rows], np.float64)))
+    det = torch.linalg.det(A)
+    s_max = torch.linalg.matrix_norm(A, ord=2)
+    ok = valid & (det > max_scale ** -2) & (det < max_scale ** 2) & (s_max <= max_scale)
+    A = torch.where(ok[:, None, None], A, torch.eye(2, dtype=A.dtype))
+    return A.float(), ok.cpu().numpy()
+
+
 def align_to_map(query_image: torch.Tensor, points2D: np.ndarray, rows: np.ndarray, map,
                  map_images: Callable[[str], torch.Tensor], candidates, center: np.ndarray,
-                 conf: Dict, return_tensors: bool = False):
+                 conf: Dict, return_tensors: bool = False, query_pose=None, query_camera=None):
     """Query keypoints ``points2D`` (M, 2) of 3D points ``rows`` (M,) aligned to their map
     observations (see :func:`reference_observations`), or with ``reference_views: visible`` to
     the 3D points' projections in the nearest map views that show them (:func:`visible_rows`).
@@ -250,12 +297,17 @@ def align_to_map(query_image: torch.Tensor, points2D: np.ndarray, rows: np.ndarr
     Args:
         query_image: (1, 1, H, W) gray query image (uint8, or float in [0, 1]).
         map_images: name -> (1, 1, H, W) gray map image (a :class:`MapImages`).
+        candidates: the map images to take templates from; center: (3,) the query's camera
+            centre (world), which orders them.
+        query_pose, query_camera: the query's ``cam_from_world`` and camera, needed with
+            ``conf["template_warp"]`` ``"plane"`` (:func:`template_affines`).
     Returns:
         ((M, 2) aligned positions, info {"n_aligned", "n_points", "median_shift_px",
         "mean_references": the map views averaged per template, over the points with one,
         "median_residual_variance": of the patches of the points with a template against it
         (rejected ones at their start), 0 for a perfect match, ~2 for unrelated patches; None
-        where no point has one}),
+        where no point has one, "n_warped": the points aligned to a template warped through their
+        plane (at least one of its views warped)}),
         and with ``return_tensors`` the (M, 2, 2) structure tensors of the query's patches at the
         returned positions (the alignment's Gauss-Newton matrices; read with the alignment's
         radius and blur where a point has no map view). With ``conf["residual_variance"]`` each
@@ -266,6 +318,14 @@ def align_to_map(query_image: torch.Tensor, points2D: np.ndarray, rows: np.ndarr
     query = as_gray_image(query_image)
     out = np.asarray(points2D, np.float64).copy()
     k_refs, center_mode = check_conf(conf)
+    warp_mode = conf.get("template_warp", default_conf["template_warp"])
+    warp = warp_mode in ("plane", "plane_if_better")
+    both = warp_mode == "plane_if_better"  # align to both templates, keep the better-agreeing one
+    if warp and (query_pose is None or query_camera is None):
+        raise ValueError(f"patch_alignment.template_warp {warp_mode!r} needs the query's pose and camera "
+                         "(align_to_map(..., query_pose=, query_camera=))")
+    max_scale = float(conf.get("warp_max_scale", default_conf["warp_max_scale"]))
+    warped = np.zeros(len(out), bool)
 
     def image(name):
         img, cam = map_images(name), map.camera(name)
@@ -293,7 +353,7 @@ def align_to_map(query_image: torch.Tensor, points2D: np.ndarray, rows: np.ndarr
     tensors = torch.zeros(len(out), 2, 2, dtype=torch.float64)
     variances = torch.full((len(out),), float("nan"), dtype=torch.float64)
     done = np.zeros(len(out), bool)
-    if k_refs == 1:
+    if k_refs == 1 and not warp:  # one template per point, read by align_patches itself
         for j in np.unique(owner[owner >= 0]).tolist():
             s = np.flatnonzero(owner == j)
             ref = ref_kp[s]
@@ -308,6 +368,7 @@ def align_to_map(query_image: torch.Tensor, points2D: np.ndarray, rows: np.ndarr
     else:
         # the mean normalised patch of each point's observations in its k nearest observing images
         templ = torch.zeros(len(out), (2 * lk[0] + 1) ** 2)
+        plain = templ.clone() if both else None  # the unwarped templates, to compare with
         count = np.zeros(len(out), np.int64)
         seen = owner >= 0
         rows64 = np.asarray(rows, np.int64)
@@ -333,13 +394,35 @@ def align_to_map(query_image: torch.Tensor, points2D: np.ndarray, rows: np.ndarr
                 hit = shown[jn][todo]
                 kp = pixels[jn][todo[hit]]
             if hit.any():
-                templ[todo[hit]] += sample_patches(image(n), torch.from_numpy(kp), lk[0], lk[2])
+                A = None
+                if warp:
+                    A, w_ok = template_affines(map, n, rows64[todo[hit]], out[todo[hit]], query_pose, query_camera,
+                                               max_scale)
+                    warped[todo[hit]] |= w_ok
+                    A = A if w_ok.any() else None  # nothing to warp: the unwarped reads, exactly
+                patches = sample_patches(image(n), torch.from_numpy(kp), lk[0], lk[2], affines=A)
+                templ[todo[hit]] += patches
+                if both:
+                    plain[todo[hit]] += patches if A is None else sample_patches(image(n), torch.from_numpy(kp),
+                                                                                 lk[0], lk[2])
                 count[todo[hit]] += 1
         s = np.flatnonzero(seen)
         t = templ[s]
         t = normalise_patches(t, eps=1e-6)[0]
         d, ok, H, v = align_to_templates(query, torch.from_numpy(out[s]), t, *lk, return_tensors=True,
                                          return_residuals=True)
+        if both and warped[s].any():
+            # the points with a warped template aligned to their unwarped one too: each keeps the
+            # alignment whose patch agrees better with its template (the lower residual variance)
+            w = np.flatnonzero(warped[s])
+            wt = torch.from_numpy(w)
+            d0, ok0, H0, v0 = align_to_templates(query, torch.from_numpy(out[s[w]]),
+                                                 normalise_patches(plain[s[w]], eps=1e-6)[0], *lk,
+                                                 return_tensors=True, return_residuals=True)
+            use0 = v0 < v[wt]
+            u = wt[use0]
+            d[u], ok[u], H[u], v[u] = d0[use0].to(d.dtype), ok0[use0], H0[use0].to(H.dtype), v0[use0].to(v.dtype)
+            warped[s[w[use0.cpu().numpy()]]] = False
         tensors[torch.from_numpy(s)], variances[torch.from_numpy(s)], done[s] = H, v, True
         out[s] += d.cpu().numpy()
         n_ok += int(ok.sum())
@@ -349,7 +432,8 @@ def align_to_map(query_image: torch.Tensor, points2D: np.ndarray, rows: np.ndarr
     refs = (float(count[owner >= 0].mean()) if k_refs > 1 else 1.0) if n_seen else 0.0
     info = {"n_aligned": n_ok, "n_points": int(rows.shape[0]),
             "median_shift_px": float(np.median(sh)) if sh.size else 0.0, "mean_references": refs,
-            "median_residual_variance": float(variances[torch.from_numpy(done)].median()) if done.any() else None}
+            "median_residual_variance": float(variances[torch.from_numpy(done)].median()) if done.any() else None,
+            "n_warped": int(warped.sum())}
     if not return_tensors:
         return out, info
     if not done.all():  # points no map view observes were not aligned: their tensors from the image

@@ -374,10 +374,10 @@ def build_map_from_poses(scene: Scene, images: Optional[ImagesLike] = None, conf
     weigh_points_if_enabled(rec, feats, conf)
     timings["triangulation"] = time.time() - t0
     t0 = time.time()
-    feats = adjust_if_enabled(rec, feats, images, conf["keypoint_adjustment"], progress=progress)
+    feats, normals = adjust_if_enabled(rec, feats, images, conf["keypoint_adjustment"], progress=progress)
     timings["keypoint_adjustment"] = time.time() - t0
     logger.info("Mapping timings (s): %s", {k: round(v, 2) for k, v in timings.items()})
-    return Map.from_reconstruction(rec, feats, conf, global_model=global_model)
+    return Map.from_reconstruction(rec, feats, conf, global_model=global_model, point_normals=normals)
 
 
 def _initial_cameras(names, images, feats, sfm_conf, cameras=None):
@@ -473,5 +473,5 @@ def build_map_sfm(images: ImagesLike, conf=None, camera_mode: Optional[str] = No
                 {k: round(v, 2) for k, v in timings.items()})
     # poses (and cameras) as SfM left them
     weigh_points_if_enabled(rec, feats, conf)
-    feats = adjust_if_enabled(rec, feats, images, conf["keypoint_adjustment"], progress=progress)
-    return Map.from_reconstruction(rec, feats, conf, global_model=global_model)
+    feats, normals = adjust_if_enabled(rec, feats, images, conf["keypoint_adjustment"], progress=progress)
+    return Map.from_reconstruction(rec, feats, conf, global_model=global_model, point_normals=normals)

@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable, Dict, Mapping, Tuple
+from typing import Callable, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
@@ -202,12 +202,13 @@ def _refine_on_planes(rec, kp, regs, cameras, poses, source, conf):
     """Each point's depth along its reference view's ray and a local plane's normal fitted to
     the views' patches (:func:`~hloc_bpnp.mapping.point_refinement.refine_points_on_planes`);
     the observations of a refined point move onto its projections. Returns the new keypoints,
-    the moves of the refined observations, the counts, and the new points by id."""
+    the moves of the refined observations, the counts, the new points by id and the refined
+    points' ``(ids (K,), normals (K, 3))``."""
     pids = list(rec.points3D)
     tracks = [[int(e.image_id) for e in rec.points3D[p].track.elements if int(e.image_id) in regs] for p in pids]
     xyz = torch.from_numpy(np.stack([np.asarray(rec.points3D[p].xyz, np.float64) for p in pids])) if pids else \
         torch.zeros(0, 3, dtype=torch.float64)
-    X, refined, _ = refine_points_on_planes(
+    X, refined, plane_stats = refine_points_on_planes(
         xyz, tracks, cameras, poses, lambda i: source(regs[i].name), radius=int(conf["radius"]),
         blur_sigma=float(conf["blur_sigma"]), iterations=int(conf["iterations"]),
         max_depth_px=float(conf["max_shift_px"]), max_angle_deg=float(conf["max_angle_deg"]),
@@ -225,7 +226,9 @@ def _refine_on_planes(rec, kp, regs, cameras, poses, source, conf):
             new[i][s[:, 2]] = x
     n_try = sum(len(t) for t in tracks)
     start = {p: X[j].cpu().numpy() for j, p in enumerate(pids) if refined[j]}
-    return new, moves, len(obs), n_try, start
+    keep = refined.cpu().numpy()
+    normals = (np.asarray(pids, np.int64)[keep], plane_stats["normals"][refined].cpu().numpy())
+    return new, moves, len(obs), n_try, start, normals
 
 
 def adjust_keypoints(rec, features: Mapping[str, Mapping], images, conf=None,
@@ -243,7 +246,10 @@ def adjust_keypoints(rec, features: Mapping[str, Mapping], images, conf=None,
         ``(features, stats)``: a copy of ``features`` whose registered images' keypoints are
         the adjusted ones (other entries unchanged), and ``{"n_observations", "n_tried",
         "n_aligned", "median_shift_px", "reprojection_px_before", "reprojection_px_after",
-        "seconds"}`` (reprojection: median over observations).
+        "seconds", "point_normals"}`` (reprojection: median over observations; ``point_normals``
+        the fitted planes' ``(point3D_ids (K,), world unit normals (K, 3))`` of the points that
+        method ``plane`` refined, K = 0 for the other methods: the map keeps them,
+        :meth:`~hloc_bpnp.mapping.Map.from_reconstruction`).
     Raises:
         ValueError: an image whose size is not its camera's, a keypoint count that is not the
             model's 2D point count, an unknown key or method.
@@ -270,12 +276,13 @@ def adjust_keypoints(rec, features: Mapping[str, Mapping], images, conf=None,
             raise ValueError(f"keypoint adjustment: image {regs[j].name!r} is {im.shape[-1]}x{im.shape[-2]} px "
                              f"but its camera is {int(cam.width)}x{int(cam.height)} (wrong image folder?)")
     start = {}
+    normals = (np.zeros(0, np.int64), np.zeros((0, 3)))
     if conf["method"] == "reference":
         new, shifts, n_ok, n_try = _align_to_references(rec, kp, regs, centers, source, conf, progress)
     elif conf["method"] == "consensus":
         new, shifts, n_ok, n_try = _align_to_consensus(rec, kp, regs, centers, source, conf, progress)
     elif conf["method"] == "plane":
-        new, shifts, n_ok, n_try, start = _refine_on_planes(rec, kp, regs, cameras, poses, source, conf)
+        new, shifts, n_ok, n_try, start, normals = _refine_on_planes(rec, kp, regs, cameras, poses, source, conf)
     else:
         raise ValueError(f"keypoint_adjustment.method must be 'reference', 'consensus' or 'plane', "
                          f"got {conf['method']!r}")
@@ -284,7 +291,8 @@ def adjust_keypoints(rec, features: Mapping[str, Mapping], images, conf=None,
         moved = np.any(new[i] != kp[i], axis=1)
         new[i][moved] = clamp_to_image(new[i][moved], cam.width, cam.height)
     stats = {"n_observations": len(obs_img), "n_aligned": n_ok, "n_tried": n_try,
-             "median_shift_px": float(np.median(np.concatenate(shifts))) if shifts and n_ok else 0.0}
+             "median_shift_px": float(np.median(np.concatenate(shifts))) if shifts and n_ok else 0.0,
+             "point_normals": normals}
     if len(obs_img):
         uv_old = torch.from_numpy(np.stack([kp[i][k] for i, k in zip(obs_img, idx)]))
         uv = torch.from_numpy(np.stack([new[i][k] for i, k in zip(obs_img, idx)]))
@@ -317,13 +325,17 @@ def adjust_keypoints(rec, features: Mapping[str, Mapping], images, conf=None,
 
 
 def adjust_if_enabled(rec, features: Mapping[str, Mapping], images, conf: Mapping,
-                      progress: bool = False) -> Mapping[str, Mapping]:
+                      progress: bool = False) -> Tuple[Mapping[str, Mapping], Optional[Tuple[np.ndarray, np.ndarray]]]:
     """The mapping pipelines' step: :func:`adjust_keypoints` with ``conf`` (a mapping config's
-    ``keypoint_adjustment`` section) when it is enabled, else ``features`` unchanged."""
+    ``keypoint_adjustment`` section) when it is enabled, else ``features`` unchanged. Returns
+    ``(features, point_normals)``: the normals as ``Map.from_reconstruction`` takes them (None
+    when the step is off or fitted no plane)."""
     if not conf["enabled"]:
-        return features
+        return features, None
     if images is None:
         raise ValueError("keypoint_adjustment needs the images of the map (an image folder or name -> array), "
                          "got none")
-    return adjust_keypoints(rec, features, images, conf, progress=progress)[0]
+    feats, stats = adjust_keypoints(rec, features, images, conf, progress=progress)
+    normals = stats["point_normals"]
+    return feats, (normals if len(normals[0]) else None)
 

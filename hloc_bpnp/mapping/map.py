@@ -13,6 +13,9 @@ On disk (:meth:`Map.save` / :meth:`Map.load`)::
     MAPDIR/features.h5         local features (FeatureStore, hloc layout)
     MAPDIR/global_model.npz    global descriptor model (VLAD)
     MAPDIR/global_index.faiss  FAISS index over the map images (+ .json with names)
+    MAPDIR/point_normals.npz   optional: ``point3D_ids`` (K,) int64 and ``normals`` (K, 3) float64,
+                               the surface normals of the points that have one (written when
+                               any point has one: maps built with keypoint_adjustment ``plane``)
 """
 from __future__ import annotations
 
@@ -40,6 +43,8 @@ MAP_FILES = {
     "global_model": "global_model.npz",
     "global_index": "global_index.faiss",
 }
+# optional map files (absent: the map has none of that data)
+MAP_OPTIONAL_FILES = {"point_normals": "point_normals.npz"}
 
 
 def index_conf(conf: Mapping) -> Dict:
@@ -117,6 +122,10 @@ class Map:
         point_errors: (P,) float64 each point's mean track reprojection error as an angle
             (pixels / focal length, :func:`~hloc_bpnp.io.colmap.angular_point_errors`), NaN
             where unknown; BPnP's correspondence weights read it (``refinement.point_noise``).
+        point_normals: (P, 3) float64 world unit normal of the surface at each point (facing
+            the views that see it), NaN where unknown: from the map's plane refinement
+            (``keypoint_adjustment.method: plane``); query patch alignment warps its templates
+            with them (``patch_alignment.template_warp: plane``).
         kp_to_point: name -> (N,) int64 row into ``points3D``, -1 for untriangulated keypoints.
         global_model: object with ``encode(feats or descriptors) -> (Dg,) float32``.
         global_index: :class:`hloc_bpnp.retrieval.GlobalIndex` over ``image_names``.
@@ -124,7 +133,8 @@ class Map:
     """
 
     def __init__(self, reconstruction, features, image_names, points3D, point3D_ids, kp_to_point,
-                 global_model, global_index, conf, *, point_errors=None, _obs_ptr=None, _obs_image=None):
+                 global_model, global_index, conf, *, point_errors=None, point_normals=None, _obs_ptr=None,
+                 _obs_image=None):
         self.reconstruction = reconstruction
         self.features = features
         self.image_names = list(image_names)
@@ -139,6 +149,12 @@ class Map:
             if len(point_errors) != n:
                 raise ValueError(f"Map: {len(point_errors)} point errors for {n} points")
             self._err[:n] = point_errors
+        self._nrm = np.full((max(n, 16), 3), np.nan)
+        if point_normals is not None:
+            point_normals = np.asarray(point_normals, np.float64)
+            if point_normals.shape != (n, 3):
+                raise ValueError(f"Map: point normals must be ({n}, 3) for {n} points, got {point_normals.shape}")
+            self._nrm[:n] = point_normals
         self._num_points = n
         self.kp_to_point = kp_to_point
         self.global_model = global_model
@@ -180,6 +196,12 @@ class Map:
         length; NaN where unknown). A view; rows never move."""
         return self._err[: self._num_points]
 
+    @property
+    def point_normals(self) -> np.ndarray:
+        """(P, 3) float64 world unit surface normal of each point, NaN rows where unknown. A
+        view; rows never move."""
+        return self._nrm[: self._num_points]
+
     def image_version(self, name: str) -> int:
         """Changes whenever the keypoint -> point table of ``name`` changes (caches key on it)."""
         return self._image_version.get(name, 0)
@@ -187,7 +209,7 @@ class Map:
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_reconstruction(cls, rec, features: Mapping[str, Mapping], conf: Optional[Mapping] = None,
-                            global_model=None, global_index=None) -> "Map":
+                            global_model=None, global_index=None, point_normals=None) -> "Map":
         """Build the lookups (and fit/encode the global index) for a reconstruction.
 
         Args:
@@ -200,9 +222,13 @@ class Map:
             global_model: a fitted model with ``encode``; default: fit VLAD on the map.
             global_index: a ready :class:`GlobalIndex` over the registered images (e.g. when
                 loading); default: encode every map image with ``global_model``.
+            point_normals: ``(point3D_ids (K,), normals (K, 3))``: surface normals of some of
+                the reconstruction's points (e.g. :func:`~hloc_bpnp.mapping.keypoint_adjustment.
+                adjust_keypoints`' ``stats["point_normals"]``); the others have none (NaN).
         Raises:
             KeyError: a registered image has no features.
-            ValueError: its keypoint count differs from the model's 2D points.
+            ValueError: its keypoint count differs from the model's 2D points; a normal of a
+                point the reconstruction does not have, or not a finite nonzero vector.
         """
         from ..config import load_config
         from ..io.colmap import angular_point_errors, points_and_observations
@@ -253,8 +279,10 @@ class Map:
             global_index.add(names, vecs)
         elif sorted(global_index.names) != names:
             raise ValueError("global_index names differ from the registered images of the reconstruction")
+        normals = None if point_normals is None else _normals_by_row(point3D_ids, *point_normals)
         m = cls(rec, feats, names, points3D, point3D_ids, kp_to_point, global_model, global_index, conf,
-                point_errors=angular_point_errors(rec, mp), _obs_ptr=obs_ptr, _obs_image=obs_img[order])
+                point_errors=angular_point_errors(rec, mp), point_normals=normals, _obs_ptr=obs_ptr,
+                _obs_image=obs_img[order])
         logger.info("Map: %s", m.stats())
         return m
 
@@ -276,10 +304,13 @@ class Map:
             ids_buf[:n] = self._ids[:n]
             err_buf = np.full(cap, np.nan)
             err_buf[:n] = self._err[:n]
-            self._xyz, self._ids, self._err = xyz_buf, ids_buf, err_buf
+            nrm_buf = np.full((cap, 3), np.nan)
+            nrm_buf[:n] = self._nrm[:n]
+            self._xyz, self._ids, self._err, self._nrm = xyz_buf, ids_buf, err_buf, nrm_buf
         self._xyz[n:n + q] = xyz
         self._ids[n:n + q] = ids
         self._err[n:n + q] = np.nan if errors is None else errors
+        self._nrm[n:n + q] = np.nan  # a new point has no fitted plane
         self._num_points = n + q  # published last: readers never see a row before its data
         return np.arange(n, n + q, dtype=np.int64)
 
@@ -422,7 +453,8 @@ class Map:
     def update_points(self, rows: np.ndarray, xyz: np.ndarray) -> None:
         """Move points (e.g. after a local bundle adjustment) in the lookups and the
         reconstruction. rows (Q,), xyz (Q, 3). Their :attr:`point_errors` stay those of their
-        triangulation."""
+        triangulation, and their :attr:`point_normals` those of their planes (a local bundle
+        adjustment moves a point along the surface's scale of its errors, not the surface)."""
         rows = np.asarray(rows, np.int64)
         xyz = np.asarray(xyz, np.float64).reshape(-1, 3)
         with self.lock:
@@ -532,6 +564,7 @@ class Map:
             raise TypeError(f"Global model {type(self.global_model).__name__} has no save(path)")
         self.global_model.save(path / MAP_FILES["global_model"])
         self.global_index.save(path / MAP_FILES["global_index"])
+        self._save_normals(path / MAP_OPTIONAL_FILES["point_normals"])
         meta = {
             "format_version": MAP_FORMAT_VERSION,
             "versions": {"hloc_bpnp": __version__, "pycolmap": pycolmap.__version__,
@@ -576,5 +609,59 @@ class Map:
             raise ValueError(f"Global model type {kind!r} in {path} cannot be loaded (only 'vlad')")
         global_model = VLADGlobalModel.load(path / MAP_FILES["global_model"])
         global_index = GlobalIndex.load(path / MAP_FILES["global_index"])
-        return cls.from_reconstruction(rec, features, meta["conf"], global_model=global_model,
-                                       global_index=global_index)
+        normals = _load_normals(path / MAP_OPTIONAL_FILES["point_normals"])
+        try:
+            return cls.from_reconstruction(rec, features, meta["conf"], global_model=global_model,
+                                           global_index=global_index, point_normals=normals)
+        except ValueError as e:
+            if normals is not None and "normal" in str(e):
+                raise ValueError(f"{path / MAP_OPTIONAL_FILES['point_normals']}: {e}") from e
+            raise
+
+    def _save_normals(self, path: Path) -> None:
+        """Write :attr:`point_normals`' known rows (see the module docstring), or remove a stale
+        file when no point has a normal."""
+        from ..io.atomic import atomic_open
+
+        known = np.isfinite(self.point_normals).all(axis=1)
+        if not known.any():
+            path.unlink(missing_ok=True)
+            return
+        with atomic_open(path, "wb") as f:
+            np.savez(f, point3D_ids=self.point3D_ids[known], normals=self.point_normals[known])
+
+
+def _load_normals(path: Path) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+    """``(point3D_ids (K,), normals (K, 3))`` of a map's ``point_normals.npz``, None when absent."""
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            ids, normals = np.asarray(z["point3D_ids"]), np.asarray(z["normals"])
+    except (KeyError, ValueError, OSError) as e:
+        raise ValueError(f"{path}: not a point normals file (expected arrays 'point3D_ids' (K,) and "
+                         f"'normals' (K, 3)): {e}") from e
+    return ids, normals
+
+
+def _normals_by_row(point3D_ids: np.ndarray, ids, normals) -> np.ndarray:
+    """(P, 3) unit normals in the rows of ``point3D_ids`` (P,) (increasing), NaN where ``ids``
+    (K,) has none; ``normals`` (K, 3)."""
+    ids = np.asarray(ids)
+    normals = np.asarray(normals, np.float64)
+    if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer) or normals.shape != (len(ids), 3):
+        raise ValueError(f"point normals must be integer point3D_ids (K,) and normals (K, 3), got "
+                         f"{ids.dtype} {ids.shape} and {normals.shape}")
+    length = np.linalg.norm(normals, axis=1)
+    bad = ~np.isfinite(length) | (length <= 0)
+    if bad.any():
+        raise ValueError(f"point normals: {int(bad.sum())} are not finite nonzero vectors (first: point "
+                         f"{int(ids[np.flatnonzero(bad)[0]])})")
+    pos = np.clip(np.searchsorted(point3D_ids, ids), 0, max(len(point3D_ids) - 1, 0))
+    missing = point3D_ids[pos] != ids if len(point3D_ids) else np.ones(len(ids), bool)
+    if np.any(missing):
+        raise ValueError(f"point normals: {int(np.sum(missing))} of {len(ids)} point ids are not in the "
+                         f"reconstruction (first: {int(ids[np.flatnonzero(missing)[0]])})")
+    out = np.full((len(point3D_ids), 3), np.nan)
+    out[pos] = normals / length[:, None]
+    return out

@@ -124,8 +124,9 @@ def leave_one_out(
         if conf["keypoint_adjustment"]["enabled"] and map_images is None:
             map_images = MapImages(images)
         # the fold's own tracks, from its map images only
-        fold_feats = adjust_if_enabled(rec, {n: feats[n] for n in others}, map_images, conf["keypoint_adjustment"])
-        map_ = Map.from_reconstruction(rec, fold_feats, conf)
+        fold_feats, normals = adjust_if_enabled(rec, {n: feats[n] for n in others}, map_images,
+                                                conf["keypoint_adjustment"])
+        map_ = Map.from_reconstruction(rec, fold_feats, conf, point_normals=normals)
         t_tri.append(time.time() - t)
         for label, override in loc_variants.items():
             lconf = localization_config(merge(base_loc, override))
