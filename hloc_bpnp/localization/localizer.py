@@ -111,9 +111,9 @@ class Localizer:
             normals = getattr(map, "point_normals", None)
             if self.conf["patch_alignment"].get("template_warp", "none") != "none" and (
                     normals is None or not np.isfinite(normals).all(axis=1).any()):
-                logger.warning("patch_alignment.template_warp %r needs the map's point normals, and this map has none "
-                               "(build it with keypoint_adjustment method 'plane'): its templates are not warped",
-                               self.conf["patch_alignment"]["template_warp"])
+                logger.info("patch_alignment.template_warp %r needs the map's point normals, and this map has none "
+                            "(build it with keypoint_adjustment method 'plane'): its templates are not warped",
+                            self.conf["patch_alignment"]["template_warp"])
         KN.enabled(self.conf)  # checks refinement.keypoint_covariance now, not at the first query
         self._ref_cache: Dict[str, Tuple[Dict, Optional[np.ndarray]]] = {}
 

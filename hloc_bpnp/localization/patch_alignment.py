@@ -37,6 +37,17 @@ temple its residual variance correlates with the keypoint's error at the true po
 (Spearman), ``H`` alone at -0.14; the flagship's median fell by 25-29% (README, "Previous round:
 the aligned keypoints weighed by their own residuals").
 
+**Templates warped through the map's planes** (``template_warp``). The alignment is
+translation-only: a template read on its map view's pixel grid matches the query's patch only
+where the two views see the surface alike. A map whose points were refined on planes
+(``keypoint_adjustment.method: plane``) keeps each point's surface normal
+(:attr:`~hloc_bpnp.mapping.Map.point_normals`). With ``plane``, each template is read on the
+query's pixel grid carried into the map view through that plane (the local affine part of the
+plane's homography, :func:`~hloc_bpnp.geometry.plane_induced_affine`, the query at its RANSAC
+pose), so it shows the patch foreshortened as the query sees it. ``plane_if_better`` aligns a
+point with a warped template to the unwarped one too and keeps the alignment whose patch agrees
+better with its template, which guards against a poorly fitted normal.
+
 The Lucas-Kanade step itself lives in :mod:`hloc_bpnp.features.patch_lk`.
 
 All positions are COLMAP pixels (top-left pixel centre at (0.5, 0.5)).
@@ -300,7 +311,7 @@ def align_to_map(query_image: torch.Tensor, points2D: np.ndarray, rows: np.ndarr
         candidates: the map images to take templates from; center: (3,) the query's camera
             centre (world), which orders them.
         query_pose, query_camera: the query's ``cam_from_world`` and camera, needed with
-            ``conf["template_warp"]`` ``"plane"`` (:func:`template_affines`).
+            ``conf["template_warp"]`` ``"plane"`` or ``"plane_if_better"`` (:func:`template_affines`).
     Returns:
         ((M, 2) aligned positions, info {"n_aligned", "n_points", "median_shift_px",
         "mean_references": the map views averaged per template, over the points with one,
