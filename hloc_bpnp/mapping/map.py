@@ -613,10 +613,8 @@ class Map:
         try:
             return cls.from_reconstruction(rec, features, meta["conf"], global_model=global_model,
                                            global_index=global_index, point_normals=normals)
-        except ValueError as e:
-            if normals is not None and "normal" in str(e):
-                raise ValueError(f"{path / MAP_OPTIONAL_FILES['point_normals']}: {e}") from e
-            raise
+        except _BadNormals as e:
+            raise ValueError(f"{path / MAP_OPTIONAL_FILES['point_normals']}: {e}") from e
 
     def _save_normals(self, path: Path) -> None:
         """Write :attr:`point_normals`' known rows (see the module docstring), or remove a stale
@@ -629,6 +627,10 @@ class Map:
             return
         with atomic_open(path, "wb") as f:
             np.savez(f, point3D_ids=self.point3D_ids[known], normals=self.point_normals[known])
+
+
+class _BadNormals(ValueError):
+    """Point normals that do not fit the reconstruction (see :func:`_normals_by_row`)."""
 
 
 def _load_normals(path: Path) -> Optional[Tuple[np.ndarray, np.ndarray]]:
@@ -650,17 +652,17 @@ def _normals_by_row(point3D_ids: np.ndarray, ids, normals) -> np.ndarray:
     ids = np.asarray(ids)
     normals = np.asarray(normals, np.float64)
     if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer) or normals.shape != (len(ids), 3):
-        raise ValueError(f"point normals must be integer point3D_ids (K,) and normals (K, 3), got "
+        raise _BadNormals(f"point normals must be integer point3D_ids (K,) and normals (K, 3), got "
                          f"{ids.dtype} {ids.shape} and {normals.shape}")
     length = np.linalg.norm(normals, axis=1)
     bad = ~np.isfinite(length) | (length <= 0)
     if bad.any():
-        raise ValueError(f"point normals: {int(bad.sum())} are not finite nonzero vectors (first: point "
+        raise _BadNormals(f"point normals: {int(bad.sum())} are not finite nonzero vectors (first: point "
                          f"{int(ids[np.flatnonzero(bad)[0]])})")
     pos = np.clip(np.searchsorted(point3D_ids, ids), 0, max(len(point3D_ids) - 1, 0))
     missing = point3D_ids[pos] != ids if len(point3D_ids) else np.ones(len(ids), bool)
     if np.any(missing):
-        raise ValueError(f"point normals: {int(np.sum(missing))} of {len(ids)} point ids are not in the "
+        raise _BadNormals(f"point normals: {int(np.sum(missing))} of {len(ids)} point ids are not in the "
                          f"reconstruction (first: {int(ids[np.flatnonzero(missing)[0]])})")
     out = np.full((len(point3D_ids), 3), np.nan)
     out[pos] = normals / length[:, None]
