@@ -653,17 +653,19 @@ def _normals_by_row(point3D_ids: np.ndarray, ids, normals) -> np.ndarray:
     normals = np.asarray(normals, np.float64)
     if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer) or normals.shape != (len(ids), 3):
         raise _BadNormals(f"point normals must be integer point3D_ids (K,) and normals (K, 3), got "
-                         f"{ids.dtype} {ids.shape} and {normals.shape}")
+                          f"{ids.dtype} {ids.shape} and {normals.shape}")
     length = np.linalg.norm(normals, axis=1)
     bad = ~np.isfinite(length) | (length <= 0)
     if bad.any():
         raise _BadNormals(f"point normals: {int(bad.sum())} are not finite nonzero vectors (first: point "
-                         f"{int(ids[np.flatnonzero(bad)[0]])})")
-    pos = np.clip(np.searchsorted(point3D_ids, ids), 0, max(len(point3D_ids) - 1, 0))
-    missing = point3D_ids[pos] != ids if len(point3D_ids) else np.ones(len(ids), bool)
+                          f"{int(ids[np.flatnonzero(bad)[0]])})")
+    from ..io.colmap import rows_of_ids
+
+    pos = rows_of_ids(point3D_ids, ids)
+    missing = pos < 0
     if np.any(missing):
         raise _BadNormals(f"point normals: {int(np.sum(missing))} of {len(ids)} point ids are not in the "
-                         f"reconstruction (first: {int(ids[np.flatnonzero(missing)[0]])})")
+                          f"reconstruction (first: {int(ids[np.flatnonzero(missing)[0]])})")
     out = np.full((len(point3D_ids), 3), np.nan)
     out[pos] = normals / length[:, None]
     return out
