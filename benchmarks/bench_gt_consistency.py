@@ -94,7 +94,7 @@ def main(argv=None):
               f" | {c['reprojection_adjusted']['mean_px']:.3f} / {c['reprojection_adjusted']['median_px']:.3f}"
               f" | {np.median(c['rotation_error_deg']):.4f} / {100 * np.median(c['center_error']):.4f} |")
     out = {"scene": args.scene.name, "corrections": {m: {k: (v.tolist() if isinstance(v, np.ndarray) else v)
-                                                          for k, v in c.items()} for m, c in corr.items()}}
+                                                          for k, v in c.items() if k != "adjusted"} for m, c in corr.items()}}
     presets = list(corr)
     if len(presets) > 1:
         print("\n| presets | median cosine of the rotation corrections | median difference deg | per image cosine |")

@@ -51,6 +51,7 @@ def test_gauge_removed_exactly():
     assert out["center_error"].max() < 1e-9
     assert float(out["scale"]) == pytest.approx(2.5, rel=1e-12)
     assert torch.allclose(out["world_rotation"], Q, atol=1e-12)
+    assert torch.allclose(out["aligned"].R, P.R, atol=1e-12) and torch.allclose(out["aligned"].t, P.t, atol=1e-9)
 
 
 def test_one_camera_off_is_found():
@@ -70,6 +71,8 @@ def test_one_camera_off_is_found():
     others = torch.cat([out["rotation_error_deg"][:2], out["rotation_error_deg"][3:]])
     assert float(others.max()) < 0.25 * float(delta[2].norm())
     assert int(out["center_error"].argmax()) == 4
+    back = rotation_error_vectors(out["aligned"], P)
+    torch.testing.assert_close(back, out["rotation_deg"], atol=1e-9, rtol=0)
 
 
 def test_bad_inputs_are_errors():

@@ -50,7 +50,8 @@ def remove_similarity_gauge(reference: Pose, adjusted: Pose) -> Dict[str, torch.
         ``rotation_deg`` (N, 3): axis-angle of ``R_adj Q R_ref^T`` in the camera frame, degrees;
         ``rotation_error_deg`` (N,): its norm; ``center_error`` (N,): distance between the
         reference centre and the adjusted centre mapped back (reference units);
-        ``world_rotation`` (3, 3): ``Q``; ``scale``: ``s``.
+        ``world_rotation`` (3, 3): ``Q``; ``scale``: ``s``; ``offset`` (3,): ``u``; ``aligned``:
+        (N,) ``adjusted`` brought into ``reference``'s frame.
     """
     if reference.shape != adjusted.shape or len(reference.shape) != 1:
         raise ValueError(f"remove_similarity_gauge: two (N,) pose sets, got {tuple(reference.shape)} "
@@ -72,7 +73,7 @@ def remove_similarity_gauge(reference: Pose, adjusted: Pose) -> Dict[str, torch.
     back = ((y - u) / s) @ Q                                # Q^T (c_adj - u) / s
     return {"rotation_deg": rot, "rotation_error_deg": rot.norm(dim=-1),
             "center_error": (back - reference.center.double()).norm(dim=-1),
-            "world_rotation": Q, "scale": s}
+            "world_rotation": Q, "scale": s, "offset": u, "aligned": Pose.from_center(Ra @ Q, back)}
 
 
 def _reprojection_errors(rec) -> np.ndarray:
@@ -131,7 +132,8 @@ def ground_truth_corrections(rec, names: Optional[Sequence[str]] = None, loss: s
         ``names``; ``reprojection_gt`` and ``reprojection_adjusted``: ``{"mean_px",
         "median_px"}`` over the 3D points' mean reprojection errors; ``n_points``; and
         :func:`remove_similarity_gauge`'s entries as numpy arrays (``rotation_deg`` (N, 3),
-        ``rotation_error_deg`` (N,), ``center_error`` (N,), ``scale``).
+        ``rotation_error_deg`` (N,), ``center_error`` (N,), ``scale``, ``offset``), and
+        ``adjusted``: the adjusted (N,) poses in the ground truth's frame.
     """
     names = sorted(im.name for im in rec.images.values() if im.has_pose) if names is None else list(names)
     gt_rec = rec.__class__(rec)
@@ -142,6 +144,7 @@ def ground_truth_corrections(rec, names: Optional[Sequence[str]] = None, loss: s
     out = {"names": names, "n_points": int(len(before)),
            "reprojection_gt": {"mean_px": float(before.mean()), "median_px": float(np.median(before))},
            "reprojection_adjusted": {"mean_px": float(after.mean()), "median_px": float(np.median(after))}}
+    out["adjusted"] = gauge.pop("aligned")
     for k, v in gauge.items():
         out[k] = v.cpu().numpy() if v.ndim else float(v)
     return out
