@@ -14,7 +14,11 @@ With ``--setup MAPPING@CONFIG`` (repeatable), every image is also localized leav
 directions line up with the mean correction, and, against the first setup, the median angle
 between the two methods' poses. When the methods' poses are closer to each other than to the
 ground truth, and the ground truth's own corrections are as large as the errors, the scene's
-medians cannot rank the methods.
+medians cannot rank the methods. With ``--pseudo-gt`` every setup runs again on the scene whose
+poses are the consensus of the presets' bundle adjustments (maps rebuilt from them, errors
+against them; ``protocols.gt_consistency.pseudo_ground_truth``): a test of how much of the
+scene's error is its ground truth's, not a neutral referee, since the consensus comes from the
+same images and features.
 
     python benchmarks/bench_gt_consistency.py --scene ../shared/data/strecha_fountain_P11 \\
         --mapping default --mapping xfeat_refined \\
@@ -74,13 +78,16 @@ def main(argv=None):
                    help="a mapping preset without keypoint adjustment (repeatable), e.g. default, xfeat_refined")
     p.add_argument("--setup", action="append", default=[], metavar="MAPPING@CONFIG",
                    help="also localize every image leave-one-out with this setup (repeatable)")
+    p.add_argument("--pseudo-gt", action="store_true",
+                   help="also run every setup against the consensus of the presets' bundle adjustments")
     p.add_argument("--loss", default="soft_l1", help="bundle adjustment loss (1 px scale)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", type=Path, default=None, help="write every per-image number here")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
-    from hloc_bpnp.protocols.gt_consistency import correction_agreement, scene_ground_truth_corrections
+    from hloc_bpnp.protocols.gt_consistency import (correction_agreement, pseudo_ground_truth,
+                                                    scene_ground_truth_corrections)
 
     scene = read_scene(args.scene)
     corr = {m: scene_ground_truth_corrections(scene, m, loss=args.loss) for m in args.mapping}
@@ -128,6 +135,21 @@ def main(argv=None):
             print(row)
         out["setups"] = {s: {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in e.items() if k != "poses"}
                          for s, e in errs.items()}
+        if args.pseudo_gt:
+            pseudo, _ = pseudo_ground_truth(scene, presets, corrections=[corr[m] for m in presets])
+            perr = {s: setup_errors(pseudo, *s.split("@", 1)) for s in args.setup}
+            print(f"\nAgainst the pseudo ground truth (the consensus of {', '.join(presets)}; maps rebuilt from it):")
+            print(f"| setup | median rot deg / pos x100 | median ratio to {first}: rot / pos | better than it on |")
+            print("| --- | --- | --- | --- |")
+            for s, e in perr.items():
+                r0, p0 = perr[first]["rotation_error_deg"], perr[first]["center_error"]
+                print(f"| {s} | {np.median(e['rotation_error_deg']):.5f} / {100 * np.median(e['center_error']):.4f} | "
+                      f"{np.median(e['rotation_error_deg']) / np.median(r0):.3f} / "
+                      f"{np.median(e['center_error']) / np.median(p0):.3f} | "
+                      f"{int((e['rotation_error_deg'] < r0).sum())} / {int((e['center_error'] < p0).sum())} "
+                      f"of {len(r0)} |")
+            out["pseudo_gt_setups"] = {s: {k: (v.tolist() if isinstance(v, np.ndarray) else v)
+                                           for k, v in e.items() if k != "poses"} for s, e in perr.items()}
     if args.json:
         from hloc_bpnp.io.atomic import atomic_write_text
 

@@ -179,3 +179,35 @@ def test_keypoint_adjusting_preset_refused():
 
     with pytest.raises(ValueError, match="keypoint_adjustment"):
         scene_ground_truth_corrections(Scene([]), "xfeat_refined_adjusted")
+
+
+def test_consensus_and_pseudo_ground_truth():
+    from hloc_bpnp.geometry.camera import Camera
+    from hloc_bpnp.io.scene import Scene, SceneImage
+    from hloc_bpnp.protocols.gt_consistency import consensus_poses, pseudo_ground_truth
+
+    P = ring_poses()
+    d = torch.zeros(6, 3, dtype=torch.float64)
+    d[1] = torch.tensor([0.0, 0.1, 0.0], dtype=torch.float64)
+    shift = torch.zeros(6, 3, dtype=torch.float64)
+    shift[5, 2] = 0.02
+    a, b = perturb(P, d, shift), perturb(P, 3 * d, -3 * shift)
+    mean = consensus_poses(P, [a, b])
+    torch.testing.assert_close(rotation_error_vectors(mean, P), 2 * d, atol=1e-9, rtol=0)
+    torch.testing.assert_close(mean.center, P.center - shift, atol=1e-12, rtol=0)
+    with pytest.raises(ValueError, match="at least one"):
+        consensus_poses(P, [])
+    with pytest.raises(ValueError, match="shape"):
+        consensus_poses(P, [P[:3]])
+
+    cam = Camera("PINHOLE", 640, 480, torch.tensor([500.0, 500.0, 320.0, 240.0], dtype=torch.float64))
+    scene = Scene([SceneImage(f"{i}.png", cam, P[i]) for i in range(6)])
+    new, corr = pseudo_ground_truth(scene, ["x", "y"], corrections=[{"adjusted": a}, {"adjusted": b}])
+    assert new.names == scene.names and new.metadata["pseudo_ground_truth"] == ["x", "y"]
+    torch.testing.assert_close(rotation_error_vectors(new["1.png"].pose[None], P[1:2]), 2 * d[1:2], atol=1e-9, rtol=0)
+    assert scene["1.png"].pose is not new["1.png"].pose  # the input scene is unchanged
+    with pytest.raises(ValueError, match="corrections for"):
+        pseudo_ground_truth(scene, ["x"], corrections=[{"adjusted": a}, {"adjusted": b}])
+    scene.images[2] = SceneImage("2.png", cam, None)
+    with pytest.raises(ValueError, match="ground-truth pose"):
+        pseudo_ground_truth(scene, ["x"], corrections=[{"adjusted": a}])

@@ -203,3 +203,62 @@ def rotation_error_vectors(estimated: Pose, ground_truth: Pose) -> torch.Tensor:
     """
     R = project_to_so3(estimated.R.double()) @ project_to_so3(ground_truth.R.double()).transpose(-1, -2)
     return so3_log(project_to_so3(R)) * (180.0 / np.pi)
+
+
+def consensus_poses(reference: Pose, adjusted: Sequence[Pose]) -> Pose:
+    """The mean of several sets of adjusted poses, each already in ``reference``'s frame.
+
+    Rotations are averaged as rotation vectors relative to ``reference`` (small corrections),
+    centres as points.
+
+    Args:
+        reference: (N,) poses (e.g. the ground truth).
+        adjusted: K >= 1 sets of (N,) poses of the same images (e.g. the ``adjusted`` entries of
+            :func:`ground_truth_corrections` for K feature presets).
+    Returns:
+        (N,) poses, cam_from_world.
+    """
+    from ..geometry.pose import so3_exp
+
+    if not adjusted:
+        raise ValueError("consensus_poses: need at least one set of adjusted poses")
+    for a in adjusted:
+        if a.shape != reference.shape:
+            raise ValueError(f"consensus_poses: pose sets of shape {tuple(a.shape)} and {tuple(reference.shape)}")
+    vec = torch.stack([rotation_error_vectors(a, reference) for a in adjusted]).mean(0) * (np.pi / 180.0)
+    R = so3_exp(vec) @ project_to_so3(reference.R.double())
+    return Pose.from_center(R, torch.stack([a.center.double() for a in adjusted]).mean(0))
+
+
+def pseudo_ground_truth(scene: Scene, mappings: Sequence[Union[str, Mapping]] = ("default", "xfeat_refined"),
+                        loss: str = "soft_l1", corrections: Optional[Sequence[Mapping]] = None,
+                        progress: bool = False):
+    """``scene`` with every pose replaced by the consensus of the bundle adjustments of
+    :func:`scene_ground_truth_corrections` for each mapping preset.
+
+    A test of how much of a benchmark's error is its ground truth's, not a neutral referee: the
+    pseudo ground truth comes from the same images and features a method is then evaluated on
+    (Brachmann et al., ICCV 2021, show that methods near a pseudo ground truth's source score
+    better). Use presets of every method compared, so that none is alone at the source.
+
+    ``corrections``: already computed outputs of :func:`scene_ground_truth_corrections` for
+    ``mappings`` (then nothing is recomputed).
+
+    Returns:
+        (the new :class:`Scene`, the list of corrections, one per preset).
+    """
+    import dataclasses
+
+    names = scene.names
+    if any(scene[n].pose is None for n in names):
+        raise ValueError("pseudo_ground_truth: every image of the scene needs a ground-truth pose")
+    if corrections is None:
+        corrections = [scene_ground_truth_corrections(scene, m, loss=loss, progress=progress) for m in mappings]
+    elif len(corrections) != len(mappings):
+        raise ValueError(f"pseudo_ground_truth: {len(corrections)} corrections for {len(mappings)} mapping presets")
+    gt = Pose(torch.stack([scene[n].pose.R.double() for n in names]), torch.stack([scene[n].pose.t.double() for n in names]))
+    poses = consensus_poses(gt, [c["adjusted"] for c in corrections])
+    images = [dataclasses.replace(scene[n], pose=poses[i]) for i, n in enumerate(names)]
+    meta = dict(scene.metadata)
+    meta["pseudo_ground_truth"] = [m if isinstance(m, str) else "<dict>" for m in mappings]
+    return Scene(images, image_dir=scene.image_dir, metadata=meta), corrections
