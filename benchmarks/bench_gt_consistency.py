@@ -64,8 +64,7 @@ def setup_errors(scene, mapping: str, config: str, seed: int = 0):
             raise SystemExit(f"{q}: not localized ({res.failure_reason}) with {mapping} @ {config}")
         est.append(res.pose.to(torch.float64))
         gt.append(scene[q].pose.to(torch.float64))
-    E = Pose(torch.stack([p.R for p in est]), torch.stack([p.t for p in est]))
-    G = Pose(torch.stack([p.R for p in gt]), torch.stack([p.t for p in gt]))
+    E, G = Pose.stack(est).to("cpu"), Pose.stack(gt).to("cpu")
     vec = rotation_error_vectors(E, G)
     return {"names": queries, "rotation_deg": vec.numpy(), "rotation_error_deg": vec.norm(dim=-1).numpy(),
             "center_error": center_error(E, G).numpy(), "poses": E}

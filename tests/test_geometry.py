@@ -231,3 +231,16 @@ def test_plane_induced_affine_marks_missing_and_impossible_planes():
     assert not v_behind.any()
     with pytest.raises(ValueError, match=r"points2D \(N, 2\)"):
         plane_induced_affine(x_a[:3], cam, pose_a, cam, pose_b, X, N)
+
+
+def test_pose_stack():
+    from hloc_bpnp.geometry.pose import Pose, so3_exp
+
+    a = Pose(so3_exp(torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64)), torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))
+    b = Pose.identity()
+    s = Pose.stack([a, b])
+    assert s.shape == (2,)
+    torch.testing.assert_close(s[0].R, a.R)
+    torch.testing.assert_close(s[1].t, b.t)
+    with pytest.raises(ValueError, match="no poses"):
+        Pose.stack([])

@@ -7,6 +7,7 @@ Quaternions are ``(w, x, y, z)`` (COLMAP text files, hloc results); pycolmap's
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 from kornia.geometry.conversions import (
@@ -123,6 +124,14 @@ class Pose:
             rigid = rigid()
         M = torch.tensor(rigid.matrix(), dtype=dtype, device=device)
         return cls.from_matrix(M)
+
+    @classmethod
+    def stack(cls, poses: Sequence["Pose"]) -> "Pose":
+        """Poses of equal batch shape (...) stacked along a new first dimension -> (K, ...)."""
+        poses = list(poses)
+        if not poses:
+            raise ValueError("Pose.stack: no poses given")
+        return cls(torch.stack([p.R for p in poses]), torch.stack([p.t for p in poses]))
 
     @classmethod
     def from_center(cls, R: torch.Tensor, center: torch.Tensor) -> "Pose":

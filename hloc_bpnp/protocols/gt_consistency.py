@@ -117,7 +117,7 @@ def _poses(rec, names: Sequence[str]) -> Pose:
         if im is None:
             raise ValueError(f"ground-truth consistency: image {n!r} is not registered in the map")
         poses.append(Pose.from_pycolmap(im.cam_from_world()))
-    return Pose(torch.stack([p.R for p in poses]), torch.stack([p.t for p in poses]))
+    return Pose.stack(poses)
 
 
 def ground_truth_corrections(rec, names: Optional[Sequence[str]] = None, loss: str = "soft_l1",
@@ -256,7 +256,7 @@ def pseudo_ground_truth(scene: Scene, mappings: Sequence[Union[str, Mapping]] = 
         corrections = [scene_ground_truth_corrections(scene, m, loss=loss, progress=progress) for m in mappings]
     elif len(corrections) != len(mappings):
         raise ValueError(f"pseudo_ground_truth: {len(corrections)} corrections for {len(mappings)} mapping presets")
-    gt = Pose(torch.stack([scene[n].pose.R.double() for n in names]), torch.stack([scene[n].pose.t.double() for n in names]))
+    gt = Pose.stack([scene[n].pose.to(torch.float64) for n in names])
     poses = consensus_poses(gt, [c["adjusted"] for c in corrections])
     images = [dataclasses.replace(scene[n], pose=poses[i]) for i, n in enumerate(names)]
     meta = dict(scene.metadata)
