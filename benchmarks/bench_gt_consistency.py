@@ -44,12 +44,11 @@ def setup_errors(scene, mapping: str, config: str, seed: int = 0):
     """{"names", "rotation_deg" (N, 3) error vectors, "rotation_error_deg", "center_error"} of a
     leave-one-out run of every image (one fold map per image)."""
     from hloc_bpnp.config import load_config
-    from hloc_bpnp.geometry.metrics import center_error
+    from hloc_bpnp.geometry.metrics import center_error, rotation_error_vectors
     from hloc_bpnp.geometry.pose import Pose
     from hloc_bpnp.io.image import read_image
     from hloc_bpnp.localization import Localizer
     from hloc_bpnp.localization.patch_alignment import MapImages
-    from hloc_bpnp.protocols.gt_consistency import rotation_error_vectors
 
     queries = scene.names
     maps = fold_maps(scene, mapping, config, queries)
@@ -65,7 +64,7 @@ def setup_errors(scene, mapping: str, config: str, seed: int = 0):
         est.append(res.pose.to(torch.float64))
         gt.append(scene[q].pose.to(torch.float64))
     E, G = Pose.stack(est).to("cpu"), Pose.stack(gt).to("cpu")
-    vec = rotation_error_vectors(E, G)
+    vec = rotation_error_vectors(E.R, G.R)
     return {"names": queries, "rotation_deg": vec.numpy(), "rotation_error_deg": vec.norm(dim=-1).numpy(),
             "center_error": center_error(E, G).numpy(), "poses": E}
 

@@ -244,3 +244,17 @@ def test_pose_stack():
     torch.testing.assert_close(s[1].t, b.t)
     with pytest.raises(ValueError, match="no poses"):
         Pose.stack([])
+
+
+def test_rotation_error_vectors():
+    from hloc_bpnp.geometry.metrics import rotation_error_deg, rotation_error_vectors
+    from hloc_bpnp.geometry.pose import so3_exp
+
+    g = torch.Generator().manual_seed(0)
+    R_gt = so3_exp(torch.randn(6, 3, generator=g, dtype=torch.float64))
+    delta = torch.tensor([[0.1, 0.0, 0.0], [0.0, 0.2, 0.0], [0.0, 0.0, 0.3], [0.1, 0.1, 0.1],
+                          [0.0, 0.0, 0.0], [-0.2, 0.1, 0.0]], dtype=torch.float64)  # degrees, camera frame
+    R_est = so3_exp(delta * (math.pi / 180)) @ R_gt
+    v = rotation_error_vectors(R_est, R_gt)
+    torch.testing.assert_close(v, delta, atol=1e-9, rtol=1e-9)
+    torch.testing.assert_close(v.norm(dim=-1), rotation_error_deg(R_est, R_gt), atol=1e-9, rtol=1e-9)

@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from .pose import Pose, project_to_so3
+from .pose import Pose, project_to_so3, so3_log
 
 
 def rotation_angle(R: torch.Tensor) -> torch.Tensor:
@@ -29,6 +29,15 @@ def rotation_error_deg(R_est: torch.Tensor, R_gt: torch.Tensor, project: bool = 
     if project:
         R_est, R_gt = project_to_so3(R_est), project_to_so3(R_gt)
     return rotation_angle(R_est @ R_gt.transpose(-1, -2)) * (180.0 / math.pi)
+
+
+def rotation_error_vectors(R_est: torch.Tensor, R_gt: torch.Tensor) -> torch.Tensor:
+    """Axis-angle of ``R_est R_gt^T`` (the camera frame for cam_from_world rotations), in
+    degrees; (..., 3, 3) x2 -> (..., 3). Its norm is :func:`rotation_error_deg`; the direction
+    lets errors of different methods be compared (``protocols.gt_consistency``)."""
+    R_est = project_to_so3(torch.as_tensor(R_est, dtype=torch.float64))
+    R_gt = project_to_so3(torch.as_tensor(R_gt, dtype=torch.float64))
+    return so3_log(project_to_so3(R_est @ R_gt.transpose(-1, -2))) * (180.0 / math.pi)
 
 
 def center_error(est: Pose, gt: Pose) -> torch.Tensor:

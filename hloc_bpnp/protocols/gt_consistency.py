@@ -17,20 +17,19 @@ the ground truth itself, not of either detector. A correction larger than the ga
 methods' errors means the ground truth cannot rank them on that scene.
 
 Poses are ``cam_from_world`` as everywhere in the package; a correction's rotation is the
-axis-angle vector of ``R_adjusted R_gt^T`` in the camera frame, in degrees.
+axis-angle vector of ``R_adjusted R_gt^T`` in the camera frame, in degrees
+(:func:`~hloc_bpnp.geometry.metrics.rotation_error_vectors`).
 """
 from __future__ import annotations
 
-import logging
 from typing import Dict, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
-from ..geometry.pose import Pose, project_to_so3, so3_log
+from ..geometry.metrics import rotation_error_vectors
+from ..geometry.pose import Pose, project_to_so3
 from ..io.scene import Scene
-
-logger = logging.getLogger(__name__)
 
 LOSSES = ("trivial", "soft_l1", "cauchy", "huber")
 
@@ -61,7 +60,7 @@ def remove_similarity_gauge(reference: Pose, adjusted: Pose) -> Dict[str, torch.
     Rr, Ra = reference.R.double(), adjusted.R.double()
     Qt = project_to_so3((Rr.transpose(-1, -2) @ Ra).sum(0))  # R_adj ~ R_ref Q^T
     Q = Qt.transpose(0, 1)
-    rot = so3_log(project_to_so3(Ra @ Q @ Rr.transpose(-1, -2))) * (180.0 / np.pi)
+    rot = rotation_error_vectors(Ra @ Q, Rr)
     x = reference.center.double() @ Q.T                    # Q c_ref
     y = adjusted.center.double()
     xc, yc = x - x.mean(0), y - y.mean(0)
@@ -135,9 +134,10 @@ def ground_truth_corrections(rec, names: Optional[Sequence[str]] = None, loss: s
         ``rotation_error_deg`` (N,), ``center_error`` (N,), ``scale``, ``offset``), and
         ``adjusted``: the adjusted (N,) poses in the ground truth's frame.
     """
+    import pycolmap
+
     names = sorted(im.name for im in rec.images.values() if im.has_pose) if names is None else list(names)
-    gt_rec = rec.__class__(rec)
-    before = _reprojection_errors(gt_rec)
+    before = _reprojection_errors(pycolmap.Reconstruction(rec))  # a copy: the errors are recomputed in place
     adj = bundle_adjust_fixed_intrinsics(rec, loss=loss, loss_scale_px=loss_scale_px)
     after = _reprojection_errors(adj)
     gauge = remove_similarity_gauge(_poses(rec, names), _poses(adj, names))
@@ -175,17 +175,19 @@ def correction_agreement(a: Mapping, b: Mapping) -> Dict[str, np.ndarray]:
     Args:
         a, b: mappings with ``names`` and ``rotation_deg`` (N, 3), e.g. two outputs of
             :func:`ground_truth_corrections` for different feature presets, or a method's
-            rotation errors as returned by :func:`rotation_error_vectors`.
+            rotation errors as returned by
+            :func:`~hloc_bpnp.geometry.metrics.rotation_error_vectors`.
     Returns:
         ``names`` (the common images, in ``a``'s order), ``cosine`` (N,) between the rotation
         vectors, ``difference_deg`` (N,) the norm of their difference, and the medians
         ``median_cosine`` and ``median_difference_deg``.
     """
+    ia = {n: i for i, n in enumerate(a["names"])}
     ib = {n: i for i, n in enumerate(b["names"])}
     names = [n for n in a["names"] if n in ib]
     if not names:
         raise ValueError("correction_agreement: the two sets share no image name")
-    va = np.asarray(a["rotation_deg"], dtype=np.float64)[[list(a["names"]).index(n) for n in names]]
+    va = np.asarray(a["rotation_deg"], dtype=np.float64)[[ia[n] for n in names]]
     vb = np.asarray(b["rotation_deg"], dtype=np.float64)[[ib[n] for n in names]]
     na, nb = np.linalg.norm(va, axis=1), np.linalg.norm(vb, axis=1)
     cos = np.where((na > 0) & (nb > 0), (va * vb).sum(1) / np.maximum(na * nb, 1e-300), np.nan)
@@ -193,16 +195,6 @@ def correction_agreement(a: Mapping, b: Mapping) -> Dict[str, np.ndarray]:
     return {"names": names, "cosine": cos, "difference_deg": diff,
             "median_cosine": float(np.nanmedian(cos)) if np.isfinite(cos).any() else float("nan"),
             "median_difference_deg": float(np.median(diff))}
-
-
-def rotation_error_vectors(estimated: Pose, ground_truth: Pose) -> torch.Tensor:
-    """Axis-angle of ``R_est R_gt^T`` (the camera frame), degrees; (N,) x2 -> (N, 3).
-
-    Its norm is :func:`~hloc_bpnp.geometry.metrics.rotation_error_deg`; the direction is what
-    :func:`correction_agreement` compares across methods.
-    """
-    R = project_to_so3(estimated.R.double()) @ project_to_so3(ground_truth.R.double()).transpose(-1, -2)
-    return so3_log(project_to_so3(R)) * (180.0 / np.pi)
 
 
 def consensus_poses(reference: Pose, adjusted: Sequence[Pose]) -> Pose:
@@ -225,7 +217,7 @@ def consensus_poses(reference: Pose, adjusted: Sequence[Pose]) -> Pose:
     for a in adjusted:
         if a.shape != reference.shape:
             raise ValueError(f"consensus_poses: pose sets of shape {tuple(a.shape)} and {tuple(reference.shape)}")
-    vec = torch.stack([rotation_error_vectors(a, reference) for a in adjusted]).mean(0) * (np.pi / 180.0)
+    vec = torch.stack([rotation_error_vectors(a.R, reference.R) for a in adjusted]).mean(0) * (np.pi / 180.0)
     R = so3_exp(vec) @ project_to_so3(reference.R.double())
     return Pose.from_center(R, torch.stack([a.center.double() for a in adjusted]).mean(0))
 
