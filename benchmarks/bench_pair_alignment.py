@@ -5,9 +5,10 @@ px) of the scene's fixed verified matches (the ``sampson_px`` match set of
 when the positions come from
 
 * the pretrained detector, and the shipped refiner (one offset per keypoint);
-* photometric alignment of one side of each match to the other
-  (:func:`hloc_bpnp.localization.patch_alignment.align_patches`): a position per MATCH, what a
-  query aligned to a fixed map observation gets;
+* photometric alignment of one side of each match to the other, from the detector's and from the
+  refiner's positions (:func:`hloc_bpnp.training.match_alignment.align_match_sides`, the
+  localizer's Lucas-Kanade settings): a position per MATCH, what a query aligned to a fixed map
+  observation gets (``sampson_aligned_px`` of ``pipelines/finetune_real.py``);
 * a consensus over all matches of each keypoint (``--rounds`` Jacobi rounds of the mean pairwise
   shift, damped): one position per KEYPOINT, from the detector's or the refiner's positions.
 
@@ -33,24 +34,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hloc_bpnp.config import load_config  # noqa: E402
 from hloc_bpnp.features.refiner import load_refiner  # noqa: E402
-from hloc_bpnp.io.image import image_to_gray_tensor, read_image  # noqa: E402
 from hloc_bpnp.localization.patch_alignment import align_patches  # noqa: E402
 from hloc_bpnp.training.real import load_real_scene  # noqa: E402
+from hloc_bpnp.training.match_alignment import align_match_sides, scene_gray_images  # noqa: E402
 from hloc_bpnp.training.refiner_data import cached_refiner_scene  # noqa: E402
 from hloc_bpnp.training.refiner_train import match_errors, refiner_outputs  # noqa: E402
 from hloc_bpnp.weights import resolve_refiner  # noqa: E402
-
-
-def per_pair(rs, images, pos, radius):
-    """Shift (N_matches, 2) of side b of each match aligned to side a at positions ``pos``."""
-    m = rs.matches
-    D = torch.zeros(m.shape[0], 2, dtype=torch.float64)
-    for p in torch.unique(rs.match_pair).tolist():
-        k = (rs.match_pair == p).nonzero()[:, 0]
-        a, b = m[k, 0], m[k, 1]
-        ia, ib = images[int(rs.image[a[0]])], images[int(rs.image[b[0]])]
-        D[k], _ = align_patches(ia, ib, pos[a], pos[b], radius=radius)
-    return D
 
 
 def consensus(rs, images, pos0, radius, rounds, damping=0.5):
@@ -92,7 +81,7 @@ def main(argv=None):
     scene = load_real_scene(args.scene)
     rs = cached_refiner_scene(args.scene, load_config("features", args.features), 9, None, scene=scene,
                               pose_problems=False)
-    images = [image_to_gray_tensor(read_image(Path(scene.image_dir) / n, grayscale=True)) for n in rs.image_names]
+    images = scene_gray_images(rs, scene.image_dir)
     sel = torch.arange(rs.matches.shape[0])
     m = rs.matches
     zero = torch.zeros(m.shape[0], 2, dtype=torch.float64)
@@ -110,9 +99,15 @@ def main(argv=None):
     pos_ref = rs.base + off.double() * rs.scale
     rows.append(("refiner (one offset per keypoint)", sampson(pos_ref), 0.0))
     t = time.time()
-    D = per_pair(rs, images, rs.base, args.radius)
+    lk = {"radius": args.radius}
+    D, _ = align_match_sides(rs, images, rs.base, lk)
     rows.append(("one side of each match aligned to the other", match_errors(
         rs, sel, {0: zero, 1: D / rs.scale[m[:, 1]]}).numpy(), time.time() - t))
+    t = time.time()
+    D, _ = align_match_sides(rs, images, pos_ref, lk)
+    rows.append(("the same from the refiner's positions", match_errors(
+        rs, sel, {0: off[m[:, 0]].double(), 1: off[m[:, 1]].double() + D / rs.scale[m[:, 1]]}).numpy(),
+        time.time() - t))
     for label, start in (("detector", rs.base), ("refiner", pos_ref)):
         t = time.time()
         pos = consensus(rs, images, start, args.radius, args.rounds)

@@ -111,6 +111,16 @@ def sampson_per_variant(rs, refiners):
     return out
 
 
+def all_offsets(rs, ref):
+    """(N_keypoints, 2) offsets (network px) of every keypoint of ``rs`` (None: zeros)."""
+    from hloc_bpnp.training.refiner_train import refiner_outputs
+
+    if ref is None:
+        return torch.zeros(rs.base.shape[0], 2, dtype=torch.float64)
+    with torch.no_grad():
+        return refiner_outputs(ref, rs, torch.arange(rs.base.shape[0]))[0]
+
+
 def bootstrap_ratio(e, e0, n=1000, seed=0):
     """95% bootstrap interval of median(e) / median(e0) over matches (paired resampling)."""
     rng = np.random.default_rng(seed)
@@ -323,6 +333,8 @@ def main(argv=None):
     p.add_argument("--loc-config", default="default", help="localization preset for the evaluation")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--no-loo", action="store_true", help="skip loo/limited (Sampson only)")
+    p.add_argument("--no-aligned-sampson", action="store_true",
+                   help="skip sampson_aligned_px (positions per match: one side aligned to the other)")
     p.add_argument("--cache-dir", type=Path, default=None)
     p.add_argument("--sensitivity", type=float, nargs="*", default=[],
                    help="also evaluate pretrained keypoints with this Gaussian noise (network px)")
@@ -377,6 +389,7 @@ def main(argv=None):
     from hloc_bpnp.training.real import load_map_scene, load_real_scene
     from hloc_bpnp.training.homography_data import image_list, pop_homography_conf
     from hloc_bpnp.training.refiner_data import cached_refiner_scene, cached_refiner_scenes, data_scales
+    from hloc_bpnp.training.match_alignment import aligned_match_errors, scene_gray_images
     from hloc_bpnp.training.homography_data import homography_training_sets as homography_sets
     from hloc_bpnp.training.refiner_train import (needs_pose_problems, refiner_preset, save_refiner, train_refiner,
                                                   uses_homographies)
@@ -497,13 +510,18 @@ def main(argv=None):
         scene = load_real_scene(d)
         sizes = {(r.patch_size if r is not None else S0) for r, _ in refiners.values()
                  for S0 in [KeypointRefiner.default_conf["patch_size"]]}
-        errs = {}
+        errs, aligned = {}, {}
         n_matches = None
+        images = None
         for S in sorted(sizes):
             rs = cached_refiner_scene(d, fconf, S, args.cache_dir, scene=scene, pose_problems=False)
             n_matches = int(rs.matches.shape[0])
-            errs.update(sampson_per_variant(rs, {k: r for k, (r, _) in refiners.items()
-                                                 if (r.patch_size if r is not None else S) == S}))
+            these = {k: r for k, (r, _) in refiners.items() if (r.patch_size if r is not None else S) == S}
+            errs.update(sampson_per_variant(rs, these))
+            if not args.no_aligned_sampson:
+                images = images if images is not None else scene_gray_images(rs, scene.image_dir)
+                for k, r in these.items():
+                    aligned[k] = aligned_match_errors(rs, images, all_offsets(rs, r))[0].numpy()
         labels = list(refiners)
         for sigma in args.sensitivity:
             g = np.random.default_rng(0)
@@ -515,12 +533,18 @@ def main(argv=None):
             noise = torch.from_numpy(g.normal(0, sigma, (rs.base.shape[0], 2)))
             m_ = rs.matches
             errs[label] = match_errors(rs, torch.arange(m_.shape[0]), {0: noise[m_[:, 0]], 1: noise[m_[:, 1]]}).numpy()
+            if not args.no_aligned_sampson:
+                images = images if images is not None else scene_gray_images(rs, scene.image_dir)
+                aligned[label] = aligned_match_errors(rs, images, noise)[0].numpy()
             labels.append(label)
         for label in labels:
             ref, path = refiners.get(label, (None, None))
             m = {"sampson_px": float(np.median(errs[label])), "n_matches": n_matches}
             if label != "pretrained":
                 m["sampson_ratio_ci"] = bootstrap_ratio(errs[label], errs["pretrained"])
+            if label in aligned:  # positions per match; the ratio is to the pretrained keypoints' own error
+                m["sampson_aligned_px"] = float(np.median(aligned[label]))
+                m["sampson_aligned_ratio_ci"] = bootstrap_ratio(aligned[label], errs["pretrained"])
             if not args.no_loo:
                 vconf = merge(fconf, {"refiner": None if path is None else str(path),
                                       "refiner_conf": dict(KeypointRefiner.default_conf if ref is None else ref.conf)})
@@ -550,16 +574,17 @@ def main(argv=None):
           f"{'rot deg':>8s} {'pos cm':>8s} | limited {'rot deg':>8s} {'pos cm':>8s}")
     for label, per in results["variants"].items():
         for scene_name, m in per.items():
-            ci = m.get("sampson_ratio_ci")
-            cis = f"[{ci[0]:.3f},{ci[1]:.3f}]" if ci else ""
             for suffix in ("", "_weighted", "_unweighted", "_aligned"):
-                if suffix and f"loo{suffix}" not in m:
+                if suffix and f"loo{suffix}" not in m and f"sampson{suffix}_px" not in m:
                     continue
+                sp = m.get(f"sampson{suffix}_px", m.get("sampson_px", float("nan")))
+                ci = m.get(f"sampson{suffix}_ratio_ci", m.get("sampson_ratio_ci"))
+                cis = f"[{ci[0]:.3f},{ci[1]:.3f}]" if ci else ""
                 loo, lim = m.get(f"loo{suffix}") or {}, m.get(f"limited{suffix}") or {}
                 loc = f"{loo.get('n_localized', 0)}/{loo.get('n_queries', 0)}" if loo else ""
                 name = label + {"": "", "_weighted": " +weights", "_unweighted": " -weights",
                                 "_aligned": " +aligned"}[suffix]
-                print(f"{name:20s} {scene_name:32s} {m.get('sampson_px', float('nan')):10.4f} {cis:>15s} {loc:>6s} "
+                print(f"{name:20s} {scene_name:32s} {sp:10.4f} {cis:>15s} {loc:>6s} "
                       f"{f(loo.get('median_rot_deg'))} {f(loo.get('median_pos_cm'))} | limited "
                       f"{f(lim.get('median_rot_deg'))} {f(lim.get('median_pos_cm'))}")
     print(f"train seconds: {results['train_seconds']:.0f}")
