@@ -40,6 +40,13 @@ earlier, its base features checked against the evaluated ones). Per evaluation s
   auto``, 1 / sigma^2), so ``loo`` / ``limited`` of a refined variant are weighted. With a
   ``--loc-config`` that does not weigh, the extra entries are ``loo_weighted`` /
   ``limited_weighted`` (``use_weights: uncertainty``) instead.
+* ``sampson_aligned_px`` (every variant, unless ``--no-aligned-sampson``): the same matches with
+  positions per MATCH: side a at the variant's position, side b aligned to it by the
+  localizer's photometric Lucas-Kanade (:mod:`hloc_bpnp.training.match_alignment`), what a query
+  keypoint aligned to a fixed map observation gets. ``sampson_aligned_ratio_ci``: its bootstrap
+  95% interval of the ratio to the pretrained keypoints' plain ``sampson_px``. A refiner inside
+  the extractor gives one position per keypoint; on the temple that stops near x0.75 whatever
+  it trains on (README), and this is the measure of what goes past it.
 * ``loo_aligned`` / ``limited_aligned`` (every variant): the same fold maps and matches, each
   localized query's inlier keypoints aligned to the map's observations of their 3D points
   (``localization.patch_alignment``), then BPnP again; ``limited`` draws from the aligned
@@ -238,6 +245,7 @@ def adapted_variant(d, scene, fconf, tconf, dconf, S, k, args, need_pose, scales
     matches), loo / limited of the fold's images as queries (maps from all the other images,
     extracted with the fold's refiner). No evaluated image ever trains its refiner."""
     from hloc_bpnp.training.homography_data import homography_training_sets as homography_sets
+    from hloc_bpnp.training.match_alignment import aligned_match_errors, scene_gray_images
     from hloc_bpnp.training.refiner_data import cached_refiner_scene, cached_refiner_scenes
     from hloc_bpnp.training.refiner_train import save_refiner, train_refiner, uses_homographies
 
@@ -245,7 +253,8 @@ def adapted_variant(d, scene, fconf, tconf, dconf, S, k, args, need_pose, scales
     hconf = tconf.pop("homography_data", None) or {}
     folds = interleaved_folds(scene.names, k)
     full = cached_refiner_scene(d, fconf, S, args.cache_dir, scene=scene, pose_problems=False)
-    e_ad, e_pre, runs, hist, t_train = [], [], {}, [], 0.0
+    e_ad, e_pre, e_al, runs, hist, t_train = [], [], [], {}, [], 0.0
+    images = None
     for i, fold in enumerate(folds):
         others = [n for n in scene.names if n not in set(fold)]
         t0 = time.time()
@@ -267,6 +276,9 @@ def adapted_variant(d, scene, fconf, tconf, dconf, S, k, args, need_pose, scales
             e = sampson_per_variant(sub, {"pre": None, "ad": out["refiner"]})
             e_ad.append(e["ad"])
             e_pre.append(e["pre"])
+            if not args.no_aligned_sampson:
+                images = images if images is not None else scene_gray_images(full, scene.image_dir)
+                e_al.append(aligned_match_errors(sub, images, all_offsets(sub, out["refiner"]))[0].numpy())
         if not args.no_loo:
             vconf = merge(fconf, {"refiner": str(path), "refiner_conf": dict(out["refiner"].conf)})
             for label, (res, lim) in loo_runs(scene, vconf, args.features, args.loc_config, queries=fold).items():
@@ -280,6 +292,9 @@ def adapted_variant(d, scene, fconf, tconf, dconf, S, k, args, need_pose, scales
         m.update({"sampson_px": float(np.median(ea)), "n_matches": int(ea.shape[0]),
                   "sampson_px_pretrained_same_matches": float(np.median(ep)),
                   "sampson_ratio_ci": bootstrap_ratio(ea, ep)})
+    if e_al:
+        el = np.concatenate(e_al)
+        m.update({"sampson_aligned_px": float(np.median(el)), "sampson_aligned_ratio_ci": bootstrap_ratio(el, ep)})
     if runs:
         m.update(loo_metrics(scene, runs))
     return m
