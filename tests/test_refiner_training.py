@@ -239,3 +239,35 @@ def test_data_scales_and_their_validation(tmp_path):
         cached_refiner_scenes(tmp_path, "xfeat", 9, [])
     with pytest.raises(ValueError, match="neither"):
         cached_refiner_scenes(tmp_path, "xfeat", 9, [-5])
+
+
+def test_refiner_data_cache_is_keyed_by_the_scene_geometry(tmp_path, monkeypatch):
+    """The same folder with other poses (a pseudo ground truth) or cameras is built anew, never
+    read from the cache of the first one."""
+    from hloc_bpnp.io.scene import Scene, SceneImage
+    from hloc_bpnp.training import refiner_data
+
+    calls = []
+
+    def fake_build(scene, name, features, patch_size, **kw):
+        calls.append(name)
+        return synthetic_scene(n_img=2, n_pts=20)
+
+    monkeypatch.setattr(refiner_data, "build_refiner_scene", fake_build)
+    p = _poses(2)
+
+    def scene(poses, cam=CAM):
+        return Scene([SceneImage(f"{i}.png", cam, poses[i]) for i in range(2)], image_dir=tmp_path)
+
+    def cached(sc):
+        return refiner_data.cached_refiner_scene(tmp_path / "s", {"model": "xfeat"}, 9, tmp_path / "c", scene=sc,
+                                                 pose_problems=False)
+
+    cached(scene(p))
+    again = cached(scene(p))
+    assert len(calls) == 1 and again.matches.shape[0] > 0  # the second read came from the cache
+    cached(scene([p[0], Pose(p[1].R, p[1].t + 1e-4)]))
+    assert len(calls) == 2
+    cached(scene(p, Camera.from_K(K * torch.tensor([[1.001], [1.001], [1.0]], dtype=torch.float64), 640, 480)))
+    assert len(calls) == 3
+    assert len(list((tmp_path / "c").glob("s_*.pt"))) == 3

@@ -303,9 +303,28 @@ def _pose_problems(scene: Scene, rs: RefinerScene, feats: Dict, offsets: Dict, m
     return out
 
 
-def _cache_key(scene_dir: Path, fconf: Dict, opts: Dict) -> str:
+def scene_geometry_digest(scene: Scene) -> str:
+    """A digest of what the cached data depends on in ``scene`` besides its pixels: each image's
+    name, camera (model, size, parameters) and pose. Two scenes of one folder with different
+    poses (e.g. a pseudo ground truth, :func:`hloc_bpnp.protocols.gt_consistency.pseudo_ground_truth`)
+    get different caches."""
+    h = hashlib.sha1()
+    for im in sorted(scene.images, key=lambda i: i.name):
+        c = im.camera
+        h.update(f"{im.name}|{c.model}|{int(c.width)}x{int(c.height)}|".encode())
+        h.update(c.params.detach().cpu().to(torch.float64).numpy().tobytes())
+        if im.pose is not None:
+            h.update(im.pose.R.detach().cpu().to(torch.float64).numpy().tobytes())
+            h.update(im.pose.t.detach().cpu().to(torch.float64).numpy().tobytes())
+        else:
+            h.update(b"no pose")
+    return h.hexdigest()[:16]
+
+
+def _cache_key(scene_dir: Path, fconf: Dict, opts: Dict, geometry: str) -> str:
     h = hashlib.sha1(json.dumps({"scene": str(scene_dir.resolve()), "features": fconf, "opts": opts,
-                                 "version": DATA_VERSION}, sort_keys=True, default=str).encode()).hexdigest()
+                                 "geometry": geometry, "version": DATA_VERSION},
+                                sort_keys=True, default=str).encode()).hexdigest()
     return h[:16]
 
 
@@ -317,7 +336,9 @@ def cached_refiner_scene(scene_dir: Union[str, Path], features: Union[str, Dict]
                          cache_dir: Optional[Union[str, Path]] = None, scene: Optional[Scene] = None,
                          **kwargs) -> RefinerScene:
     """:func:`build_refiner_scene` of a scene folder (or ``scene`` with that folder's name),
-    cached in ``cache_dir`` (default ``$HLOC_BPNP_CACHE`` or ``~/.cache/hloc_bpnp``)."""
+    cached in ``cache_dir`` (default ``$HLOC_BPNP_CACHE`` or ``~/.cache/hloc_bpnp``). The cache
+    key holds the folder, the features, the options and :func:`scene_geometry_digest` of the
+    scene: the same folder with other poses or cameras is built anew."""
     from ..config import load_config
     from .real import load_real_scene
 
@@ -329,11 +350,11 @@ def cached_refiner_scene(scene_dir: Union[str, Path], features: Union[str, Dict]
     if opts.get("images") is not None:
         opts["images"] = sorted(opts["images"])
     cdir = Path(cache_dir) if cache_dir else default_cache_dir()
-    path = cdir / f"{scene_dir.name}_{_cache_key(scene_dir, fconf, opts)}.pt"
+    scene = scene if scene is not None else load_real_scene(scene_dir)
+    path = cdir / f"{scene_dir.name}_{_cache_key(scene_dir, fconf, opts, scene_geometry_digest(scene))}.pt"
     if path.is_file():
         logger.info("refiner data %s: cached %s", scene_dir.name, path)
         return RefinerScene.from_dict(torch.load(path, map_location="cpu", weights_only=True))
-    scene = scene if scene is not None else load_real_scene(scene_dir)
     rs = build_refiner_scene(scene, scene_dir.name, fconf, patch_size, **kwargs)
     with atomic_path(path) as tmp:
         torch.save(rs.to_dict(), tmp)
