@@ -51,8 +51,7 @@ def scene_gray_images(scene: RefinerScene, image_dir) -> List[torch.Tensor]:
 
 
 def align_match_sides(scene: RefinerScene, images: Sequence[torch.Tensor], positions: torch.Tensor,
-                      conf: Optional[Dict] = None, rows: Optional[torch.Tensor] = None
-                      ) -> Tuple[torch.Tensor, torch.Tensor]:
+                      conf: Optional[Dict] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """Shift of side ``b`` of each match that aligns its patch to side ``a``'s.
 
     Args:
@@ -60,9 +59,8 @@ def align_match_sides(scene: RefinerScene, images: Sequence[torch.Tensor], posit
         images: one gray image per ``scene.image_names`` entry (:func:`scene_gray_images`).
         positions: (N_keypoints, 2) keypoint positions, original pixels (COLMAP convention).
         conf: Lucas-Kanade settings (defaults: :data:`default_conf`).
-        rows: (R,) the matches to align (default: all).
     Returns:
-        ``shift`` (R, 2) float64 original pixels (0 where the fit was rejected) and ``valid`` (R,)
+        ``shift`` (M, 2) float64 original pixels (0 where the fit was rejected) and ``valid`` (M,)
         bool.
     """
     if len(images) != len(scene.image_names):
@@ -76,11 +74,9 @@ def align_match_sides(scene: RefinerScene, images: Sequence[torch.Tensor], posit
         if unknown:
             raise ValueError(f"match alignment: unknown settings {sorted(unknown)}; known {sorted(default_conf)}")
         c.update(conf)
-    rows = torch.arange(scene.matches.shape[0]) if rows is None else rows
-    m = scene.matches[rows]
-    pair = scene.match_pair[rows]
-    shift = torch.zeros(rows.numel(), 2, dtype=torch.float64)
-    valid = torch.zeros(rows.numel(), dtype=torch.bool)
+    m, pair = scene.matches, scene.match_pair
+    shift = torch.zeros(m.shape[0], 2, dtype=torch.float64)
+    valid = torch.zeros(m.shape[0], dtype=torch.bool)
     pos = positions.to(torch.float64)
     for p in torch.unique(pair).tolist():
         k = (pair == p).nonzero()[:, 0]
