@@ -10,7 +10,10 @@ when the positions come from
   localizer's Lucas-Kanade settings): a position per MATCH, what a query aligned to a fixed map
   observation gets (``sampson_aligned_px`` of ``pipelines/finetune_real.py``);
 * a consensus over all matches of each keypoint (``--rounds`` Jacobi rounds of the mean pairwise
-  shift, damped): one position per KEYPOINT, from the detector's or the refiner's positions.
+  shift, damped): one position per KEYPOINT, from the detector's or the refiner's positions. It
+  keeps :func:`~hloc_bpnp.features.patch_lk.align_patches`' own defaults (NCC >= 0.5, not the
+  localizer's 0.3), the settings of the round that measured it (README, "query patch
+  alignment").
 
 This is the measurement behind the localizer's ``patch_alignment`` stage (README, fine-tuning,
 "query patch alignment"). No pose is used by the alignment; the poses only score.
