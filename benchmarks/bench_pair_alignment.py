@@ -23,7 +23,10 @@ patch, 9 x 9 network px, is more than ``--dark-fraction`` background darker than
 ``--dark-level``: the Middlebury objects stand on black) and the interior ones. A silhouette
 point is where the surface turns away from the camera, not a fixed point of the surface.
 
-    python benchmarks/bench_pair_alignment.py --scene ../shared/data/middlebury_templeRing_partial
+``--relative-pose`` also estimates each pair's relative pose from its matches with each set of
+positions (pycolmap LO-RANSAC, then refined on its inliers) and prints the rotation errors.
+
+    python benchmarks/bench_pair_alignment.py --scene ../shared/data/middlebury_templeRing_partial [--relative-pose]
 """
 import argparse
 import sys
@@ -67,6 +70,35 @@ def consensus(rs, images, pos0, radius, rounds, damping=0.5):
     return pos
 
 
+def relative_rotation_errors(scene, rs, side_a: torch.Tensor, side_b: torch.Tensor, max_error: float,
+                             seed: int = 0) -> np.ndarray:
+    """(P,) rotation error (deg) of each pair's relative pose estimated from its matches at
+    positions ``side_a``, ``side_b`` (M, 2) original px: pycolmap's LO-RANSAC (``max_error``
+    px, random seed ``seed``), then ``refine_relative_pose`` on its inliers; NaN where no pose
+    was found."""
+    import pycolmap
+
+    from hloc_bpnp.geometry.metrics import rotation_error_deg
+    from hloc_bpnp.geometry.pose import Pose
+
+    opts = pycolmap.RANSACOptions()
+    opts.max_error = float(max_error)
+    opts.random_seed = int(seed)  # the same draws for every set of positions
+    out = np.full(len(rs.pairs), np.nan)
+    for i, (a, b) in enumerate(rs.pairs):
+        k = (rs.match_pair == i).nonzero()[:, 0]
+        ca, cb = scene[a].camera.to_pycolmap(), scene[b].camera.to_pycolmap()
+        xa, xb = side_a[k].numpy(), side_b[k].numpy()
+        r = pycolmap.estimate_relative_pose(ca, xa, cb, xb, opts)
+        if r is None:
+            continue
+        inl = np.asarray(r["inlier_mask"], bool).reshape(-1, 1)
+        r = pycolmap.refine_relative_pose(r["cam2_from_cam1"], ca, xa, cb, xb, inl) or r
+        gt = scene[b].pose.to(torch.float64) @ scene[a].pose.to(torch.float64).inv()
+        out[i] = float(rotation_error_deg(Pose.from_pycolmap(r["cam2_from_cam1"]).R, gt.R))
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scene", type=Path, required=True, help="Strecha or Middlebury scene folder")
@@ -77,6 +109,10 @@ def main(argv=None):
     ap.add_argument("--dark-level", type=float, default=0.05, help="background intensity (image in [0, 1])")
     ap.add_argument("--dark-fraction", type=float, default=0.05,
                     help="a keypoint touches the silhouette when more of its patch is darker than --dark-level")
+    ap.add_argument("--relative-pose", action="store_true",
+                    help="also estimate every pair's relative pose from its matches, per keypoint and per match")
+    ap.add_argument("--ransac-px", type=float, default=1.0, help="--relative-pose: RANSAC threshold, px")
+    ap.add_argument("--seeds", type=int, default=3, help="--relative-pose: RANSAC seeds (errors: median over them)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -103,14 +139,18 @@ def main(argv=None):
     rows.append(("refiner (one offset per keypoint)", sampson(pos_ref), 0.0))
     t = time.time()
     lk = {"radius": args.radius}
-    D, _ = align_match_sides(rs, images, rs.base, lk)
+    D0, _ = align_match_sides(rs, images, rs.base, lk)
     rows.append(("one side of each match aligned to the other", match_errors(
-        rs, sel, {0: zero, 1: D / rs.scale[m[:, 1]]}).numpy(), time.time() - t))
+        rs, sel, {0: zero, 1: D0 / rs.scale[m[:, 1]]}).numpy(), time.time() - t))
     t = time.time()
-    D, _ = align_match_sides(rs, images, pos_ref, lk)
+    D1, _ = align_match_sides(rs, images, pos_ref, lk)
     rows.append(("the same from the refiner's positions", match_errors(
-        rs, sel, {0: off[m[:, 0]].double(), 1: off[m[:, 1]].double() + D / rs.scale[m[:, 1]]}).numpy(),
+        rs, sel, {0: off[m[:, 0]].double(), 1: off[m[:, 1]].double() + D1 / rs.scale[m[:, 1]]}).numpy(),
         time.time() - t))
+    sides = {"pretrained detector": (rs.base[m[:, 0]], rs.base[m[:, 1]]),
+             "refiner": (pos_ref[m[:, 0]], pos_ref[m[:, 1]]),
+             "detector, one side aligned": (rs.base[m[:, 0]], rs.base[m[:, 1]] + D0),
+             "refiner, one side aligned": (pos_ref[m[:, 0]], pos_ref[m[:, 1]] + D1)}
     for label, start in (("detector", rs.base), ("refiner", pos_ref)):
         t = time.time()
         pos = consensus(rs, images, start, args.radius, args.rounds)
@@ -128,6 +168,18 @@ def main(argv=None):
                  for x, x0 in ((e, e0), (e[~sil], e0[~sil]), (e[sil], e0[sil]))]
         cells = " ".join(f"{a:{w}.4f} {a / b:7.3f}" for (a, b), w in zip(parts, (18, 9, 10)))
         print(f"{label:58s} {cells} {s:8.1f}")
+    if args.relative_pose:
+        errs = {k: np.median([relative_rotation_errors(scene, rs, a, b, args.ransac_px, seed)
+                              for seed in range(args.seeds)], axis=0) for k, (a, b) in sides.items()}
+        r0 = errs["pretrained detector"]
+        print(f"\nrelative pose of each of the {len(rs.pairs)} pairs from its matches (LO-RANSAC at "
+              f"{args.ransac_px:g} px, then refined on its inliers; per pair the median over {args.seeds} "
+              f"seeds), rotation error:")
+        print(f"{'positions':30s} {'median deg':>11s} {'geometric mean of the ratio per pair':>37s} {'better on':>10s}")
+        for k, e in errs.items():
+            ok = np.isfinite(e) & np.isfinite(r0) & (r0 > 0) & (e > 0)
+            print(f"{k:30s} {np.nanmedian(e):11.4f} {np.exp(np.mean(np.log(e[ok] / r0[ok]))):37.3f} "
+                  f"{int((e[ok] < r0[ok]).sum()):>4d} / {int(ok.sum())}")
 
 
 if __name__ == "__main__":
