@@ -1,14 +1,12 @@
 """Tests for hloc_bpnp.evaluation and the ``hloc-bpnp evaluate`` command."""
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from hloc_bpnp.evaluation import (
-    EvalResult,
     Threshold,
     evaluate,
     format_failure_reasons,

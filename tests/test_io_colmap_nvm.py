@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from hloc_bpnp.geometry import Camera, Pose
+from hloc_bpnp.geometry import Camera
 from hloc_bpnp.io.colmap import (
     covisibility, get_image, points_and_observations, read_model, scene_from_model, write_model,
 )

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from hloc_bpnp.geometry import Camera, Pose, is_rotation, so3_exp
+from hloc_bpnp.geometry import Camera, is_rotation, so3_exp
 from hloc_bpnp.io.colmap import scene_from_model
 from hloc_bpnp.io.datasets import (
     read_7scenes, read_aachen, read_cambridge, read_middlebury, read_strecha, read_strecha_camera,

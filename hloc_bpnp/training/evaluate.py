@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from ..config import merge
-from ..geometry import Pose, pose_error
+from ..geometry import pose_error
 from .data import TrainScene, TrainView
 from .localization import MapView, mutual_matches
 from torch import nn

@@ -37,8 +37,7 @@ from . import distributed as D
 from .data import TrainScene, TrainView, points_from_depth
 from .localization import MapView, lightglue_pairs, localize_differentiable, match_pairs
 from .localization import default_conf as loc_default_conf
-from .losses import (LossWeighting, correspondence_targets, descriptor_loss, pose_loss, score_loss,
-                     score_targets)
+from .losses import LossWeighting, correspondence_targets, pose_loss, score_loss, score_targets
 from .losses import default_conf as loss_default_conf
 from ..features.networks import build_network, save_weights
 
