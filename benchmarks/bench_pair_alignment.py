@@ -70,12 +70,22 @@ def consensus(rs, images, pos0, radius, rounds, damping=0.5):
     return pos
 
 
-def relative_rotation_errors(scene, rs, side_a: torch.Tensor, side_b: torch.Tensor, max_error: float,
+def pair_problems(scene, rs):
+    """Per pair of ``rs``: (its match rows, the two pycolmap cameras, the true relative rotation)."""
+    out = []
+    for i, (a, b) in enumerate(rs.pairs):
+        gt = scene[b].pose.to(torch.float64) @ scene[a].pose.to(torch.float64).inv()
+        out.append(((rs.match_pair == i).nonzero()[:, 0], scene[a].camera.to_pycolmap(),
+                    scene[b].camera.to_pycolmap(), gt.R))
+    return out
+
+
+def relative_rotation_errors(problems, side_a: torch.Tensor, side_b: torch.Tensor, max_error: float,
                              seed: int = 0) -> np.ndarray:
-    """(P,) rotation error (deg) of each pair's relative pose estimated from its matches at
-    positions ``side_a``, ``side_b`` (M, 2) original px: pycolmap's LO-RANSAC (``max_error``
-    px, random seed ``seed``), then ``refine_relative_pose`` on its inliers; NaN where no pose
-    was found."""
+    """(P,) rotation error (deg) of each pair's relative pose (:func:`pair_problems`) estimated
+    from its matches at positions ``side_a``, ``side_b`` (M, 2) original px: pycolmap's
+    LO-RANSAC (``max_error`` px, random seed ``seed``), then ``refine_relative_pose`` on its
+    inliers; NaN where no pose was found."""
     import pycolmap
 
     from hloc_bpnp.geometry.metrics import rotation_error_deg
@@ -84,18 +94,15 @@ def relative_rotation_errors(scene, rs, side_a: torch.Tensor, side_b: torch.Tens
     opts = pycolmap.RANSACOptions()
     opts.max_error = float(max_error)
     opts.random_seed = int(seed)  # the same draws for every set of positions
-    out = np.full(len(rs.pairs), np.nan)
-    for i, (a, b) in enumerate(rs.pairs):
-        k = (rs.match_pair == i).nonzero()[:, 0]
-        ca, cb = scene[a].camera.to_pycolmap(), scene[b].camera.to_pycolmap()
+    out = np.full(len(problems), np.nan)
+    for i, (k, ca, cb, R_gt) in enumerate(problems):
         xa, xb = side_a[k].numpy(), side_b[k].numpy()
         r = pycolmap.estimate_relative_pose(ca, xa, cb, xb, opts)
         if r is None:
             continue
         inl = np.asarray(r["inlier_mask"], bool).reshape(-1, 1)
         r = pycolmap.refine_relative_pose(r["cam2_from_cam1"], ca, xa, cb, xb, inl) or r
-        gt = scene[b].pose.to(torch.float64) @ scene[a].pose.to(torch.float64).inv()
-        out[i] = float(rotation_error_deg(Pose.from_pycolmap(r["cam2_from_cam1"]).R, gt.R))
+        out[i] = float(rotation_error_deg(Pose.from_pycolmap(r["cam2_from_cam1"]).R, R_gt))
     return out
 
 
@@ -169,7 +176,8 @@ def main(argv=None):
         cells = " ".join(f"{a:{w}.4f} {a / b:7.3f}" for (a, b), w in zip(parts, (18, 9, 10)))
         print(f"{label:58s} {cells} {s:8.1f}")
     if args.relative_pose:
-        errs = {k: np.median([relative_rotation_errors(scene, rs, a, b, args.ransac_px, seed)
+        problems = pair_problems(scene, rs)
+        errs = {k: np.median([relative_rotation_errors(problems, a, b, args.ransac_px, seed)
                               for seed in range(args.seeds)], axis=0) for k, (a, b) in sides.items()}
         r0 = errs["pretrained detector"]
         print(f"\nrelative pose of each of the {len(rs.pairs)} pairs from its matches (LO-RANSAC at "

@@ -37,7 +37,7 @@ def rotation_error_vectors(R_est: torch.Tensor, R_gt: torch.Tensor) -> torch.Ten
     lets errors of different methods be compared (``protocols.gt_consistency``)."""
     R_est = project_to_so3(torch.as_tensor(R_est, dtype=torch.float64))
     R_gt = project_to_so3(torch.as_tensor(R_gt, dtype=torch.float64))
-    return so3_log(project_to_so3(R_est @ R_gt.transpose(-1, -2))) * (180.0 / math.pi)
+    return so3_log(R_est @ R_gt.transpose(-1, -2)) * (180.0 / math.pi)
 
 
 def center_error(est: Pose, gt: Pose) -> torch.Tensor:

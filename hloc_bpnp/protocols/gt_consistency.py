@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ..geometry.metrics import rotation_error_vectors
-from ..geometry.pose import Pose, project_to_so3
+from ..geometry.pose import Pose, project_to_so3, so3_exp
 from ..io.scene import Scene
 
 LOSSES = ("trivial", "soft_l1", "cauchy", "huber")
@@ -210,8 +210,6 @@ def consensus_poses(reference: Pose, adjusted: Sequence[Pose]) -> Pose:
     Returns:
         (N,) poses, cam_from_world.
     """
-    from ..geometry.pose import so3_exp
-
     if not adjusted:
         raise ValueError("consensus_poses: need at least one set of adjusted poses")
     for a in adjusted:

@@ -377,11 +377,16 @@ def cached_refiner_scenes(scene_dir: Union[str, Path], features: Union[str, Dict
 
     if not scales:
         raise ValueError("cached_refiner_scenes: no scale given")
-    fconf = load_config("features", features) if isinstance(features, str) else dict(features)
-    out = []
+    from .real import load_real_scene
+
     for rm in scales:
         if rm != "preset" and not (isinstance(rm, int) and rm > 0):
             raise ValueError(f"refiner data scales: {rm!r} is neither 'preset' nor a positive resize_max in pixels")
+    fconf = load_config("features", features) if isinstance(features, str) else dict(features)
+    if kwargs.get("scene") is None:  # read once: every scale's cache key needs its geometry
+        kwargs["scene"] = load_real_scene(Path(scene_dir))
+    out = []
+    for rm in scales:
         fc = fconf if rm == "preset" else merge(fconf, {"resize_max": int(rm)})
         out.append(cached_refiner_scene(scene_dir, fc, patch_size, cache_dir, **kwargs))
     return out
